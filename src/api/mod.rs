@@ -1,0 +1,129 @@
+//! The HTTP API: REST, `/ws`, health, readiness and metrics.
+//!
+//! [`run`] takes its world as arguments (a bound listener and the state,
+//! whose `shutdown` token ends it), so tests bind `127.0.0.1:0` and drive
+//! the whole server.
+
+mod chat;
+mod documents;
+pub mod error;
+mod ops;
+pub mod ws;
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Request, header};
+use axum::routing::{get, post};
+use deadpool_postgres::Pool;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+use crate::auth::{AuthError, AuthUser, Verifier};
+use crate::bridge::{Bridge, Hub};
+use crate::events::Publisher;
+use crate::rag::LlmClient;
+use error::ApiError;
+pub use ws::WsConfig;
+
+/// Everything a request handler can reach.
+pub struct Shared {
+    pub pool: Pool,
+    pub events: Publisher,
+    pub verifier: Verifier,
+    pub max_upload_bytes: usize,
+    pub max_retries: i32,
+    pub llm: Option<LlmClient>,
+    /// `None` with `--no-realtime`.
+    pub hub: Option<Hub>,
+    pub bridge: Option<Bridge>,
+    pub metrics: Option<PrometheusHandle>,
+    pub ws: WsConfig,
+    pub ws_permits: Arc<Semaphore>,
+    pub sockets: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Shared>);
+
+impl Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// `Authorization: Bearer <token>`, if present.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(&parts.headers).ok_or(AuthError::Missing)?;
+        Ok(state.verifier.verify(token)?)
+    }
+}
+
+/// Path ids that are not UUIDs answer 404 like unknown ones.
+pub(crate) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::not_found(what))
+}
+
+pub fn router(state: AppState) -> Router {
+    let upload_limit = state.max_upload_bytes + 64 * 1024;
+    Router::new()
+        .route(
+            "/documents",
+            post(documents::upload)
+                .layer(DefaultBodyLimit::max(upload_limit))
+                .get(documents::list),
+        )
+        .route("/documents/{id}", get(documents::show))
+        .route("/documents/{id}/jobs", get(documents::jobs))
+        .route("/conversations", post(chat::create).get(chat::list))
+        .route(
+            "/conversations/{id}/messages",
+            get(chat::messages).post(chat::post_message),
+        )
+        .route("/ws", get(ws::handler))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { ApiError::not_found("route") })
+        // Only the path is logged: `/ws?token=` must never reach a log line.
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+        }))
+        .with_state(state)
+}
+
+/// Serves until `state.shutdown` is cancelled, then closes every socket
+/// with 1001 and waits for them, at most `drain` long.
+pub async fn run(listener: TcpListener, state: AppState, drain: Duration) -> std::io::Result<()> {
+    let shutdown = state.shutdown.clone();
+    let sockets = state.sockets.clone();
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    sockets.close();
+    if tokio::time::timeout(drain, sockets.wait()).await.is_err() {
+        tracing::warn!(left = sockets.len(), "sockets still open after the drain deadline");
+    }
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! `/healthz` (the process is up), `/readyz` (the database answers and, with
+//! realtime on, the listener is connected) and `/metrics` (Prometheus).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn database_ok(state: &AppState) -> Result<(), String> {
+    let check = async {
+        let client = state.pool.get().await.map_err(|e| e.to_string())?;
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .map_err(|e| crate::db::error_text(&e))?;
+        Ok::<_, String>(())
+    };
+    tokio::time::timeout(Duration::from_secs(3), check)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let db = database_ok(&state).await;
+    let listener = state.bridge.as_ref().map(|b| b.listener.status.borrow().clone());
+    let listener_ok = listener.as_ref().is_none_or(|s| s.connected);
+    let ready = db.is_ok() && listener_ok;
+    let body = json!({
+        "ready": ready,
+        "database": match &db { Ok(()) => json!({"ok": true}), Err(e) => json!({"ok": false, "error": e}) },
+        "realtime": match &listener {
+            None => json!({"enabled": false}),
+            Some(s) => json!({
+                "enabled": true,
+                "listener_connected": s.connected,
+                "reconnects": s.reconnects,
+                "last_error": s.last_error,
+                "notification_queue_usage": s.queue_usage,
+            }),
+        },
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let Some(handle) = &state.metrics else {
+        return (StatusCode::NOT_FOUND, "metrics recorder not installed\n").into_response();
+    };
+    // Gauges read from live state at scrape time, off the hot path.
+    if let Some(hub) = &state.hub {
+        let s = hub.stats();
+        metrics::gauge!("ragctl_ws_sockets").set(s.sockets as f64);
+        metrics::gauge!("ragctl_ws_users").set(s.users as f64);
+    }
+    if let Some(bridge) = &state.bridge {
+        let status = bridge.listener.status.borrow().clone();
+        metrics::gauge!("ragctl_listener_connected").set(if status.connected { 1.0 } else { 0.0 });
+        let last = bridge.listener.counters.last_notification_ms.load(Ordering::Relaxed);
+        if last > 0 {
+            let age = chrono::Utc::now().timestamp_millis() as f64 / 1000.0 - last as f64 / 1000.0;
+            metrics::gauge!("ragctl_listener_last_notification_age_seconds").set(age.max(0.0));
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+        .into_response()
+}

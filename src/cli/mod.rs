@@ -1,0 +1,162 @@
+//! The `ragctl` command line: argument parsing, logging, and the one error
+//! handler at the edge with explicit exit codes.
+//!
+//! Exit codes: 0 success, 1 a check failed (an expectation, a timeout),
+//! 2 usage, configuration, connection or authentication error. A broken
+//! pipe on stdout is a quiet success.
+
+mod serve;
+mod worker;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::config::{ConnectOpts, parse_duration};
+
+#[derive(Parser, Debug)]
+#[command(name = "ragctl", version, about = "RAG backend with a cross-process realtime bridge, and the tools to inspect it")]
+pub struct Cli {
+    #[command(flatten)]
+    pub connect: ConnectOpts,
+    /// Log filter (tracing EnvFilter syntax), also RAG_LOG.
+    #[arg(long, env = "RAG_LOG", global = true, default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the API (REST + /ws), the realtime bridge and, by default, the workers.
+    Serve(serve::ServeArgs),
+    /// Run one worker process.
+    Worker(worker::WorkerArgs),
+    /// Database maintenance.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+    /// Print a JWT for a user, signed with the configured secret.
+    Token {
+        #[arg(long)]
+        user: Uuid,
+        /// Lifetime, e.g. 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: std::time::Duration,
+    },
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DbCommand {
+    /// Apply pending migrations.
+    Migrate,
+}
+
+/// An error with the exit code it should produce.
+#[derive(Debug, thiserror::Error)]
+#[error("{source:#}")]
+pub struct Failure {
+    pub code: u8,
+    #[source]
+    pub source: anyhow::Error,
+}
+
+impl Failure {
+    pub fn check(source: impl Into<anyhow::Error>) -> Failure {
+        Failure { code: 1, source: source.into() }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let color = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(color)
+        .with_target(false)
+        .try_init();
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The entry point: parse, run, and turn the outcome into an exit code.
+pub fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ragctl: error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e.downcast_ref::<Failure>().map_or(2, |f| f.code);
+            eprintln!("ragctl: error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let connect = cli.connect;
+    match cli.command {
+        Command::Serve(args) => serve::run(connect, args).await,
+        Command::Worker(args) => worker::run(connect, args).await,
+        Command::Db { command: DbCommand::Migrate } => {
+            let url = connect.database_url()?;
+            let pool = crate::db::pool(&url, 2, "ragctl-migrate").await?;
+            let applied = crate::db::migrate(&pool).await?;
+            eprintln!("migrations applied: {applied}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token { user, ttl } => {
+            let secret = connect.jwt_secret()?;
+            println!("{}", crate::auth::mint(&secret, user, ttl)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "ragctl", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Cancels `token` on Ctrl-C or SIGTERM.
+pub(crate) fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install the SIGTERM handler");
+                let _ = tokio::signal::ctrl_c().await;
+                token.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+        token.cancel();
+    });
+}

@@ -1,0 +1,51 @@
+//! `ragctl worker parse|ingest`: one worker as its own OS process.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConnectOpts, RuntimeOpts};
+use crate::db::jobs::JobKind;
+use crate::events::Publisher;
+use crate::workers::{self, WorkerConfig};
+
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    /// Which jobs to run.
+    pub kind: JobKind,
+    #[command(flatten)]
+    pub runtime: RuntimeOpts,
+    /// How long a job in progress may run on after SIGTERM (seconds).
+    #[arg(long, env = "RAG_WORKER_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+    /// Fault injection for crash tests: sleep this long inside every job (ms).
+    #[arg(long, env = "RAG_WORKER_JOB_DELAY_MS", default_value_t = 0, hide = true)]
+    pub job_delay_ms: u64,
+}
+
+pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    args.runtime.check()?;
+    let url = connect.database_url()?;
+    let channel = connect.channel()?;
+    let rt = &args.runtime;
+    let pool = crate::db::pool(&url, 4, &format!("ragctl-worker-{}", args.kind)).await?;
+    crate::db::migrate(&pool).await?;
+    let events = Publisher::new(pool.clone(), &channel, &format!("worker:{}", args.kind), rt.publish_timeout());
+    let cfg = WorkerConfig {
+        kind: args.kind,
+        owner: workers::owner_id(args.kind),
+        lease: Duration::from_secs(rt.job_lease_secs),
+        poll: Duration::from_millis(rt.worker_poll_ms),
+        retry_backoff: Duration::from_millis(rt.retry_backoff_ms),
+        chunk_size: rt.chunk_size,
+        chunk_overlap: rt.chunk_overlap,
+        listen_url: rt.listen_url(&url),
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        job_delay: Duration::from_millis(args.job_delay_ms),
+    };
+    let shutdown = CancellationToken::new();
+    super::cancel_on_signal(shutdown.clone());
+    workers::run(pool, events, cfg, shutdown).await;
+    Ok(ExitCode::SUCCESS)
+}

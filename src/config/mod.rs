@@ -1,0 +1,299 @@
+//! Configuration: one shared clap group for connecting ([`ConnectOpts`]),
+//! the runtime knobs ([`RuntimeOpts`]) and the state file that `ragctl serve`
+//! writes in embedded mode.
+//!
+//! Every value is found the same way: the flag, then the environment
+//! variable, then the state file, then the default. Errors name both the
+//! flag and the variable.
+
+mod state;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use state::{State, StateError};
+
+use crate::events::DEFAULT_CHANNEL;
+
+pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8080";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "no database configured: pass --database-url or set DATABASE_URL (or run `ragctl serve` here first, which starts an embedded database and records it in {state})"
+    )]
+    NoDatabase { state: String },
+    #[error(
+        "no JWT secret configured: pass --jwt-secret or set RAG_JWT_SECRET (or SUPABASE_JWT_SECRET), or run `ragctl serve` here first"
+    )]
+    NoJwtSecret,
+    #[error("invalid {flag} / {var}: {problem}")]
+    Invalid {
+        flag: &'static str,
+        var: &'static str,
+        problem: String,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// How to reach the database, the event channel and the API. Flattened into
+/// every subcommand so that they all resolve it the same way.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ConnectOpts {
+    /// PostgreSQL URL (sslmode=require / verify-full honoured).
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// NOTIFY channel that carries events [default: rag_events].
+    #[arg(long, env = "RAG_EVENTS_CHANNEL", global = true)]
+    pub channel: Option<String>,
+    /// Base URL of the API [default: from the state file, else http://127.0.0.1:8080].
+    #[arg(long, env = "RAG_API_URL", global = true)]
+    pub url: Option<String>,
+    /// HS256 secret for Supabase-style JWTs (also read from SUPABASE_JWT_SECRET).
+    #[arg(long, env = "RAG_JWT_SECRET", global = true, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Folder of the embedded database and the state file.
+    #[arg(long, env = "RAG_STATE_DIR", global = true, default_value = ".ragctl")]
+    pub state_dir: PathBuf,
+}
+
+impl ConnectOpts {
+    fn state(&self) -> Result<Option<State>, ConfigError> {
+        Ok(State::load(&self.state_dir)?)
+    }
+
+    pub fn database_url(&self) -> Result<String, ConfigError> {
+        if let Some(url) = non_empty(&self.database_url) {
+            return Ok(url);
+        }
+        match self.state()? {
+            Some(s) => Ok(s.database_url),
+            None => Err(ConfigError::NoDatabase {
+                state: State::path(&self.state_dir).display().to_string(),
+            }),
+        }
+    }
+
+    /// Like [`Self::database_url`] but `None` when nothing is configured
+    /// (serve then starts the embedded cluster).
+    pub fn configured_database_url(&self) -> Option<String> {
+        non_empty(&self.database_url)
+    }
+
+    pub fn jwt_secret(&self) -> Result<String, ConfigError> {
+        if let Some(s) = non_empty(&self.jwt_secret) {
+            return Ok(s);
+        }
+        if let Some(s) = non_empty(&std::env::var("SUPABASE_JWT_SECRET").ok()) {
+            return Ok(s);
+        }
+        match self.state()? {
+            Some(s) => Ok(s.jwt_secret),
+            None => Err(ConfigError::NoJwtSecret),
+        }
+    }
+
+    pub fn configured_jwt_secret(&self) -> Option<String> {
+        non_empty(&self.jwt_secret).or_else(|| non_empty(&std::env::var("SUPABASE_JWT_SECRET").ok()))
+    }
+
+    pub fn channel(&self) -> Result<String, ConfigError> {
+        let channel = non_empty(&self.channel).unwrap_or_else(|| DEFAULT_CHANNEL.to_string());
+        validate_channel(&channel)?;
+        Ok(channel)
+    }
+
+    pub fn api_url(&self) -> Result<String, ConfigError> {
+        if let Some(url) = non_empty(&self.url) {
+            return Ok(url.trim_end_matches('/').to_string());
+        }
+        Ok(self
+            .state()?
+            .and_then(|s| s.api_url)
+            .unwrap_or_else(|| DEFAULT_API_URL.to_string()))
+    }
+}
+
+fn validate_channel(channel: &str) -> Result<(), ConfigError> {
+    // LISTEN takes an identifier, so keep to what needs no quoting.
+    let ok = !channel.is_empty()
+        && channel.len() <= 63
+        && channel
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !channel.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            flag: "--channel",
+            var: "RAG_EVENTS_CHANNEL",
+            problem: format!(
+                "{channel:?} must be 1-63 characters of a-z, 0-9 and _, not starting with a digit"
+            ),
+        })
+    }
+}
+
+fn non_empty(v: &Option<String>) -> Option<String> {
+    v.as_ref()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Knobs of the business runtime, shared by `serve` and `worker`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RuntimeOpts {
+    /// Largest accepted upload in bytes.
+    #[arg(long, env = "RAG_MAX_UPLOAD_BYTES", default_value_t = 25 * 1024 * 1024)]
+    pub max_upload_bytes: usize,
+    /// Retries after the first failed attempt before a job is `failed`.
+    #[arg(long, env = "RAG_MAX_RETRIES", default_value_t = 3)]
+    pub max_retries: i32,
+    /// Backoff before the first retry, doubled each time (milliseconds).
+    #[arg(long, env = "RAG_RETRY_BACKOFF_MS", default_value_t = 500)]
+    pub retry_backoff_ms: u64,
+    /// Job lease; a worker renews it while it works (seconds).
+    #[arg(long, env = "RAG_JOB_LEASE_SECS", default_value_t = 30)]
+    pub job_lease_secs: u64,
+    /// Fallback poll interval when no NOTIFY wakes the worker (milliseconds).
+    #[arg(long, env = "RAG_WORKER_POLL_MS", default_value_t = 2000)]
+    pub worker_poll_ms: u64,
+    /// Chunk size for ingest, in characters.
+    #[arg(long, env = "RAG_CHUNK_SIZE", default_value_t = 1000)]
+    pub chunk_size: usize,
+    /// Overlap between consecutive chunks, in characters.
+    #[arg(long, env = "RAG_CHUNK_OVERLAP", default_value_t = 150)]
+    pub chunk_overlap: usize,
+    /// OpenAI-compatible chat-completions endpoint; unset = extractive answers.
+    #[arg(long, env = "RAG_LLM_URL")]
+    pub llm_url: Option<String>,
+    /// Model name sent to the LLM endpoint.
+    #[arg(long, env = "RAG_LLM_MODEL", default_value = "gpt-4o-mini")]
+    pub llm_model: String,
+    /// Bearer key for the LLM endpoint.
+    #[arg(long, env = "RAG_LLM_API_KEY", hide_env_values = true)]
+    pub llm_api_key: Option<String>,
+    /// Upper bound on how long a publish may delay a business operation (ms).
+    #[arg(long, env = "RAG_PUBLISH_TIMEOUT_MS", default_value_t = 2000)]
+    pub publish_timeout_ms: u64,
+    /// Connections in the pool.
+    #[arg(long, env = "RAG_DB_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: usize,
+    /// Direct or session-mode URL for LISTEN, when DATABASE_URL goes through a
+    /// transaction-mode pooler (Supabase port 6543), where LISTEN does not work.
+    #[arg(long, env = "RAG_LISTEN_DATABASE_URL", hide_env_values = true)]
+    pub listen_database_url: Option<String>,
+}
+
+impl RuntimeOpts {
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |flag, var, problem: &str| ConfigError::Invalid {
+            flag,
+            var,
+            problem: problem.to_string(),
+        };
+        if self.max_retries < 0 {
+            return Err(invalid("--max-retries", "RAG_MAX_RETRIES", "must be >= 0"));
+        }
+        if self.chunk_size < 50 {
+            return Err(invalid("--chunk-size", "RAG_CHUNK_SIZE", "must be >= 50"));
+        }
+        if self.chunk_overlap >= self.chunk_size {
+            return Err(invalid(
+                "--chunk-overlap",
+                "RAG_CHUNK_OVERLAP",
+                "must be smaller than --chunk-size",
+            ));
+        }
+        if self.job_lease_secs < 2 {
+            return Err(invalid("--job-lease-secs", "RAG_JOB_LEASE_SECS", "must be >= 2"));
+        }
+        if self.pool_size < 2 {
+            return Err(invalid("--pool-size", "RAG_DB_POOL_SIZE", "must be >= 2"));
+        }
+        Ok(())
+    }
+
+    /// The same settings as flags, for child processes.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            format!("--max-upload-bytes={}", self.max_upload_bytes),
+            format!("--max-retries={}", self.max_retries),
+            format!("--retry-backoff-ms={}", self.retry_backoff_ms),
+            format!("--job-lease-secs={}", self.job_lease_secs),
+            format!("--worker-poll-ms={}", self.worker_poll_ms),
+            format!("--chunk-size={}", self.chunk_size),
+            format!("--chunk-overlap={}", self.chunk_overlap),
+            format!("--publish-timeout-ms={}", self.publish_timeout_ms),
+            format!("--pool-size={}", self.pool_size.min(4)),
+        ];
+        if let Some(u) = &self.listen_database_url {
+            args.push(format!("--listen-database-url={u}"));
+        }
+        args
+    }
+
+    /// The URL LISTEN connections use.
+    pub fn listen_url(&self, database_url: &str) -> String {
+        non_empty(&self.listen_database_url).unwrap_or_else(|| database_url.to_string())
+    }
+}
+
+/// Parses durations like `90s`, `15m`, `1h`, `2d`, `500ms` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (try 30s, 15m, 1h)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => return Ok(Duration::from_millis(n)),
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("h").is_err());
+    }
+
+    #[test]
+    fn channel_names() {
+        assert!(validate_channel("rag_events").is_ok());
+        for bad in ["", "Rag", "1abc", "a-b", &"a".repeat(64)] {
+            let e = validate_channel(bad).unwrap_err().to_string();
+            assert!(e.contains("--channel / RAG_EVENTS_CHANNEL"), "{e}");
+        }
+    }
+
+    #[test]
+    fn missing_database_names_flag_and_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = ConnectOpts {
+            state_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        };
+        let e = opts.database_url().unwrap_err().to_string();
+        assert!(e.contains("--database-url") && e.contains("DATABASE_URL"), "{e}");
+    }
+}

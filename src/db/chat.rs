@@ -1,0 +1,231 @@
+//! Conversations, messages and retrieval over chunks. Scoped by `user_id`.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::DbError;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Conversation {
+    pub id: Uuid,
+    pub title: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub id: Uuid,
+    pub conversation_id: Uuid,
+    #[serde(skip)]
+    pub user_id: Uuid,
+    pub role: String,
+    pub content: String,
+    pub status: String,
+    pub sources: Value,
+    pub error_message: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const MESSAGE_COLUMNS: &str = "id, conversation_id, user_id, role, content, status, sources, \
+                               error_message, created_at, updated_at";
+
+impl Message {
+    fn from_row(r: &Row) -> Message {
+        Message {
+            id: r.get("id"),
+            conversation_id: r.get("conversation_id"),
+            user_id: r.get("user_id"),
+            role: r.get("role"),
+            content: r.get("content"),
+            status: r.get("status"),
+            sources: r.get("sources"),
+            error_message: r.get("error_message"),
+            created_at: r.get("created_at"),
+            updated_at: r.get("updated_at"),
+        }
+    }
+
+    pub fn created_payload(&self) -> Value {
+        json!({
+            "message_id": self.id,
+            "conversation_id": self.conversation_id,
+            "role": self.role,
+            "content": self.content,
+            "status": self.status,
+            "created_at": self.created_at,
+        })
+    }
+
+    pub fn status_payload(&self) -> Value {
+        json!({
+            "message_id": self.id,
+            "conversation_id": self.conversation_id,
+            "status": self.status,
+            "content": self.content,
+            "sources": self.sources,
+            "updated_at": self.updated_at,
+        })
+    }
+}
+
+pub async fn create_conversation(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    title: Option<&str>,
+) -> Result<Conversation, DbError> {
+    let row = client
+        .query_one(
+            "INSERT INTO conversations (id, user_id, title) VALUES ($1, $2, $3)
+             RETURNING id, title, created_at",
+            &[&Uuid::new_v4(), &user_id, &title],
+        )
+        .await?;
+    Ok(Conversation {
+        id: row.get(0),
+        title: row.get(1),
+        created_at: row.get(2),
+    })
+}
+
+pub async fn list_conversations(
+    client: &impl GenericClient,
+    user_id: Uuid,
+) -> Result<Vec<Conversation>, DbError> {
+    let rows = client
+        .query(
+            "SELECT id, title, created_at FROM conversations WHERE user_id = $1
+             ORDER BY created_at DESC, id",
+            &[&user_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| Conversation {
+            id: row.get(0),
+            title: row.get(1),
+            created_at: row.get(2),
+        })
+        .collect())
+}
+
+pub async fn conversation_exists(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    id: Uuid,
+) -> Result<bool, DbError> {
+    let row = client
+        .query_opt(
+            "SELECT 1 FROM conversations WHERE id = $1 AND user_id = $2",
+            &[&id, &user_id],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
+pub async fn insert_message(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    conversation_id: Uuid,
+    role: &str,
+    content: &str,
+    status: &str,
+) -> Result<Message, DbError> {
+    let row = client
+        .query_one(
+            &format!(
+                "INSERT INTO messages (id, conversation_id, user_id, role, content, status, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp(), clock_timestamp())
+                 RETURNING {MESSAGE_COLUMNS}"
+            ),
+            &[&Uuid::new_v4(), &conversation_id, &user_id, &role, &content, &status],
+        )
+        .await?;
+    Ok(Message::from_row(&row))
+}
+
+pub async fn finish_message(
+    client: &impl GenericClient,
+    id: Uuid,
+    status: &str,
+    content: &str,
+    sources: &Value,
+    error_message: Option<&str>,
+) -> Result<Message, DbError> {
+    let row = client
+        .query_one(
+            &format!(
+                "UPDATE messages SET status = $2, content = $3, sources = $4, error_message = $5,
+                    updated_at = clock_timestamp()
+                 WHERE id = $1 RETURNING {MESSAGE_COLUMNS}"
+            ),
+            &[&id, &status, &content, sources, &error_message],
+        )
+        .await?;
+    Ok(Message::from_row(&row))
+}
+
+pub async fn messages(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    conversation_id: Uuid,
+) -> Result<Vec<Message>, DbError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND user_id = $2
+                 ORDER BY created_at, id"
+            ),
+            &[&conversation_id, &user_id],
+        )
+        .await?;
+    Ok(rows.iter().map(Message::from_row).collect())
+}
+
+/// A retrieved chunk with where it came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Passage {
+    pub document_id: Uuid,
+    pub filename: String,
+    pub chunk_index: i32,
+    pub content: String,
+    pub rank: f32,
+}
+
+/// Full-text search over the caller's ingested chunks. Any query word may
+/// match (OR), ranked by `ts_rank_cd`.
+pub async fn search(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    query: &str,
+    limit: i64,
+) -> Result<Vec<Passage>, DbError> {
+    let rows = client
+        .query(
+            "WITH q AS (
+                SELECT NULLIF(replace(plainto_tsquery('english', $2)::text, ' & ', ' | '), '')::tsquery AS q)
+             SELECT c.document_id, d.filename, c.chunk_index, c.content,
+                    ts_rank_cd(c.tsv, q.q) AS rank
+             FROM chunks c JOIN documents d ON d.id = c.document_id, q
+             WHERE c.user_id = $1 AND d.user_id = $1 AND d.status = 'ingested'
+               AND q.q IS NOT NULL AND c.tsv @@ q.q
+             ORDER BY rank DESC, c.document_id, c.chunk_index
+             LIMIT $3",
+            &[&user_id, &query, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Passage {
+            document_id: r.get(0),
+            filename: r.get(1),
+            chunk_index: r.get(2),
+            content: r.get(3),
+            rank: r.get(4),
+        })
+        .collect())
+}

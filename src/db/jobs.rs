@@ -1,0 +1,258 @@
+//! The job queue: Postgres only. Workers claim with `FOR UPDATE SKIP
+//! LOCKED` under a lease they renew; a job whose lease ran out (its worker
+//! died) is claimable again. Enqueueing NOTIFYs `rag_jobs` so idle workers
+//! wake at once.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::DbError;
+use super::documents::Document;
+use crate::events::JOBS_CHANNEL;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JobKind {
+    Parse,
+    Ingest,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Parse => "parse",
+            JobKind::Ingest => "ingest",
+        }
+    }
+}
+
+impl std::fmt::Display for JobKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: Uuid,
+    pub document_id: Uuid,
+    #[serde(skip)]
+    pub user_id: Uuid,
+    pub kind: String,
+    pub status: String,
+    pub retry_count: i32,
+    pub max_retries: i32,
+    pub error_message: Option<String>,
+    pub run_after: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, document_id, user_id, kind, status, retry_count, max_retries, \
+                       error_message, run_after, created_at, updated_at";
+
+impl Job {
+    fn from_row(r: &Row) -> Job {
+        Job {
+            id: r.get("id"),
+            document_id: r.get("document_id"),
+            user_id: r.get("user_id"),
+            kind: r.get("kind"),
+            status: r.get("status"),
+            retry_count: r.get("retry_count"),
+            max_retries: r.get("max_retries"),
+            error_message: r.get("error_message"),
+            run_after: r.get("run_after"),
+            created_at: r.get("created_at"),
+            updated_at: r.get("updated_at"),
+        }
+    }
+
+    pub fn status_payload(&self) -> Value {
+        json!({
+            "job_id": self.id,
+            "document_id": self.document_id,
+            "kind": self.kind,
+            "status": self.status,
+            "retry_count": self.retry_count,
+            "error_message": self.error_message,
+            "updated_at": self.updated_at,
+        })
+    }
+}
+
+/// Queues a job for a document inside the caller's transaction.
+pub async fn enqueue(
+    tx: &impl GenericClient,
+    doc: &Document,
+    kind: JobKind,
+    max_retries: i32,
+) -> Result<Job, DbError> {
+    let row = tx
+        .query_one(
+            &format!(
+                "INSERT INTO jobs (id, document_id, user_id, kind, status, max_retries)
+                 VALUES ($1, $2, $3, $4, 'queued', $5) RETURNING {COLUMNS}"
+            ),
+            &[&Uuid::new_v4(), &doc.id, &doc.user_id, &kind.as_str(), &max_retries],
+        )
+        .await?;
+    // Delivered at commit, so a woken worker always finds the row.
+    tx.execute("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &kind.as_str()])
+        .await?;
+    Ok(Job::from_row(&row))
+}
+
+/// A claimed job, and whether it was taken over from a worker whose lease
+/// ran out.
+pub struct Claimed {
+    pub job: Job,
+    pub reclaimed: bool,
+}
+
+pub async fn claim(
+    client: &impl GenericClient,
+    kind: JobKind,
+    owner: &str,
+    lease_secs: f64,
+) -> Result<Option<Claimed>, DbError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "WITH next AS (
+                    SELECT id, status AS prev_status FROM jobs
+                    WHERE kind = $1
+                      AND ((status = 'queued' AND run_after <= now())
+                        OR (status = 'running' AND lease_expires_at < now()))
+                    ORDER BY run_after, created_at
+                    LIMIT 1
+                    FOR UPDATE SKIP LOCKED)
+                 UPDATE jobs j SET status = 'running', lease_owner = $2,
+                    lease_expires_at = clock_timestamp() + make_interval(secs => $3),
+                    updated_at = clock_timestamp()
+                 FROM next WHERE j.id = next.id
+                 RETURNING next.prev_status, {}",
+                COLUMNS
+                    .split(", ")
+                    .map(|c| format!("j.{}", c.trim()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            &[&kind.as_str(), &owner, &lease_secs],
+        )
+        .await?;
+    Ok(row.map(|r| Claimed {
+        reclaimed: r.get::<_, String>("prev_status") == "running",
+        job: Job::from_row(&r),
+    }))
+}
+
+/// Extends the lease; `false` means another worker owns the job now.
+pub async fn renew(
+    client: &impl GenericClient,
+    id: Uuid,
+    owner: &str,
+    lease_secs: f64,
+) -> Result<bool, DbError> {
+    let n = client
+        .execute(
+            "UPDATE jobs SET lease_expires_at = clock_timestamp() + make_interval(secs => $3)
+             WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+            &[&id, &owner, &lease_secs],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Marks a job done, if this worker still holds it.
+pub async fn succeed(
+    tx: &impl GenericClient,
+    id: Uuid,
+    owner: &str,
+) -> Result<Option<Job>, DbError> {
+    let row = tx
+        .query_opt(
+            &format!(
+                "UPDATE jobs SET status = 'success', error_message = NULL, lease_owner = NULL,
+                    lease_expires_at = NULL, updated_at = clock_timestamp()
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'running'
+                 RETURNING {COLUMNS}"
+            ),
+            &[&id, &owner],
+        )
+        .await?;
+    Ok(row.as_ref().map(Job::from_row))
+}
+
+/// Records a failed attempt: back to `queued` with `retry_count + 1` and an
+/// exponential backoff, or `failed` once `max_retries` retries are used.
+pub async fn fail(
+    tx: &impl GenericClient,
+    id: Uuid,
+    owner: &str,
+    error: &str,
+    backoff_secs: f64,
+) -> Result<Option<Job>, DbError> {
+    let row = tx
+        .query_opt(
+            &format!(
+                "UPDATE jobs SET
+                    status = CASE WHEN retry_count < max_retries THEN 'queued' ELSE 'failed' END,
+                    run_after = clock_timestamp()
+                        + make_interval(secs => least($4 * power(2, retry_count), 300)),
+                    retry_count = CASE WHEN retry_count < max_retries THEN retry_count + 1 ELSE retry_count END,
+                    error_message = $3, lease_owner = NULL, lease_expires_at = NULL,
+                    updated_at = clock_timestamp()
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'running'
+                 RETURNING {COLUMNS}"
+            ),
+            &[&id, &owner, &error, &backoff_secs],
+        )
+        .await?;
+    Ok(row.as_ref().map(Job::from_row))
+}
+
+/// Gives a job back untouched (graceful shutdown before it finished).
+pub async fn release(
+    client: &impl GenericClient,
+    id: Uuid,
+    owner: &str,
+) -> Result<Option<Job>, DbError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+                    run_after = now(), updated_at = clock_timestamp()
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'running'
+                 RETURNING {COLUMNS}"
+            ),
+            &[&id, &owner],
+        )
+        .await?;
+    if row.is_some() {
+        client
+            .execute("SELECT pg_notify($1, kind) FROM jobs WHERE id = $2", &[&JOBS_CHANNEL, &id])
+            .await?;
+    }
+    Ok(row.as_ref().map(Job::from_row))
+}
+
+pub async fn for_document(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    document_id: Uuid,
+) -> Result<Vec<Job>, DbError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM jobs WHERE document_id = $1 AND user_id = $2
+                 ORDER BY created_at, id"
+            ),
+            &[&document_id, &user_id],
+        )
+        .await?;
+    Ok(rows.iter().map(Job::from_row).collect())
+}

@@ -1,0 +1,348 @@
+//! A LISTEN connection that stays up: a dedicated connection (never from the
+//! pool), driven by hand with `Connection::poll_message` because the plain
+//! `Connection` future throws notifications away.
+//!
+//! The socket is always being read: notifications go into a bounded queue
+//! with `try_send`, and an overflow is counted, never waited on, since a
+//! stalled listener pins the server's notify queue for every session. A
+//! probe with a timeout (plus TCP keepalive) finds dead connections; then
+//! it reconnects forever with exponential backoff and jitter.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::AsyncMessage;
+use tokio_util::sync::CancellationToken;
+
+use super::DbError;
+
+/// `application_name` of the API's event listener, which operators (and
+/// `ragctl tap`) count in `pg_stat_activity`.
+pub const API_LISTENER_NAME: &str = "ragctl-listener";
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub url: String,
+    pub application_name: String,
+    pub channels: Vec<String>,
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+}
+
+impl ListenerConfig {
+    pub fn new(url: &str, application_name: &str, channels: &[&str]) -> ListenerConfig {
+        ListenerConfig {
+            url: url.to_string(),
+            application_name: application_name.to_string(),
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+            probe_interval: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What the listener puts on its queue.
+#[derive(Debug)]
+pub enum ListenItem {
+    Notification(Notification),
+    /// Notifications may have been missed: the connection was re-established,
+    /// or the queue overflowed.
+    Gap(GapReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapReason {
+    Reconnected,
+    Overflow,
+}
+
+impl GapReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::Reconnected => "listener_reconnected",
+            GapReason::Overflow => "listener_overflow",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Notification {
+    pub channel: String,
+    pub payload: String,
+    pub received_at: Instant,
+    pub received_wall: DateTime<Utc>,
+}
+
+/// Connection-level state, published on a watch channel.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ListenerStatus {
+    pub connected: bool,
+    pub reconnects: u64,
+    pub last_error: Option<String>,
+    /// `pg_notification_queue_usage()` at the last probe (0.0 to 1.0).
+    pub queue_usage: Option<f64>,
+    /// `ragctl-listener` backends seen at the last probe.
+    pub listeners: Option<i64>,
+}
+
+/// Counters read by metrics and readiness without touching the hot path's
+/// locks.
+#[derive(Debug, Default)]
+pub struct ListenerCounters {
+    pub received: AtomicU64,
+    pub dropped_overflow: AtomicU64,
+    /// Unix milliseconds of the last notification, 0 if none yet.
+    pub last_notification_ms: AtomicU64,
+}
+
+/// Handles to a running listener.
+#[derive(Clone)]
+pub struct ListenerHandle {
+    pub status: watch::Receiver<ListenerStatus>,
+    pub counters: Arc<ListenerCounters>,
+}
+
+/// Starts the listener task. It runs until `shutdown` is cancelled.
+pub fn spawn(
+    cfg: ListenerConfig,
+    queue: mpsc::Sender<ListenItem>,
+    shutdown: CancellationToken,
+) -> (ListenerHandle, tokio::task::JoinHandle<()>) {
+    let (status_tx, status_rx) = watch::channel(ListenerStatus::default());
+    let counters = Arc::new(ListenerCounters::default());
+    let task = tokio::spawn(run(cfg, queue, status_tx, counters.clone(), shutdown));
+    (
+        ListenerHandle {
+            status: status_rx,
+            counters,
+        },
+        task,
+    )
+}
+
+/// Exponential backoff with jitter: fast first retry, capped, reset by the
+/// caller after a success.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    base: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Backoff {
+        Backoff {
+            next: base,
+            base,
+            max,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.base;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        // ±25% jitter so a fleet does not reconnect in lockstep.
+        let factor = 0.75 + rand::random::<f64>() * 0.5;
+        d.mul_f64(factor)
+    }
+}
+
+async fn run(
+    cfg: ListenerConfig,
+    queue: mpsc::Sender<ListenItem>,
+    status: watch::Sender<ListenerStatus>,
+    counters: Arc<ListenerCounters>,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+    let mut connected_once = false;
+    let reconnects = metrics::counter!("ragctl_listener_reconnects_total");
+    loop {
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = session(&cfg, &queue, &status, &counters, &shutdown, &mut connected_once, &mut backoff) => r,
+        };
+        let error = match outcome {
+            Ok(()) => return, // shutdown
+            Err(e) => e,
+        };
+        if shutdown.is_cancelled() {
+            return;
+        }
+        status.send_modify(|s| {
+            if s.connected {
+                s.reconnects += 1;
+                reconnects.increment(1);
+            }
+            s.connected = false;
+            s.last_error = Some(error.clone());
+        });
+        let delay = backoff.next_delay();
+        tracing::warn!(error = %error, retry_in = ?delay, app = %cfg.application_name, "LISTEN connection lost; reconnecting");
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// One connection's life. Returns `Ok(())` on shutdown, `Err` when the
+/// connection failed or died.
+async fn session(
+    cfg: &ListenerConfig,
+    queue: &mpsc::Sender<ListenItem>,
+    status: &watch::Sender<ListenerStatus>,
+    counters: &Arc<ListenerCounters>,
+    shutdown: &CancellationToken,
+    connected_once: &mut bool,
+    backoff: &mut Backoff,
+) -> Result<(), String> {
+    let (client, mut conn) = super::connect(&cfg.url, &cfg.application_name)
+        .await
+        .map_err(|e: DbError| e.to_string())?;
+
+    let (dead_tx, mut dead_rx) = tokio::sync::oneshot::channel::<String>();
+    let reader_queue = queue.clone();
+    let reader_counters = counters.clone();
+    let reader = tokio::spawn(async move {
+        let received = metrics::counter!("ragctl_listener_notifications_total");
+        let dropped = metrics::counter!("ragctl_listener_queue_dropped_total");
+        let mut gap_pending = false;
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        let reason = loop {
+            match messages.next().await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    received.increment(1);
+                    reader_counters.received.fetch_add(1, Ordering::Relaxed);
+                    let now = Utc::now();
+                    reader_counters
+                        .last_notification_ms
+                        .store(now.timestamp_millis() as u64, Ordering::Relaxed);
+                    if gap_pending
+                        && reader_queue
+                            .try_send(ListenItem::Gap(GapReason::Overflow))
+                            .is_ok()
+                    {
+                        gap_pending = false;
+                    }
+                    let item = ListenItem::Notification(Notification {
+                        channel: n.channel().to_string(),
+                        payload: n.payload().to_string(),
+                        received_at: Instant::now(),
+                        received_wall: now,
+                    });
+                    if reader_queue.try_send(item).is_err() {
+                        dropped.increment(1);
+                        reader_counters.dropped_overflow.fetch_add(1, Ordering::Relaxed);
+                        gap_pending = true;
+                    }
+                }
+                Some(Ok(AsyncMessage::Notice(n))) => {
+                    tracing::info!(notice = %n.message(), "postgres notice on LISTEN connection");
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break super::error_text(&e),
+                None => break "connection closed".to_string(),
+            }
+        };
+        let _ = dead_tx.send(reason);
+    });
+    // Aborts the reader (and so closes the socket) however this returns.
+    let _guard = AbortOnDrop(reader);
+
+    let listen_sql: String = cfg
+        .channels
+        .iter()
+        .map(|c| format!("LISTEN {};", quote_ident(c)))
+        .collect();
+    tokio::time::timeout(cfg.probe_timeout, client.batch_execute(&listen_sql))
+        .await
+        .map_err(|_| "LISTEN timed out".to_string())?
+        .map_err(|e| super::error_text(&e))?;
+
+    backoff.reset();
+    status.send_modify(|s| {
+        s.connected = true;
+        s.last_error = None;
+    });
+    tracing::info!(app = %cfg.application_name, channels = ?cfg.channels, "listening");
+    if std::mem::replace(connected_once, true) {
+        // Control items may wait: nothing is being read from Postgres on our
+        // side of the queue yet, and the router drains continuously.
+        let _ = queue.send(ListenItem::Gap(GapReason::Reconnected)).await;
+    }
+
+    let probe_sql = "SELECT pg_notification_queue_usage(), \
+        (SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ragctl-listener')";
+    let mut probe = tokio::time::interval(cfg.probe_interval);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            reason = &mut dead_rx => return Err(reason.unwrap_or_else(|_| "reader ended".into())),
+            _ = probe.tick() => {
+                match tokio::time::timeout(cfg.probe_timeout, client.query_one(probe_sql, &[])).await {
+                    Ok(Ok(row)) => {
+                        let usage: f64 = row.get(0);
+                        let listeners: i64 = row.get(1);
+                        metrics::gauge!("ragctl_pg_notification_queue_usage").set(usage);
+                        status.send_if_modified(|s| {
+                            let changed = s.queue_usage != Some(usage) || s.listeners != Some(listeners);
+                            s.queue_usage = Some(usage);
+                            s.listeners = Some(listeners);
+                            changed
+                        });
+                    }
+                    Ok(Err(e)) => return Err(format!("probe failed: {}", super::error_text(&e))),
+                    Err(_) => return Err(format!("probe timed out after {:?}", cfg.probe_timeout)),
+                }
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Quotes an identifier for LISTEN (channel names are validated in config,
+/// this is the second line of defence).
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let first = b.next_delay();
+        assert!(first >= Duration::from_millis(75) && first <= Duration::from_millis(125));
+        for _ in 0..10 {
+            assert!(b.next_delay() <= Duration::from_millis(1250));
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(125));
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("rag_events"), "\"rag_events\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

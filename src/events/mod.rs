@@ -1,0 +1,27 @@
+//! The event contract and its wire form.
+//!
+//! Only this module knows the NOTIFY envelope: how an event is encoded for
+//! `pg_notify`, how oversized envelopes are split into fragments, and how a
+//! payload read off the channel is validated. Everything else speaks in
+//! [`Envelope`] and [`Frame`] values.
+
+mod contract;
+mod publish;
+mod wire;
+
+pub use contract::{ContractError, EventType, validate_payload};
+pub use publish::{LocalDelivery, PublishError, Publisher};
+pub use wire::{
+    DropReason, Envelope, FRAGMENT_CHUNK_BYTES, Frame, MAX_ENVELOPE_BYTES, MAX_NOTIFY_BYTES,
+    Reassembler, WireMessage, decode, encode_notifications,
+};
+
+/// Current envelope version; any other `v` is rejected.
+pub const ENVELOPE_VERSION: u64 = 1;
+
+/// Default NOTIFY channel for events.
+pub const DEFAULT_CHANNEL: &str = "rag_events";
+
+/// NOTIFY channel the job queue uses to wake workers. Not an event channel:
+/// its payload is just the job kind.
+pub const JOBS_CHANNEL: &str = "rag_jobs";

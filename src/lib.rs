@@ -1,0 +1,30 @@
+//! ragctl: a RAG backend whose workers publish events through PostgreSQL
+//! `pg_notify`, and whose API processes LISTEN and forward each event to the
+//! WebSocket `/ws` connections of the right user; plus the terminal toolkit
+//! to inspect it.
+//!
+//! The modules, one per concern:
+//!
+//! - [`config`]: the shared connection options, runtime knobs and the state
+//!   file `ragctl serve` writes in embedded mode.
+//! - [`db`]: URLs and TLS, the pool, migrations, the embedded cluster, the
+//!   LISTEN connection, and the queries of each table.
+//! - [`events`]: the event contract and its NOTIFY envelope; the only module
+//!   that knows the wire form. Publishing happens here.
+//! - [`bridge`]: LISTEN → validate → route by `user_id` to this process's
+//!   sockets.
+//! - [`api`]: REST, `/ws`, health, readiness and metrics.
+//! - [`workers`]: the parse and ingest job loops.
+//! - [`rag`]: text extraction, chunking and answering.
+//! - [`auth`]: Supabase-style JWTs.
+//! - [`cli`]: the `ragctl` subcommands and the error handler at the edge.
+
+pub mod api;
+pub mod auth;
+pub mod bridge;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod events;
+pub mod rag;
+pub mod workers;

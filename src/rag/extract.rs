@@ -1,0 +1,786 @@
+//! Text extraction from uploaded documents (plain text, Markdown, HTML, PDF).
+//!
+//! Extraction is synchronous and CPU-bound; async callers should run it on a
+//! blocking thread (`tokio::task::spawn_blocking`).
+
+use std::cell::Cell;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Once;
+
+use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
+
+pub const TEXT_PLAIN: &str = "text/plain";
+pub const TEXT_MARKDOWN: &str = "text/markdown";
+pub const TEXT_HTML: &str = "text/html";
+pub const APPLICATION_PDF: &str = "application/pdf";
+
+/// Wrap width for HTML rendering; wide enough that prose is rarely re-wrapped.
+const HTML_WIDTH: usize = 100;
+/// Cap on free-form detail inside error messages: they are stored in a DB
+/// column and shown to users, so they must stay short and single-line.
+const MAX_DETAIL_CHARS: usize = 200;
+const MAX_NAME_CHARS: usize = 60;
+const SUPPORTED: &str = "supported formats are plain text, Markdown, HTML and PDF";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("unsupported file: {0}")]
+    Unsupported(String),
+    #[error("corrupt PDF: {0}")]
+    Corrupt(String),
+    #[error("could not convert HTML: {0}")]
+    Html(String),
+    /// `offset` is the byte offset in the uploaded file (BOM included).
+    #[error("file is not valid UTF-8 text (invalid byte at offset {offset}); re-save it as UTF-8")]
+    InvalidUtf8 { offset: usize },
+    /// The message is complete on its own, e.g. "no extractable text (scanned PDF?)".
+    #[error("{0}")]
+    Empty(String),
+}
+
+/// Decides which extractor handles an upload. Order: content magic (which
+/// cannot lie), then the file extension, then the declared multipart type,
+/// then content sniffing. A generic `application/octet-stream` is ignored.
+pub fn detect_mime(
+    filename: &str,
+    declared: Option<&str>,
+    bytes: &[u8],
+) -> Result<&'static str, ExtractError> {
+    let name = display_name(filename);
+    if bytes.is_empty() {
+        return Err(ExtractError::Empty(format!("{name} is empty")));
+    }
+    if is_pdf(bytes) {
+        return Ok(APPLICATION_PDF);
+    }
+    if let Some(kind) = binary_kind(bytes) {
+        return Err(unsupported(format!("{name} is {kind}")));
+    }
+    if let Some(kind) = utf16_or_32_bom(bytes) {
+        return Err(unsupported(format!(
+            "{name} is {kind} text; re-save it as UTF-8"
+        )));
+    }
+
+    let ext = extension(filename);
+    match ext.as_deref() {
+        Some("pdf") => return Ok(APPLICATION_PDF),
+        Some("md" | "markdown" | "mdown" | "mkd") => return Ok(TEXT_MARKDOWN),
+        Some("html" | "htm" | "xhtml") => return Ok(TEXT_HTML),
+        Some("txt" | "text" | "log" | "csv" | "tsv") => {
+            // Non-UTF-8 but textual files (e.g. Latin-1) are let through so
+            // extract_text can report the exact offset; NULs mean binary.
+            return if has_nul(bytes) {
+                Err(unsupported(format!("{name} contains binary data")))
+            } else {
+                Ok(TEXT_PLAIN)
+            };
+        }
+        Some(
+            e @ ("doc" | "docx" | "odt" | "rtf" | "xls" | "xlsx" | "ods" | "ppt" | "pptx" | "odp"
+            | "epub" | "png" | "jpg" | "jpeg" | "gif" | "webp" | "svg" | "zip" | "gz" | "tar"
+            | "7z" | "exe"),
+        ) => return Err(unsupported(format!("{name}: .{e} files are not supported"))),
+        _ => {}
+    }
+
+    if let Some(declared) = declared.map(base_mime).filter(|d| !is_generic_mime(d)) {
+        match declared.as_str() {
+            "application/pdf" => return Ok(APPLICATION_PDF),
+            "text/markdown" | "text/x-markdown" => return Ok(TEXT_MARKDOWN),
+            "text/html" | "application/xhtml+xml" => return Ok(TEXT_HTML),
+            d if is_textual_mime(d) => {} // decided by sniffing below
+            d => {
+                return Err(unsupported(format!(
+                    "{name} has content type {}",
+                    clean_detail(d)
+                )));
+            }
+        }
+    }
+
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !has_nul(bytes) => {
+            if looks_like_html(text) {
+                Ok(TEXT_HTML)
+            } else {
+                Ok(TEXT_PLAIN)
+            }
+        }
+        Ok(_) => Err(unsupported(format!("{name} contains binary data"))),
+        Err(e) => Err(unsupported(format!(
+            "{name} is binary data, not UTF-8 text (invalid byte at offset {})",
+            e.valid_up_to()
+        ))),
+    }
+}
+
+/// Extracts normalised plain text. `mime` is normally a value returned by
+/// [`detect_mime`]; parameters such as `; charset=utf-8` are tolerated.
+pub fn extract_text(bytes: &[u8], mime: &str) -> Result<String, ExtractError> {
+    let raw = match base_mime(mime).as_str() {
+        TEXT_PLAIN => decode_utf8(bytes)?.to_owned(),
+        TEXT_MARKDOWN | "text/x-markdown" => markdown_to_text(decode_utf8(bytes)?),
+        TEXT_HTML | "application/xhtml+xml" => html_to_text(decode_utf8(bytes)?)?,
+        APPLICATION_PDF => pdf_to_text(bytes)?,
+        other => {
+            return Err(unsupported(format!("content type {}", clean_detail(other))));
+        }
+    };
+    let text = normalize(&raw);
+    if !text.is_empty() {
+        return Ok(text);
+    }
+    Err(ExtractError::Empty(if base_mime(mime) == APPLICATION_PDF {
+        "no extractable text (scanned PDF?)".to_owned()
+    } else if bytes.is_empty() {
+        "file is empty".to_owned()
+    } else {
+        "document contains no text".to_owned()
+    }))
+}
+
+fn unsupported(what: String) -> ExtractError {
+    ExtractError::Unsupported(format!("{what}; {SUPPORTED}"))
+}
+
+/// Strips a UTF-8 BOM and validates; the reported offset counts the BOM so it
+/// matches what a hex editor shows for the uploaded file.
+fn decode_utf8(bytes: &[u8]) -> Result<&str, ExtractError> {
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    let (skip, body) = match bytes.strip_prefix(BOM) {
+        Some(rest) => (BOM.len(), rest),
+        None => (0, bytes),
+    };
+    std::str::from_utf8(body).map_err(|e| ExtractError::InvalidUtf8 {
+        offset: skip + e.valid_up_to(),
+    })
+}
+
+fn markdown_to_text(md: &str) -> String {
+    let opts = Options::ENABLE_TABLES
+        | Options::ENABLE_STRIKETHROUGH
+        | Options::ENABLE_TASKLISTS
+        | Options::ENABLE_FOOTNOTES;
+    let mut out = String::with_capacity(md.len());
+    for event in Parser::new_ext(md, opts) {
+        match event {
+            Event::Text(t) | Event::Code(t) | Event::InlineMath(t) | Event::DisplayMath(t) => {
+                out.push_str(&t)
+            }
+            // Soft breaks are source wrapping inside a paragraph, not content.
+            Event::SoftBreak => out.push(' '),
+            Event::HardBreak => out.push('\n'),
+            Event::Rule => paragraph_break(&mut out),
+            Event::TaskListMarker(done) => out.push_str(if done { "[x] " } else { "[ ] " }),
+            // Raw HTML and footnote markers are markup, not prose.
+            Event::Html(_) | Event::InlineHtml(_) | Event::FootnoteReference(_) => {}
+            Event::Start(Tag::TableCell) => {
+                if !out.is_empty() && !out.ends_with('\n') {
+                    out.push_str(" | ");
+                }
+            }
+            Event::Start(tag) => {
+                if is_block(&TagEnd::from(tag)) {
+                    line_break(&mut out);
+                }
+            }
+            Event::End(TagEnd::Item | TagEnd::TableHead | TagEnd::TableRow) => line_break(&mut out),
+            Event::End(tag) => {
+                if is_block(&tag) {
+                    paragraph_break(&mut out);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn is_block(tag: &TagEnd) -> bool {
+    matches!(
+        tag,
+        TagEnd::Paragraph
+            | TagEnd::Heading(_)
+            | TagEnd::BlockQuote(_)
+            | TagEnd::CodeBlock
+            | TagEnd::HtmlBlock
+            | TagEnd::List(_)
+            | TagEnd::Item
+            | TagEnd::FootnoteDefinition
+            | TagEnd::DefinitionList
+            | TagEnd::DefinitionListTitle
+            | TagEnd::DefinitionListDefinition
+            | TagEnd::Table
+            | TagEnd::TableHead
+            | TagEnd::TableRow
+            | TagEnd::MetadataBlock(_)
+    )
+}
+
+fn line_break(out: &mut String) {
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+}
+
+fn paragraph_break(out: &mut String) {
+    line_break(out);
+    if !out.is_empty() && !out.ends_with("\n\n") {
+        out.push('\n');
+    }
+}
+
+fn html_to_text(html: &str) -> Result<String, ExtractError> {
+    use html2text::render::TrivialDecorator;
+    // TrivialDecorator drops link brackets, heading hashes and list bullets;
+    // footnotes off so URLs don't pollute the embedded text.
+    let config = html2text::config::with_decorator(TrivialDecorator::new())
+        .link_footnotes(false)
+        .no_table_borders()
+        .allow_width_overflow();
+    quiet_catch_unwind(|| config.string_from_read(html.as_bytes(), HTML_WIDTH))
+        .map_err(|panic| ExtractError::Html(format!("converter crashed: {panic}")))?
+        .map_err(|e| ExtractError::Html(clean_detail(&e.to_string())))
+}
+
+fn pdf_to_text(bytes: &[u8]) -> Result<String, ExtractError> {
+    match quiet_catch_unwind(|| pdf_extract::extract_text_from_mem(bytes)) {
+        Ok(Ok(text)) => Ok(text),
+        Ok(Err(e)) => Err(classify_pdf_error(&e.to_string())),
+        Err(panic) => Err(ExtractError::Corrupt(format!("parser crashed: {panic}"))),
+    }
+}
+
+/// pdf-extract only tries the empty password; anything else encrypted fails
+/// with a lopdf decryption error, which deserves a clearer message than
+/// "corrupt".
+fn classify_pdf_error(msg: &str) -> ExtractError {
+    let lower = msg.to_ascii_lowercase();
+    if lower.contains("decryption")
+        || lower.contains("encrypted pdf")
+        || lower.contains("security handler")
+    {
+        return unsupported("the PDF is encrypted or password-protected".to_owned());
+    }
+    let detail = msg.strip_prefix("PDF error: ").unwrap_or(msg);
+    ExtractError::Corrupt(clean_detail(detail))
+}
+
+thread_local! {
+    static QUIET_PANICS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, converting a panic into `Err(message)`. Parsers of untrusted
+/// input may panic; the message is kept off stderr for this thread only: the
+/// hook installed once wraps (and delegates to) whatever hook was in place,
+/// so panics on other threads are reported exactly as before. If someone
+/// installs another hook later, panics are merely printed again.
+fn quiet_catch_unwind<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            QUIET_PANICS.with(|q| q.set(self.0));
+        }
+    }
+    let _reset = Reset(QUIET_PANICS.with(|q| q.replace(true)));
+
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        clean_detail(&msg)
+    })
+}
+
+/// Line endings to `\n`, control characters removed (Postgres TEXT rejects
+/// NUL), trailing whitespace trimmed per line, at most one blank line in a
+/// row, and no leading/trailing blank lines.
+fn normalize(raw: &str) -> String {
+    let unified = raw
+        .replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .replace('\x0C', "\n\n");
+    let mut out = String::with_capacity(unified.len());
+    let mut blank_run = 0usize;
+    for line in unified.split('\n') {
+        let line: String = line
+            .chars()
+            .filter(|c| !c.is_control() || *c == '\t')
+            .collect();
+        let line = line.trim_end();
+        if line.is_empty() {
+            blank_run += 1;
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(if blank_run > 0 { "\n\n" } else { "\n" });
+        }
+        blank_run = 0;
+        out.push_str(line);
+    }
+    out
+}
+
+fn is_pdf(bytes: &[u8]) -> bool {
+    // Readers tolerate junk before the header, but scanning for it would
+    // misread text that merely mentions "%PDF-"; a .pdf name still wins.
+    bytes.trim_ascii_start().starts_with(b"%PDF-")
+}
+
+fn binary_kind(bytes: &[u8]) -> Option<&'static str> {
+    const MAGIC: &[(&[u8], &str)] = &[
+        (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+        (b"\xFF\xD8\xFF", "a JPEG image"),
+        (b"GIF87a", "a GIF image"),
+        (b"GIF89a", "a GIF image"),
+        (b"II*\x00", "a TIFF image"),
+        (b"MM\x00*", "a TIFF image"),
+        (
+            b"PK\x03\x04",
+            "a ZIP archive (e.g. .docx, .xlsx, .odt, .epub)",
+        ),
+        (
+            b"\xD0\xCF\x11\xE0\xA1\xB1\x1A\xE1",
+            "a legacy Office document (.doc/.xls/.ppt)",
+        ),
+        (b"\x1F\x8B", "a gzip archive"),
+        (b"7z\xBC\xAF\x27\x1C", "a 7-Zip archive"),
+        (b"Rar!\x1A\x07", "a RAR archive"),
+        // Windows "MZ" is omitted: too short to tell from text; PE files
+        // contain NULs and are rejected as binary data anyway.
+        (b"\x7FELF", "an executable"),
+        (b"{\\rtf", "an RTF document"),
+    ];
+    if bytes.len() >= 12 && &bytes[..4] == b"RIFF" {
+        return Some(match &bytes[8..12] {
+            b"WEBP" => "a WebP image",
+            b"WAVE" => "a WAV audio file",
+            _ => "a RIFF media file",
+        });
+    }
+    MAGIC
+        .iter()
+        .find(|(magic, _)| bytes.starts_with(magic))
+        .map(|(_, kind)| *kind)
+}
+
+fn utf16_or_32_bom(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(b"\xFF\xFE\x00\x00") || bytes.starts_with(b"\x00\x00\xFE\xFF") {
+        Some("UTF-32")
+    } else if bytes.starts_with(b"\xFF\xFE") || bytes.starts_with(b"\xFE\xFF") {
+        Some("UTF-16")
+    } else {
+        None
+    }
+}
+
+fn has_nul(bytes: &[u8]) -> bool {
+    bytes.contains(&0)
+}
+
+fn looks_like_html(text: &str) -> bool {
+    let start = text.trim_start_matches('\u{FEFF}').trim_start();
+    let head: String = start.chars().take(15).collect::<String>().to_lowercase();
+    head.starts_with("<!doctype html") || head.starts_with("<html")
+}
+
+/// "text/HTML; charset=utf-8" -> "text/html".
+fn base_mime(mime: &str) -> String {
+    mime.split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+fn is_generic_mime(mime: &str) -> bool {
+    matches!(
+        mime,
+        "" | "application/octet-stream" | "binary/octet-stream" | "application/unknown"
+    )
+}
+
+/// Declared types whose payload is text we can index as plain text.
+fn is_textual_mime(mime: &str) -> bool {
+    mime.starts_with("text/")
+        || mime.ends_with("+xml")
+        || mime.ends_with("+json")
+        || matches!(
+            mime,
+            "application/json"
+                | "application/xml"
+                | "application/javascript"
+                | "application/x-yaml"
+                | "application/yaml"
+                | "application/toml"
+                | "application/x-sh"
+                | "application/sql"
+        )
+}
+
+fn extension(filename: &str) -> Option<String> {
+    let base = filename.rsplit(['/', '\\']).next().unwrap_or(filename);
+    let (stem, ext) = base.rsplit_once('.')?;
+    (!stem.is_empty() && !ext.is_empty()).then(|| ext.to_ascii_lowercase())
+}
+
+/// Quoted, shortened, control-free file name for messages.
+fn display_name(filename: &str) -> String {
+    let base = filename.rsplit(['/', '\\']).next().unwrap_or(filename);
+    if base.trim().is_empty() {
+        return "the upload".to_owned();
+    }
+    format!("\"{}\"", truncate_single_line(base, MAX_NAME_CHARS))
+}
+
+fn clean_detail(detail: &str) -> String {
+    truncate_single_line(detail, MAX_DETAIL_CHARS)
+}
+
+/// Collapses all whitespace/control runs to one space and caps the length in
+/// characters (never splitting a UTF-8 sequence).
+fn truncate_single_line(s: &str, max_chars: usize) -> String {
+    let flat = s
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    if flat.chars().count() <= max_chars {
+        return flat;
+    }
+    let mut cut: String = flat.chars().take(max_chars.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TXT: &[u8] = include_bytes!("../../fixtures/documents/handbook.txt");
+    const MD: &[u8] = include_bytes!("../../fixtures/documents/handbook.md");
+    const HTML: &[u8] = include_bytes!("../../fixtures/documents/handbook.html");
+    const PDF: &[u8] = include_bytes!("../../fixtures/documents/handbook.pdf");
+    const SCANNED_PDF: &[u8] = include_bytes!("../../fixtures/documents/scanned.pdf");
+    const BROKEN_PAGE_PDF: &[u8] = include_bytes!("../../fixtures/documents/broken-page.pdf");
+    const CORRUPT_PDF: &[u8] = include_bytes!("../../fixtures/documents/corrupt.pdf");
+    const PNG: &[u8] = include_bytes!("../../fixtures/documents/image.png");
+    const EMPTY: &[u8] = include_bytes!("../../fixtures/documents/empty.txt");
+
+    /// Distinctive word of each fixture (see fixtures/documents/README.md).
+    const WORDS: [(&str, &[u8], &str); 4] = [
+        ("handbook.txt", TXT, "onboarding"),
+        ("handbook.md", MD, "vacation"),
+        ("handbook.html", HTML, "turnstile"),
+        ("handbook.pdf", PDF, "reimbursement"),
+    ];
+
+    fn extract_file(name: &str, bytes: &[u8]) -> Result<String, ExtractError> {
+        extract_text(bytes, detect_mime(name, None, bytes)?)
+    }
+
+    #[test]
+    fn detects_fixture_types_by_extension_and_magic() {
+        assert_eq!(detect_mime("handbook.txt", None, TXT).unwrap(), TEXT_PLAIN);
+        assert_eq!(detect_mime("handbook.md", None, MD).unwrap(), TEXT_MARKDOWN);
+        assert_eq!(detect_mime("handbook.html", None, HTML).unwrap(), TEXT_HTML);
+        assert_eq!(
+            detect_mime("handbook.pdf", None, PDF).unwrap(),
+            APPLICATION_PDF
+        );
+        // Magic wins over a misleading name and declared type.
+        assert_eq!(
+            detect_mime("notes.txt", Some("text/plain"), PDF).unwrap(),
+            APPLICATION_PDF
+        );
+        // Extension is case-insensitive; a path prefix is ignored.
+        assert_eq!(
+            detect_mime("dir/README.MD", None, MD).unwrap(),
+            TEXT_MARKDOWN
+        );
+        assert_eq!(
+            detect_mime("data.CSV", None, b"a,b\n1,2\n").unwrap(),
+            TEXT_PLAIN
+        );
+        // Text that merely mentions the PDF header is still text.
+        let script = b"#!/usr/bin/env python3\n# writes files starting with %PDF-1.4\n";
+        assert_eq!(
+            detect_mime("make_pdfs.py", None, script).unwrap(),
+            TEXT_PLAIN
+        );
+        // A .pdf name is trusted so that a bad file reports as corrupt.
+        assert_eq!(
+            detect_mime("x.pdf", None, b"not really").unwrap(),
+            APPLICATION_PDF
+        );
+    }
+
+    #[test]
+    fn uses_declared_type_then_sniffs_content() {
+        let octet = Some("application/octet-stream");
+        assert_eq!(
+            detect_mime("upload", Some("text/markdown"), MD).unwrap(),
+            TEXT_MARKDOWN
+        );
+        assert_eq!(
+            detect_mime("upload", Some("Text/HTML; charset=UTF-8"), HTML).unwrap(),
+            TEXT_HTML
+        );
+        assert_eq!(
+            detect_mime("upload", Some("application/pdf"), b"junk").unwrap(),
+            APPLICATION_PDF
+        );
+        // Generic declared type is ignored: content decides.
+        assert_eq!(detect_mime("upload", octet, HTML).unwrap(), TEXT_HTML);
+        assert_eq!(detect_mime("upload", octet, TXT).unwrap(), TEXT_PLAIN);
+        assert_eq!(
+            detect_mime("notes.json", Some("application/json"), b"{\"a\": 1}").unwrap(),
+            TEXT_PLAIN
+        );
+        let err = detect_mime("upload", Some("audio/mpeg"), b"ID3 text").unwrap_err();
+        assert!(err.to_string().contains("audio/mpeg"), "{err}");
+    }
+
+    #[test]
+    fn png_is_unsupported_even_with_a_text_name() {
+        for (name, declared) in [
+            ("image.png", Some("image/png")),
+            ("notes.txt", Some("text/plain")),
+        ] {
+            let err = detect_mime(name, declared, PNG).unwrap_err();
+            assert!(matches!(err, ExtractError::Unsupported(_)), "{err:?}");
+            let msg = err.to_string();
+            assert!(msg.contains("PNG image") && msg.contains(name), "{msg}");
+        }
+    }
+
+    #[test]
+    fn office_and_binary_uploads_are_unsupported() {
+        let docx = b"PK\x03\x04\x14\x00\x06\x00rest-of-zip";
+        let err = detect_mime("report.docx", None, docx).unwrap_err();
+        assert!(err.to_string().contains("ZIP archive"), "{err}");
+        let err = detect_mime("old.doc", None, b"plain-looking bytes").unwrap_err();
+        assert!(
+            err.to_string().contains(".doc files are not supported"),
+            "{err}"
+        );
+        let err = detect_mime("blob", None, &[0x01, 0xC3, 0x28, 0xFF]).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("not UTF-8") && msg.contains("offset 1"),
+            "{msg}"
+        );
+        let err = detect_mime("notes.txt", None, b"abc\x00\x00def").unwrap_err();
+        assert!(err.to_string().contains("binary data"), "{err}");
+        let err = detect_mime("u16.txt", None, b"\xFF\xFEh\x00i\x00").unwrap_err();
+        assert!(err.to_string().contains("UTF-16"), "{err}");
+    }
+
+    #[test]
+    fn error_messages_are_single_line_and_short() {
+        let long_name = format!("{}\nevil\r\t.png", "x".repeat(500));
+        let err = detect_mime(&long_name, None, PNG).unwrap_err();
+        let msg = err.to_string();
+        assert!(!msg.contains(['\n', '\r', '\t']), "{msg:?}");
+        assert!(
+            msg.chars().count() < 300,
+            "{} chars: {msg}",
+            msg.chars().count()
+        );
+    }
+
+    #[test]
+    fn each_fixture_yields_its_own_distinctive_word_only() {
+        for (name, bytes, word) in WORDS {
+            let text = extract_file(name, bytes).unwrap();
+            assert!(
+                text.to_lowercase().contains(word),
+                "{name} lacks {word}: {text}"
+            );
+            for (other, _, other_word) in WORDS {
+                if other != name {
+                    assert!(
+                        !text.to_lowercase().contains(other_word),
+                        "{name} unexpectedly contains {other}'s word {other_word}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn markdown_keeps_text_and_code_but_drops_markup() {
+        let text = extract_file("handbook.md", MD).unwrap();
+        assert!(
+            text.starts_with("Employee Handbook: Time Off\n\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("receives 25 vacation days per calendar year."),
+            "{text}"
+        );
+        assert!(
+            text.contains("Open the HR portal and choose Request leave."),
+            "{text}"
+        );
+        assert!(text.contains("leave_balance = 25 - days_taken"), "{text}");
+        assert!(
+            text.contains("See the HR portal for your balance."),
+            "{text}"
+        );
+        for markup in ["**", "# ", "```", "](", "https://", "> Tip"] {
+            assert!(!text.contains(markup), "markup {markup:?} left in {text}");
+        }
+        // List items stay on separate lines.
+        assert!(text.contains("short note.\nYour manager"), "{text}");
+    }
+
+    #[test]
+    fn markdown_tables_and_tasks_become_readable_lines() {
+        let md = "| Day | Hours |\n|---|---|\n| Mon | 8 |\n\n- [x] done\n- [ ] todo\n";
+        let text = extract_text(md.as_bytes(), TEXT_MARKDOWN).unwrap();
+        assert_eq!(text, "Day | Hours\nMon | 8\n\n[x] done\n[ ] todo");
+    }
+
+    #[test]
+    fn html_drops_tags_scripts_and_link_urls() {
+        let text = extract_file("handbook.html", HTML).unwrap();
+        assert!(text.contains("Employee Handbook: Office Access"), "{text}");
+        assert!(text.contains("security badges"), "{text}");
+        assert!(
+            text.contains("Never lend your badge to a colleague."),
+            "{text}"
+        );
+        for junk in ["<", "analytics", "font-family", "https://", "[1]"] {
+            assert!(!text.contains(junk), "{junk:?} left in {text}");
+        }
+    }
+
+    #[test]
+    fn pdf_text_comes_back_from_both_pages() {
+        let text = extract_file("handbook.pdf", PDF).unwrap();
+        assert!(text.contains("Employee Handbook - Refund Policy"), "{text}");
+        // TJ arrays with kerning are joined without losing the space.
+        assert!(
+            text.contains("Submit each claim within 30 days of the purchase date."),
+            "{text}"
+        );
+        assert!(text.contains("Reimbursement Timeline"), "{text}");
+        assert!(
+            text.contains("Rejected claims can be appealed to your line manager."),
+            "{text}"
+        );
+        assert!(
+            !text.contains("\n\n\n") && !text.starts_with('\n'),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn corrupt_pdf_is_an_error_not_a_panic() {
+        let err = extract_file("corrupt.pdf", CORRUPT_PDF).unwrap_err();
+        assert!(matches!(err, ExtractError::Corrupt(_)), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.starts_with("corrupt PDF: "), "{msg}");
+        let err = extract_text(b"%PDF-1.7 nothing else", APPLICATION_PDF).unwrap_err();
+        assert!(matches!(err, ExtractError::Corrupt(_)), "{err:?}");
+    }
+
+    #[test]
+    fn pdf_extract_panic_becomes_corrupt() {
+        // Prove the fixture really panics inside pdf-extract...
+        let raw = quiet_catch_unwind(|| pdf_extract::extract_text_from_mem(BROKEN_PAGE_PDF));
+        assert_eq!(raw.err().as_deref(), Some("MediaBox"));
+        // ...and that extract_text turns it into a typed error.
+        let err = extract_text(BROKEN_PAGE_PDF, APPLICATION_PDF).unwrap_err();
+        assert!(matches!(err, ExtractError::Corrupt(_)), "{err:?}");
+        assert_eq!(err.to_string(), "corrupt PDF: parser crashed: MediaBox");
+        // The quiet flag is reset afterwards.
+        assert!(!QUIET_PANICS.with(Cell::get));
+    }
+
+    #[test]
+    fn panics_on_other_threads_still_reach_the_previous_hook() {
+        let _ = quiet_catch_unwind(|| ()); // make sure our hook is installed
+        let other = std::thread::spawn(|| panic!("boom")).join();
+        let msg = other.unwrap_err();
+        assert_eq!(msg.downcast_ref::<&str>(), Some(&"boom"));
+        assert!(!QUIET_PANICS.with(Cell::get));
+    }
+
+    #[test]
+    fn encrypted_pdf_errors_are_reported_as_unsupported() {
+        let err = classify_pdf_error("PDF error: invalid password for encrypted PDF");
+        assert!(
+            err.to_string().contains("encrypted or password-protected"),
+            "{err}"
+        );
+        let err = classify_pdf_error("PDF error: invalid file trailer");
+        assert_eq!(err.to_string(), "corrupt PDF: invalid file trailer");
+    }
+
+    #[test]
+    fn scanned_pdf_is_empty() {
+        let err = extract_file("scanned.pdf", SCANNED_PDF).unwrap_err();
+        assert!(matches!(err, ExtractError::Empty(_)), "{err:?}");
+        assert_eq!(err.to_string(), "no extractable text (scanned PDF?)");
+    }
+
+    #[test]
+    fn empty_and_whitespace_inputs_are_empty() {
+        let err = detect_mime("empty.txt", None, EMPTY).unwrap_err();
+        assert_eq!(err.to_string(), "\"empty.txt\" is empty");
+        let err = extract_text(EMPTY, TEXT_PLAIN).unwrap_err();
+        assert_eq!(err.to_string(), "file is empty");
+        for (bytes, mime) in [
+            (&b" \n\t \r\n"[..], TEXT_PLAIN),
+            (b"<html><body> <p>  </p></body></html>", TEXT_HTML),
+            (b"<!-- only a comment -->\n\n---\n", TEXT_MARKDOWN),
+        ] {
+            let err = extract_text(bytes, mime).unwrap_err();
+            assert!(matches!(err, ExtractError::Empty(_)), "{mime}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_reports_the_byte_offset() {
+        let err = extract_text(b"caf\xE9 au lait", TEXT_PLAIN).unwrap_err();
+        assert!(
+            matches!(err, ExtractError::InvalidUtf8 { offset: 3 }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("offset 3"), "{err}");
+        // The offset counts the BOM, i.e. it is a position in the uploaded file.
+        let err = extract_text(b"\xEF\xBB\xBFab\xFF", TEXT_MARKDOWN).unwrap_err();
+        assert!(
+            matches!(err, ExtractError::InvalidUtf8 { offset: 5 }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn plain_text_strips_bom_and_normalises_whitespace() {
+        let raw = "\u{FEFF}Title  \r\n\r\n\r\n\r\nBody line\t \x00\nnext\x0Cpage two\n\n\n";
+        let text = extract_text(raw.as_bytes(), TEXT_PLAIN).unwrap();
+        assert_eq!(text, "Title\n\nBody line\nnext\n\npage two");
+    }
+
+    #[test]
+    fn unknown_mime_in_extract_text_is_unsupported() {
+        let err = extract_text(b"x", "image/png").unwrap_err();
+        assert!(matches!(err, ExtractError::Unsupported(_)), "{err:?}");
+        assert!(err.to_string().contains("image/png"), "{err}");
+    }
+}

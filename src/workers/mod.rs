@@ -1,0 +1,355 @@
+//! The parse and ingest workers. Each runs as its own OS process
+//! (`ragctl worker parse|ingest`), any number side by side on any host.
+//!
+//! A worker wakes on a NOTIFY of `rag_jobs` (or its fallback poll), claims a
+//! job under a lease it keeps renewing, does the work, and commits the
+//! result and the job's new state in one transaction. Only then does it
+//! publish the events: realtime never holds up or rolls back the work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::db::documents::{self, Document};
+use crate::db::jobs::{self, Job, JobKind};
+use crate::db::listener::{self, ListenItem, ListenerConfig};
+use crate::db::DbError;
+use crate::events::{EventType, JOBS_CHANNEL, Publisher};
+use crate::rag;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub kind: JobKind,
+    /// Lease owner id: host, pid and a random suffix.
+    pub owner: String,
+    pub lease: Duration,
+    pub poll: Duration,
+    pub retry_backoff: Duration,
+    pub chunk_size: usize,
+    pub chunk_overlap: usize,
+    pub listen_url: String,
+    /// How long a job in progress may run on after SIGTERM before it is
+    /// handed back to the queue.
+    pub shutdown_grace: Duration,
+    /// Fault injection for crash tests: sleep this long inside each job.
+    pub job_delay: Duration,
+}
+
+pub fn owner_id(kind: JobKind) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
+    let suffix = Uuid::new_v4().simple().to_string();
+    format!("{host}:{}:{kind}:{}", std::process::id(), &suffix[..8])
+}
+
+const PARSE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What a finished attempt produced.
+enum Outcome {
+    Parsed(String),
+    Chunks(Vec<String>),
+}
+
+/// Runs one worker until `shutdown` is cancelled. Database outages are
+/// waited out, never fatal.
+pub async fn run(pool: Pool, events: Publisher, cfg: WorkerConfig, shutdown: CancellationToken) {
+    let wake = Arc::new(Notify::new());
+    let (queue_tx, mut queue_rx) = mpsc::channel::<ListenItem>(64);
+    let listen_shutdown = shutdown.child_token();
+    let (_handle, listen_task) = listener::spawn(
+        ListenerConfig::new(
+            &cfg.listen_url,
+            &format!("ragctl-worker-{}", cfg.kind),
+            &[JOBS_CHANNEL],
+        ),
+        queue_tx,
+        listen_shutdown.clone(),
+    );
+    let kind = cfg.kind.as_str();
+    let waker = wake.clone();
+    let wake_task = tokio::spawn(async move {
+        while let Some(item) = queue_rx.recv().await {
+            match item {
+                ListenItem::Notification(n) if n.payload == kind => waker.notify_one(),
+                // After a gap we may have missed a wake-up: look anyway.
+                ListenItem::Gap(_) => waker.notify_one(),
+                ListenItem::Notification(_) => {}
+            }
+        }
+    });
+
+    tracing::info!(owner = %cfg.owner, kind, "worker started");
+    let mut idle_backoff = listener::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    while !shutdown.is_cancelled() {
+        let claimed = match pool.get().await {
+            Ok(client) => {
+                jobs::claim(&client, cfg.kind, &cfg.owner, cfg.lease.as_secs_f64()).await
+            }
+            Err(e) => Err(DbError::from(e)),
+        };
+        match claimed {
+            Ok(Some(claimed)) => {
+                idle_backoff.reset();
+                if claimed.reclaimed {
+                    tracing::warn!(job_id = %claimed.job.id, "took over a job whose lease ran out");
+                    metrics::counter!("ragctl_jobs_reclaimed_total", "kind" => kind).increment(1);
+                }
+                let span = tracing::info_span!("job", job_id = %claimed.job.id, kind, document_id = %claimed.job.document_id);
+                process(&pool, &events, &cfg, claimed.job, &shutdown).instrument(span).await;
+                continue; // look for more work at once
+            }
+            Ok(None) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(cfg.poll) => {}
+                }
+            }
+            Err(e) => {
+                let delay = idle_backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot claim jobs; database unavailable?");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    listen_shutdown.cancel();
+    let _ = listen_task.await;
+    wake_task.abort();
+    tracing::info!(owner = %cfg.owner, "worker stopped");
+}
+
+async fn process(pool: &Pool, events: &Publisher, cfg: &WorkerConfig, job: Job, shutdown: &CancellationToken) {
+    events.emit(job.user_id, EventType::JobStatusUpdated, job.status_payload()).await;
+    let working = match cfg.kind {
+        JobKind::Parse => "parsing",
+        JobKind::Ingest => "ingesting",
+    };
+    match set_document_status(pool, job.document_id, working, None).await {
+        Ok(Some((doc, true))) => {
+            events
+                .emit(doc.user_id, EventType::DocumentStatusUpdated, doc.status_payload())
+                .await
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not mark document {working}"),
+    }
+
+    // Renew the lease while the work runs; losing it cancels the work.
+    let lost = CancellationToken::new();
+    let renewer = {
+        let (pool, owner, lost) = (pool.clone(), cfg.owner.clone(), lost.clone());
+        let (id, lease) = (job.id, cfg.lease);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(lease / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let renewed = match pool.get().await {
+                    Ok(c) => jobs::renew(&c, id, &owner, lease.as_secs_f64()).await,
+                    Err(e) => Err(e.into()),
+                };
+                match renewed {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(job_id = %id, "lease lost to another worker; abandoning");
+                        lost.cancel();
+                        return;
+                    }
+                    // A blip: keep trying until the lease itself runs out.
+                    Err(e) => tracing::warn!(job_id = %id, error = %e, "lease renewal failed"),
+                }
+            }
+        })
+    };
+
+    let work = work(pool, cfg, &job);
+    tokio::pin!(work);
+    let result = tokio::select! {
+        r = &mut work => Some(r),
+        _ = lost.cancelled() => None,
+        _ = shutdown.cancelled() => {
+            tracing::info!(grace = ?cfg.shutdown_grace, "shutting down; letting the job finish");
+            tokio::select! {
+                r = &mut work => Some(r),
+                _ = lost.cancelled() => None,
+                _ = tokio::time::sleep(cfg.shutdown_grace) => {
+                    release(pool, events, cfg, &job).await;
+                    None
+                }
+            }
+        }
+    };
+    renewer.abort();
+    let Some(result) = result else { return };
+    let finished = match result {
+        Ok(outcome) => finish_success(pool, cfg, &job, outcome).await,
+        Err(message) => finish_failure(pool, cfg, &job, &message).await,
+    };
+    match finished {
+        Ok(published) => {
+            for (user, kind, payload) in published {
+                events.emit(user, kind, payload).await;
+            }
+        }
+        Err(e) => {
+            // The lease will run out and another attempt will pick it up.
+            tracing::error!(error = %e, "could not record the job's result");
+        }
+    }
+}
+
+/// The work itself; an `Err` is the message recorded on the job.
+async fn work(pool: &Pool, cfg: &WorkerConfig, job: &Job) -> Result<Outcome, String> {
+    if !cfg.job_delay.is_zero() {
+        tokio::time::sleep(cfg.job_delay).await;
+    }
+    let client = pool.get().await.map_err(|e| format!("database unavailable: {e}"))?;
+    match cfg.kind {
+        JobKind::Parse => {
+            let doc = documents::get(&client, job.user_id, job.document_id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("document no longer exists")?;
+            let bytes = documents::blob(&client, job.document_id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("uploaded bytes are missing")?;
+            drop(client);
+            let mime = doc.mime_type.clone();
+            let parse = tokio::task::spawn_blocking(move || rag::extract::extract_text(&bytes, &mime));
+            // A pathological file (deeply nested HTML) must not hold the
+            // worker forever; the thread is abandoned, the job fails.
+            let text = tokio::time::timeout(PARSE_TIMEOUT, parse)
+                .await
+                .map_err(|_| format!("parsing took longer than {PARSE_TIMEOUT:?}; file rejected"))?
+                .map_err(|e| format!("parser crashed: {e}"))?
+                .map_err(|e| e.to_string())?;
+            Ok(Outcome::Parsed(text))
+        }
+        JobKind::Ingest => {
+            let text = documents::text(&client, job.document_id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("no parsed text for this document; parse it first")?;
+            drop(client);
+            let (size, overlap) = (cfg.chunk_size, cfg.chunk_overlap);
+            let chunks = tokio::task::spawn_blocking(move || rag::chunk::chunk_text(&text, size, overlap))
+                .await
+                .map_err(|e| format!("chunker crashed: {e}"))?;
+            if chunks.is_empty() {
+                return Err("document has no text to ingest".into());
+            }
+            Ok(Outcome::Chunks(chunks))
+        }
+    }
+}
+
+type Published = Vec<(Uuid, EventType, serde_json::Value)>;
+
+async fn finish_success(pool: &Pool, cfg: &WorkerConfig, job: &Job, outcome: Outcome) -> Result<Published, DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let Some(done) = jobs::succeed(&tx, job.id, &cfg.owner).await? else {
+        tracing::warn!(job_id = %job.id, "job was taken over before it finished; result discarded");
+        return Ok(vec![]);
+    };
+    let mut out: Published = vec![(job.user_id, EventType::JobStatusUpdated, done.status_payload())];
+    let doc = match outcome {
+        Outcome::Parsed(text) => {
+            tx.execute(
+                "INSERT INTO document_texts (document_id, content) VALUES ($1, $2)
+                 ON CONFLICT (document_id) DO UPDATE SET content = EXCLUDED.content, created_at = now()",
+                &[&job.document_id, &text],
+            )
+            .await?;
+            let doc = documents::set_status(&tx, job.document_id, "parsed", None).await?;
+            if let Some((d, _)) = &doc {
+                let next = jobs::enqueue(&tx, d, JobKind::Ingest, done.max_retries).await?;
+                tx.commit().await?;
+                out.push((job.user_id, EventType::DocumentStatusUpdated, d.status_payload()));
+                out.push((job.user_id, EventType::JobStatusUpdated, next.status_payload()));
+                return Ok(out);
+            }
+            tx.commit().await?;
+            doc
+        }
+        Outcome::Chunks(chunks) => {
+            tx.execute("DELETE FROM chunks WHERE document_id = $1", &[&job.document_id])
+                .await?;
+            let ids: Vec<Uuid> = chunks.iter().map(|_| Uuid::new_v4()).collect();
+            let idx: Vec<i32> = (0..chunks.len() as i32).collect();
+            tx.execute(
+                "INSERT INTO chunks (id, document_id, user_id, chunk_index, content)
+                 SELECT id, $2, $3, i, c FROM unnest($1::uuid[], $4::int[], $5::text[]) AS t(id, i, c)",
+                &[&ids, &job.document_id, &job.user_id, &idx, &chunks],
+            )
+            .await?;
+            let doc = documents::set_status(&tx, job.document_id, "ingested", None).await?;
+            tx.commit().await?;
+            doc
+        }
+    };
+    if let Some((doc, _)) = doc {
+        out.push((job.user_id, EventType::DocumentStatusUpdated, doc.status_payload()));
+    }
+    Ok(out)
+}
+
+async fn finish_failure(pool: &Pool, cfg: &WorkerConfig, job: &Job, message: &str) -> Result<Published, DbError> {
+    let message: String = message.chars().take(1000).collect();
+    tracing::warn!(error = %message, retry_count = job.retry_count, "job attempt failed");
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let Some(after) = jobs::fail(&tx, job.id, &cfg.owner, &message, cfg.retry_backoff.as_secs_f64()).await? else {
+        tracing::warn!(job_id = %job.id, "job was taken over before it failed; nothing recorded");
+        return Ok(vec![]);
+    };
+    let doc = if after.status == "failed" {
+        documents::set_status(&tx, job.document_id, "error", Some(&message))
+            .await?
+            .map(|(d, _)| d)
+    } else {
+        None
+    };
+    tx.commit().await?;
+    metrics::counter!("ragctl_job_failures_total", "kind" => cfg.kind.as_str(), "final" => (after.status == "failed").to_string()).increment(1);
+    let mut out: Published = vec![(job.user_id, EventType::JobStatusUpdated, after.status_payload())];
+    if let Some(doc) = doc {
+        out.push((job.user_id, EventType::DocumentStatusUpdated, doc.status_payload()));
+    }
+    Ok(out)
+}
+
+async fn release(pool: &Pool, events: &Publisher, cfg: &WorkerConfig, job: &Job) {
+    let released = match pool.get().await {
+        Ok(c) => jobs::release(&c, job.id, &cfg.owner).await,
+        Err(e) => Err(e.into()),
+    };
+    match released {
+        Ok(Some(j)) => {
+            tracing::info!(job_id = %job.id, "job handed back to the queue");
+            events.emit(j.user_id, EventType::JobStatusUpdated, j.status_payload()).await;
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(job_id = %job.id, error = %e, "could not hand the job back; its lease will expire"),
+    }
+}
+
+async fn set_document_status(
+    pool: &Pool,
+    id: Uuid,
+    status: &str,
+    error: Option<&str>,
+) -> Result<Option<(Document, bool)>, DbError> {
+    let client = pool.get().await?;
+    documents::set_status(&client, id, status, error).await
+}
