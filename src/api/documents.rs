@@ -84,10 +84,10 @@ pub async fn upload(
             mime_type: mime,
             content: &bytes,
             max_retries: state.max_retries,
+            embargo: state.events.embargo(),
         },
     )
     .await?;
-    drop(client);
     state
         .events
         .emit(user.user_id, EventType::DocumentCreated, doc.created_payload())
@@ -96,6 +96,8 @@ pub async fn upload(
         .events
         .emit(user.user_id, EventType::JobStatusUpdated, job.status_payload())
         .await;
+    crate::db::jobs::start(&client, &job).await;
+    drop(client);
     Ok((
         StatusCode::CREATED,
         Json(json!({

@@ -31,7 +31,12 @@ pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitC
     let rt = &args.runtime;
     let pool = crate::db::pool(&url, 4, &format!("ragctl-worker-{}", args.kind)).await?;
     crate::db::migrate(&pool).await?;
-    let events = Publisher::new(pool.clone(), &channel, &format!("worker:{}", args.kind), rt.publish_timeout());
+    let events = Publisher::new(
+        pool.clone(),
+        &channel,
+        &format!("worker:{}", args.kind),
+        rt.publish_timeout(),
+    );
     let cfg = WorkerConfig {
         kind: args.kind,
         owner: workers::owner_id(args.kind),
@@ -43,6 +48,7 @@ pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitC
         listen_url: rt.listen_url(&url),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         job_delay: Duration::from_millis(args.job_delay_ms),
+        embargo: events.embargo(),
     };
     let shutdown = CancellationToken::new();
     super::cancel_on_signal(shutdown.clone());

@@ -69,6 +69,8 @@ pub struct NewDocument<'a> {
     pub mime_type: &'a str,
     pub content: &'a [u8],
     pub max_retries: i32,
+    /// See [`super::jobs::enqueue`].
+    pub embargo: std::time::Duration,
 }
 
 /// Stores an upload and queues its parse job, in one transaction.
@@ -98,7 +100,7 @@ pub async fn create_with_parse_job(
         &[&doc.id, &new.content],
     )
     .await?;
-    let job = super::jobs::enqueue(&tx, &doc, JobKind::Parse, new.max_retries).await?;
+    let job = super::jobs::enqueue(&tx, &doc, JobKind::Parse, new.max_retries, new.embargo).await?;
     tx.commit().await?;
     Ok((doc, job))
 }

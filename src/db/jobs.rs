@@ -1,7 +1,7 @@
 //! The job queue: Postgres only. Workers claim with `FOR UPDATE SKIP
 //! LOCKED` under a lease they renew; a job whose lease ran out (its worker
-//! died) is claimable again. Enqueueing NOTIFYs `rag_jobs` so idle workers
-//! wake at once.
+//! died) is claimable again. [`start`] NOTIFYs `rag_jobs` so idle workers
+//! start at once.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -84,26 +84,61 @@ impl Job {
     }
 }
 
-/// Queues a job for a document inside the caller's transaction.
+/// Queues a job for a document inside the caller's transaction. The job is
+/// embargoed until [`start`] is called once the transaction committed and
+/// its events were published, so that a worker's events never overtake the
+/// ones announcing the job. If the caller dies first, the embargo simply
+/// runs out.
 pub async fn enqueue(
     tx: &impl GenericClient,
     doc: &Document,
     kind: JobKind,
     max_retries: i32,
+    embargo: std::time::Duration,
 ) -> Result<Job, DbError> {
     let row = tx
         .query_one(
             &format!(
-                "INSERT INTO jobs (id, document_id, user_id, kind, status, max_retries)
-                 VALUES ($1, $2, $3, $4, 'queued', $5) RETURNING {COLUMNS}"
+                "INSERT INTO jobs (id, document_id, user_id, kind, status, max_retries, run_after)
+                 VALUES ($1, $2, $3, $4, 'queued', $5, now() + make_interval(secs => $6))
+                 RETURNING {COLUMNS}"
             ),
-            &[&Uuid::new_v4(), &doc.id, &doc.user_id, &kind.as_str(), &max_retries],
+            &[
+                &Uuid::new_v4(),
+                &doc.id,
+                &doc.user_id,
+                &kind.as_str(),
+                &max_retries,
+                &embargo.as_secs_f64(),
+            ],
         )
         .await?;
-    // Delivered at commit, so a woken worker always finds the row.
-    tx.execute("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &kind.as_str()])
-        .await?;
     Ok(Job::from_row(&row))
+}
+
+/// Lifts a new job's embargo and wakes idle workers of its kind. Best
+/// effort: the embargo expires on its own and workers also poll.
+pub async fn start(client: &impl GenericClient, job: &Job) {
+    if let Err(e) = client
+        .execute(
+            "UPDATE jobs SET run_after = now() WHERE id = $1 AND status = 'queued' AND run_after > now()",
+            &[&job.id],
+        )
+        .await
+    {
+        tracing::warn!(error = %super::error_text(&e), "could not lift a job's embargo; it starts when the embargo ends");
+    }
+    wake(client, &job.kind).await;
+}
+
+/// NOTIFYs workers of `kind` that there is work.
+pub async fn wake(client: &impl GenericClient, kind: &str) {
+    if let Err(e) = client
+        .execute("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &kind])
+        .await
+    {
+        tracing::debug!(error = %super::error_text(&e), "job wake-up NOTIFY failed; workers will poll");
+    }
 }
 
 /// A claimed job, and whether it was taken over from a worker whose lease
@@ -232,12 +267,11 @@ pub async fn release(
             &[&id, &owner],
         )
         .await?;
-    if row.is_some() {
-        client
-            .execute("SELECT pg_notify($1, kind) FROM jobs WHERE id = $2", &[&JOBS_CHANNEL, &id])
-            .await?;
+    let job = row.as_ref().map(Job::from_row);
+    if let Some(j) = &job {
+        wake(client, &j.kind).await;
     }
-    Ok(row.as_ref().map(Job::from_row))
+    Ok(job)
 }
 
 pub async fn for_document(

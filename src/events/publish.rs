@@ -71,6 +71,12 @@ impl Publisher {
         }
     }
 
+    /// How long a newly queued job must wait for the events announcing it:
+    /// two publishes at their timeout, plus a margin.
+    pub fn embargo(&self) -> Duration {
+        self.inner.timeout * 2 + Duration::from_secs(1)
+    }
+
     pub fn channel(&self) -> &str {
         &self.inner.channel
     }

@@ -36,6 +36,8 @@ pub struct WorkerConfig {
     /// How long a job in progress may run on after SIGTERM before it is
     /// handed back to the queue.
     pub shutdown_grace: Duration,
+    /// See [`jobs::enqueue`]: how long a job queued here waits for its events.
+    pub embargo: Duration,
     /// Fault injection for crash tests: sleep this long inside each job.
     pub job_delay: Duration,
 }
@@ -192,12 +194,15 @@ async fn process(pool: &Pool, events: &Publisher, cfg: &WorkerConfig, job: Job, 
     let Some(result) = result else { return };
     let finished = match result {
         Ok(outcome) => finish_success(pool, cfg, &job, outcome).await,
-        Err(message) => finish_failure(pool, cfg, &job, &message).await,
+        Err(message) => finish_failure(pool, cfg, &job, &message).await.map(|p| (p, None)),
     };
     match finished {
-        Ok(published) => {
+        Ok((published, next)) => {
             for (user, kind, payload) in published {
                 events.emit(user, kind, payload).await;
+            }
+            if let (Some(next), Ok(client)) = (next, pool.get().await) {
+                jobs::start(&client, &next).await;
             }
         }
         Err(e) => {
@@ -255,12 +260,19 @@ async fn work(pool: &Pool, cfg: &WorkerConfig, job: &Job) -> Result<Outcome, Str
 
 type Published = Vec<(Uuid, EventType, serde_json::Value)>;
 
-async fn finish_success(pool: &Pool, cfg: &WorkerConfig, job: &Job, outcome: Outcome) -> Result<Published, DbError> {
+/// Commits the result; returns the events to publish and the kind of job it
+/// queued next, if any.
+async fn finish_success(
+    pool: &Pool,
+    cfg: &WorkerConfig,
+    job: &Job,
+    outcome: Outcome,
+) -> Result<(Published, Option<Job>), DbError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let Some(done) = jobs::succeed(&tx, job.id, &cfg.owner).await? else {
         tracing::warn!(job_id = %job.id, "job was taken over before it finished; result discarded");
-        return Ok(vec![]);
+        return Ok((vec![], None));
     };
     let mut out: Published = vec![(job.user_id, EventType::JobStatusUpdated, done.status_payload())];
     let doc = match outcome {
@@ -273,11 +285,11 @@ async fn finish_success(pool: &Pool, cfg: &WorkerConfig, job: &Job, outcome: Out
             .await?;
             let doc = documents::set_status(&tx, job.document_id, "parsed", None).await?;
             if let Some((d, _)) = &doc {
-                let next = jobs::enqueue(&tx, d, JobKind::Ingest, done.max_retries).await?;
+                let next = jobs::enqueue(&tx, d, JobKind::Ingest, done.max_retries, cfg.embargo).await?;
                 tx.commit().await?;
                 out.push((job.user_id, EventType::DocumentStatusUpdated, d.status_payload()));
                 out.push((job.user_id, EventType::JobStatusUpdated, next.status_payload()));
-                return Ok(out);
+                return Ok((out, Some(next)));
             }
             tx.commit().await?;
             doc
@@ -301,7 +313,7 @@ async fn finish_success(pool: &Pool, cfg: &WorkerConfig, job: &Job, outcome: Out
     if let Some((doc, _)) = doc {
         out.push((job.user_id, EventType::DocumentStatusUpdated, doc.status_payload()));
     }
-    Ok(out)
+    Ok((out, None))
 }
 
 async fn finish_failure(pool: &Pool, cfg: &WorkerConfig, job: &Job, message: &str) -> Result<Published, DbError> {

@@ -1,0 +1,412 @@
+//! Test harness: a fresh database per test, the real `ragctl` binary as
+//! separate processes, and a tokio-tungstenite client acting as a user.
+//!
+//! The database server is `DATABASE_URL` if set, else the local
+//! `postgres://postgres@127.0.0.1:5432/postgres`, else an embedded cluster
+//! started under `target/`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+pub const SECRET: &str = "test-secret-for-ragctl";
+/// How long a test waits for something that should happen; a deadline to
+/// fail instead of hanging, not a speed requirement.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ragctl")
+}
+
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/documents")
+        .join(name)
+}
+
+fn admin_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return url;
+        }
+        let local = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".to_string();
+        if std::net::TcpStream::connect_timeout(&"127.0.0.1:5432".parse().unwrap(), Duration::from_secs(2)).is_ok() {
+            return local;
+        }
+        // No server: start the embedded cluster once for the whole run.
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("embedded-pg");
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(ragctl::db::embedded::Embedded::start(&dir))
+                .expect("no PostgreSQL reachable and the embedded cluster failed to start")
+                .url
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// Replaces the database name in a URL.
+fn with_db(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let cut = base.rfind('/').expect("URL has a path");
+    let mut out = format!("{}/{db}", &base[..cut]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+fn admin_sql(sql: &str) {
+    let sql = sql.to_string();
+    let url = admin_url().to_string();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let (client, conn) = ragctl::db::connect(&url, "ragctl-test-admin").await.expect("admin connection");
+            tokio::spawn(conn);
+            client.batch_execute(&sql).await.expect("admin SQL");
+        })
+    })
+    .join()
+    .unwrap();
+}
+
+/// A fresh database, dropped (with its connections) at the end.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub fn new() -> TestDb {
+        Self::owned_by(None)
+    }
+
+    /// A database owned by `role` (created beforehand by the test).
+    pub fn owned_by(role: Option<&str>) -> TestDb {
+        let name = format!("ragctl_t_{}", Uuid::new_v4().simple());
+        let owner = role.map(|r| format!(" OWNER {r}")).unwrap_or_default();
+        admin_sql(&format!("CREATE DATABASE {name}{owner}"));
+        let url = with_db(admin_url(), &name);
+        TestDb { name, url }
+    }
+
+    pub fn url_as(&self, role: &str) -> String {
+        let url = self.url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+        assert_ne!(url, self.url, "cannot rewrite the user of {}", self.url);
+        url
+    }
+
+    /// Runs SQL in this database and returns the rows.
+    pub async fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
+        let (client, conn) = ragctl::db::connect(&self.url, "ragctl-test").await.expect("test connection");
+        let task = tokio::spawn(conn);
+        let rows = client.query(sql, &[]).await.expect("test query");
+        drop(client);
+        let _ = task.await;
+        rows
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        admin_sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+pub fn admin(sql: &str) {
+    admin_sql(sql)
+}
+
+/// A spawned `ragctl` process; SIGTERM then SIGKILL on drop. Its stderr is
+/// kept for failure messages.
+pub struct Proc {
+    pub child: Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, db_url: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .env("DATABASE_URL", db_url)
+            .env("RAG_JWT_SECRET", SECRET)
+            .env("RAG_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("PORT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn ragctl");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Proc {
+            child,
+            log,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits for a stderr line containing `needle`; returns it.
+    pub async fn wait_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            assert!(Instant::now() < deadline, "{}: no line with {needle:?}; log:\n{}", self.name, self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit; log:\n{}", self.name, self.logs());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A running API (`ragctl serve --port 0`).
+pub struct Api {
+    pub proc: Proc,
+    pub url: String,
+}
+
+impl Api {
+    pub async fn start(db: &TestDb, extra: &[&str], env: &[(&str, &str)]) -> Api {
+        Self::start_url(&db.url, extra, env).await
+    }
+
+    pub async fn start_url(db_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Api {
+        let mut args = vec!["serve", "--port", "0", "--no-workers"];
+        args.extend_from_slice(extra);
+        let proc = Proc::spawn("api", db_url, &args, env);
+        let line = proc.wait_line("ragctl: API on ").await;
+        let url = line.rsplit("API on ").next().unwrap().split_whitespace().next().unwrap().to_string();
+        let api = Api { proc, url };
+        api.wait_ready().await;
+        api
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(r) = http().get(format!("{}/readyz", self.url)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "API never ready; log:\n{}", self.proc.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        self.url.replacen("http://", "ws://", 1) + "/ws"
+    }
+}
+
+pub fn worker(db: &TestDb, kind: &str, env: &[(&str, &str)]) -> Proc {
+    Proc::spawn(&format!("worker {kind}"), &db.url, &["worker", kind], env)
+}
+
+pub fn token(user: Uuid) -> String {
+    ragctl::auth::mint(SECRET, user, Duration::from_secs(3600)).unwrap()
+}
+
+pub fn http() -> reqwest::Client {
+    static PROVIDER: OnceLock<()> = OnceLock::new();
+    PROVIDER.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::new()
+}
+
+/// Uploads a fixture (or bytes) as `user`; returns (status, body).
+pub async fn upload_bytes(api: &Api, user: Uuid, filename: &str, bytes: Vec<u8>) -> (u16, Value) {
+    let form = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(bytes).file_name(filename.to_string()));
+    let r = http()
+        .post(format!("{}/documents", api.url))
+        .bearer_auth(token(user))
+        .multipart(form)
+        .send()
+        .await
+        .expect("upload request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn upload(api: &Api, user: Uuid, fixture_name: &str) -> Value {
+    let bytes = std::fs::read(fixture(fixture_name)).unwrap();
+    let (status, body) = upload_bytes(api, user, fixture_name, bytes).await;
+    assert_eq!(status, 201, "upload {fixture_name}: {body}");
+    body
+}
+
+pub async fn get_json(api: &Api, user: Uuid, path: &str) -> (u16, Value) {
+    let r = http()
+        .get(format!("{}{path}", api.url))
+        .bearer_auth(token(user))
+        .send()
+        .await
+        .expect("GET");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls REST until the document reaches `status`.
+pub async fn wait_status(api: &Api, user: Uuid, doc: &str, status: &str) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (code, body) = get_json(api, user, &format!("/documents/{doc}")).await;
+        assert_eq!(code, 200, "{body}");
+        if body["status"] == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "document {doc} stuck at {} (wanted {status}): {body}; API log:\n{}",
+            body["status"],
+            api.proc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client acting as a user.
+pub struct Client {
+    pub socket: Socket,
+    pub frames: Vec<Value>,
+}
+
+pub enum Next {
+    Frame(Value),
+    Closed(Option<u16>),
+}
+
+impl Client {
+    pub async fn connect(api: &Api, user: Uuid, query: &str) -> Client {
+        let url = format!("{}?token={}{query}", api.ws_url(), token(user));
+        Self::connect_url(&url).await.expect("ws connect")
+    }
+
+    pub async fn connect_url(url: &str) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let (socket, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(Client { socket, frames: vec![] })
+    }
+
+    /// The next data frame (answering pings), or the close.
+    pub async fn next(&mut self, within: Duration) -> Option<Next> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.socket.next()).await.ok()?;
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).expect("frames are JSON");
+                    self.frames.push(v.clone());
+                    return Some(Next::Frame(v));
+                }
+                Some(Ok(Message::Close(frame))) => return Some(Next::Closed(frame.map(|f| f.code.into()))),
+                Some(Ok(Message::Ping(p))) => {
+                    let _ = self.socket.send(Message::Pong(p)).await;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Some(Next::Closed(None)),
+            }
+        }
+    }
+
+    /// Reads frames until one satisfies `pred`; panics with what was seen.
+    pub async fn expect(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next(left).await {
+                Some(Next::Frame(v)) if pred(&v) => return v,
+                Some(Next::Frame(_)) => {}
+                Some(Next::Closed(code)) => panic!("socket closed ({code:?}) while waiting for {what}; seen: {:#?}", self.frames),
+                None => panic!("no {what} within {PATIENCE:?}; seen: {:#?}", self.frames),
+            }
+        }
+    }
+
+    /// Reads until the socket closes; returns the close code.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            match self.next(PATIENCE).await {
+                Some(Next::Closed(code)) => return code,
+                Some(Next::Frame(_)) => {}
+                None => panic!("socket not closed within {PATIENCE:?}"),
+            }
+        }
+    }
+}
+
+/// `frame.type == t` and every `(key, value)` matches the payload.
+pub fn is(frame: &Value, t: &str, fields: &[(&str, Value)]) -> bool {
+    frame["type"] == t && fields.iter().all(|(k, v)| &frame["payload"][*k] == v)
+}
+
+pub fn s(v: &str) -> Value {
+    Value::String(v.to_string())
+}
