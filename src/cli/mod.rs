@@ -6,6 +6,7 @@
 //! pipe on stdout is a quiet success.
 
 mod serve;
+mod tap;
 mod worker;
 
 use std::io::IsTerminal;
@@ -47,6 +48,8 @@ pub enum Command {
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: std::time::Duration,
     },
+    /// Watch the live NOTIFY traffic on the event channel (TUI, or JSON Lines).
+    Tap(tap::TapArgs),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -132,6 +135,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", crate::auth::mint(&secret, user, ttl)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Tap(args) => tap::run(connect, args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -1,0 +1,63 @@
+//! Feeds the inspector: a LISTEN connection (the shared reconnecting
+//! listener, under its own application name so it is not counted as an API
+//! instance) whose notifications and status become [`Input`]s.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Input, SourceStatus};
+use crate::db::listener::{self, ListenItem, ListenerConfig, ListenerStatus};
+
+fn status(s: &ListenerStatus) -> SourceStatus {
+    SourceStatus {
+        connected: s.connected,
+        reconnects: s.reconnects,
+        queue_usage: s.queue_usage,
+        listeners: s.listeners,
+        last_error: s.last_error.clone(),
+    }
+}
+
+/// Starts listening on `channel`; inputs arrive on the returned receiver
+/// until `shutdown` is cancelled.
+pub fn spawn(url: &str, channel: &str, shutdown: CancellationToken) -> mpsc::Receiver<Input> {
+    let (items_tx, mut items_rx) = mpsc::channel::<ListenItem>(8192);
+    let mut cfg = ListenerConfig::new(url, "ragctl-tap", &[channel]);
+    // The status bar wants fresh queue usage and listener counts.
+    cfg.probe_interval = Duration::from_secs(1);
+    let (handle, _task) = listener::spawn(cfg, items_tx, shutdown.clone());
+    let (tx, rx) = mpsc::channel::<Input>(8192);
+    let mut watch = handle.status;
+    tokio::spawn(async move {
+        let first = status(&watch.borrow());
+        let _ = tx.send(Input::Status(first)).await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                changed = watch.changed() => {
+                    if changed.is_err() { return; }
+                    let s = status(&watch.borrow_and_update());
+                    if tx.send(Input::Status(s)).await.is_err() {
+                        return;
+                    }
+                }
+                item = items_rx.recv() => match item {
+                    Some(ListenItem::Notification(n)) => {
+                        let input = Input::Notification {
+                            channel: n.channel,
+                            payload: n.payload,
+                            received_at: n.received_wall,
+                        };
+                        if tx.send(input).await.is_err() { return; }
+                    }
+                    // Reconnects show in the status bar already.
+                    Some(ListenItem::Gap(_)) => {}
+                    None => return,
+                },
+            }
+        }
+    });
+    rx
+}

@@ -1,0 +1,816 @@
+//! Draws a frame from the state. Pure: reads [`App`], changes nothing.
+
+use ratatui::Frame;
+use ratatui::layout::{Alignment, Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span, Text};
+use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Sparkline, Table, Wrap};
+
+use super::app::{App, Entry, Event, FilterField, SPARK_SECS};
+use crate::events::{DropReason, Envelope, EventType, validate_payload};
+
+const STATS_HEIGHT: u16 = 4;
+const COLUMNS: [(&str, Constraint); 9] = [
+    ("", Constraint::Length(1)),
+    ("time (UTC)", Constraint::Length(12)),
+    ("type", Constraint::Length(23)),
+    ("user", Constraint::Length(8)),
+    ("ids", Constraint::Fill(1)),
+    ("status", Constraint::Length(18)),
+    ("bytes", Constraint::Length(7)),
+    ("delay", Constraint::Length(8)),
+    ("frag", Constraint::Length(4)),
+];
+
+/// Style, or nothing under NO_COLOR.
+fn st(app: &App, style: Style) -> Style {
+    if app.color { style } else { Style::default() }
+}
+
+fn selected_style() -> Style {
+    Style::default().add_modifier(Modifier::REVERSED)
+}
+
+/// The warning line shown above the status bar, if any.
+pub fn banner(app: &App) -> Option<String> {
+    if !app.status_seen {
+        return None;
+    }
+    let s = &app.status;
+    if !s.connected {
+        let why = s.last_error.as_deref().unwrap_or("connection lost");
+        return Some(format!(
+            "▲ not listening: {why} — reconnecting (reconnects so far: {})",
+            s.reconnects
+        ));
+    }
+    if s.listeners == Some(0) {
+        return Some("▲ no API instance listening — events go nowhere".to_string());
+    }
+    None
+}
+
+/// Height of the table area: the main area less the detail pane.
+fn table_height(app: &App, main: u16) -> u16 {
+    if app.detail {
+        (main / 2).max(5).min(main)
+    } else {
+        main
+    }
+}
+
+/// How many rows the table shows (used by `update` for paging).
+pub fn table_rows(app: &App) -> usize {
+    let banner = u16::from(banner(app).is_some());
+    let main = app.size.1.saturating_sub(STATS_HEIGHT + banner + 2);
+    table_height(app, main).saturating_sub(3) as usize
+}
+
+pub fn view(app: &App, frame: &mut Frame) {
+    let area = frame.area();
+    let banner_text = banner(app);
+    let [main, stats, banner_area, status, keys] = Layout::vertical([
+        Constraint::Min(0),
+        Constraint::Length(STATS_HEIGHT),
+        Constraint::Length(u16::from(banner_text.is_some())),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    let [table_area, detail_area] = Layout::vertical([
+        Constraint::Length(table_height(app, main.height)),
+        Constraint::Min(0),
+    ])
+    .areas(main);
+    render_table(app, frame, table_area);
+    if app.detail {
+        render_detail(app, frame, detail_area);
+    }
+    render_stats(app, frame, stats);
+    if let Some(text) = banner_text {
+        let style = st(
+            app,
+            Style::default()
+                .fg(Color::White)
+                .bg(Color::Red)
+                .add_modifier(Modifier::BOLD),
+        );
+        frame.render_widget(Paragraph::new(text).style(style), banner_area);
+    }
+    render_status(app, frame, status);
+    render_keys(app, frame, keys);
+    if let Some(toast) = &app.toast {
+        render_toast(app, frame, main, &toast.text, toast.error);
+    }
+    if app.help {
+        render_help(app, frame, area);
+    }
+}
+
+pub fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+fn filter_hint(app: &App) -> Option<String> {
+    if !app.filters.is_active() {
+        return None;
+    }
+    let f = &app.filters;
+    let mut parts = Vec::new();
+    if !f.user.is_empty() {
+        parts.push(format!("user={}", short(&f.user)));
+    }
+    if !f.kind.is_empty() {
+        parts.push(format!("type~{}", f.kind));
+    }
+    if !f.text.is_empty() {
+        parts.push(format!("text~{:?}", f.text));
+    }
+    Some(format!(" filter: {} ", parts.join(" ")))
+}
+
+fn render_table(app: &App, frame: &mut Frame, area: Rect) {
+    let shown = app.matches.len();
+    let total = app.rows.len();
+    let count = if app.filters.is_active() {
+        format!(" ragctl tap · {shown} of {total} rows ")
+    } else {
+        format!(" ragctl tap · {total} rows ")
+    };
+    let mut left = vec![Span::styled(
+        count,
+        st(app, Style::default().add_modifier(Modifier::BOLD)),
+    )];
+    if let Some(hint) = filter_hint(app) {
+        left.push(Span::styled(
+            hint,
+            st(app, Style::default().fg(Color::Black).bg(Color::Yellow)),
+        ));
+    }
+    let badge = if app.follow {
+        Span::styled(
+            " ● FOLLOW ",
+            st(
+                app,
+                Style::default()
+                    .fg(Color::Green)
+                    .add_modifier(Modifier::BOLD),
+            ),
+        )
+    } else {
+        Span::styled(
+            format!(" ❚❚ PAUSED · {} new ", app.new_count),
+            st(
+                app,
+                Style::default()
+                    .fg(Color::Black)
+                    .bg(Color::Yellow)
+                    .add_modifier(Modifier::BOLD),
+            ),
+        )
+    };
+    let block = Block::bordered()
+        .title_top(Line::from(left))
+        .title_top(Line::from(badge).right_aligned());
+    let height = area.height.saturating_sub(3) as usize;
+    let start = app.window_start(height);
+    let end = (start + height).min(shown);
+    let sel = app.selected_pos();
+    let highlight = !app.follow || app.detail;
+    let rows: Vec<Row> = app
+        .matches
+        .range(start..end)
+        .enumerate()
+        .filter_map(|(i, seq)| {
+            let row = app.row(*seq)?;
+            let selected = highlight && sel == Some(start + i);
+            let mut cells = vec![Cell::from(if selected { "▶" } else { " " })];
+            cells.extend(match &row.entry {
+                Entry::Event(ev) => event_cells(app, ev),
+                Entry::Marker(at) => marker_cells(at),
+            });
+            let mut style = row_style(app, &row.entry);
+            if selected {
+                style = style.patch(selected_style());
+            }
+            Some(Row::new(cells).style(style))
+        })
+        .collect();
+    let header = Row::new(COLUMNS.iter().map(|(name, _)| Cell::from(*name))).style(st(
+        app,
+        Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED),
+    ));
+    let table = Table::new(rows, COLUMNS.iter().map(|(_, c)| *c))
+        .header(header)
+        .column_spacing(1)
+        .block(block);
+    frame.render_widget(table, area);
+    if shown == 0 && area.height > 4 {
+        let msg = if total > 0 {
+            "no rows match the filters (Esc clears them)"
+        } else if app.status_seen && !app.status.connected {
+            "not connected: nothing to show yet"
+        } else {
+            "waiting for notifications…"
+        };
+        let inner = Rect {
+            y: area.y + 1 + (area.height - 2) / 2,
+            height: 1,
+            ..area
+        };
+        frame.render_widget(
+            Paragraph::new(msg)
+                .alignment(Alignment::Center)
+                .style(st(app, Style::default().fg(Color::DarkGray))),
+            inner,
+        );
+    }
+}
+
+fn event_style(app: &App, ev: &Event) -> Style {
+    if ev.is_valid() {
+        Style::default()
+    } else {
+        st(app, Style::default().fg(Color::Red))
+    }
+}
+
+fn marker_style(app: &App) -> Style {
+    st(app, Style::default().fg(Color::Yellow))
+}
+
+fn row_style(app: &App, entry: &Entry) -> Style {
+    match entry {
+        Entry::Event(ev) => event_style(app, ev),
+        Entry::Marker(_) => marker_style(app),
+    }
+}
+
+fn status_style(app: &App, status: &str) -> Style {
+    let color = match status {
+        "error" | "failed" => Color::Red,
+        "success" | "ingested" | "completed" | "parsed" => Color::Green,
+        "running" | "parsing" | "ingesting" | "pending" => Color::Yellow,
+        _ => return Style::default(),
+    };
+    st(app, Style::default().fg(color))
+}
+
+pub fn format_delay(ms: i64) -> String {
+    if ms.abs() < 100_000 {
+        format!("{ms}ms")
+    } else if ms.abs() < 100_000_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}h", ms / 3_600_000)
+    }
+}
+
+fn event_cells<'a>(app: &App, ev: &'a Event) -> Vec<Cell<'a>> {
+    let ids = ev
+        .key_ids()
+        .into_iter()
+        .map(|(label, id)| format!("{label}:{}", short(id)))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let status = match ev.reason() {
+        Some(reason) => Cell::from(format!("✗ {}", reason.as_str())),
+        None => {
+            let s = ev.status().unwrap_or("");
+            Cell::from(Span::styled(s.to_string(), status_style(app, s)))
+        }
+    };
+    let user = ev
+        .user_label()
+        .map(|u| short(&u).to_string())
+        .unwrap_or_default();
+    let delay = ev
+        .delay_ms()
+        .map(format_delay)
+        .unwrap_or_else(|| "—".into());
+    let frag = if ev.fragments > 1 {
+        format!("×{}", ev.fragments)
+    } else {
+        String::new()
+    };
+    vec![
+        Cell::from(ev.received_at.format("%H:%M:%S%.3f").to_string()),
+        Cell::from(ev.kind_label().to_string()),
+        Cell::from(user),
+        Cell::from(ids),
+        status,
+        Cell::from(Line::from(ev.size.to_string()).right_aligned()),
+        Cell::from(Line::from(delay).right_aligned()),
+        Cell::from(Line::from(frag).right_aligned()),
+    ]
+}
+
+fn marker_cells<'a>(at: &chrono::DateTime<chrono::Utc>) -> Vec<Cell<'a>> {
+    let rule = "─".repeat(40);
+    vec![
+        Cell::from(at.format("%H:%M:%S%.3f").to_string()),
+        Cell::from(format!("── marker {} {}", at.format("%H:%M:%S"), rule)),
+        Cell::from(rule.clone()),
+        Cell::from(rule.clone()),
+        Cell::from(rule.clone()),
+        Cell::from(rule.clone()),
+        Cell::from(rule.clone()),
+        Cell::from(rule),
+    ]
+}
+
+/// What a drop reason means, in words.
+pub fn explain(reason: DropReason) -> &'static str {
+    match reason {
+        DropReason::NotJson => "the payload is not a JSON object",
+        DropReason::UnknownVersion => "`v` is missing or not a version this build knows",
+        DropReason::BadUserId => "`user_id` is missing or not a UUID",
+        DropReason::UnknownType => "`type` is missing or not one of the event types",
+        DropReason::BadPayload => "`payload` does not satisfy the contract of its type",
+        DropReason::BadEnvelope => {
+            "an envelope field (`id`, `ts`, `origin`) is missing or malformed"
+        }
+        DropReason::BadFragment => "a malformed or inconsistent fragment",
+        DropReason::FragmentExpired => {
+            "the fragment group did not complete in time (or was evicted)"
+        }
+    }
+}
+
+/// The precise problem with an invalid payload, where it can be told.
+fn problem(ev: &Event) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(&ev.raw).ok()?;
+    match ev.reason()? {
+        DropReason::BadPayload => {
+            let kind = EventType::parse(value.get("type")?.as_str()?)?;
+            let payload = value.get("payload")?;
+            validate_payload(kind, payload).err().map(|e| e.to_string())
+        }
+        DropReason::BadEnvelope => serde_json::from_value::<Envelope>(value)
+            .err()
+            .map(|e| e.to_string()),
+        _ => None,
+    }
+}
+
+fn millis(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Header lines (envelope fields, or why it is invalid), then the payload
+/// as pretty JSON (the whole payload text when it is not an envelope).
+fn detail_text<'a>(app: &App, ev: &'a Event) -> Text<'a> {
+    let dim = st(app, Style::default().fg(Color::DarkGray));
+    let kv = |k: &str, v: String| vec![Span::styled(format!("{k} "), dim), Span::raw(v)];
+    let sep = || Span::styled(" · ", dim);
+    let mut lines = Vec::new();
+    let mut wire = kv("channel", ev.channel.clone());
+    wire.push(sep());
+    wire.push(Span::raw(format!("{} bytes", ev.size)));
+    if ev.fragments > 1 {
+        wire.push(sep());
+        wire.push(Span::raw(format!("{} fragments", ev.fragments)));
+    }
+    let pretty = match &ev.outcome {
+        Ok(env) => {
+            let mut head = vec![
+                Span::styled(
+                    "VALID ",
+                    st(
+                        app,
+                        Style::default()
+                            .fg(Color::Green)
+                            .add_modifier(Modifier::BOLD),
+                    ),
+                ),
+                Span::styled(
+                    env.kind.as_str(),
+                    st(app, Style::default().add_modifier(Modifier::BOLD)),
+                ),
+                sep(),
+            ];
+            head.extend(kv("origin", env.origin.clone()));
+            head.push(sep());
+            head.extend(wire);
+            lines.push(Line::from(head));
+            let mut ids = kv("id", env.id.to_string());
+            ids.push(sep());
+            ids.extend(kv("user", env.user_id.to_string()));
+            lines.push(Line::from(ids));
+            let mut times = kv("ts", millis(&env.ts));
+            times.push(sep());
+            times.extend(kv("received", millis(&ev.received_at)));
+            times.push(sep());
+            times.extend(kv(
+                "delay",
+                ev.delay_ms().map(format_delay).unwrap_or_default(),
+            ));
+            lines.push(Line::from(times));
+            lines.push(Line::from(Span::styled("payload", dim)));
+            serde_json::to_string_pretty(&env.payload).ok()
+        }
+        Err(reason) => {
+            lines.push(Line::from(vec![
+                Span::styled(
+                    format!("INVALID {}", reason.as_str()),
+                    st(
+                        app,
+                        Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+                    ),
+                ),
+                Span::raw(format!(" — {}", explain(*reason))),
+            ]));
+            if let Some(p) = problem(ev) {
+                lines.push(Line::from(Span::styled(
+                    p,
+                    st(app, Style::default().fg(Color::Red)),
+                )));
+            }
+            let mut l = kv("received", millis(&ev.received_at));
+            l.push(sep());
+            l.extend(wire);
+            lines.push(Line::from(l));
+            lines.push(Line::from(Span::styled("notification", dim)));
+            serde_json::from_str::<serde_json::Value>(&ev.raw)
+                .ok()
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        }
+    };
+    match pretty {
+        Some(p) => lines.extend(p.lines().map(|l| Line::raw(l.to_string()))),
+        None => lines.extend(ev.raw.lines().map(Line::raw)),
+    }
+    Text::from(lines)
+}
+
+/// The raw payload cut into lines of `width` characters (not at words: the
+/// view shows the payload exactly), lines `skip..skip + take` only.
+pub fn raw_lines(raw: &str, width: usize, skip: usize, take: usize) -> Vec<Line<'_>> {
+    let width = width.max(1);
+    let mut out = Vec::with_capacity(take);
+    let mut index = 0;
+    for line in raw.split('\n') {
+        let mut rest = line;
+        loop {
+            let cut = rest
+                .char_indices()
+                .nth(width)
+                .map_or(rest.len(), |(i, _)| i);
+            if index >= skip {
+                out.push(Line::raw(&rest[..cut]));
+                if out.len() >= take {
+                    return out;
+                }
+            }
+            index += 1;
+            rest = &rest[cut..];
+            if rest.is_empty() {
+                break;
+            }
+        }
+    }
+    out
+}
+
+fn render_detail(app: &App, frame: &mut Frame, area: Rect) {
+    let row = app.selected_row();
+    let title = match (row.map(|r| &r.entry), app.raw) {
+        (Some(Entry::Event(ev)), true) if ev.fragments > 1 => format!(
+            " raw · envelope reassembled from {} fragments · {} bytes ",
+            ev.fragments,
+            ev.raw.len()
+        ),
+        (Some(Entry::Event(ev)), true) => {
+            format!(" raw NOTIFY payload · {} bytes ", ev.raw.len())
+        }
+        _ => " detail ".to_string(),
+    };
+    let block = Block::bordered()
+        .title_top(Line::from(Span::styled(
+            title,
+            st(app, Style::default().add_modifier(Modifier::BOLD)),
+        )))
+        .title_top(
+            Line::from(if app.raw {
+                " r pretty · J/K scroll · Enter close "
+            } else {
+                " r raw · J/K scroll · Enter close "
+            })
+            .right_aligned(),
+        );
+    let inner = block.inner(area);
+    if let (Some(Entry::Event(ev)), true) = (row.map(|r| &r.entry), app.raw) {
+        let lines = raw_lines(
+            &ev.raw,
+            inner.width as usize,
+            app.detail_scroll as usize,
+            inner.height as usize,
+        );
+        frame.render_widget(Paragraph::new(lines).block(block), area);
+        return;
+    }
+    let text = match row.map(|r| &r.entry) {
+        None => Text::raw("no row selected"),
+        Some(Entry::Marker(at)) => Text::raw(format!(
+            "marker set at {}",
+            at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        )),
+        Some(Entry::Event(ev)) => detail_text(app, ev),
+    };
+    let para = Paragraph::new(text)
+        .block(block)
+        .wrap(Wrap { trim: false })
+        .scroll((app.detail_scroll, 0));
+    frame.render_widget(para, area);
+}
+
+fn render_stats(app: &App, frame: &mut Frame, area: Rect) {
+    let [spark_area, counts_area] = Layout::horizontal([
+        Constraint::Length(SPARK_SECS as u16 + 2),
+        Constraint::Min(0),
+    ])
+    .areas(area);
+    let block = Block::bordered().title_top(format!(
+        " events/s · last {SPARK_SECS}s · {}/s ",
+        app.rate()
+    ));
+    let width = block.inner(spark_area).width as usize;
+    let data: Vec<u64> = app
+        .spark
+        .iter()
+        .skip(SPARK_SECS.saturating_sub(width))
+        .copied()
+        .collect();
+    let max = data.iter().copied().max().unwrap_or(0).max(1);
+    frame.render_widget(
+        Sparkline::default()
+            .block(block)
+            .data(&data)
+            .max(max)
+            .style(st(app, Style::default().fg(Color::Cyan))),
+        spark_area,
+    );
+    let label = [
+        "doc.created",
+        "doc.status",
+        "job.status",
+        "msg.created",
+        "msg.status",
+    ];
+    let dim = st(app, Style::default().fg(Color::DarkGray));
+    let pair = |name: &str, n: u64, style: Style| {
+        vec![
+            Span::styled(format!("{name} "), dim),
+            Span::styled(n.to_string(), style),
+            Span::raw("  "),
+        ]
+    };
+    let mut first = Vec::new();
+    let mut second = Vec::new();
+    for (i, name) in label.iter().enumerate() {
+        let target = if i < 3 { &mut first } else { &mut second };
+        target.extend(pair(name, app.counts[i], Style::default()));
+    }
+    let bad = if app.invalid > 0 {
+        st(
+            app,
+            Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+        )
+    } else {
+        Style::default()
+    };
+    second.extend(pair("invalid", app.invalid, bad));
+    second.extend(pair("fragmented", app.fragmented, Style::default()));
+    frame.render_widget(
+        Paragraph::new(vec![Line::from(first), Line::from(second)])
+            .block(Block::bordered().title_top(" by type ")),
+        counts_area,
+    );
+}
+
+fn render_status(app: &App, frame: &mut Frame, area: Rect) {
+    let s = &app.status;
+    let sep = || Span::styled(" │ ", st(app, Style::default().fg(Color::DarkGray)));
+    let mut spans = vec![if !app.status_seen {
+        Span::styled("… connecting", st(app, Style::default().fg(Color::Yellow)))
+    } else if s.connected {
+        Span::styled("● connected", st(app, Style::default().fg(Color::Green)))
+    } else {
+        Span::styled("○ disconnected", st(app, Style::default().fg(Color::Red)))
+    }];
+    spans.push(sep());
+    let listeners = match s.listeners {
+        Some(n) => n.to_string(),
+        None => "?".into(),
+    };
+    let lstyle = if s.listeners == Some(0) {
+        st(
+            app,
+            Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
+        )
+    } else {
+        Style::default()
+    };
+    spans.push(Span::styled(format!("listeners {listeners}"), lstyle));
+    spans.push(sep());
+    let (queue, qstyle) = match s.queue_usage {
+        Some(q) => {
+            let color = if q >= 0.5 {
+                Some(Color::Red)
+            } else if q >= 0.1 {
+                Some(Color::Yellow)
+            } else {
+                None
+            };
+            (
+                format!("queue {:.2}%", q * 100.0),
+                color.map_or(Style::default(), |c| st(app, Style::default().fg(c))),
+            )
+        }
+        None => ("queue ?".into(), Style::default()),
+    };
+    spans.push(Span::styled(queue, qstyle));
+    spans.push(sep());
+    spans.push(Span::raw(format!("reconnects {}", s.reconnects)));
+    spans.push(sep());
+    spans.push(Span::raw(format!(
+        "buffer {}/{}",
+        app.rows.len(),
+        app.capacity
+    )));
+    spans.push(sep());
+    let dstyle = if app.dropped > 0 {
+        st(app, Style::default().fg(Color::Yellow))
+    } else {
+        Style::default()
+    };
+    spans.push(Span::styled(format!("dropped {}", app.dropped), dstyle));
+    let pending = app.fragments_in_flight();
+    if pending > 0 {
+        spans.push(sep());
+        spans.push(Span::raw(format!("fragment groups pending {pending}")));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn render_keys(app: &App, frame: &mut Frame, area: Rect) {
+    let key = st(
+        app,
+        Style::default()
+            .fg(Color::Cyan)
+            .add_modifier(Modifier::BOLD),
+    );
+    let mut spans = Vec::new();
+    let mut push = |k: &str, what: &str| {
+        if !spans.is_empty() {
+            spans.push(Span::raw("  "));
+        }
+        spans.push(Span::styled(k.to_string(), key));
+        spans.push(Span::raw(format!(" {what}")));
+    };
+    if app.help {
+        push("?/Esc", "close help");
+        push("q", "quit");
+    } else if let Some(editing) = &app.editing {
+        let prompt = vec![
+            Span::styled(
+                format!("{} filter: ", editing.field.label()),
+                st(
+                    app,
+                    Style::default()
+                        .fg(Color::Yellow)
+                        .add_modifier(Modifier::BOLD),
+                ),
+            ),
+            Span::raw(editing.buf.clone()),
+            Span::styled(
+                "▏",
+                st(app, Style::default().add_modifier(Modifier::SLOW_BLINK)),
+            ),
+            Span::raw("   "),
+        ];
+        push("Enter", "apply");
+        push("Esc", "cancel");
+        push("^U", "clear");
+        if editing.field == FilterField::Kind {
+            push("Tab", "cycle types");
+        }
+        if editing.field == FilterField::User {
+            push("", "(user id prefix)");
+        }
+        let mut all = prompt;
+        all.extend(spans);
+        frame.render_widget(Paragraph::new(Line::from(all)), area);
+        return;
+    } else {
+        push("q", "quit");
+        if app.follow {
+            push("↑", "scroll/pause");
+            push("space", "pause");
+        } else {
+            push("↑↓", "scroll");
+            push("End/f", "follow");
+        }
+        push("Enter", if app.detail { "close" } else { "detail" });
+        if app.detail {
+            push("r", if app.raw { "pretty" } else { "raw" });
+            push("J/K", "scroll");
+        }
+        push("/ u t", "filter");
+        if app.filters.is_active() {
+            push("Esc", "clear filters");
+        }
+        push("m", "mark");
+        push("c", "clear");
+        push("w", "save");
+        push("?", "help");
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+fn render_toast(app: &App, frame: &mut Frame, main: Rect, text: &str, error: bool) {
+    let width = (text.chars().count() as u16 + 4).min(main.width);
+    if main.height < 3 || width < 5 {
+        return;
+    }
+    let area = Rect {
+        x: main.right() - width,
+        y: main.bottom() - 3,
+        width,
+        height: 3,
+    };
+    let color = if error { Color::Red } else { Color::Green };
+    frame.render_widget(Clear, area);
+    frame.render_widget(
+        Paragraph::new(text.to_string()).block(
+            Block::bordered()
+                .border_style(st(app, Style::default().fg(color)))
+                .title_top(if error { " error " } else { " ok " }),
+        ),
+        area,
+    );
+}
+
+const HELP: &[(&str, &str)] = &[
+    ("", "Navigation"),
+    ("↑ ↓  k j", "move the selection (scrolling up pauses)"),
+    ("PgUp PgDn", "page up / down"),
+    ("Home g", "oldest row (pauses)"),
+    ("End f G", "follow the newest rows again"),
+    ("space p", "pause / resume"),
+    ("", "Inspect"),
+    ("Enter", "toggle the detail pane (pretty JSON)"),
+    ("r", "raw view: the exact NOTIFY payload"),
+    ("J K", "scroll the detail pane"),
+    ("", "Filters (they work while paused too)"),
+    ("/", "text in the raw payload (smart case)"),
+    ("u", "user id prefix"),
+    ("t", "type: substring, Tab cycles, \"invalid\""),
+    ("Esc", "clear the filters / cancel typing"),
+    ("", "Buffer"),
+    ("m", "insert a marker row"),
+    ("c", "clear the buffer"),
+    ("w", "save every row as JSON Lines"),
+    ("q Ctrl-C", "quit"),
+];
+
+fn render_help(app: &App, frame: &mut Frame, area: Rect) {
+    let width = 62.min(area.width);
+    let height = (HELP.len() as u16 + 2).min(area.height);
+    let rect = Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + (area.height - height) / 2,
+        width,
+        height,
+    };
+    let head = st(
+        app,
+        Style::default()
+            .fg(Color::Yellow)
+            .add_modifier(Modifier::BOLD),
+    );
+    let key = st(
+        app,
+        Style::default()
+            .fg(Color::Cyan)
+            .add_modifier(Modifier::BOLD),
+    );
+    let lines: Vec<Line> = HELP
+        .iter()
+        .map(|(k, what)| {
+            if k.is_empty() {
+                Line::from(Span::styled(*what, head))
+            } else {
+                Line::from(vec![
+                    Span::styled(format!("  {k:<12}"), key),
+                    Span::raw(*what),
+                ])
+            }
+        })
+        .collect();
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::bordered().title_top(" keys · ? or Esc closes ")),
+        rect,
+    );
+}
