@@ -99,7 +99,11 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 pub fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    // Log lines would scribble over a full-screen TUI; it shows its own state.
+    let tui = matches!(&cli.command, Command::Tap(a) if tap::use_tui(a.no_tui));
+    if !tui {
+        init_logging(&cli.log);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -194,7 +194,13 @@ async fn event_loop(
         }
         for effect in effects {
             match effect {
-                Effect::Quit => return Ok(()),
+                Effect::Quit => {
+                    // Leave with the last state on screen (e.g. `--count`).
+                    if dirty {
+                        terminal.draw(|f| view::view(app, f))?;
+                    }
+                    return Ok(());
+                }
                 Effect::Save(path) => {
                     let saved = save(app, &path);
                     update(app, Msg::Saved(saved));

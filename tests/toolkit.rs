@@ -1,0 +1,202 @@
+//! The terminal toolkit as a user runs it: the real binary, a real
+//! database, and (for the TUI) a real pseudo-terminal.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use ragctl::events::{Envelope, EventType, Publisher};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+async fn wait_for_backend(db: &TestDb, app: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while db
+        .query(&format!("SELECT 1 FROM pg_stat_activity WHERE application_name = '{app}' AND datname = '{}'", db.name))
+        .await
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "{app} never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // LISTEN follows the connection by a round trip.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+async fn publish(db: &TestDb, env: Envelope) {
+    let pool = ragctl::db::pool(&db.url, 1, "ragctl-test-publisher").await.unwrap();
+    Publisher::new(pool, "rag_events", "test", Duration::from_secs(5))
+        .publish(env)
+        .await
+        .unwrap();
+}
+
+fn doc_event(user: Uuid) -> Envelope {
+    Envelope::new(
+        user,
+        EventType::DocumentStatusUpdated,
+        json!({"document_id": Uuid::new_v4(), "status": "parsed", "error_message": null, "updated_at": chrono::Utc::now()}),
+        "test",
+    )
+}
+
+/// The TUI in a pseudo-terminal (util-linux `script`): it draws, shows the
+/// event, exits after `--count`, and restores the terminal.
+#[tokio::test]
+async fn tap_runs_in_a_pseudo_terminal() {
+    let db = TestDb::new();
+    let cmd = format!("stty cols 120 rows 30; exec {} tap --count 1", bin());
+    // stdin stays open like an idle keyboard (EOF would be typed into the pty).
+    let mut child = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("DATABASE_URL", &db.url)
+        .env("TERM", "xterm-256color")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("util-linux script is installed");
+    wait_for_backend(&db, "ragctl-tap").await;
+    let user = Uuid::new_v4();
+    publish(&db, doc_event(user)).await;
+    let keyboard = child.stdin.take();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    drop(keyboard);
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "tap failed: {screen}");
+    assert!(screen.contains("\x1b[?1049h"), "never entered the alternate screen");
+    assert!(screen.contains("ragctl") && screen.contains("FOLLOW"), "{screen}");
+    assert!(screen.contains("document.status_updated"), "{screen}");
+    assert!(screen.contains(&user.to_string()[..8]), "{screen}");
+    assert!(!screen.contains("INFO"), "log lines leaked into the TUI: {screen}");
+    let restore = screen.rfind("\x1b[?1049l").expect("terminal not restored");
+    assert!(restore > screen.rfind("document.status_updated").unwrap());
+}
+
+/// Without a TTY, tap prints JSON Lines, flags invalid payloads with their
+/// reason, and stops after `--count`.
+#[tokio::test]
+async fn tap_prints_json_lines_and_flags_bad_payloads() {
+    let db = TestDb::new();
+    let child = Command::new(bin())
+        .args(["tap", "--count", "2"])
+        .env("DATABASE_URL", &db.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_backend(&db, "ragctl-tap").await;
+    db.query("SELECT pg_notify('rag_events', 'definitely not json')").await;
+    let user = Uuid::new_v4();
+    publish(&db, doc_event(user)).await;
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON Lines"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["valid"], false);
+    assert_eq!(lines[0]["reason"], "not_json");
+    assert_eq!(lines[0]["raw"], "definitely not json");
+    assert_eq!(lines[1]["valid"], true);
+    assert_eq!(lines[1]["envelope"]["user_id"], user.to_string());
+}
+
+/// Configuration errors name both the flag and the variable, exit 2.
+#[test]
+fn missing_configuration_names_flag_and_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["tap", "--no-tui"][..], &["token", "--user", "00000000-0000-0000-0000-000000000001"]] {
+        let out = Command::new(bin())
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("RAG_JWT_SECRET")
+            .env_remove("SUPABASE_JWT_SECRET")
+            .env_remove("RAG_STATE_DIR")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("ragctl: error: "), "{err}");
+        let (flag, var) = if args[0] == "tap" { ("--database-url", "DATABASE_URL") } else { ("--jwt-secret", "RAG_JWT_SECRET") };
+        assert!(err.contains(flag) && err.contains(var), "{err}");
+    }
+    let out = Command::new(bin())
+        .args(["tap", "--channel", "Bad-Name"])
+        .env("DATABASE_URL", "postgres://localhost/x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--channel / RAG_EVENTS_CHANNEL"));
+}
+
+/// `ragctl serve` with nothing configured starts the embedded cluster,
+/// records it in the state file that the other subcommands read, and stops
+/// it on SIGTERM.
+#[tokio::test]
+async fn serve_without_a_database_uses_the_embedded_cluster() {
+    let dir = tempfile::Builder::new().prefix("ragctl-embedded").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    // The cluster may run as the `postgres` user, which must reach the folder.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state_dir = dir.path().join(".ragctl");
+    let mut serve = Command::new(bin())
+        .args(["serve", "--port", "0", "--no-workers"])
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("RAG_JWT_SECRET")
+        .env_remove("SUPABASE_JWT_SECRET")
+        .env_remove("RAG_STATE_DIR")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = serve.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut log = Vec::new();
+    let api_url = loop {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| {
+            let _ = serve.kill();
+            panic!("serve never came up: {log:#?}")
+        });
+        if let Some(rest) = line.strip_prefix("ragctl: API on ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+        log.push(line);
+    };
+    let state: Value = serde_json::from_str(&std::fs::read_to_string(state_dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["api_url"], api_url);
+    assert!(state["database_url"].as_str().unwrap().starts_with("postgres://postgres@127.0.0.1:"));
+
+    // Another subcommand, run from the same folder, finds it all.
+    let user = Uuid::new_v4();
+    let out = Command::new(bin())
+        .args(["token", "--user", &user.to_string()])
+        .current_dir(dir.path())
+        .env_remove("RAG_JWT_SECRET")
+        .env_remove("SUPABASE_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let r = http().get(format!("{api_url}/documents")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
+    let status = serve.wait().unwrap();
+    assert!(status.success());
+    assert!(!state_dir.join("pgdata/postmaster.pid").exists(), "embedded cluster still running");
+}
