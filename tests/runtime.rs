@@ -448,3 +448,43 @@ async fn publish_failures_leave_the_business_flow_intact() {
     drop(db);
     admin(&format!("DROP ROLE {role}"));
 }
+
+/// sslmode as libpq means it: `require` encrypts without checking the
+/// certificate, `verify-full` checks it (and `sslrootcert` supplies the CA).
+#[tokio::test]
+async fn tls_modes_are_honoured() {
+    let db = TestDb::new();
+    let ssl_on = db.query("SHOW ssl").await[0].get::<_, String>(0) == "on";
+    let base = db.url.split('?').next().unwrap().to_string();
+    let require = format!("{base}?sslmode=require");
+    let connected = ragctl::db::connect(&require, "ragctl-test-tls").await;
+    if !ssl_on {
+        let err = connected.err().expect("require must fail without server TLS").to_string();
+        assert!(err.contains("cannot connect to PostgreSQL"), "{err}");
+        return;
+    }
+    let (client, conn) = connected.expect("sslmode=require connects");
+    tokio::spawn(conn);
+    let ssl: bool = client
+        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl, "sslmode=require did not encrypt");
+
+    // The server's certificate is self-signed: verify-full refuses it.
+    let err = ragctl::db::connect(&format!("{base}?sslmode=verify-full"), "ragctl-test-tls")
+        .await
+        .err()
+        .expect("an untrusted certificate must be refused")
+        .to_string();
+    assert!(err.contains("certificate"), "{err}");
+
+    // With the server's own certificate as root, verify-ca accepts it.
+    let cert_file: String = client.query_one("SHOW ssl_cert_file", &[]).await.unwrap().get(0);
+    if std::fs::metadata(&cert_file).is_ok() {
+        let url = format!("{base}?sslmode=verify-ca&sslrootcert={cert_file}");
+        assert!(ragctl::db::connect(&url, "ragctl-test-tls").await.is_ok());
+    }
+    assert!(ragctl::db::connect(&format!("{base}?sslmode=sometimes"), "x").await.err().unwrap().to_string().contains("sslmode=sometimes"));
+}
