@@ -5,9 +5,12 @@
 //! 2 usage, configuration, connection or authentication error. A broken
 //! pipe on stdout is a quiet success.
 
+mod emit;
+mod rest;
 mod serve;
 mod tap;
 mod worker;
+mod ws_client;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -50,6 +53,15 @@ pub enum Command {
     },
     /// Watch the live NOTIFY traffic on the event channel (TUI, or JSON Lines).
     Tap(tap::TapArgs),
+    /// Publish events on the NOTIFY channel as a worker would (or raw
+    /// payloads, scenario files, paced load).
+    Emit(emit::EmitArgs),
+    /// Connect to /ws, print frames, and check expectations.
+    WsClient(ws_client::WsClientArgs),
+    /// Upload a document through the REST API (optionally wait for a status).
+    Upload(rest::UploadArgs),
+    /// List a user's documents, show one, or list its jobs.
+    Docs(rest::DocsArgs),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -114,11 +126,16 @@ pub fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
-        Err(e) => {
-            let code = e.downcast_ref::<Failure>().map_or(2, |f| f.code);
-            eprintln!("ragctl: error: {e:#}");
-            ExitCode::from(code)
-        }
+        Err(e) => match e.downcast_ref::<Failure>() {
+            Some(f) => {
+                eprintln!("ragctl: error: {f}");
+                ExitCode::from(f.code)
+            }
+            None => {
+                eprintln!("ragctl: error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 
@@ -140,6 +157,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tap(args) => tap::run(connect, args).await,
+        Command::Emit(args) => emit::run(connect, args).await,
+        Command::WsClient(args) => ws_client::run(connect, args).await,
+        Command::Upload(args) => rest::upload(connect, args).await,
+        Command::Docs(args) => rest::docs(connect, args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

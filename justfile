@@ -1,0 +1,46 @@
+# ragctl developer recipes: `just` lists them, `just --show NAME` prints one.
+#
+# Every recipe reaches the database and the API the way ragctl itself does:
+# DATABASE_URL, RAG_JWT_SECRET, RAG_API_URL, or else the .ragctl/state.json
+# that `just serve` writes when it starts the embedded PostgreSQL.
+
+# Arguments reach ragctl as "$@", so quoted ones (--expect 'TYPE k=v') survive.
+set positional-arguments
+
+ragctl := "cargo run --quiet --"
+
+# List the recipes
+default:
+    @just --list
+
+# API, realtime bridge and both workers (embedded PostgreSQL unless DATABASE_URL is set)
+serve *ARGS:
+    {{ragctl}} serve "$@"
+
+# One worker process: `just worker parse` or `just worker ingest`
+worker KIND *ARGS:
+    {{ragctl}} worker "$@"
+
+# Watch the live NOTIFY traffic on the event channel
+tap *ARGS:
+    {{ragctl}} tap "$@"
+
+# Publish events: `just emit document.status_updated --user $U --set status=parsed`
+emit *ARGS:
+    {{ragctl}} emit "$@"
+
+# Connect to /ws: `just ws-client --user $U --expect 'document.status_updated status=ingested'`
+ws-client *ARGS:
+    {{ragctl}} ws-client "$@"
+
+# Unit and integration tests
+test *ARGS:
+    cargo test "$@"
+
+# End-to-end run with real processes on a throwaway database (tests/e2e.sh)
+e2e:
+    bash tests/e2e.sh
+
+# Load test of the bridge (release build)
+bench *ARGS:
+    cargo run --release -- bench "$@"
