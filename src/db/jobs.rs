@@ -99,8 +99,10 @@ pub async fn enqueue(
     let row = tx
         .query_one(
             &format!(
-                "INSERT INTO jobs (id, document_id, user_id, kind, status, max_retries, run_after)
-                 VALUES ($1, $2, $3, $4, 'queued', $5, now() + make_interval(secs => $6))
+                "INSERT INTO jobs (id, document_id, user_id, kind, status, max_retries, run_after,
+                                   created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, 'queued', $5, now() + make_interval(secs => $6),
+                         clock_timestamp(), clock_timestamp())
                  RETURNING {COLUMNS}"
             ),
             &[

@@ -86,7 +86,8 @@ pub struct ListenerStatus {
     pub last_error: Option<String>,
     /// `pg_notification_queue_usage()` at the last probe (0.0 to 1.0).
     pub queue_usage: Option<f64>,
-    /// `ragctl-listener` backends seen at the last probe.
+    /// `ragctl-listener` backends on this database at the last probe
+    /// (notifications are per database).
     pub listeners: Option<i64>,
 }
 
@@ -282,7 +283,8 @@ async fn session(
     }
 
     let probe_sql = "SELECT pg_notification_queue_usage(), \
-        (SELECT count(*) FROM pg_stat_activity WHERE application_name = 'ragctl-listener')";
+        (SELECT count(*) FROM pg_stat_activity \
+        WHERE application_name = 'ragctl-listener' AND datname = current_database())";
     let mut probe = tokio::time::interval(cfg.probe_interval);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

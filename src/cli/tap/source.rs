@@ -31,8 +31,6 @@ pub fn spawn(url: &str, channel: &str, shutdown: CancellationToken) -> mpsc::Rec
     let (tx, rx) = mpsc::channel::<Input>(8192);
     let mut watch = handle.status;
     tokio::spawn(async move {
-        let first = status(&watch.borrow());
-        let _ = tx.send(Input::Status(first)).await;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
