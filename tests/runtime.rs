@@ -82,6 +82,21 @@ async fn poisoned_file_fails_alone_and_the_worker_keeps_serving() {
     wait_status(&api, user, after["id"].as_str().unwrap(), "ingested").await;
 }
 
+/// Waits until the document's job is claimed; returns its lease owner.
+async fn running_job_owner(db: &TestDb, doc: &str) -> String {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let rows = db
+            .query(&format!("SELECT lease_owner FROM jobs WHERE document_id = '{doc}' AND status = 'running'"))
+            .await;
+        if let Some(row) = rows.first() {
+            return row.get(0);
+        }
+        assert!(std::time::Instant::now() < deadline, "job never claimed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_killed_worker_s_job_is_finished_by_another() {
     let db = TestDb::new();
@@ -96,17 +111,7 @@ async fn a_killed_worker_s_job_is_finished_by_another() {
     let user = Uuid::new_v4();
     let doc = upload(&api, user, "handbook.txt").await;
     let id = doc["id"].as_str().unwrap();
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let owner = loop {
-        let rows = db
-            .query(&format!("SELECT lease_owner FROM jobs WHERE document_id = '{id}' AND status = 'running'"))
-            .await;
-        if let Some(row) = rows.first() {
-            break row.get::<_, String>(0);
-        }
-        assert!(std::time::Instant::now() < deadline, "job never claimed: {}", stuck.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let owner = running_job_owner(&db, id).await;
     assert!(owner.contains(&format!(":{}:", stuck.pid())), "{owner}");
     stuck.signal(libc::SIGKILL);
     stuck.wait_exit().await;
@@ -134,15 +139,7 @@ async fn sigterm_leaves_no_job_running() {
     let user = Uuid::new_v4();
     let doc = upload(&api, user, "handbook.txt").await;
     let id = doc["id"].as_str().unwrap();
-    let deadline = std::time::Instant::now() + PATIENCE;
-    while db
-        .query(&format!("SELECT 1 FROM jobs WHERE document_id = '{id}' AND status = 'running'"))
-        .await
-        .is_empty()
-    {
-        assert!(std::time::Instant::now() < deadline, "job never claimed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    running_job_owner(&db, id).await;
     w.signal(libc::SIGTERM);
     assert!(w.wait_exit().await.success(), "{}", w.logs());
     let row = &db

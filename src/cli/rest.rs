@@ -362,40 +362,17 @@ pub async fn docs(connect: ConnectOpts, args: DocsArgs) -> anyhow::Result<ExitCo
     match (&args.id, args.jobs) {
         (None, _) => {
             let body = api.get("/documents").await?;
-            let docs = body
-                .get("documents")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            if format == DocsFormat::Json {
-                for d in &docs {
-                    writeln!(out, "{d}")?;
-                }
-            } else if docs.is_empty() {
-                eprintln!("no documents");
-            } else {
-                let rows: Vec<Vec<String>> = docs
-                    .iter()
-                    .map(|d| {
-                        vec![
-                            cell(d, "id"),
-                            cell(d, "status"),
-                            cell(d, "size_bytes"),
-                            when(d, "updated_at"),
-                            cell(d, "filename"),
-                            cell(d, "error_message"),
-                        ]
-                    })
-                    .collect();
-                writeln!(
-                    out,
-                    "{}",
-                    table(
-                        &["ID", "STATUS", "BYTES", "UPDATED", "FILENAME", "ERROR"],
-                        &rows
-                    )
-                )?;
-            }
+            let headers = ["ID", "STATUS", "BYTES", "UPDATED", "FILENAME", "ERROR"];
+            print_list(&mut out, &body, "documents", format, &headers, |d| {
+                vec![
+                    cell(d, "id"),
+                    cell(d, "status"),
+                    cell(d, "size_bytes"),
+                    when(d, "updated_at"),
+                    cell(d, "filename"),
+                    cell(d, "error_message"),
+                ]
+            })?;
         }
         (Some(id), false) => {
             let doc = api.get(&format!("/documents/{id}")).await?;
@@ -411,43 +388,44 @@ pub async fn docs(connect: ConnectOpts, args: DocsArgs) -> anyhow::Result<ExitCo
         }
         (Some(id), true) => {
             let body = api.get(&format!("/documents/{id}/jobs")).await?;
-            let jobs = body
-                .get("jobs")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            if format == DocsFormat::Json {
-                for j in &jobs {
-                    writeln!(out, "{j}")?;
-                }
-            } else if jobs.is_empty() {
-                eprintln!("no jobs");
-            } else {
-                let rows: Vec<Vec<String>> = jobs
-                    .iter()
-                    .map(|j| {
-                        vec![
-                            cell(j, "id"),
-                            cell(j, "kind"),
-                            cell(j, "status"),
-                            format!("{}/{}", cell(j, "retry_count"), cell(j, "max_retries")),
-                            when(j, "updated_at"),
-                            cell(j, "error_message"),
-                        ]
-                    })
-                    .collect();
-                writeln!(
-                    out,
-                    "{}",
-                    table(
-                        &["JOB", "KIND", "STATUS", "RETRIES", "UPDATED", "ERROR"],
-                        &rows
-                    )
-                )?;
-            }
+            let headers = ["JOB", "KIND", "STATUS", "RETRIES", "UPDATED", "ERROR"];
+            print_list(&mut out, &body, "jobs", format, &headers, |j| {
+                vec![
+                    cell(j, "id"),
+                    cell(j, "kind"),
+                    cell(j, "status"),
+                    format!("{}/{}", cell(j, "retry_count"), cell(j, "max_retries")),
+                    when(j, "updated_at"),
+                    cell(j, "error_message"),
+                ]
+            })?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the array under `key` of a list response: one JSON object per
+/// line, or a table.
+fn print_list(
+    out: &mut impl Write,
+    body: &Value,
+    key: &str,
+    format: DocsFormat,
+    headers: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> std::io::Result<()> {
+    let items = body.get(key).and_then(Value::as_array).cloned().unwrap_or_default();
+    if format == DocsFormat::Json {
+        for item in &items {
+            writeln!(out, "{item}")?;
+        }
+    } else if items.is_empty() {
+        eprintln!("no {key}");
+    } else {
+        let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+        writeln!(out, "{}", table(headers, &rows))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -40,16 +40,8 @@ pub enum Input {
     Status(SourceStatus),
 }
 
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct SourceStatus {
-    pub connected: bool,
-    pub reconnects: u64,
-    /// `pg_notification_queue_usage()`, a fraction between 0 and 1.
-    pub queue_usage: Option<f64>,
-    /// How many `ragctl-listener` backends (API instances) are listening.
-    pub listeners: Option<i64>,
-    pub last_error: Option<String>,
-}
+/// The state of the LISTEN connection: the shared listener's own status.
+pub use crate::db::listener::ListenerStatus as SourceStatus;
 
 #[derive(Clone, Debug)]
 pub struct TapOptions {

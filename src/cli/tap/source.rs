@@ -7,18 +7,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Input, SourceStatus};
-use crate::db::listener::{self, ListenItem, ListenerConfig, ListenerStatus};
-
-fn status(s: &ListenerStatus) -> SourceStatus {
-    SourceStatus {
-        connected: s.connected,
-        reconnects: s.reconnects,
-        queue_usage: s.queue_usage,
-        listeners: s.listeners,
-        last_error: s.last_error.clone(),
-    }
-}
+use super::Input;
+use crate::db::listener::{self, ListenItem, ListenerConfig};
 
 /// Starts listening on `channel`; inputs arrive on the returned receiver
 /// until `shutdown` is cancelled.
@@ -36,7 +26,7 @@ pub fn spawn(url: &str, channel: &str, shutdown: CancellationToken) -> mpsc::Rec
                 _ = shutdown.cancelled() => return,
                 changed = watch.changed() => {
                     if changed.is_err() { return; }
-                    let s = status(&watch.borrow_and_update());
+                    let s = watch.borrow_and_update().clone();
                     if tx.send(Input::Status(s)).await.is_err() {
                         return;
                     }
