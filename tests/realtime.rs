@@ -385,3 +385,28 @@ async fn expired_tokens_and_shutdown_close_with_documented_codes() {
     assert_eq!(client.expect_close().await, Some(1001));
     assert!(api.proc.wait_exit().await.success(), "{}", api.proc.logs());
 }
+
+/// The server pings; a peer that never answers is dropped, one that does
+/// stays.
+#[tokio::test]
+async fn silent_peers_are_dropped_and_live_ones_kept() {
+    let db = TestDb::new();
+    let api = Api::start(&db, &["--ws-ping-secs", "1"], &[]).await;
+    let user = Uuid::new_v4();
+    let silent = Client::connect(&api, user, "").await; // never reads, so never pongs
+    let mut live = Client::connect(&api, user, "").await;
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        // Reading answers the server's pings.
+        let _ = live.next(Duration::from_millis(200)).await;
+        if metric(&api, "ragctl_ws_closed_total{reason=\"idle\"}").await >= 1.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the silent peer was never dropped");
+    }
+    let doc = Uuid::new_v4();
+    publisher(&db).await.publish(doc_status(user, doc, "parsed")).await.unwrap();
+    live.expect("event on the live socket", |f| f["payload"]["document_id"] == s(&doc.to_string())).await;
+    assert_eq!(metric(&api, "ragctl_ws_sockets").await, 1.0);
+    drop(silent);
+}

@@ -485,3 +485,108 @@ async fn tls_modes_are_honoured() {
     }
     assert!(ragctl::db::connect(&format!("{base}?sslmode=sometimes"), "x").await.err().unwrap().to_string().contains("sslmode=sometimes"));
 }
+
+/// With no API process at all, workers keep working: their publishes go
+/// nowhere, the database gets the truth.
+#[tokio::test]
+async fn workers_keep_working_with_no_api_running() {
+    let db = TestDb::new();
+    let api = Api::start(&db, &[], &[]).await;
+    let user = Uuid::new_v4();
+    let doc = upload(&api, user, "handbook.txt").await;
+    let id = doc["id"].as_str().unwrap().to_string();
+    drop(api);
+    let _p = worker(&db, "parse", &FAST_RETRIES);
+    let _i = worker(&db, "ingest", &FAST_RETRIES);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let status: String = db.query(&format!("SELECT status FROM documents WHERE id = '{id}'")).await[0].get(0);
+        if status == "ingested" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "stuck at {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listeners = db
+        .query(&format!("SELECT 1 FROM pg_stat_activity WHERE application_name = 'ragctl-listener' AND datname = '{}'", db.name))
+        .await;
+    assert!(listeners.is_empty(), "an API listener was still connected");
+}
+
+/// A stand-in for an OpenAI-compatible endpoint: records the requests and
+/// answers with `reply` (or HTTP 500 when it is None).
+async fn fake_llm(reply: Option<&'static str>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, Value)>>>) {
+    use axum::Json;
+    use axum::http::{HeaderMap, StatusCode};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |headers: HeaderMap, Json(body): Json<Value>| {
+            let log = log.clone();
+            async move {
+                let auth = headers.get("authorization").map(|v| v.to_str().unwrap().to_string());
+                log.lock().unwrap().push((auth, body));
+                match reply {
+                    Some(text) => (StatusCode::OK, Json(json!({"choices": [{"message": {"role": "assistant", "content": text}}]}))),
+                    None => (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "model overloaded"}))),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/chat/completions", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+async fn ask(api: &Api, user: Uuid, question: &str) -> Value {
+    let conv: Value = http()
+        .post(format!("{}/conversations", api.url))
+        .bearer_auth(token(user))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = http()
+        .post(format!("{}/conversations/{}/messages", api.url, conv["id"].as_str().unwrap()))
+        .bearer_auth(token(user))
+        .json(&json!({"content": question}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["assistant_message"].clone()
+}
+
+#[tokio::test]
+async fn chat_uses_the_llm_endpoint_when_configured() {
+    let (url, seen) = fake_llm(Some("Reimbursement needs an itemised receipt [1].")).await;
+    let db = TestDb::new();
+    let api = Api::start(&db, &[], &[("RAG_LLM_URL", &url), ("RAG_LLM_API_KEY", "sk-test"), ("RAG_LLM_MODEL", "tiny")]).await;
+    let _p = worker(&db, "parse", &FAST_RETRIES);
+    let _i = worker(&db, "ingest", &FAST_RETRIES);
+    let user = Uuid::new_v4();
+    let d = upload(&api, user, "handbook.pdf").await;
+    wait_status(&api, user, d["id"].as_str().unwrap(), "ingested").await;
+
+    let answer = ask(&api, user, "How does reimbursement work?").await;
+    assert_eq!(answer["status"], "completed", "{answer}");
+    let text = answer["content"].as_str().unwrap();
+    assert!(text.starts_with("Reimbursement needs an itemised receipt [1]."), "{text}");
+    assert!(text.contains("Sources:\n[1] handbook.pdf, chunk"), "{text}");
+    let (auth, body) = seen.lock().unwrap()[0].clone();
+    assert_eq!(auth.as_deref(), Some("Bearer sk-test"));
+    assert_eq!(body["model"], "tiny");
+    let prompt = body["messages"][1]["content"].as_str().unwrap().to_lowercase();
+    assert!(prompt.contains("[1] (handbook.pdf, chunk") && prompt.contains("reimbursement"), "{prompt}");
+
+    // A failing endpoint marks the message `error`, with the reason.
+    let (bad_url, _) = fake_llm(None).await;
+    let api2 = Api::start(&db, &[], &[("RAG_LLM_URL", &bad_url)]).await;
+    let answer = ask(&api2, user, "How does reimbursement work?").await;
+    assert_eq!(answer["status"], "error", "{answer}");
+    assert!(answer["error_message"].as_str().unwrap().contains("HTTP 500"), "{answer}");
+}

@@ -166,31 +166,31 @@ async fn serve_socket(
     ping.tick().await;
     let mut last_seen = Instant::now();
     let never = CancellationToken::new();
-    loop {
+    let reason = loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => {
                 close(&mut socket, CLOSE_GOING_AWAY, "server shutting down").await;
-                break;
+                break "shutdown";
             }
             _ = conn.slow.cancelled() => {
                 // The queue is full: the client missed events. Best effort
                 // close; the socket may be too clogged to take even that.
                 close(&mut socket, CLOSE_SLOW_CONSUMER, "slow consumer: resync via REST").await;
-                break;
+                break "slow_consumer";
             }
             _ = &mut expiry => {
                 close(&mut socket, CLOSE_TOKEN_EXPIRED, "token expired").await;
-                break;
+                break "token_expired";
             }
             out = conn.rx.recv() => {
-                let Some(out) = out else { break };
+                let Some(out) = out else { break "shutdown" };
                 let (text, ts) = match out {
                     Outbound::Frame { text, ts } => (text, Some(ts)),
                     Outbound::Resync(text) => (text, None),
                 };
                 if !send(&mut socket, Message::Text(text), &conn.slow, cfg.write_timeout).await {
-                    break;
+                    break "write_failed";
                 }
                 if let Some(ts) = ts {
                     let lag = (chrono::Utc::now() - ts).num_microseconds().unwrap_or(0).max(0);
@@ -198,7 +198,7 @@ async fn serve_socket(
                 }
             }
             incoming = socket.recv() => match incoming {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break "client_closed",
                 // Pongs, pings (answered by the library) and anything else a
                 // client sends: proof of life, content ignored.
                 Some(Ok(_)) => last_seen = Instant::now(),
@@ -206,12 +206,13 @@ async fn serve_socket(
             _ = ping.tick() => {
                 if last_seen.elapsed() > cfg.idle_timeout {
                     close(&mut socket, CLOSE_IDLE, "no pong within the idle timeout").await;
-                    break;
+                    break "idle";
                 }
                 if !send(&mut socket, Message::Ping(Default::default()), &never, cfg.write_timeout).await {
-                    break;
+                    break "write_failed";
                 }
             }
         }
-    }
+    };
+    metrics::counter!("ragctl_ws_closed_total", "reason" => reason).increment(1);
 }

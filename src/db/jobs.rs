@@ -187,6 +187,25 @@ pub async fn claim(
     }))
 }
 
+/// How long until the earliest queued (or lease-expired) job of `kind` is
+/// due; `None` when there is none.
+pub async fn next_due_in(
+    client: &impl GenericClient,
+    kind: JobKind,
+) -> Result<Option<std::time::Duration>, DbError> {
+    let row = client
+        .query_one(
+            "SELECT extract(epoch FROM min(due) - clock_timestamp())::float8 FROM (
+                SELECT min(run_after) AS due FROM jobs WHERE kind = $1 AND status = 'queued'
+                UNION ALL
+                SELECT min(lease_expires_at) FROM jobs WHERE kind = $1 AND status = 'running') t",
+            &[&kind.as_str()],
+        )
+        .await?;
+    let secs: Option<f64> = row.get(0);
+    Ok(secs.map(|s| std::time::Duration::from_secs_f64(s.max(0.0) + 0.005)))
+}
+
 /// Extends the lease; `false` means another worker owns the job now.
 pub async fn renew(
     client: &impl GenericClient,

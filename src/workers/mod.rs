@@ -107,10 +107,17 @@ pub async fn run(pool: Pool, events: Publisher, cfg: WorkerConfig, shutdown: Can
                 continue; // look for more work at once
             }
             Ok(None) => {
+                // A retry in backoff has no NOTIFY to announce it: sleep
+                // until the earliest due job, or the poll interval.
+                let nap = match pool.get().await {
+                    Ok(c) => jobs::next_due_in(&c, cfg.kind).await.ok().flatten(),
+                    Err(_) => None,
+                }
+                .map_or(cfg.poll, |due| due.min(cfg.poll));
                 tokio::select! {
                     _ = shutdown.cancelled() => {}
                     _ = wake.notified() => {}
-                    _ = tokio::time::sleep(cfg.poll) => {}
+                    _ = tokio::time::sleep(nap) => {}
                 }
             }
             Err(e) => {
