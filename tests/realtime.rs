@@ -13,10 +13,15 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
-const FAST: [(&str, &str); 2] = [("RAG_RETRY_BACKOFF_MS", "50"), ("RAG_WORKER_POLL_MS", "200")];
+const FAST: [(&str, &str); 2] = [
+    ("RAG_RETRY_BACKOFF_MS", "50"),
+    ("RAG_WORKER_POLL_MS", "200"),
+];
 
 async fn publisher(db: &TestDb) -> Publisher {
-    let pool = ragctl::db::pool(&db.url, 2, "ragctl-test-publisher").await.unwrap();
+    let pool = ragctl::db::pool(&db.url, 2, "ragctl-test-publisher")
+        .await
+        .unwrap();
     Publisher::new(pool, "rag_events", "test", Duration::from_secs(5))
 }
 
@@ -30,7 +35,14 @@ fn doc_status(user: Uuid, doc: Uuid, status: &str) -> Envelope {
 }
 
 async fn metric(api: &Api, line_prefix: &str) -> f64 {
-    let text = http().get(format!("{}/metrics", api.url)).send().await.unwrap().text().await.unwrap();
+    let text = http()
+        .get(format!("{}/metrics", api.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     text.lines()
         .find(|l| l.starts_with(line_prefix))
         .and_then(|l| l.rsplit(' ').next())
@@ -50,15 +62,47 @@ async fn worker_events_reach_the_client() {
     let mut client = Client::connect(&api, user, "").await;
     let doc = upload(&api, user, "handbook.pdf").await;
     let id = s(doc["id"].as_str().unwrap());
-    client.expect("document.created", |f| is(f, "document.created", &[("document_id", id.clone()), ("status", s("uploaded"))])).await;
+    client
+        .expect("document.created", |f| {
+            is(
+                f,
+                "document.created",
+                &[("document_id", id.clone()), ("status", s("uploaded"))],
+            )
+        })
+        .await;
     let job = client
         .expect("parse success", |f| {
-            is(f, "job.status_updated", &[("document_id", id.clone()), ("kind", s("parse")), ("status", s("success"))])
+            is(
+                f,
+                "job.status_updated",
+                &[
+                    ("document_id", id.clone()),
+                    ("kind", s("parse")),
+                    ("status", s("success")),
+                ],
+            )
         })
         .await;
     assert_eq!(job["payload"]["retry_count"], 0);
-    client.expect("parsed", |f| is(f, "document.status_updated", &[("document_id", id.clone()), ("status", s("parsed"))])).await;
-    client.expect("ingested", |f| is(f, "document.status_updated", &[("document_id", id.clone()), ("status", s("ingested"))])).await;
+    client
+        .expect("parsed", |f| {
+            is(
+                f,
+                "document.status_updated",
+                &[("document_id", id.clone()), ("status", s("parsed"))],
+            )
+        })
+        .await;
+    client
+        .expect("ingested", |f| {
+            is(
+                f,
+                "document.status_updated",
+                &[("document_id", id.clone()), ("status", s("ingested"))],
+            )
+        })
+        .await;
     // Frames are exactly {type, payload}: nothing tells which process sent them.
     for f in &client.frames {
         let keys: Vec<_> = f.as_object().unwrap().keys().cloned().collect();
@@ -80,19 +124,48 @@ async fn a_parse_that_fails_three_retries_reaches_the_client() {
     for retry in 1..=3 {
         client
             .expect("a retry", |f| {
-                is(f, "job.status_updated", &[("document_id", id.clone()), ("status", s("queued")), ("retry_count", json!(retry))])
+                is(
+                    f,
+                    "job.status_updated",
+                    &[
+                        ("document_id", id.clone()),
+                        ("status", s("queued")),
+                        ("retry_count", json!(retry)),
+                    ],
+                )
             })
             .await;
     }
     let failed = client
-        .expect("job failed", |f| is(f, "job.status_updated", &[("document_id", id.clone()), ("status", s("failed"))]))
+        .expect("job failed", |f| {
+            is(
+                f,
+                "job.status_updated",
+                &[("document_id", id.clone()), ("status", s("failed"))],
+            )
+        })
         .await;
     assert_eq!(failed["payload"]["retry_count"], 3);
-    assert!(failed["payload"]["error_message"].as_str().unwrap().starts_with("corrupt PDF"), "{failed}");
+    assert!(
+        failed["payload"]["error_message"]
+            .as_str()
+            .unwrap()
+            .starts_with("corrupt PDF"),
+        "{failed}"
+    );
     let err = client
-        .expect("document error", |f| is(f, "document.status_updated", &[("document_id", id.clone()), ("status", s("error"))]))
+        .expect("document error", |f| {
+            is(
+                f,
+                "document.status_updated",
+                &[("document_id", id.clone()), ("status", s("error"))],
+            )
+        })
         .await;
-    assert_eq!(err["payload"]["error_message"], failed["payload"]["error_message"]);
+    assert_eq!(
+        err["payload"]["error_message"],
+        failed["payload"]["error_message"]
+    );
 }
 
 /// Acceptance 3: with realtime off the business flow is unchanged.
@@ -103,14 +176,24 @@ async fn with_realtime_off_everything_else_works() {
     let _p = worker(&db, "parse", &FAST);
     let _i = worker(&db, "ingest", &FAST);
     let user = Uuid::new_v4();
-    let err = Client::connect_url(&format!("{}?token={}", api.ws_url(), token(user))).await.err().unwrap();
+    let err = Client::connect_url(&format!("{}?token={}", api.ws_url(), token(user)))
+        .await
+        .err()
+        .unwrap();
     match err {
         tokio_tungstenite::tungstenite::Error::Http(resp) => assert_eq!(resp.status(), 503),
         other => panic!("expected HTTP 503, got {other}"),
     }
     let doc = upload(&api, user, "handbook.html").await;
     wait_status(&api, user, doc["id"].as_str().unwrap(), "ingested").await;
-    let ready: Value = http().get(format!("{}/readyz", api.url)).send().await.unwrap().json().await.unwrap();
+    let ready: Value = http()
+        .get(format!("{}/readyz", api.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["realtime"]["enabled"], false);
 }
 
@@ -137,19 +220,46 @@ async fn a_killed_listener_reconnects_and_resyncs() {
     let id = doc["id"].as_str().unwrap();
     wait_status(&api, user, id, "ingested").await;
 
-    let resync = opted.expect("resync frame", |f| f["type"] == "realtime.resync").await;
+    let resync = opted
+        .expect("resync frame", |f| f["type"] == "realtime.resync")
+        .await;
     assert_eq!(resync["payload"]["reason"], "listener_reconnected");
     api.wait_ready().await;
-    let ready: Value = http().get(format!("{}/readyz", api.url)).send().await.unwrap().json().await.unwrap();
-    assert!(ready["realtime"]["reconnects"].as_u64().unwrap() >= 1, "{ready}");
+    let ready: Value = http()
+        .get(format!("{}/readyz", api.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        ready["realtime"]["reconnects"].as_u64().unwrap() >= 1,
+        "{ready}"
+    );
 
     // Events flow again without a restart.
     let after = Uuid::new_v4();
-    publisher(&db).await.publish(doc_status(user, after, "parsed")).await.unwrap();
+    publisher(&db)
+        .await
+        .publish(doc_status(user, after, "parsed"))
+        .await
+        .unwrap();
     let want = s(&after.to_string());
-    plain.expect("event after reconnect", |f| f["payload"]["document_id"] == want).await;
-    opted.expect("event after reconnect", |f| f["payload"]["document_id"] == want).await;
-    assert!(plain.frames.iter().all(|f| f["type"] != "realtime.resync"), "resync sent to a client that did not opt in");
+    plain
+        .expect("event after reconnect", |f| {
+            f["payload"]["document_id"] == want
+        })
+        .await;
+    opted
+        .expect("event after reconnect", |f| {
+            f["payload"]["document_id"] == want
+        })
+        .await;
+    assert!(
+        plain.frames.iter().all(|f| f["type"] != "realtime.resync"),
+        "resync sent to a client that did not opt in"
+    );
 }
 
 /// Two API instances both listen; each of a user's sockets gets every
@@ -168,10 +278,23 @@ async fn two_instances_deliver_each_event_once_and_only_to_its_user() {
     let doc = upload(&a, user, "handbook.md").await;
     let id = s(doc["id"].as_str().unwrap());
     for c in [&mut on_a, &mut on_b] {
-        c.expect("ingested", |f| is(f, "document.status_updated", &[("document_id", id.clone()), ("status", s("ingested"))])).await;
+        c.expect("ingested", |f| {
+            is(
+                f,
+                "document.status_updated",
+                &[("document_id", id.clone()), ("status", s("ingested"))],
+            )
+        })
+        .await;
         let mut seen: HashMap<String, usize> = HashMap::new();
         for f in &c.frames {
-            let key = format!("{} {} {} {}", f["type"], f["payload"]["job_id"], f["payload"]["status"], f["payload"]["retry_count"]);
+            let key = format!(
+                "{} {} {} {}",
+                f["type"],
+                f["payload"]["job_id"],
+                f["payload"]["status"],
+                f["payload"]["retry_count"]
+            );
             *seen.entry(key).or_default() += 1;
         }
         assert!(seen.values().all(|n| *n == 1), "duplicates: {seen:#?}");
@@ -188,17 +311,34 @@ async fn two_instances_deliver_each_event_once_and_only_to_its_user() {
     let publisher = publisher(&db).await;
     let docs: Vec<Uuid> = users.iter().map(|_| Uuid::new_v4()).collect();
     for (u, d) in users.iter().zip(&docs) {
-        publisher.publish(doc_status(*u, *d, "parsed")).await.unwrap();
+        publisher
+            .publish(doc_status(*u, *d, "parsed"))
+            .await
+            .unwrap();
     }
     // A sentinel per user marks the end: everything before it must be the
     // user's own event and nothing else.
     for u in &users {
-        publisher.publish(doc_status(*u, Uuid::nil(), "ingested")).await.unwrap();
+        publisher
+            .publish(doc_status(*u, Uuid::nil(), "ingested"))
+            .await
+            .unwrap();
     }
     for (n, c) in clients.iter_mut().enumerate() {
-        c.expect("sentinel", |f| f["payload"]["document_id"] == s(&Uuid::nil().to_string())).await;
-        let own: Vec<_> = c.frames.iter().map(|f| f["payload"]["document_id"].clone()).collect();
-        assert_eq!(own, vec![s(&docs[n].to_string()), s(&Uuid::nil().to_string())], "user {n}");
+        c.expect("sentinel", |f| {
+            f["payload"]["document_id"] == s(&Uuid::nil().to_string())
+        })
+        .await;
+        let own: Vec<_> = c
+            .frames
+            .iter()
+            .map(|f| f["payload"]["document_id"].clone())
+            .collect();
+        assert_eq!(
+            own,
+            vec![s(&docs[n].to_string()), s(&Uuid::nil().to_string())],
+            "user {n}"
+        );
     }
 }
 
@@ -217,15 +357,29 @@ async fn an_envelope_from_psql_reaches_the_client() {
                     "retry_count": 1, "error_message": null, "updated_at": "2026-11-28T10:00:00Z"},
         "ts": "2026-11-28T10:00:00Z", "origin": "go-worker"
     });
-    let sql = format!("SELECT pg_notify('rag_events', '{}')", envelope.to_string().replace('\'', "''"));
+    let sql = format!(
+        "SELECT pg_notify('rag_events', '{}')",
+        envelope.to_string().replace('\'', "''")
+    );
     let out = std::process::Command::new("psql")
         .arg(db.url.split('?').next().unwrap())
         .args(["-X", "-q", "-c", &sql])
         .output()
         .expect("psql is installed");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let got = client.expect("the psql event", |f| f["payload"]["document_id"] == s(&doc.to_string())).await;
-    assert_eq!(got, json!({"type": "job.status_updated", "payload": envelope["payload"]}));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = client
+        .expect("the psql event", |f| {
+            f["payload"]["document_id"] == s(&doc.to_string())
+        })
+        .await;
+    assert_eq!(
+        got,
+        json!({"type": "job.status_updated", "payload": envelope["payload"]})
+    );
 }
 
 /// A 100 KB assistant message is over the NOTIFY limit and arrives intact.
@@ -235,7 +389,10 @@ async fn payloads_over_the_notify_limit_arrive_intact() {
     let api = Api::start(&db, &[], &[]).await;
     let user = Uuid::new_v4();
     let mut client = Client::connect(&api, user, "").await;
-    let content: String = (0..100_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect::<String>() + " — Tiếng Việt ✓";
+    let content: String = (0..100_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect::<String>()
+        + " — Tiếng Việt ✓";
     let env = Envelope::new(
         user,
         EventType::MessageStatusUpdated,
@@ -245,7 +402,9 @@ async fn payloads_over_the_notify_limit_arrive_intact() {
     );
     assert!(ragctl::events::encode_notifications(&env).unwrap().len() > 1);
     publisher(&db).await.publish(env.clone()).await.unwrap();
-    let got = client.expect("the big message", |f| f["type"] == "message.status_updated").await;
+    let got = client
+        .expect("the big message", |f| f["type"] == "message.status_updated")
+        .await;
     assert_eq!(got["payload"], env.payload);
 }
 
@@ -266,24 +425,52 @@ async fn malformed_payloads_are_counted_and_the_bridge_survives() {
     let bad = [
         ("not_json", "{this is not json".to_string()),
         ("unknown_version", with("v", json!(7))),
-        ("bad_user_id", with("user_id", json!("robert'); DROP TABLE users;--"))),
+        (
+            "bad_user_id",
+            with("user_id", json!("robert'); DROP TABLE users;--")),
+        ),
         ("unknown_type", with("type", json!("document.exploded"))),
         ("bad_payload", with("payload", json!({"document_id": "x"}))),
         ("bad_envelope", with("ts", json!(12))),
-        ("bad_fragment", json!({"v": 1, "frag": {"id": Uuid::new_v4(), "seq": 5, "total": 2}, "data": "!!"}).to_string()),
+        (
+            "bad_fragment",
+            json!({"v": 1, "frag": {"id": Uuid::new_v4(), "seq": 5, "total": 2}, "data": "!!"})
+                .to_string(),
+        ),
     ];
-    let pool = ragctl::db::pool(&db.url, 1, "ragctl-test-raw").await.unwrap();
+    let pool = ragctl::db::pool(&db.url, 1, "ragctl-test-raw")
+        .await
+        .unwrap();
     let c = pool.get().await.unwrap();
     for (_, payload) in &bad {
-        c.execute("SELECT pg_notify('rag_events', $1)", &[payload]).await.unwrap();
+        c.execute("SELECT pg_notify('rag_events', $1)", &[payload])
+            .await
+            .unwrap();
     }
     let after = Uuid::new_v4();
-    publisher(&db).await.publish(doc_status(user, after, "ingested")).await.unwrap();
-    let got = client.expect("the good event", |f| f["payload"]["document_id"] == s(&after.to_string())).await;
-    assert_eq!(client.frames.len(), 1, "a malformed payload reached the client: {:#?}", client.frames);
+    publisher(&db)
+        .await
+        .publish(doc_status(user, after, "ingested"))
+        .await
+        .unwrap();
+    let got = client
+        .expect("the good event", |f| {
+            f["payload"]["document_id"] == s(&after.to_string())
+        })
+        .await;
+    assert_eq!(
+        client.frames.len(),
+        1,
+        "a malformed payload reached the client: {:#?}",
+        client.frames
+    );
     assert_eq!(got["payload"]["status"], "ingested");
     for (reason, _) in &bad {
-        let n = metric(&api, &format!("ragctl_events_dropped_total{{reason=\"{reason}\"}}")).await;
+        let n = metric(
+            &api,
+            &format!("ragctl_events_dropped_total{{reason=\"{reason}\"}}"),
+        )
+        .await;
         assert_eq!(n, 1.0, "{reason}");
     }
     assert!(api.proc.logs().contains("dropped a malformed event"));
@@ -309,25 +496,51 @@ async fn bad_tokens_are_refused_before_the_upgrade() {
     let cases = [
         ("missing", String::new(), 401),
         ("garbage", "abc".to_string(), 401),
-        ("other secret", ragctl::auth::mint("nope", user, Duration::from_secs(60)).unwrap(), 401),
-        ("expired", sign(json!({"sub": user, "exp": exp - 1200, "aud": "authenticated"})), 401),
-        ("wrong audience", sign(json!({"sub": user, "exp": exp, "aud": "anon"})), 401),
+        (
+            "other secret",
+            ragctl::auth::mint("nope", user, Duration::from_secs(60)).unwrap(),
+            401,
+        ),
+        (
+            "expired",
+            sign(json!({"sub": user, "exp": exp - 1200, "aud": "authenticated"})),
+            401,
+        ),
+        (
+            "wrong audience",
+            sign(json!({"sub": user, "exp": exp, "aud": "anon"})),
+            401,
+        ),
         ("alg none", unsigned, 401),
-        ("anon (no sub)", sign(json!({"role": "anon", "exp": exp, "aud": "authenticated"})), 403),
+        (
+            "anon (no sub)",
+            sign(json!({"role": "anon", "exp": exp, "aud": "authenticated"})),
+            403,
+        ),
     ];
     for (what, token, status) in cases {
-        let err = Client::connect_url(&format!("{}?token={token}", api.ws_url())).await.err();
+        let err = Client::connect_url(&format!("{}?token={token}", api.ws_url()))
+            .await
+            .err();
         match err {
-            Some(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), status, "{what}"),
+            Some(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), status, "{what}")
+            }
             other => panic!("{what}: expected HTTP {status}, got {other:?}"),
         }
     }
     // The token may also come in a header or as a subprotocol (browsers).
     let mut req = api.ws_url().into_client_request().unwrap();
-    req.headers_mut().insert("authorization", format!("Bearer {}", token(user)).parse().unwrap());
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(user)).parse().unwrap(),
+    );
     assert!(tokio_tungstenite::connect_async(req).await.is_ok());
     let mut req = api.ws_url().into_client_request().unwrap();
-    req.headers_mut().insert("sec-websocket-protocol", format!("bearer, {}", token(user)).parse().unwrap());
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("bearer, {}", token(user)).parse().unwrap(),
+    );
     let (_, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert_eq!(resp.headers()["sec-websocket-protocol"], "bearer");
     // No token ever reaches a log line.
@@ -357,17 +570,38 @@ async fn a_client_that_never_reads_is_dropped_alone() {
         );
         publisher.publish(env).await.unwrap();
         // The reading client keeps up as it goes.
-        reader.expect("message", |f| f["payload"]["content"].as_str().unwrap().starts_with(&format!("{n} "))).await;
+        reader
+            .expect("message", |f| {
+                f["payload"]["content"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{n} "))
+            })
+            .await;
     }
     let marker = Uuid::new_v4();
-    publisher.publish(doc_status(other_user, marker, "parsed")).await.unwrap();
-    other.expect("other user's event", |f| f["payload"]["document_id"] == s(&marker.to_string())).await;
+    publisher
+        .publish(doc_status(other_user, marker, "parsed"))
+        .await
+        .unwrap();
+    other
+        .expect("other user's event", |f| {
+            f["payload"]["document_id"] == s(&marker.to_string())
+        })
+        .await;
     assert!(metric(&api, "ragctl_ws_dropped_total{reason=\"slow_consumer\"}").await >= 1.0);
     drop(stuck);
     // The bridge still delivers after all that.
     let last = Uuid::new_v4();
-    publisher.publish(doc_status(user, last, "ingested")).await.unwrap();
-    reader.expect("last", |f| f["payload"]["document_id"] == s(&last.to_string())).await;
+    publisher
+        .publish(doc_status(user, last, "ingested"))
+        .await
+        .unwrap();
+    reader
+        .expect("last", |f| {
+            f["payload"]["document_id"] == s(&last.to_string())
+        })
+        .await;
 }
 
 #[tokio::test]
@@ -376,11 +610,19 @@ async fn expired_tokens_and_shutdown_close_with_documented_codes() {
     let mut api = Api::start(&db, &[], &[]).await;
     let user = Uuid::new_v4();
     let short = ragctl::auth::mint(SECRET, user, Duration::from_secs(2)).unwrap();
-    let mut expiring = Client::connect_url(&format!("{}?token={short}", api.ws_url())).await.unwrap();
+    let mut expiring = Client::connect_url(&format!("{}?token={short}", api.ws_url()))
+        .await
+        .unwrap();
     assert_eq!(expiring.expect_close().await, Some(4001));
 
     let mut client = Client::connect(&api, user, "").await;
-    client.socket.send(tokio_tungstenite::tungstenite::Message::Text("ignored".into())).await.unwrap();
+    client
+        .socket
+        .send(tokio_tungstenite::tungstenite::Message::Text(
+            "ignored".into(),
+        ))
+        .await
+        .unwrap();
     api.proc.signal(libc::SIGTERM);
     assert_eq!(client.expect_close().await, Some(1001));
     assert!(api.proc.wait_exit().await.success(), "{}", api.proc.logs());
@@ -402,11 +644,21 @@ async fn silent_peers_are_dropped_and_live_ones_kept() {
         if metric(&api, "ragctl_ws_closed_total{reason=\"idle\"}").await >= 1.0 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the silent peer was never dropped");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the silent peer was never dropped"
+        );
     }
     let doc = Uuid::new_v4();
-    publisher(&db).await.publish(doc_status(user, doc, "parsed")).await.unwrap();
-    live.expect("event on the live socket", |f| f["payload"]["document_id"] == s(&doc.to_string())).await;
+    publisher(&db)
+        .await
+        .publish(doc_status(user, doc, "parsed"))
+        .await
+        .unwrap();
+    live.expect("event on the live socket", |f| {
+        f["payload"]["document_id"] == s(&doc.to_string())
+    })
+    .await;
     assert_eq!(metric(&api, "ragctl_ws_sockets").await, 1.0);
     drop(silent);
 }

@@ -9,7 +9,10 @@ use common::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-const FAST_RETRIES: [(&str, &str); 2] = [("RAG_RETRY_BACKOFF_MS", "50"), ("RAG_WORKER_POLL_MS", "200")];
+const FAST_RETRIES: [(&str, &str); 2] = [
+    ("RAG_RETRY_BACKOFF_MS", "50"),
+    ("RAG_WORKER_POLL_MS", "200"),
+];
 
 #[tokio::test]
 async fn every_format_is_parsed_and_ingested() {
@@ -33,10 +36,21 @@ async fn every_format_is_parsed_and_ingested() {
         assert_eq!(done["error_message"], Value::Null);
         let (_, jobs) = get_json(&api, user, &format!("/documents/{id}/jobs")).await;
         let jobs = jobs["jobs"].as_array().unwrap();
-        let kinds: Vec<_> = jobs.iter().map(|j| (j["kind"].clone(), j["status"].clone())).collect();
-        assert_eq!(kinds, vec![(json!("parse"), json!("success")), (json!("ingest"), json!("success"))]);
+        let kinds: Vec<_> = jobs
+            .iter()
+            .map(|j| (j["kind"].clone(), j["status"].clone()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (json!("parse"), json!("success")),
+                (json!("ingest"), json!("success"))
+            ]
+        );
         let chunks = db
-            .query(&format!("SELECT count(*) FROM chunks WHERE document_id = '{id}'"))
+            .query(&format!(
+                "SELECT count(*) FROM chunks WHERE document_id = '{id}'"
+            ))
             .await[0]
             .get::<_, i64>(0);
         assert!(chunks >= 1, "{file}: no chunks");
@@ -62,7 +76,11 @@ async fn corrupt_pdf_fails_after_three_retries() {
     assert_eq!(job["status"], "failed");
     assert_eq!(job["retry_count"], 3);
     assert_eq!(job["error_message"], msg);
-    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "no ingest job after a failed parse");
+    assert_eq!(
+        jobs["jobs"].as_array().unwrap().len(),
+        1,
+        "no ingest job after a failed parse"
+    );
 }
 
 #[tokio::test]
@@ -76,7 +94,13 @@ async fn poisoned_file_fails_alone_and_the_worker_keeps_serving() {
     let bad = upload(&api, user, "broken-page.pdf").await;
     let good = upload(&api, user, "handbook.txt").await;
     let failed = wait_status(&api, user, bad["id"].as_str().unwrap(), "error").await;
-    assert!(failed["error_message"].as_str().unwrap().contains("corrupt PDF"), "{failed}");
+    assert!(
+        failed["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("corrupt PDF"),
+        "{failed}"
+    );
     wait_status(&api, user, good["id"].as_str().unwrap(), "ingested").await;
     let after = upload(&api, user, "handbook.md").await;
     wait_status(&api, user, after["id"].as_str().unwrap(), "ingested").await;
@@ -87,7 +111,9 @@ async fn running_job_owner(db: &TestDb, doc: &str) -> String {
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
         let rows = db
-            .query(&format!("SELECT lease_owner FROM jobs WHERE document_id = '{doc}' AND status = 'running'"))
+            .query(&format!(
+                "SELECT lease_owner FROM jobs WHERE document_id = '{doc}' AND status = 'running'"
+            ))
             .await;
         if let Some(row) = rows.first() {
             return row.get(0);
@@ -123,8 +149,18 @@ async fn a_killed_worker_s_job_is_finished_by_another() {
         .query(&format!("SELECT status, retry_count, lease_owner FROM jobs WHERE document_id = '{id}' AND kind = 'parse'"))
         .await[0];
     assert_eq!(row.get::<_, String>(0), "success");
-    assert_eq!(row.get::<_, i32>(1), 0, "a lost lease is not a failed attempt");
-    assert!(rescuer.logs().contains("took over a job whose lease ran out"), "{}", rescuer.logs());
+    assert_eq!(
+        row.get::<_, i32>(1),
+        0,
+        "a lost lease is not a failed attempt"
+    );
+    assert!(
+        rescuer
+            .logs()
+            .contains("took over a job whose lease ran out"),
+        "{}",
+        rescuer.logs()
+    );
 }
 
 #[tokio::test]
@@ -134,7 +170,10 @@ async fn sigterm_leaves_no_job_running() {
     let mut w = worker(
         &db,
         "parse",
-        &[("RAG_WORKER_JOB_DELAY_MS", "600000"), ("RAG_WORKER_SHUTDOWN_GRACE_SECS", "1")],
+        &[
+            ("RAG_WORKER_JOB_DELAY_MS", "600000"),
+            ("RAG_WORKER_SHUTDOWN_GRACE_SECS", "1"),
+        ],
     );
     let user = Uuid::new_v4();
     let doc = upload(&api, user, "handbook.txt").await;
@@ -143,7 +182,9 @@ async fn sigterm_leaves_no_job_running() {
     w.signal(libc::SIGTERM);
     assert!(w.wait_exit().await.success(), "{}", w.logs());
     let row = &db
-        .query(&format!("SELECT status, lease_owner, retry_count FROM jobs WHERE document_id = '{id}'"))
+        .query(&format!(
+            "SELECT status, lease_owner, retry_count FROM jobs WHERE document_id = '{id}'"
+        ))
         .await[0];
     assert_eq!(row.get::<_, String>(0), "queued", "{}", w.logs());
     assert_eq!(row.get::<_, Option<String>>(1), None);
@@ -167,11 +208,26 @@ async fn bad_input_gets_clear_errors() {
     assert_eq!(r.status(), 401);
     let body: Value = r.json().await.unwrap();
     assert_eq!(code(&body), "unauthorized");
-    assert!(body["error"]["message"].as_str().unwrap().contains("missing"));
-    let r = c.get(url("/documents")).bearer_auth("not.a.jwt").send().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing")
+    );
+    let r = c
+        .get(url("/documents"))
+        .bearer_auth("not.a.jwt")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let forged = ragctl::auth::mint("another-secret", user, Duration::from_secs(60)).unwrap();
-    let r = c.get(url("/documents")).bearer_auth(forged).send().await.unwrap();
+    let r = c
+        .get(url("/documents"))
+        .bearer_auth(forged)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
 
     // Malformed multipart, no file field, empty file, too large, unsupported.
@@ -194,17 +250,34 @@ async fn bad_input_gets_clear_errors() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let form = reqwest::multipart::Form::new().text("other", "x");
-    let r = c.post(url("/documents")).bearer_auth(token(user)).multipart(form).send().await.unwrap();
+    let r = c
+        .post(url("/documents"))
+        .bearer_auth(token(user))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("no `file` field"));
     let (s, body) = upload_bytes(&api, user, "empty.txt", vec![]).await;
     assert_eq!((s, code(&body)), (400, "bad_request".into()), "{body}");
     let (s, body) = upload_bytes(&api, user, "big.txt", vec![b'a'; 4096]).await;
-    assert_eq!((s, code(&body)), (413, "payload_too_large".into()), "{body}");
+    assert_eq!(
+        (s, code(&body)),
+        (413, "payload_too_large".into()),
+        "{body}"
+    );
     let png = std::fs::read(fixture("image.png")).unwrap();
     let (s, body) = upload_bytes(&api, user, "image.png", png).await;
-    assert_eq!((s, code(&body)), (415, "unsupported_media_type".into()), "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("PNG"), "{body}");
+    assert_eq!(
+        (s, code(&body)),
+        (415, "unsupported_media_type".into()),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("PNG"),
+        "{body}"
+    );
 
     // Malformed JSON and empty chat content.
     let conv: Value = c
@@ -217,7 +290,11 @@ async fn bad_input_gets_clear_errors() {
         .await
         .unwrap();
     let conv = conv["id"].as_str().unwrap();
-    for body in ["{not json", r#"{"text":"no content field"}"#, r#"{"content":"   "}"#] {
+    for body in [
+        "{not json",
+        r#"{"text":"no content field"}"#,
+        r#"{"content":"   "}"#,
+    ] {
         let r = c
             .post(url(&format!("/conversations/{conv}/messages")))
             .bearer_auth(token(user))
@@ -240,7 +317,11 @@ async fn bad_input_gets_clear_errors() {
         "/nope".to_string(),
     ] {
         let (s, body) = get_json(&api, user, &path).await;
-        assert_eq!((s, code(&body)), (404, "not_found".into()), "{path}: {body}");
+        assert_eq!(
+            (s, code(&body)),
+            (404, "not_found".into()),
+            "{path}: {body}"
+        );
     }
 }
 
@@ -251,9 +332,20 @@ async fn another_users_documents_and_conversations_answer_404() {
     let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
     let doc = upload(&api, alice, "handbook.txt").await;
     let id = doc["id"].as_str().unwrap();
-    assert_eq!(get_json(&api, alice, &format!("/documents/{id}")).await.0, 200);
-    assert_eq!(get_json(&api, bob, &format!("/documents/{id}")).await.0, 404);
-    assert_eq!(get_json(&api, bob, &format!("/documents/{id}/jobs")).await.0, 404);
+    assert_eq!(
+        get_json(&api, alice, &format!("/documents/{id}")).await.0,
+        200
+    );
+    assert_eq!(
+        get_json(&api, bob, &format!("/documents/{id}")).await.0,
+        404
+    );
+    assert_eq!(
+        get_json(&api, bob, &format!("/documents/{id}/jobs"))
+            .await
+            .0,
+        404
+    );
     let (_, bobs) = get_json(&api, bob, "/documents").await;
     assert_eq!(bobs["documents"], json!([]));
 
@@ -268,7 +360,12 @@ async fn another_users_documents_and_conversations_answer_404() {
         .await
         .unwrap();
     let cid = conv["id"].as_str().unwrap();
-    assert_eq!(get_json(&api, bob, &format!("/conversations/{cid}/messages")).await.0, 404);
+    assert_eq!(
+        get_json(&api, bob, &format!("/conversations/{cid}/messages"))
+            .await
+            .0,
+        404
+    );
     let r = http()
         .post(format!("{}/conversations/{cid}/messages", api.url))
         .bearer_auth(token(bob))
@@ -330,13 +427,29 @@ async fn chat_answers_cite_the_uploaded_document() {
         .unwrap();
     let body: Value = r.json().await.unwrap();
     assert!(
-        !body["assistant_message"]["content"].as_str().unwrap().contains("handbook.txt"),
+        !body["assistant_message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("handbook.txt"),
         "{body}"
     );
 
     let (_, msgs) = get_json(&api, user, &format!("/conversations/{cid}/messages")).await;
-    let roles: Vec<_> = msgs["messages"].as_array().unwrap().iter().map(|m| m["role"].clone()).collect();
-    assert_eq!(roles, vec![json!("user"), json!("assistant"), json!("user"), json!("assistant")]);
+    let roles: Vec<_> = msgs["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].clone())
+        .collect();
+    assert_eq!(
+        roles,
+        vec![
+            json!("user"),
+            json!("assistant"),
+            json!("user"),
+            json!("assistant")
+        ]
+    );
 }
 
 /// Listens on the event channel like any consumer would, and checks every
@@ -345,7 +458,9 @@ async fn chat_answers_cite_the_uploaded_document() {
 #[tokio::test]
 async fn envelopes_are_published_in_order_after_commit() {
     let db = TestDb::new();
-    let (client, mut conn) = ragctl::db::connect(&db.url, "ragctl-test-listen").await.unwrap();
+    let (client, mut conn) = ragctl::db::connect(&db.url, "ragctl-test-listen")
+        .await
+        .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -366,35 +481,64 @@ async fn envelopes_are_published_in_order_after_commit() {
 
     let mut seen = Vec::new();
     loop {
-        let payload = tokio::time::timeout(PATIENCE, rx.recv()).await.expect("events stopped").unwrap();
-        let ragctl::events::WireMessage::Envelope(env) = ragctl::events::decode(&payload).expect("valid envelope") else {
+        let payload = tokio::time::timeout(PATIENCE, rx.recv())
+            .await
+            .expect("events stopped")
+            .unwrap();
+        let ragctl::events::WireMessage::Envelope(env) =
+            ragctl::events::decode(&payload).expect("valid envelope")
+        else {
             panic!("unexpected fragment")
         };
         assert_eq!(env.user_id, user);
         let p = &env.payload;
         // The change is visible to another session when its event arrives.
         let status: String = client
-            .query_one("SELECT status FROM documents WHERE id = $1", &[&Uuid::parse_str(&id).unwrap()])
+            .query_one(
+                "SELECT status FROM documents WHERE id = $1",
+                &[&Uuid::parse_str(&id).unwrap()],
+            )
             .await
             .unwrap()
             .get(0);
         if env.kind == ragctl::events::EventType::JobStatusUpdated {
             let job: String = client
-                .query_one("SELECT status FROM jobs WHERE id = $1", &[&Uuid::parse_str(p["job_id"].as_str().unwrap()).unwrap()])
+                .query_one(
+                    "SELECT status FROM jobs WHERE id = $1",
+                    &[&Uuid::parse_str(p["job_id"].as_str().unwrap()).unwrap()],
+                )
                 .await
                 .unwrap()
                 .get(0);
             let order = ["queued", "running", "success", "failed"];
             let pos = |s: &str| order.iter().position(|o| *o == s).unwrap();
-            assert!(pos(&job) >= pos(p["status"].as_str().unwrap()), "job event {} before commit ({job})", p["status"]);
+            assert!(
+                pos(&job) >= pos(p["status"].as_str().unwrap()),
+                "job event {} before commit ({job})",
+                p["status"]
+            );
         } else {
             let order = ["uploaded", "parsing", "parsed", "ingesting", "ingested"];
             let pos = |s: &str| order.iter().position(|o| *o == s).unwrap();
-            assert!(pos(&status) >= pos(p["status"].as_str().unwrap()), "document event {} before commit ({status})", p["status"]);
+            assert!(
+                pos(&status) >= pos(p["status"].as_str().unwrap()),
+                "document event {} before commit ({status})",
+                p["status"]
+            );
         }
         let short = match env.kind {
-            ragctl::events::EventType::JobStatusUpdated => format!("job {} {} {}", p["kind"].as_str().unwrap(), p["status"].as_str().unwrap(), env.origin),
-            k => format!("{} {} {}", k.as_str(), p["status"].as_str().unwrap(), env.origin),
+            ragctl::events::EventType::JobStatusUpdated => format!(
+                "job {} {} {}",
+                p["kind"].as_str().unwrap(),
+                p["status"].as_str().unwrap(),
+                env.origin
+            ),
+            k => format!(
+                "{} {} {}",
+                k.as_str(),
+                p["status"].as_str().unwrap(),
+                env.origin
+            ),
         };
         let done = short.starts_with("document.status_updated ingested");
         seen.push(short);
@@ -427,7 +571,8 @@ async fn publish_failures_leave_the_business_flow_intact() {
     let role = format!("ragctl_nopub_{}", Uuid::new_v4().simple());
     admin(&format!("CREATE ROLE {role} LOGIN"));
     let db = TestDb::owned_by(Some(&role));
-    db.query("REVOKE EXECUTE ON FUNCTION pg_notify(text, text) FROM PUBLIC").await;
+    db.query("REVOKE EXECUTE ON FUNCTION pg_notify(text, text) FROM PUBLIC")
+        .await;
     let url = db.url_as(&role);
     let api = Api::start_url(&url, &[], &[]).await;
     let p = Proc::spawn("worker parse", &url, &["worker", "parse"], &FAST_RETRIES);
@@ -435,10 +580,29 @@ async fn publish_failures_leave_the_business_flow_intact() {
     let user = Uuid::new_v4();
     let doc = upload(&api, user, "handbook.html").await;
     wait_status(&api, user, doc["id"].as_str().unwrap(), "ingested").await;
-    assert!(api.proc.logs().contains("event publish failed"), "{}", api.proc.logs());
-    assert!(p.logs().contains("permission denied for function pg_notify"), "{}", p.logs());
-    let metrics = http().get(format!("{}/metrics", api.url)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("ragctl_publish_failures_total{reason=\"notify\"}"), "{metrics}");
+    assert!(
+        api.proc.logs().contains("event publish failed"),
+        "{}",
+        api.proc.logs()
+    );
+    assert!(
+        p.logs()
+            .contains("permission denied for function pg_notify"),
+        "{}",
+        p.logs()
+    );
+    let metrics = http()
+        .get(format!("{}/metrics", api.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ragctl_publish_failures_total{reason=\"notify\"}"),
+        "{metrics}"
+    );
     drop(api);
     drop(p);
     drop(_i);
@@ -456,14 +620,20 @@ async fn tls_modes_are_honoured() {
     let require = format!("{base}?sslmode=require");
     let connected = ragctl::db::connect(&require, "ragctl-test-tls").await;
     if !ssl_on {
-        let err = connected.err().expect("require must fail without server TLS").to_string();
+        let err = connected
+            .err()
+            .expect("require must fail without server TLS")
+            .to_string();
         assert!(err.contains("cannot connect to PostgreSQL"), "{err}");
         return;
     }
     let (client, conn) = connected.expect("sslmode=require connects");
     tokio::spawn(conn);
     let ssl: bool = client
-        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -478,12 +648,23 @@ async fn tls_modes_are_honoured() {
     assert!(err.contains("certificate"), "{err}");
 
     // With the server's own certificate as root, verify-ca accepts it.
-    let cert_file: String = client.query_one("SHOW ssl_cert_file", &[]).await.unwrap().get(0);
+    let cert_file: String = client
+        .query_one("SHOW ssl_cert_file", &[])
+        .await
+        .unwrap()
+        .get(0);
     if std::fs::metadata(&cert_file).is_ok() {
         let url = format!("{base}?sslmode=verify-ca&sslrootcert={cert_file}");
         assert!(ragctl::db::connect(&url, "ragctl-test-tls").await.is_ok());
     }
-    assert!(ragctl::db::connect(&format!("{base}?sslmode=sometimes"), "x").await.err().unwrap().to_string().contains("sslmode=sometimes"));
+    assert!(
+        ragctl::db::connect(&format!("{base}?sslmode=sometimes"), "x")
+            .await
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("sslmode=sometimes")
+    );
 }
 
 /// With no API process at all, workers keep working: their publishes go
@@ -500,7 +681,10 @@ async fn workers_keep_working_with_no_api_running() {
     let _i = worker(&db, "ingest", &FAST_RETRIES);
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
-        let status: String = db.query(&format!("SELECT status FROM documents WHERE id = '{id}'")).await[0].get(0);
+        let status: String = db
+            .query(&format!("SELECT status FROM documents WHERE id = '{id}'"))
+            .await[0]
+            .get(0);
         if status == "ingested" {
             break;
         }
@@ -515,7 +699,12 @@ async fn workers_keep_working_with_no_api_running() {
 
 /// A stand-in for an OpenAI-compatible endpoint: records the requests and
 /// answers with `reply` (or HTTP 500 when it is None).
-async fn fake_llm(reply: Option<&'static str>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, Value)>>>) {
+async fn fake_llm(
+    reply: Option<&'static str>,
+) -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, Value)>>>,
+) {
     use axum::Json;
     use axum::http::{HeaderMap, StatusCode};
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -535,7 +724,10 @@ async fn fake_llm(reply: Option<&'static str>) -> (String, std::sync::Arc<std::s
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1/chat/completions", listener.local_addr().unwrap());
+    let url = format!(
+        "http://{}/v1/chat/completions",
+        listener.local_addr().unwrap()
+    );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, seen)
 }
@@ -551,7 +743,11 @@ async fn ask(api: &Api, user: Uuid, question: &str) -> Value {
         .await
         .unwrap();
     let r = http()
-        .post(format!("{}/conversations/{}/messages", api.url, conv["id"].as_str().unwrap()))
+        .post(format!(
+            "{}/conversations/{}/messages",
+            api.url,
+            conv["id"].as_str().unwrap()
+        ))
         .bearer_auth(token(user))
         .json(&json!({"content": question}))
         .send()
@@ -565,7 +761,16 @@ async fn ask(api: &Api, user: Uuid, question: &str) -> Value {
 async fn chat_uses_the_llm_endpoint_when_configured() {
     let (url, seen) = fake_llm(Some("Reimbursement needs an itemised receipt [1].")).await;
     let db = TestDb::new();
-    let api = Api::start(&db, &[], &[("RAG_LLM_URL", &url), ("RAG_LLM_API_KEY", "sk-test"), ("RAG_LLM_MODEL", "tiny")]).await;
+    let api = Api::start(
+        &db,
+        &[],
+        &[
+            ("RAG_LLM_URL", &url),
+            ("RAG_LLM_API_KEY", "sk-test"),
+            ("RAG_LLM_MODEL", "tiny"),
+        ],
+    )
+    .await;
     let _p = worker(&db, "parse", &FAST_RETRIES);
     let _i = worker(&db, "ingest", &FAST_RETRIES);
     let user = Uuid::new_v4();
@@ -575,18 +780,33 @@ async fn chat_uses_the_llm_endpoint_when_configured() {
     let answer = ask(&api, user, "How does reimbursement work?").await;
     assert_eq!(answer["status"], "completed", "{answer}");
     let text = answer["content"].as_str().unwrap();
-    assert!(text.starts_with("Reimbursement needs an itemised receipt [1]."), "{text}");
+    assert!(
+        text.starts_with("Reimbursement needs an itemised receipt [1]."),
+        "{text}"
+    );
     assert!(text.contains("Sources:\n[1] handbook.pdf, chunk"), "{text}");
     let (auth, body) = seen.lock().unwrap()[0].clone();
     assert_eq!(auth.as_deref(), Some("Bearer sk-test"));
     assert_eq!(body["model"], "tiny");
-    let prompt = body["messages"][1]["content"].as_str().unwrap().to_lowercase();
-    assert!(prompt.contains("[1] (handbook.pdf, chunk") && prompt.contains("reimbursement"), "{prompt}");
+    let prompt = body["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(
+        prompt.contains("[1] (handbook.pdf, chunk") && prompt.contains("reimbursement"),
+        "{prompt}"
+    );
 
     // A failing endpoint marks the message `error`, with the reason.
     let (bad_url, _) = fake_llm(None).await;
     let api2 = Api::start(&db, &[], &[("RAG_LLM_URL", &bad_url)]).await;
     let answer = ask(&api2, user, "How does reimbursement work?").await;
     assert_eq!(answer["status"], "error", "{answer}");
-    assert!(answer["error_message"].as_str().unwrap().contains("HTTP 500"), "{answer}");
+    assert!(
+        answer["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("HTTP 500"),
+        "{answer}"
+    );
 }

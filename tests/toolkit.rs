@@ -14,7 +14,10 @@ use uuid::Uuid;
 async fn wait_for_backend(db: &TestDb, app: &str) {
     let deadline = Instant::now() + PATIENCE;
     while db
-        .query(&format!("SELECT 1 FROM pg_stat_activity WHERE application_name = '{app}' AND datname = '{}'", db.name))
+        .query(&format!(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = '{app}' AND datname = '{}'",
+            db.name
+        ))
         .await
         .is_empty()
     {
@@ -26,7 +29,9 @@ async fn wait_for_backend(db: &TestDb, app: &str) {
 }
 
 async fn publish(db: &TestDb, env: Envelope) {
-    let pool = ragctl::db::pool(&db.url, 1, "ragctl-test-publisher").await.unwrap();
+    let pool = ragctl::db::pool(&db.url, 1, "ragctl-test-publisher")
+        .await
+        .unwrap();
     Publisher::new(pool, "rag_events", "test", Duration::from_secs(5))
         .publish(env)
         .await
@@ -63,15 +68,27 @@ async fn tap_runs_in_a_pseudo_terminal() {
     let user = Uuid::new_v4();
     publish(&db, doc_event(user)).await;
     let keyboard = child.stdin.take();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     drop(keyboard);
     let screen = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "tap failed: {screen}");
-    assert!(screen.contains("\x1b[?1049h"), "never entered the alternate screen");
-    assert!(screen.contains("ragctl") && screen.contains("FOLLOW"), "{screen}");
+    assert!(
+        screen.contains("\x1b[?1049h"),
+        "never entered the alternate screen"
+    );
+    assert!(
+        screen.contains("ragctl") && screen.contains("FOLLOW"),
+        "{screen}"
+    );
     assert!(screen.contains("document.status_updated"), "{screen}");
     assert!(screen.contains(&user.to_string()[..8]), "{screen}");
-    assert!(!screen.contains("INFO"), "log lines leaked into the TUI: {screen}");
+    assert!(
+        !screen.contains("INFO"),
+        "log lines leaked into the TUI: {screen}"
+    );
     let restore = screen.rfind("\x1b[?1049l").expect("terminal not restored");
     assert!(restore > screen.rfind("document.status_updated").unwrap());
 }
@@ -89,11 +106,19 @@ async fn tap_prints_json_lines_and_flags_bad_payloads() {
         .spawn()
         .unwrap();
     wait_for_backend(&db, "ragctl-tap").await;
-    db.query("SELECT pg_notify('rag_events', 'definitely not json')").await;
+    db.query("SELECT pg_notify('rag_events', 'definitely not json')")
+        .await;
     let user = Uuid::new_v4();
     publish(&db, doc_event(user)).await;
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -111,7 +136,10 @@ async fn tap_prints_json_lines_and_flags_bad_payloads() {
 #[test]
 fn missing_configuration_names_flag_and_variable() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [&["tap", "--no-tui"][..], &["token", "--user", "00000000-0000-0000-0000-000000000001"]] {
+    for args in [
+        &["tap", "--no-tui"][..],
+        &["token", "--user", "00000000-0000-0000-0000-000000000001"],
+    ] {
         let out = Command::new(bin())
             .args(args)
             .current_dir(dir.path())
@@ -124,7 +152,11 @@ fn missing_configuration_names_flag_and_variable() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with("ragctl: error: "), "{err}");
-        let (flag, var) = if args[0] == "tap" { ("--database-url", "DATABASE_URL") } else { ("--jwt-secret", "RAG_JWT_SECRET") };
+        let (flag, var) = if args[0] == "tap" {
+            ("--database-url", "DATABASE_URL")
+        } else {
+            ("--jwt-secret", "RAG_JWT_SECRET")
+        };
         assert!(err.contains(flag) && err.contains(var), "{err}");
     }
     let out = Command::new(bin())
@@ -141,7 +173,10 @@ fn missing_configuration_names_flag_and_variable() {
 /// it on SIGTERM.
 #[tokio::test]
 async fn serve_without_a_database_uses_the_embedded_cluster() {
-    let dir = tempfile::Builder::new().prefix("ragctl-embedded").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("ragctl-embedded")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
     // The cluster may run as the `postgres` user, which must reach the folder.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -160,25 +195,37 @@ async fn serve_without_a_database_uses_the_embedded_cluster() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(line);
         }
     });
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut log = Vec::new();
     let api_url = loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or_else(|_| {
-            let _ = serve.kill();
-            panic!("serve never came up: {log:#?}")
-        });
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| {
+                let _ = serve.kill();
+                panic!("serve never came up: {log:#?}")
+            });
         if let Some(rest) = line.strip_prefix("ragctl: API on ") {
             break rest.split_whitespace().next().unwrap().to_string();
         }
         log.push(line);
     };
-    let state: Value = serde_json::from_str(&std::fs::read_to_string(state_dir.join("state.json")).unwrap()).unwrap();
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(state_dir.join("state.json")).unwrap())
+            .unwrap();
     assert_eq!(state["api_url"], api_url);
-    assert!(state["database_url"].as_str().unwrap().starts_with("postgres://postgres@127.0.0.1:"));
+    assert!(
+        state["database_url"]
+            .as_str()
+            .unwrap()
+            .starts_with("postgres://postgres@127.0.0.1:")
+    );
 
     // Another subcommand, run from the same folder, finds it all.
     let user = Uuid::new_v4();
@@ -191,12 +238,20 @@ async fn serve_without_a_database_uses_the_embedded_cluster() {
         .unwrap();
     assert!(out.status.success());
     let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let r = http().get(format!("{api_url}/documents")).bearer_auth(&token).send().await.unwrap();
+    let r = http()
+        .get(format!("{api_url}/documents"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 
     // SAFETY: signalling our own child.
     unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
     let status = serve.wait().unwrap();
     assert!(status.success());
-    assert!(!state_dir.join("pgdata/postmaster.pid").exists(), "embedded cluster still running");
+    assert!(
+        !state_dir.join("pgdata/postmaster.pid").exists(),
+        "embedded cluster still running"
+    );
 }

@@ -37,7 +37,10 @@ pub async fn create(
     };
     let client = state.pool.get().await?;
     let conv = chat::create_conversation(&client, user.user_id, body.title.as_deref()).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::to_value(conv).expect("serialises"))))
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::to_value(conv).expect("serialises")),
+    ))
 }
 
 pub async fn list(State(state): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
@@ -95,9 +98,15 @@ pub async fn post_message(
 
     let client = state.pool.get().await?;
     let question = chat::insert_message(&client, uid, conv, "user", content, "completed").await?;
-    state.events.emit(uid, EventType::MessageCreated, question.created_payload()).await;
+    state
+        .events
+        .emit(uid, EventType::MessageCreated, question.created_payload())
+        .await;
     let pending = chat::insert_message(&client, uid, conv, "assistant", "", "pending").await?;
-    state.events.emit(uid, EventType::MessageCreated, pending.created_payload()).await;
+    state
+        .events
+        .emit(uid, EventType::MessageCreated, pending.created_payload())
+        .await;
 
     let answered = match chat::search(&client, uid, content, PASSAGES).await {
         Ok(passages) => crate::rag::answer(content, &passages, state.llm.as_ref())
@@ -107,8 +116,15 @@ pub async fn post_message(
     };
     let done = match answered {
         Ok(a) => {
-            chat::finish_message(&client, pending.id, "completed", &a.content, &a.sources_json(), None)
-                .await?
+            chat::finish_message(
+                &client,
+                pending.id,
+                "completed",
+                &a.content,
+                &a.sources_json(),
+                None,
+            )
+            .await?
         }
         Err(e) => {
             tracing::warn!(error = %e, "answering failed");
@@ -124,7 +140,10 @@ pub async fn post_message(
         }
     };
     drop(client);
-    state.events.emit(uid, EventType::MessageStatusUpdated, done.status_payload()).await;
+    state
+        .events
+        .emit(uid, EventType::MessageStatusUpdated, done.status_payload())
+        .await;
     Ok((
         StatusCode::CREATED,
         Json(json!({ "user_message": question, "assistant_message": done })),

@@ -27,7 +27,11 @@ fn clean_filename(raw: Option<&str>) -> String {
         .filter(|c| !c.is_control())
         .take(255)
         .collect::<String>();
-    if base.is_empty() { "upload".into() } else { base }
+    if base.is_empty() {
+        "upload".into()
+    } else {
+        base
+    }
 }
 
 pub async fn upload(
@@ -73,7 +77,11 @@ pub async fn upload(
         return Err(ApiError::bad_request(format!("{filename} is empty")));
     }
     let mime = extract::detect_mime(&filename, declared.as_deref(), &bytes).map_err(|e| {
-        ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", e.to_string())
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e.to_string(),
+        )
     })?;
     let mut client = state.pool.get().await?;
     let (doc, job) = documents::create_with_parse_job(
@@ -90,11 +98,19 @@ pub async fn upload(
     .await?;
     state
         .events
-        .emit(user.user_id, EventType::DocumentCreated, doc.created_payload())
+        .emit(
+            user.user_id,
+            EventType::DocumentCreated,
+            doc.created_payload(),
+        )
         .await;
     state
         .events
-        .emit(user.user_id, EventType::JobStatusUpdated, job.status_payload())
+        .emit(
+            user.user_id,
+            EventType::JobStatusUpdated,
+            job.status_payload(),
+        )
         .await;
     crate::db::jobs::start(&client, &job).await;
     drop(client);

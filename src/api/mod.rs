@@ -73,7 +73,10 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers).ok_or(AuthError::Missing)?;
         Ok(state.verifier.verify(token)?)
     }
@@ -123,7 +126,10 @@ pub async fn run(listener: TcpListener, state: AppState, drain: Duration) -> std
         .await?;
     sockets.close();
     if tokio::time::timeout(drain, sockets.wait()).await.is_err() {
-        tracing::warn!(left = sockets.len(), "sockets still open after the drain deadline");
+        tracing::warn!(
+            left = sockets.len(),
+            "sockets still open after the drain deadline"
+        );
     }
     Ok(())
 }

@@ -32,7 +32,10 @@ async fn database_ok(state: &AppState) -> Result<(), String> {
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let db = database_ok(&state).await;
-    let listener = state.bridge.as_ref().map(|b| b.listener.status.borrow().clone());
+    let listener = state
+        .bridge
+        .as_ref()
+        .map(|b| b.listener.status.borrow().clone());
     let listener_ok = listener.as_ref().is_none_or(|s| s.connected);
     let ready = db.is_ok() && listener_ok;
     let body = json!({
@@ -49,7 +52,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             }),
         },
     });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
@@ -66,7 +73,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(bridge) = &state.bridge {
         let status = bridge.listener.status.borrow().clone();
         metrics::gauge!("ragctl_listener_connected").set(if status.connected { 1.0 } else { 0.0 });
-        let last = bridge.listener.counters.last_notification_ms.load(Ordering::Relaxed);
+        let last = bridge
+            .listener
+            .counters
+            .last_notification_ms
+            .load(Ordering::Relaxed);
         if last > 0 {
             let age = chrono::Utc::now().timestamp_millis() as f64 / 1000.0 - last as f64 / 1000.0;
             metrics::gauge!("ragctl_listener_last_notification_age_seconds").set(age.max(0.0));

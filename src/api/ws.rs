@@ -8,9 +8,9 @@
 
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -75,7 +75,10 @@ fn token<'a>(query: &'a WsQuery, headers: &'a HeaderMap) -> (Option<String>, boo
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
-    if let Some(pos) = protocols.iter().position(|p| p.eq_ignore_ascii_case("bearer")) {
+    if let Some(pos) = protocols
+        .iter()
+        .position(|p| p.eq_ignore_ascii_case("bearer"))
+    {
         return (protocols.get(pos + 1).map(|t| t.to_string()), true);
     }
     (None, false)
@@ -135,7 +138,12 @@ pub async fn handler(
 
 /// Sends one message, giving up when the socket is marked slow, the server
 /// shuts down, or the write takes too long.
-async fn send(socket: &mut WebSocket, msg: Message, slow: &CancellationToken, timeout: Duration) -> bool {
+async fn send(
+    socket: &mut WebSocket,
+    msg: Message,
+    slow: &CancellationToken,
+    timeout: Duration,
+) -> bool {
     tokio::select! {
         r = socket.send(msg) => r.is_ok(),
         _ = slow.cancelled() => false,
@@ -159,7 +167,10 @@ async fn serve_socket(
     shutdown: CancellationToken,
 ) {
     let latency = metrics::histogram!("ragctl_bridge_delivery_seconds");
-    let expires_in = Duration::from_secs(user.exp.saturating_sub(chrono::Utc::now().timestamp().max(0) as u64));
+    let expires_in = Duration::from_secs(
+        user.exp
+            .saturating_sub(chrono::Utc::now().timestamp().max(0) as u64),
+    );
     let expiry = tokio::time::sleep(expires_in);
     tokio::pin!(expiry);
     let mut ping = tokio::time::interval(cfg.ping_interval);

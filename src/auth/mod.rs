@@ -77,16 +77,16 @@ impl Verifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-            match e.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience".into()),
                 ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
                 ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm must be HS256".into()),
                 ErrorKind::MissingRequiredClaim(c) => AuthError::Invalid(format!("missing `{c}`")),
                 _ => AuthError::Invalid("malformed token".into()),
-            }
-        })?;
+            },
+        )?;
         let sub = data.claims.sub.ok_or(AuthError::NoUser)?;
         let user_id =
             Uuid::parse_str(&sub).map_err(|_| AuthError::Invalid("`sub` is not a UUID".into()))?;
@@ -108,8 +108,10 @@ pub fn mint(secret: &str, user_id: Uuid, ttl: Duration) -> Result<String, EmptyS
         role: Some("authenticated".to_string()),
     };
     let key = EncodingKey::from_secret(secret.as_bytes()).map_err(|_| EmptySecret)?;
-    Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key)
-        .expect("HS256 signing with a non-empty key cannot fail"))
+    Ok(
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key)
+            .expect("HS256 signing with a non-empty key cannot fail"),
+    )
 }
 
 #[cfg(test)]
@@ -125,8 +127,12 @@ mod tests {
             return format!("{header}.{body}.");
         }
         let key = EncodingKey::from_secret(secret.as_bytes()).unwrap();
-        let sig = jsonwebtoken::crypto::sign(format!("{header}.{body}").as_bytes(), &key, Algorithm::HS256)
-            .unwrap();
+        let sig = jsonwebtoken::crypto::sign(
+            format!("{header}.{body}").as_bytes(),
+            &key,
+            Algorithm::HS256,
+        )
+        .unwrap();
         format!("{header}.{body}.{sig}")
     }
 
@@ -134,7 +140,10 @@ mod tests {
     fn good_token_round_trips() {
         let user = Uuid::new_v4();
         let t = mint("s3cret", user, Duration::from_secs(60)).unwrap();
-        assert_eq!(Verifier::new("s3cret").unwrap().verify(&t).unwrap().user_id, user);
+        assert_eq!(
+            Verifier::new("s3cret").unwrap().verify(&t).unwrap().user_id,
+            user
+        );
     }
 
     #[test]
@@ -146,10 +155,19 @@ mod tests {
         let ok = serde_json::json!({"sub": user, "exp": future, "aud": "authenticated"});
         assert!(v.verify(&sign("s3cret", ok.clone(), "HS256")).is_ok());
         assert_eq!(v.verify(""), Err(AuthError::Missing));
-        assert!(matches!(v.verify(&sign("other", ok.clone(), "HS256")), Err(AuthError::Invalid(_))));
-        assert!(matches!(v.verify(&sign("s3cret", ok.clone(), "none")), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            v.verify(&sign("other", ok.clone(), "HS256")),
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(matches!(
+            v.verify(&sign("s3cret", ok.clone(), "none")),
+            Err(AuthError::Invalid(_))
+        ));
         let expired = serde_json::json!({"sub": user, "exp": past, "aud": "authenticated"});
-        assert_eq!(v.verify(&sign("s3cret", expired, "HS256")), Err(AuthError::Expired));
+        assert_eq!(
+            v.verify(&sign("s3cret", expired, "HS256")),
+            Err(AuthError::Expired)
+        );
         let wrong_aud = serde_json::json!({"sub": user, "exp": future, "aud": "anon"});
         assert_eq!(
             v.verify(&sign("s3cret", wrong_aud, "HS256")),
@@ -159,7 +177,10 @@ mod tests {
         let e = v.verify(&sign("s3cret", anon, "HS256")).unwrap_err();
         assert!(e.is_forbidden());
         let not_uuid = serde_json::json!({"sub": "bob", "exp": future, "aud": "authenticated"});
-        assert!(matches!(v.verify(&sign("s3cret", not_uuid, "HS256")), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            v.verify(&sign("s3cret", not_uuid, "HS256")),
+            Err(AuthError::Invalid(_))
+        ));
         assert!(matches!(v.verify("a.b.c"), Err(AuthError::Invalid(_))));
     }
 }

@@ -170,7 +170,13 @@ impl Hub {
     /// Hands an event to every socket of its user in this process. Never
     /// blocks: a full socket queue marks that socket slow (it gets closed).
     pub fn deliver(&self, env: &Envelope, _received_at: Instant) {
-        if !self.inner.recent.lock().expect("recent lock").insert(env.id) {
+        if !self
+            .inner
+            .recent
+            .lock()
+            .expect("recent lock")
+            .insert(env.id)
+        {
             self.inner.counters.duplicate.increment(1);
             return;
         }
@@ -255,19 +261,34 @@ mod tests {
         let mut a1 = hub.register(a, false);
         let mut a2 = hub.register(a, false);
         let mut b1 = hub.register(b, false);
-        assert_eq!(hub.stats(), HubStats { sockets: 3, users: 2 });
+        assert_eq!(
+            hub.stats(),
+            HubStats {
+                sockets: 3,
+                users: 2
+            }
+        );
         let e = env(a);
         hub.deliver(&e, Instant::now());
         hub.deliver(&e, Instant::now()); // duplicate id: dropped
         for g in [&mut a1, &mut a2] {
             let got = text(g.rx.try_recv().unwrap());
-            assert!(got.starts_with(r#"{"type":"document.status_updated","payload":{"#), "{got}");
+            assert!(
+                got.starts_with(r#"{"type":"document.status_updated","payload":{"#),
+                "{got}"
+            );
             assert!(g.rx.try_recv().is_err(), "delivered twice");
         }
         assert!(b1.rx.try_recv().is_err());
         drop(a1);
         drop(a2);
-        assert_eq!(hub.stats(), HubStats { sockets: 1, users: 1 });
+        assert_eq!(
+            hub.stats(),
+            HubStats {
+                sockets: 1,
+                users: 1
+            }
+        );
     }
 
     #[tokio::test]
@@ -295,6 +316,9 @@ mod tests {
         hub.resync("listener_reconnected");
         assert!(plain.rx.try_recv().is_err());
         let got = text(opted.rx.try_recv().unwrap());
-        assert_eq!(got, r#"{"type":"realtime.resync","payload":{"reason":"listener_reconnected"}}"#);
+        assert_eq!(
+            got,
+            r#"{"type":"realtime.resync","payload":{"reason":"listener_reconnected"}}"#
+        );
     }
 }

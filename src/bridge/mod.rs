@@ -37,7 +37,11 @@ pub struct Bridge {
 }
 
 /// Starts the listener and the router; both stop on `shutdown`.
-pub fn start(cfg: BridgeConfig, hub: Hub, shutdown: CancellationToken) -> (Bridge, tokio::task::JoinHandle<()>) {
+pub fn start(
+    cfg: BridgeConfig,
+    hub: Hub,
+    shutdown: CancellationToken,
+) -> (Bridge, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(cfg.queue);
     let (handle, listen_task) = listener::spawn(
         ListenerConfig::new(&cfg.listen_url, API_LISTENER_NAME, &[cfg.channel.as_str()]),
@@ -79,7 +83,12 @@ async fn route(mut rx: mpsc::Receiver<ListenItem>, hub: Hub) {
     };
     let dropped: HashMap<DropReason, metrics::Counter> = DropReason::ALL
         .into_iter()
-        .map(|r| (r, metrics::counter!("ragctl_events_dropped_total", "reason" => r.as_str())))
+        .map(|r| {
+            (
+                r,
+                metrics::counter!("ragctl_events_dropped_total", "reason" => r.as_str()),
+            )
+        })
         .collect();
     let mut expire = tokio::time::interval(Duration::from_secs(5));
     loop {

@@ -5,6 +5,7 @@
 //! 2 usage, configuration, connection or authentication error. A broken
 //! pipe on stdout is a quiet success.
 
+mod bench;
 mod emit;
 mod rest;
 mod serve;
@@ -21,7 +22,11 @@ use uuid::Uuid;
 use crate::config::{ConnectOpts, parse_duration};
 
 #[derive(Parser, Debug)]
-#[command(name = "ragctl", version, about = "RAG backend with a cross-process realtime bridge, and the tools to inspect it")]
+#[command(
+    name = "ragctl",
+    version,
+    about = "RAG backend with a cross-process realtime bridge, and the tools to inspect it"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub connect: ConnectOpts,
@@ -62,6 +67,8 @@ pub enum Command {
     Upload(rest::UploadArgs),
     /// List a user's documents, show one, or list its jobs.
     Docs(rest::DocsArgs),
+    /// Measure the realtime bridge: NOTIFY baseline, bridge latency, ceiling, memory per socket.
+    Bench(bench::BenchArgs),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -83,7 +90,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn check(source: impl Into<anyhow::Error>) -> Failure {
-        Failure { code: 1, source: source.into() }
+        Failure {
+            code: 1,
+            source: source.into(),
+        }
     }
 }
 
@@ -116,7 +126,10 @@ pub fn main() -> ExitCode {
     if !tui {
         init_logging(&cli.log);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ragctl: error: cannot start the async runtime: {e}");
@@ -144,7 +157,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(connect, args).await,
         Command::Worker(args) => worker::run(connect, args).await,
-        Command::Db { command: DbCommand::Migrate } => {
+        Command::Db {
+            command: DbCommand::Migrate,
+        } => {
             let url = connect.database_url()?;
             let pool = crate::db::pool(&url, 2, "ragctl-migrate").await?;
             let applied = crate::db::migrate(&pool).await?;
@@ -161,6 +176,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::WsClient(args) => ws_client::run(connect, args).await,
         Command::Upload(args) => rest::upload(connect, args).await,
         Command::Docs(args) => rest::docs(connect, args).await,
+        Command::Bench(args) => bench::run(connect, args).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
@@ -173,15 +189,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Cancels `token` on Ctrl-C or SIGTERM.
 pub(crate) fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot install the SIGTERM handler");
-                let _ = tokio::signal::ctrl_c().await;
-                token.cancel();
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot install the SIGTERM handler");
+                    let _ = tokio::signal::ctrl_c().await;
+                    token.cancel();
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

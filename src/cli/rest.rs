@@ -414,7 +414,11 @@ fn print_list(
     headers: &[&str],
     row: impl Fn(&Value) -> Vec<String>,
 ) -> std::io::Result<()> {
-    let items = body.get(key).and_then(Value::as_array).cloned().unwrap_or_default();
+    let items = body
+        .get(key)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if format == DocsFormat::Json {
         for item in &items {
             writeln!(out, "{item}")?;

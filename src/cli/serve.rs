@@ -55,8 +55,11 @@ pub struct ServeArgs {
 }
 
 /// Raises the open-file limit to the hard limit: each socket is a file.
-fn raise_nofile_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+pub(crate) fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: plain syscalls on a local struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
@@ -76,10 +79,14 @@ fn random_secret() -> String {
 
 pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     let buckets = [
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0,
     ];
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full("ragctl_bridge_delivery_seconds".into()), &buckets)
+        .set_buckets_for_metric(
+            Matcher::Full("ragctl_bridge_delivery_seconds".into()),
+            &buckets,
+        )
         .ok()?
         .install_recorder()
         .ok()?;
@@ -117,7 +124,16 @@ pub async fn run(connect: ConnectOpts, args: ServeArgs) -> anyhow::Result<ExitCo
         },
     };
 
-    let result = serve(&connect, &args, &url, &secret, &channel, embedded.is_some(), metrics).await;
+    let result = serve(
+        &connect,
+        &args,
+        &url,
+        &secret,
+        &channel,
+        embedded.is_some(),
+        metrics,
+    )
+    .await;
     if let Some(e) = embedded {
         match e.stop().await {
             Ok(()) => tracing::info!("embedded PostgreSQL stopped"),
@@ -145,7 +161,12 @@ async fn serve(
 
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
-        .with_context(|| format!("invalid --host / RAG_HOST and --port / PORT: {}:{}", args.host, args.port))?;
+        .with_context(|| {
+            format!(
+                "invalid --host / RAG_HOST and --port / PORT: {}:{}",
+                args.host, args.port
+            )
+        })?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot bind {addr} (is another server running? try --port)"))?;
@@ -208,7 +229,13 @@ async fn serve(
     let children = TaskTracker::new();
     if !args.no_workers {
         for kind in ["parse", "ingest"] {
-            children.spawn(supervise(kind, url.to_string(), channel.to_string(), rt.clone(), shutdown.clone()));
+            children.spawn(supervise(
+                kind,
+                url.to_string(),
+                channel.to_string(),
+                rt.clone(),
+                shutdown.clone(),
+            ));
         }
     }
     tracing::info!(%api_url, realtime = !args.no_realtime, workers = !args.no_workers, "ragctl serving");
@@ -226,7 +253,13 @@ async fn serve(
 
 /// Runs one worker child, prefixing its log lines, restarting it with
 /// backoff if it dies, and stopping it with SIGTERM on shutdown.
-async fn supervise(kind: &'static str, url: String, channel: String, rt: RuntimeOpts, shutdown: CancellationToken) {
+async fn supervise(
+    kind: &'static str,
+    url: String,
+    channel: String,
+    rt: RuntimeOpts,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let exe = match std::env::current_exe() {
         Ok(e) => e,
@@ -256,8 +289,14 @@ async fn supervise(kind: &'static str, url: String, channel: String, rt: Runtime
         };
         let prefix = format!("[worker {kind}]");
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
         ]
         .into_iter()
         .flatten()

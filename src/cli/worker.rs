@@ -20,7 +20,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "RAG_WORKER_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
     /// Fault injection for crash tests: sleep this long inside every job (ms).
-    #[arg(long, env = "RAG_WORKER_JOB_DELAY_MS", default_value_t = 0, hide = true)]
+    #[arg(
+        long,
+        env = "RAG_WORKER_JOB_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
     pub job_delay_ms: u64,
 }
 

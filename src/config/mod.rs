@@ -95,7 +95,8 @@ impl ConnectOpts {
     }
 
     pub fn configured_jwt_secret(&self) -> Option<String> {
-        non_empty(&self.jwt_secret).or_else(|| non_empty(&std::env::var("SUPABASE_JWT_SECRET").ok()))
+        non_empty(&self.jwt_secret)
+            .or_else(|| non_empty(&std::env::var("SUPABASE_JWT_SECRET").ok()))
     }
 
     pub fn channel(&self) -> Result<String, ConfigError> {
@@ -212,7 +213,11 @@ impl RuntimeOpts {
             ));
         }
         if self.job_lease_secs < 2 {
-            return Err(invalid("--job-lease-secs", "RAG_JOB_LEASE_SECS", "must be >= 2"));
+            return Err(invalid(
+                "--job-lease-secs",
+                "RAG_JOB_LEASE_SECS",
+                "must be >= 2",
+            ));
         }
         if self.pool_size < 2 {
             return Err(invalid("--pool-size", "RAG_DB_POOL_SIZE", "must be >= 2"));
@@ -259,7 +264,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86_400,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ));
+        }
     };
     Ok(Duration::from_secs(secs))
 }
@@ -294,6 +303,9 @@ mod tests {
             ..Default::default()
         };
         let e = opts.database_url().unwrap_err().to_string();
-        assert!(e.contains("--database-url") && e.contains("DATABASE_URL"), "{e}");
+        assert!(
+            e.contains("--database-url") && e.contains("DATABASE_URL"),
+            "{e}"
+        );
     }
 }

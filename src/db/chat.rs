@@ -1,9 +1,9 @@
 //! Conversations, messages and retrieval over chunks. Scoped by `user_id`.
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use serde_json::{Value, json};
-use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 

@@ -1,9 +1,9 @@
 //! Documents and their uploaded bytes. Every query is scoped by `user_id`.
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use serde_json::{Value, json};
-use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -108,7 +108,9 @@ pub async fn create_with_parse_job(
 pub async fn list(client: &impl GenericClient, user_id: Uuid) -> Result<Vec<Document>, DbError> {
     let rows = client
         .query(
-            &format!("SELECT {COLUMNS} FROM documents WHERE user_id = $1 ORDER BY created_at DESC, id"),
+            &format!(
+                "SELECT {COLUMNS} FROM documents WHERE user_id = $1 ORDER BY created_at DESC, id"
+            ),
             &[&user_id],
         )
         .await?;
@@ -159,14 +161,20 @@ pub async fn set_status(
 
 pub async fn blob(client: &impl GenericClient, id: Uuid) -> Result<Option<Vec<u8>>, DbError> {
     let row = client
-        .query_opt("SELECT content FROM document_blobs WHERE document_id = $1", &[&id])
+        .query_opt(
+            "SELECT content FROM document_blobs WHERE document_id = $1",
+            &[&id],
+        )
         .await?;
     Ok(row.map(|r| r.get(0)))
 }
 
 pub async fn text(client: &impl GenericClient, id: Uuid) -> Result<Option<String>, DbError> {
     let row = client
-        .query_opt("SELECT content FROM document_texts WHERE document_id = $1", &[&id])
+        .query_opt(
+            "SELECT content FROM document_texts WHERE document_id = $1",
+            &[&id],
+        )
         .await?;
     Ok(row.map(|r| r.get(0)))
 }

@@ -84,7 +84,9 @@ fn postgres_ids() -> Result<Option<(u32, u32)>, EmbeddedError> {
 
 fn command(bin: &Path, run_as: Option<(u32, u32)>, cwd: &Path) -> Command {
     let mut cmd = Command::new(bin);
-    cmd.current_dir(cwd).stdin(Stdio::null()).kill_on_drop(false);
+    cmd.current_dir(cwd)
+        .stdin(Stdio::null())
+        .kill_on_drop(false);
     if let Some((uid, gid)) = run_as {
         cmd.uid(uid).gid(gid);
     }
@@ -93,13 +95,19 @@ fn command(bin: &Path, run_as: Option<(u32, u32)>, cwd: &Path) -> Command {
 
 async fn output(mut cmd: Command, what: &'static str) -> Result<String, EmbeddedError> {
     let out = cmd.output().await.map_err(step(what))?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     if out.status.success() {
         Ok(text)
     } else {
         Err(EmbeddedError::Step {
             step: what,
-            detail: text.trim().lines().last().unwrap_or("no output").to_string(),
+            detail: text
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or("no output")
+                .to_string(),
         })
     }
 }
@@ -143,7 +151,8 @@ impl Embedded {
         }
         if let Some((uid, gid)) = run_as {
             for p in [&data_dir, &sock_dir, &log] {
-                std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(step("chown to postgres"))?;
+                std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                    .map_err(step("chown to postgres"))?;
             }
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
@@ -161,9 +170,15 @@ impl Embedded {
         if !data_dir.join("PG_VERSION").exists() {
             tracing::info!(dir = %data_dir.display(), "initialising the embedded PostgreSQL cluster");
             let mut cmd = command(&initdb, run_as, &state_dir);
-            cmd.arg("-D")
-                .arg(&data_dir)
-                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"]);
+            cmd.arg("-D").arg(&data_dir).args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--no-sync",
+            ]);
             output(cmd, "initdb").await?;
         }
         let port = free_port()?;
@@ -173,7 +188,9 @@ impl Embedded {
         );
         let data = data_dir.display().to_string();
         let log_s = log.display().to_string();
-        let start = pg_ctl_cmd(&["-D", &data, "-l", &log_s, "-w", "-t", "60", "-o", &opts, "start"]);
+        let start = pg_ctl_cmd(&[
+            "-D", &data, "-l", &log_s, "-w", "-t", "60", "-o", &opts, "start",
+        ]);
         output(start, "pg_ctl start").await.map_err(|e| match e {
             EmbeddedError::Step { step, detail } => EmbeddedError::Step {
                 step,

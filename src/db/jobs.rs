@@ -4,9 +4,9 @@
 //! start at once.
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use serde_json::{Value, json};
-use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use uuid::Uuid;
 

@@ -243,7 +243,9 @@ async fn session(
                     });
                     if reader_queue.try_send(item).is_err() {
                         dropped.increment(1);
-                        reader_counters.dropped_overflow.fetch_add(1, Ordering::Relaxed);
+                        reader_counters
+                            .dropped_overflow
+                            .fetch_add(1, Ordering::Relaxed);
                         gap_pending = true;
                     }
                 }

@@ -15,7 +15,6 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Socket};
 
-
 mod embedded_migrations {
     refinery::embed_migrations!("migrations");
 }
@@ -25,7 +24,8 @@ mod embedded_migrations {
 const MIGRATION_LOCK: i64 = 0x7261_6763_746c; // "ragctl"
 
 pub type TlsConnector = tokio_postgres_rustls::MakeRustlsConnect;
-pub type Connection = tokio_postgres::Connection<Socket, <TlsConnector as MakeTlsConnect<Socket>>::Stream>;
+pub type Connection =
+    tokio_postgres::Connection<Socket, <TlsConnector as MakeTlsConnect<Socket>>::Stream>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -119,13 +119,10 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
 /// returned `Connection`.
 pub async fn connect(url: &str, application_name: &str) -> Result<(Client, Connection), DbError> {
     let t = target(url, application_name)?;
-    t.config
-        .connect(t.tls)
-        .await
-        .map_err(|e| DbError::Connect {
-            target: t.display.clone(),
-            detail: error_text(&e),
-        })
+    t.config.connect(t.tls).await.map_err(|e| DbError::Connect {
+        target: t.display.clone(),
+        detail: error_text(&e),
+    })
 }
 
 /// Builds the pool and checks that one connection can be made, so that a

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -102,10 +102,15 @@ fn roots(file: &Option<String>) -> RootCertStore {
                     let _ = store.add(cert);
                 }
                 if store.is_empty() {
-                    tracing::error!(path, "sslrootcert holds no usable certificate; TLS verification will fail");
+                    tracing::error!(
+                        path,
+                        "sslrootcert holds no usable certificate; TLS verification will fail"
+                    );
                 }
             }
-            Err(e) => tracing::error!(path, error = %e, "cannot read sslrootcert; TLS verification will fail"),
+            Err(e) => {
+                tracing::error!(path, error = %e, "cannot read sslrootcert; TLS verification will fail")
+            }
         },
         None => {
             store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -124,15 +129,22 @@ pub fn connector(mode: TlsMode) -> TlsConnector {
     let config = match mode {
         TlsMode::Disable | TlsMode::Prefer | TlsMode::Require => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified { provider: provider(), ca_only: None }))
+            .with_custom_certificate_verifier(Arc::new(Unverified {
+                provider: provider(),
+                ca_only: None,
+            }))
             .with_no_client_auth(),
         TlsMode::VerifyCa { root } => {
-            let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots(&root)), provider())
-                .build()
-                .ok();
+            let inner =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots(&root)), provider())
+                    .build()
+                    .ok();
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Unverified { provider: provider(), ca_only: inner }))
+                .with_custom_certificate_verifier(Arc::new(Unverified {
+                    provider: provider(),
+                    ca_only: inner,
+                }))
                 .with_no_client_auth()
         }
         TlsMode::VerifyFull { root } => builder
@@ -162,7 +174,9 @@ impl ServerCertVerifier for Unverified {
         if let Some(inner) = &self.ca_only {
             match inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
                 Ok(ok) => return Ok(ok),
-                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName,
+                ))
                 | Err(rustls::Error::InvalidCertificate(
                     rustls::CertificateError::NotValidForNameContext { .. },
                 )) => {}
@@ -178,7 +192,12 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -187,11 +206,18 @@ impl ServerCertVerifier for Unverified {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -201,16 +227,30 @@ mod tests {
 
     #[test]
     fn sslmode_is_taken_out_of_the_url() {
-        let (url, mode) =
-            strip_sslmode("postgres://u:p@db.example.co:5432/postgres?sslmode=verify-full&application_name=x")
-                .unwrap();
-        assert_eq!(url, "postgres://u:p@db.example.co:5432/postgres?application_name=x");
+        let (url, mode) = strip_sslmode(
+            "postgres://u:p@db.example.co:5432/postgres?sslmode=verify-full&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(
+            url,
+            "postgres://u:p@db.example.co:5432/postgres?application_name=x"
+        );
         assert_eq!(mode, TlsMode::VerifyFull { root: None });
         let (url, mode) = strip_sslmode("postgres://h/db?sslmode=require").unwrap();
         assert_eq!((url.as_str(), mode), ("postgres://h/db", TlsMode::Require));
-        let (_, mode) = strip_sslmode("postgres://h/db?sslrootcert=%2Ftmp%2Fca.pem&sslmode=verify-ca").unwrap();
-        assert_eq!(mode, TlsMode::VerifyCa { root: Some("/tmp/ca.pem".into()) });
+        let (_, mode) =
+            strip_sslmode("postgres://h/db?sslrootcert=%2Ftmp%2Fca.pem&sslmode=verify-ca").unwrap();
+        assert_eq!(
+            mode,
+            TlsMode::VerifyCa {
+                root: Some("/tmp/ca.pem".into())
+            }
+        );
         assert_eq!(strip_sslmode("postgres://h/db").unwrap().1, TlsMode::Prefer);
-        assert!(strip_sslmode("postgres://h/db?sslmode=always").unwrap_err().contains("sslmode=always"));
+        assert!(
+            strip_sslmode("postgres://h/db?sslmode=always")
+                .unwrap_err()
+                .contains("sslmode=always")
+        );
     }
 }

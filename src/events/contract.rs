@@ -150,7 +150,10 @@ pub enum ContractError {
     #[error("payload must be a JSON object")]
     NotObject,
     #[error("payload of {kind} is missing `{field}`")]
-    Missing { kind: EventType, field: &'static str },
+    Missing {
+        kind: EventType,
+        field: &'static str,
+    },
     #[error("payload field `{field}` of {kind} {problem}")]
     Invalid {
         kind: EventType,
@@ -176,9 +179,7 @@ pub fn validate_payload(kind: EventType, payload: &Value) -> Result<(), Contract
             (Field::OptText, _) => Some("must be a string or null".to_string()),
             (Field::Count, Value::Number(n)) if n.as_u64().is_some() => None,
             (Field::Count, _) => Some("must be a non-negative integer".to_string()),
-            (Field::Time, Value::String(s))
-                if chrono::DateTime::parse_from_rfc3339(s).is_ok() =>
-            {
+            (Field::Time, Value::String(s)) if chrono::DateTime::parse_from_rfc3339(s).is_ok() => {
                 None
             }
             (Field::Time, _) => Some("must be an RFC 3339 timestamp".to_string()),

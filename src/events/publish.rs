@@ -98,12 +98,10 @@ impl Publisher {
     pub async fn publish(&self, env: Envelope) -> Result<(), PublishError> {
         let kind = env.kind.as_str();
         let result = match encode_notifications(&env) {
-            Ok(notes) => {
-                match tokio::time::timeout(self.inner.timeout, self.send(&notes)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(PublishError::Timeout(self.inner.timeout)),
-                }
-            }
+            Ok(notes) => match tokio::time::timeout(self.inner.timeout, self.send(&notes)).await {
+                Ok(r) => r,
+                Err(_) => Err(PublishError::Timeout(self.inner.timeout)),
+            },
             Err(e) => Err(e),
         };
         match &result {

@@ -174,8 +174,7 @@ pub fn decode(payload: &str) -> Result<WireMessage, DropReason> {
     if obj.contains_key("frag") {
         let frag: Fragment = serde_json::from_value(value).map_err(|_| DropReason::BadFragment)?;
         let max_total = MAX_ENVELOPE_BYTES.div_ceil(FRAGMENT_CHUNK_BYTES);
-        if frag.frag.total == 0 || frag.frag.total > max_total || frag.frag.seq >= frag.frag.total
-        {
+        if frag.frag.total == 0 || frag.frag.total > max_total || frag.frag.seq >= frag.frag.total {
             return Err(DropReason::BadFragment);
         }
         return Ok(WireMessage::Fragment(frag));
@@ -232,7 +231,11 @@ impl Reassembler {
     /// Adds one fragment. Returns the whole envelope once its last fragment
     /// is in. Errors name why the fragment (or the group it ends) is dropped.
     /// The second element counts groups evicted to make room.
-    pub fn push(&mut self, frag: Fragment, now: Instant) -> (Result<Option<Envelope>, DropReason>, usize) {
+    pub fn push(
+        &mut self,
+        frag: Fragment,
+        now: Instant,
+    ) -> (Result<Option<Envelope>, DropReason>, usize) {
         let mut evicted = 0;
         let Ok(data) = B64.decode(frag.data.as_bytes()) else {
             self.groups.remove(&frag.frag.id);
@@ -384,8 +387,14 @@ mod tests {
             ("[1,2]".to_string(), DropReason::NotJson),
             (with("v", json!(2)), DropReason::UnknownVersion),
             (with("user_id", json!("nope")), DropReason::BadUserId),
-            (with("type", json!("document.deleted")), DropReason::UnknownType),
-            (with("payload", json!({"status": "parsed"})), DropReason::BadPayload),
+            (
+                with("type", json!("document.deleted")),
+                DropReason::UnknownType,
+            ),
+            (
+                with("payload", json!({"status": "parsed"})),
+                DropReason::BadPayload,
+            ),
             (with("ts", json!("yesterday")), DropReason::BadEnvelope),
             (
                 json!({"v":1,"frag":{"id":Uuid::new_v4(),"seq":3,"total":2},"data":""}).to_string(),

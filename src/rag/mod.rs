@@ -84,7 +84,10 @@ impl LlmClient {
         if let Some(key) = &self.api_key {
             req = req.bearer_auth(key);
         }
-        let resp = req.send().await.map_err(|e| AnswerError::Llm(e.to_string()))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| AnswerError::Llm(e.to_string()))?;
         let status = resp.status();
         let value: Value = resp
             .json()
@@ -121,8 +124,7 @@ fn source_list(sources: &[Source]) -> String {
         .join("\n")
 }
 
-const NOTHING_FOUND: &str =
-    "I could not find anything about that in your ingested documents.";
+const NOTHING_FOUND: &str = "I could not find anything about that in your ingested documents.";
 
 /// Answers `question` from `passages`, with the LLM when one is configured.
 pub async fn answer(
@@ -177,7 +179,10 @@ fn extractive(question: &str, passages: &[Passage]) -> String {
     scored.truncate(3);
     if scored.is_empty() {
         // Full-text search matched on stems; fall back to the best passage.
-        let first = sentences(&passages[0].content).into_iter().take(2).collect::<Vec<_>>();
+        let first = sentences(&passages[0].content)
+            .into_iter()
+            .take(2)
+            .collect::<Vec<_>>();
         return format!("From your documents: {} [1]", first.join(" "));
     }
     scored.sort_by(|a, b| a.1.cmp(&b.1).then(a.2.cmp(&b.2)));
@@ -228,12 +233,26 @@ mod tests {
     #[tokio::test]
     async fn extractive_answer_cites_its_sources() {
         let ps = vec![
-            passage("handbook.pdf", 2, "Refunds are paid within 30 days. Reimbursement needs a receipt. Lunch is free."),
+            passage(
+                "handbook.pdf",
+                2,
+                "Refunds are paid within 30 days. Reimbursement needs a receipt. Lunch is free.",
+            ),
             passage("handbook.md", 0, "Vacation days accrue monthly."),
         ];
-        let a = answer("How does reimbursement of refunds work?", &ps, None).await.unwrap();
-        assert!(a.content.contains("Reimbursement needs a receipt. [1]"), "{}", a.content);
-        assert!(a.content.contains("[1] handbook.pdf, chunk 2"), "{}", a.content);
+        let a = answer("How does reimbursement of refunds work?", &ps, None)
+            .await
+            .unwrap();
+        assert!(
+            a.content.contains("Reimbursement needs a receipt. [1]"),
+            "{}",
+            a.content
+        );
+        assert!(
+            a.content.contains("[1] handbook.pdf, chunk 2"),
+            "{}",
+            a.content
+        );
         assert!(!a.content.contains("Lunch"), "{}", a.content);
         assert_eq!(a.sources.len(), 2);
         assert_eq!(a.sources[0].filename, "handbook.pdf");

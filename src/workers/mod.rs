@@ -15,10 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::db::DbError;
 use crate::db::documents::{self, Document};
 use crate::db::jobs::{self, Job, JobKind};
 use crate::db::listener::{self, ListenItem, ListenerConfig};
-use crate::db::DbError;
 use crate::events::{EventType, JOBS_CHANNEL, Publisher};
 use crate::rag;
 
@@ -87,12 +87,11 @@ pub async fn run(pool: Pool, events: Publisher, cfg: WorkerConfig, shutdown: Can
     });
 
     tracing::info!(owner = %cfg.owner, kind, "worker started");
-    let mut idle_backoff = listener::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut idle_backoff =
+        listener::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
         let claimed = match pool.get().await {
-            Ok(client) => {
-                jobs::claim(&client, cfg.kind, &cfg.owner, cfg.lease.as_secs_f64()).await
-            }
+            Ok(client) => jobs::claim(&client, cfg.kind, &cfg.owner, cfg.lease.as_secs_f64()).await,
             Err(e) => Err(DbError::from(e)),
         };
         match claimed {
@@ -103,7 +102,9 @@ pub async fn run(pool: Pool, events: Publisher, cfg: WorkerConfig, shutdown: Can
                     metrics::counter!("ragctl_jobs_reclaimed_total", "kind" => kind).increment(1);
                 }
                 let span = tracing::info_span!("job", job_id = %claimed.job.id, kind, document_id = %claimed.job.document_id);
-                process(&pool, &events, &cfg, claimed.job, &shutdown).instrument(span).await;
+                process(&pool, &events, &cfg, claimed.job, &shutdown)
+                    .instrument(span)
+                    .await;
                 continue; // look for more work at once
             }
             Ok(None) => {
@@ -136,8 +137,20 @@ pub async fn run(pool: Pool, events: Publisher, cfg: WorkerConfig, shutdown: Can
     tracing::info!(owner = %cfg.owner, "worker stopped");
 }
 
-async fn process(pool: &Pool, events: &Publisher, cfg: &WorkerConfig, job: Job, shutdown: &CancellationToken) {
-    events.emit(job.user_id, EventType::JobStatusUpdated, job.status_payload()).await;
+async fn process(
+    pool: &Pool,
+    events: &Publisher,
+    cfg: &WorkerConfig,
+    job: Job,
+    shutdown: &CancellationToken,
+) {
+    events
+        .emit(
+            job.user_id,
+            EventType::JobStatusUpdated,
+            job.status_payload(),
+        )
+        .await;
     let working = match cfg.kind {
         JobKind::Parse => "parsing",
         JobKind::Ingest => "ingesting",
@@ -145,7 +158,11 @@ async fn process(pool: &Pool, events: &Publisher, cfg: &WorkerConfig, job: Job, 
     match set_document_status(pool, job.document_id, working, None).await {
         Ok(Some((doc, true))) => {
             events
-                .emit(doc.user_id, EventType::DocumentStatusUpdated, doc.status_payload())
+                .emit(
+                    doc.user_id,
+                    EventType::DocumentStatusUpdated,
+                    doc.status_payload(),
+                )
                 .await
         }
         Ok(_) => {}
@@ -201,7 +218,9 @@ async fn process(pool: &Pool, events: &Publisher, cfg: &WorkerConfig, job: Job, 
     let Some(result) = result else { return };
     let finished = match result {
         Ok(outcome) => finish_success(pool, cfg, &job, outcome).await,
-        Err(message) => finish_failure(pool, cfg, &job, &message).await.map(|p| (p, None)),
+        Err(message) => finish_failure(pool, cfg, &job, &message)
+            .await
+            .map(|p| (p, None)),
     };
     match finished {
         Ok((published, next)) => {
@@ -224,7 +243,10 @@ async fn work(pool: &Pool, cfg: &WorkerConfig, job: &Job) -> Result<Outcome, Str
     if !cfg.job_delay.is_zero() {
         tokio::time::sleep(cfg.job_delay).await;
     }
-    let client = pool.get().await.map_err(|e| format!("database unavailable: {e}"))?;
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| format!("database unavailable: {e}"))?;
     match cfg.kind {
         JobKind::Parse => {
             let doc = documents::get(&client, job.user_id, job.document_id)
@@ -237,7 +259,8 @@ async fn work(pool: &Pool, cfg: &WorkerConfig, job: &Job) -> Result<Outcome, Str
                 .ok_or("uploaded bytes are missing")?;
             drop(client);
             let mime = doc.mime_type.clone();
-            let parse = tokio::task::spawn_blocking(move || rag::extract::extract_text(&bytes, &mime));
+            let parse =
+                tokio::task::spawn_blocking(move || rag::extract::extract_text(&bytes, &mime));
             // A pathological file (deeply nested HTML) must not hold the
             // worker forever; the thread is abandoned, the job fails.
             let text = tokio::time::timeout(PARSE_TIMEOUT, parse)
@@ -254,9 +277,10 @@ async fn work(pool: &Pool, cfg: &WorkerConfig, job: &Job) -> Result<Outcome, Str
                 .ok_or("no parsed text for this document; parse it first")?;
             drop(client);
             let (size, overlap) = (cfg.chunk_size, cfg.chunk_overlap);
-            let chunks = tokio::task::spawn_blocking(move || rag::chunk::chunk_text(&text, size, overlap))
-                .await
-                .map_err(|e| format!("chunker crashed: {e}"))?;
+            let chunks =
+                tokio::task::spawn_blocking(move || rag::chunk::chunk_text(&text, size, overlap))
+                    .await
+                    .map_err(|e| format!("chunker crashed: {e}"))?;
             if chunks.is_empty() {
                 return Err("document has no text to ingest".into());
             }
@@ -281,7 +305,11 @@ async fn finish_success(
         tracing::warn!(job_id = %job.id, "job was taken over before it finished; result discarded");
         return Ok((vec![], None));
     };
-    let mut out: Published = vec![(job.user_id, EventType::JobStatusUpdated, done.status_payload())];
+    let mut out: Published = vec![(
+        job.user_id,
+        EventType::JobStatusUpdated,
+        done.status_payload(),
+    )];
     let doc = match outcome {
         Outcome::Parsed(text) => {
             tx.execute(
@@ -292,18 +320,30 @@ async fn finish_success(
             .await?;
             let doc = documents::set_status(&tx, job.document_id, "parsed", None).await?;
             if let Some((d, _)) = &doc {
-                let next = jobs::enqueue(&tx, d, JobKind::Ingest, done.max_retries, cfg.embargo).await?;
+                let next =
+                    jobs::enqueue(&tx, d, JobKind::Ingest, done.max_retries, cfg.embargo).await?;
                 tx.commit().await?;
-                out.push((job.user_id, EventType::DocumentStatusUpdated, d.status_payload()));
-                out.push((job.user_id, EventType::JobStatusUpdated, next.status_payload()));
+                out.push((
+                    job.user_id,
+                    EventType::DocumentStatusUpdated,
+                    d.status_payload(),
+                ));
+                out.push((
+                    job.user_id,
+                    EventType::JobStatusUpdated,
+                    next.status_payload(),
+                ));
                 return Ok((out, Some(next)));
             }
             tx.commit().await?;
             doc
         }
         Outcome::Chunks(chunks) => {
-            tx.execute("DELETE FROM chunks WHERE document_id = $1", &[&job.document_id])
-                .await?;
+            tx.execute(
+                "DELETE FROM chunks WHERE document_id = $1",
+                &[&job.document_id],
+            )
+            .await?;
             let ids: Vec<Uuid> = chunks.iter().map(|_| Uuid::new_v4()).collect();
             let idx: Vec<i32> = (0..chunks.len() as i32).collect();
             tx.execute(
@@ -318,17 +358,34 @@ async fn finish_success(
         }
     };
     if let Some((doc, _)) = doc {
-        out.push((job.user_id, EventType::DocumentStatusUpdated, doc.status_payload()));
+        out.push((
+            job.user_id,
+            EventType::DocumentStatusUpdated,
+            doc.status_payload(),
+        ));
     }
     Ok((out, None))
 }
 
-async fn finish_failure(pool: &Pool, cfg: &WorkerConfig, job: &Job, message: &str) -> Result<Published, DbError> {
+async fn finish_failure(
+    pool: &Pool,
+    cfg: &WorkerConfig,
+    job: &Job,
+    message: &str,
+) -> Result<Published, DbError> {
     let message: String = message.chars().take(1000).collect();
     tracing::warn!(error = %message, retry_count = job.retry_count, "job attempt failed");
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let Some(after) = jobs::fail(&tx, job.id, &cfg.owner, &message, cfg.retry_backoff.as_secs_f64()).await? else {
+    let Some(after) = jobs::fail(
+        &tx,
+        job.id,
+        &cfg.owner,
+        &message,
+        cfg.retry_backoff.as_secs_f64(),
+    )
+    .await?
+    else {
         tracing::warn!(job_id = %job.id, "job was taken over before it failed; nothing recorded");
         return Ok(vec![]);
     };
@@ -341,9 +398,17 @@ async fn finish_failure(pool: &Pool, cfg: &WorkerConfig, job: &Job, message: &st
     };
     tx.commit().await?;
     metrics::counter!("ragctl_job_failures_total", "kind" => cfg.kind.as_str(), "final" => (after.status == "failed").to_string()).increment(1);
-    let mut out: Published = vec![(job.user_id, EventType::JobStatusUpdated, after.status_payload())];
+    let mut out: Published = vec![(
+        job.user_id,
+        EventType::JobStatusUpdated,
+        after.status_payload(),
+    )];
     if let Some(doc) = doc {
-        out.push((job.user_id, EventType::DocumentStatusUpdated, doc.status_payload()));
+        out.push((
+            job.user_id,
+            EventType::DocumentStatusUpdated,
+            doc.status_payload(),
+        ));
     }
     Ok(out)
 }
@@ -356,10 +421,14 @@ async fn release(pool: &Pool, events: &Publisher, cfg: &WorkerConfig, job: &Job)
     match released {
         Ok(Some(j)) => {
             tracing::info!(job_id = %job.id, "job handed back to the queue");
-            events.emit(j.user_id, EventType::JobStatusUpdated, j.status_payload()).await;
+            events
+                .emit(j.user_id, EventType::JobStatusUpdated, j.status_payload())
+                .await;
         }
         Ok(None) => {}
-        Err(e) => tracing::error!(job_id = %job.id, error = %e, "could not hand the job back; its lease will expire"),
+        Err(e) => {
+            tracing::error!(job_id = %job.id, error = %e, "could not hand the job back; its lease will expire")
+        }
     }
 }
 

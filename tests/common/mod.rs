@@ -38,13 +38,21 @@ fn admin_url() -> &'static str {
             return url;
         }
         let local = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable".to_string();
-        if std::net::TcpStream::connect_timeout(&"127.0.0.1:5432".parse().unwrap(), Duration::from_secs(2)).is_ok() {
+        if std::net::TcpStream::connect_timeout(
+            &"127.0.0.1:5432".parse().unwrap(),
+            Duration::from_secs(2),
+        )
+        .is_ok()
+        {
             return local;
         }
         // No server: start the embedded cluster once for the whole run.
         let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("embedded-pg");
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(ragctl::db::embedded::Embedded::start(&dir))
                 .expect("no PostgreSQL reachable and the embedded cluster failed to start")
                 .url
@@ -73,9 +81,14 @@ fn admin_sql(sql: &str) {
     let sql = sql.to_string();
     let url = admin_url().to_string();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
-            let (client, conn) = ragctl::db::connect(&url, "ragctl-test-admin").await.expect("admin connection");
+            let (client, conn) = ragctl::db::connect(&url, "ragctl-test-admin")
+                .await
+                .expect("admin connection");
             tokio::spawn(conn);
             client.batch_execute(&sql).await.expect("admin SQL");
         })
@@ -105,14 +118,18 @@ impl TestDb {
     }
 
     pub fn url_as(&self, role: &str) -> String {
-        let url = self.url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+        let url = self
+            .url
+            .replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
         assert_ne!(url, self.url, "cannot rewrite the user of {}", self.url);
         url
     }
 
     /// Runs SQL in this database and returns the rows.
     pub async fn query(&self, sql: &str) -> Vec<tokio_postgres::Row> {
-        let (client, conn) = ragctl::db::connect(&self.url, "ragctl-test").await.expect("test connection");
+        let (client, conn) = ragctl::db::connect(&self.url, "ragctl-test")
+            .await
+            .expect("test connection");
         let task = tokio::spawn(conn);
         let rows = client.query(sql, &[]).await.expect("test query");
         drop(client);
@@ -123,7 +140,10 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        admin_sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        admin_sql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
     }
 }
 
@@ -185,7 +205,12 @@ impl Proc {
             if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
                 return l.clone();
             }
-            assert!(Instant::now() < deadline, "{}: no line with {needle:?}; log:\n{}", self.name, self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "{}: no line with {needle:?}; log:\n{}",
+                self.name,
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -201,7 +226,12 @@ impl Proc {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(Instant::now() < deadline, "{} did not exit; log:\n{}", self.name, self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit; log:\n{}",
+                self.name,
+                self.logs()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -240,7 +270,14 @@ impl Api {
         args.extend_from_slice(extra);
         let proc = Proc::spawn("api", db_url, &args, env);
         let line = proc.wait_line("ragctl: API on ").await;
-        let url = line.rsplit("API on ").next().unwrap().split_whitespace().next().unwrap().to_string();
+        let url = line
+            .rsplit("API on ")
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
         let api = Api { proc, url };
         api.wait_ready().await;
         api
@@ -254,7 +291,11 @@ impl Api {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "API never ready; log:\n{}", self.proc.logs());
+            assert!(
+                Instant::now() < deadline,
+                "API never ready; log:\n{}",
+                self.proc.logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -282,7 +323,10 @@ pub fn http() -> reqwest::Client {
 
 /// Uploads a fixture (or bytes) as `user`; returns (status, body).
 pub async fn upload_bytes(api: &Api, user: Uuid, filename: &str, bytes: Vec<u8>) -> (u16, Value) {
-    let form = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(bytes).file_name(filename.to_string()));
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(bytes).file_name(filename.to_string()),
+    );
     let r = http()
         .post(format!("{}/documents", api.url))
         .bearer_auth(token(user))
@@ -331,7 +375,8 @@ pub async fn wait_status(api: &Api, user: Uuid, doc: &str, status: &str) -> Valu
     }
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket client acting as a user.
 pub struct Client {
@@ -352,21 +397,28 @@ impl Client {
 
     pub async fn connect_url(url: &str) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
         let (socket, _) = tokio_tungstenite::connect_async(url).await?;
-        Ok(Client { socket, frames: vec![] })
+        Ok(Client {
+            socket,
+            frames: vec![],
+        })
     }
 
     /// The next data frame (answering pings), or the close.
     pub async fn next(&mut self, within: Duration) -> Option<Next> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.socket.next()).await.ok()?;
+            let msg = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .ok()?;
             match msg {
                 Some(Ok(Message::Text(t))) => {
                     let v: Value = serde_json::from_str(&t).expect("frames are JSON");
                     self.frames.push(v.clone());
                     return Some(Next::Frame(v));
                 }
-                Some(Ok(Message::Close(frame))) => return Some(Next::Closed(frame.map(|f| f.code.into()))),
+                Some(Ok(Message::Close(frame))) => {
+                    return Some(Next::Closed(frame.map(|f| f.code.into())));
+                }
                 Some(Ok(Message::Ping(p))) => {
                     let _ = self.socket.send(Message::Pong(p)).await;
                 }
@@ -384,7 +436,10 @@ impl Client {
             match self.next(left).await {
                 Some(Next::Frame(v)) if pred(&v) => return v,
                 Some(Next::Frame(_)) => {}
-                Some(Next::Closed(code)) => panic!("socket closed ({code:?}) while waiting for {what}; seen: {:#?}", self.frames),
+                Some(Next::Closed(code)) => panic!(
+                    "socket closed ({code:?}) while waiting for {what}; seen: {:#?}",
+                    self.frames
+                ),
                 None => panic!("no {what} within {PATIENCE:?}; seen: {:#?}", self.frames),
             }
         }

@@ -175,7 +175,10 @@ pub struct TapArgs {
     pub save: PathBuf,
 }
 
-pub async fn run(connect: crate::config::ConnectOpts, args: TapArgs) -> anyhow::Result<std::process::ExitCode> {
+pub async fn run(
+    connect: crate::config::ConnectOpts,
+    args: TapArgs,
+) -> anyhow::Result<std::process::ExitCode> {
     let url = connect.database_url()?;
     let channel = connect.channel()?;
     let shutdown = tokio_util::sync::CancellationToken::new();

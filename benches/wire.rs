@@ -1,0 +1,113 @@
+//! Micro-benchmarks of the bridge's per-event CPU work, std-only timing:
+//! `events::decode` of one NOTIFY payload, and `Hub::deliver` fanning one
+//! event out to a user's sockets (plus the receivers draining their queue).
+//!
+//! `cargo bench --bench wire` (release profile). Prints ns per operation,
+//! the best of several rounds.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ragctl::bridge::Hub;
+use ragctl::events::{self, Envelope, EventType, WireMessage};
+use serde_json::json;
+use uuid::Uuid;
+
+fn envelope(user: Uuid, seq: usize) -> Envelope {
+    Envelope::new(
+        user,
+        EventType::DocumentStatusUpdated,
+        json!({
+            "document_id": Uuid::new_v4(),
+            "status": "parsed",
+            "error_message": format!("bench:0:{seq}"),
+            "updated_at": Utc::now(),
+        }),
+        "ragctl-bench",
+    )
+}
+
+/// Runs `f` (which does `ops` operations) for several rounds of at least
+/// `min` each and returns the best ns per operation.
+fn time(rounds: usize, min: Duration, mut f: impl FnMut() -> usize) -> f64 {
+    let mut best = f64::INFINITY;
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let mut ops = 0;
+        while start.elapsed() < min {
+            ops += f();
+        }
+        best = best.min(start.elapsed().as_nanos() as f64 / ops as f64);
+    }
+    best
+}
+
+fn main() {
+    // Ignore the `--bench` flag cargo passes.
+    let rounds = 5;
+    let min = Duration::from_millis(300);
+    println!("{:<58} {:>10}", "operation", "ns/op");
+
+    let payload = events::encode_notifications(&envelope(Uuid::new_v4(), 1))
+        .unwrap()
+        .remove(0);
+    let ns = time(rounds, min, || {
+        for _ in 0..1000 {
+            match events::decode(black_box(&payload)) {
+                Ok(WireMessage::Envelope(env)) => {
+                    black_box(env);
+                }
+                _ => unreachable!(),
+            }
+        }
+        1000
+    });
+    println!(
+        "{:<58} {:>10.0}",
+        format!("events::decode ({} B payload)", payload.len()),
+        ns
+    );
+
+    let env = envelope(Uuid::new_v4(), 1);
+    let ns = time(rounds, min, || {
+        for _ in 0..1000 {
+            black_box(black_box(&env).frame_text());
+        }
+        1000
+    });
+    println!("{:<58} {:>10.0}", "Envelope::frame_text", ns);
+
+    for (sockets, users) in [(1usize, 1usize), (1000, 100), (1000, 10), (10_000, 100)] {
+        let per_user = sockets / users;
+        let hub = Hub::new(256);
+        let ids: Vec<Uuid> = (0..users).map(|_| Uuid::new_v4()).collect();
+        // Grouped by user, so each delivery is followed by its sockets
+        // reading their queue (as their writer tasks would).
+        let mut guards: Vec<Vec<_>> = ids
+            .iter()
+            .map(|&u| (0..per_user).map(|_| hub.register(u, false)).collect())
+            .collect();
+        let mut batch: Vec<Envelope> = (0..1024).map(|i| envelope(ids[i % users], i)).collect();
+        // Fresh envelope ids each time: the hub drops ids it has seen recently.
+        let mut counter = 0u64;
+        let ns = time(rounds, min, || {
+            for (i, env) in batch.iter_mut().enumerate() {
+                counter += 1;
+                env.id = Uuid::from_u64_pair(counter, 0);
+                hub.deliver(env, Instant::now());
+                for g in &mut guards[i % users] {
+                    black_box(g.rx.try_recv().expect("delivered"));
+                }
+            }
+            batch.len()
+        });
+        println!(
+            "{:<58} {:>10.0}",
+            format!(
+                "Hub::deliver + drain, {sockets} sockets / {users} users ({per_user} per event)"
+            ),
+            ns
+        );
+    }
+}
