@@ -9,8 +9,13 @@
 //!    a channel of its own), the baseline;
 //! 3. bridge latency, `pg_notify` commit → WebSocket frame at the client, at
 //!    `--rate` events/s to `--clients` sockets spread over `--users` users;
-//! 4. the ceiling: the highest rate forwarded with nothing lost and the
-//!    backlog drained within a second of the step's end, for raw and bridge.
+//! 4. the ceiling, raw then bridge: the highest rate committed in a 3-s step
+//!    that lost nothing and whose backlog drained within a second of the
+//!    last commit (doubling, then bisecting).
+//!
+//! Each phase also records the CPU used by this process, the server and
+//! PostgreSQL (from `/proc`), and the server's own delivery histogram and
+//! counters (from `/metrics`), so that a missed target can be explained.
 //!
 //! Latency starts when the `execute` of `SELECT pg_notify(..)` returns (the
 //! commit) and ends when the payload or frame has been read by the receiving
