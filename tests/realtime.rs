@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::SinkExt;
-use ragctl::events::{Envelope, EventType, Publisher};
+use ragctl::events::{Envelope, EventType};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
@@ -17,38 +17,6 @@ const FAST: [(&str, &str); 2] = [
     ("RAG_RETRY_BACKOFF_MS", "50"),
     ("RAG_WORKER_POLL_MS", "200"),
 ];
-
-async fn publisher(db: &TestDb) -> Publisher {
-    let pool = ragctl::db::pool(&db.url, 2, "ragctl-test-publisher")
-        .await
-        .unwrap();
-    Publisher::new(pool, "rag_events", "test", Duration::from_secs(5))
-}
-
-fn doc_status(user: Uuid, doc: Uuid, status: &str) -> Envelope {
-    Envelope::new(
-        user,
-        EventType::DocumentStatusUpdated,
-        json!({"document_id": doc, "status": status, "error_message": null, "updated_at": chrono::Utc::now()}),
-        "test",
-    )
-}
-
-async fn metric(api: &Api, line_prefix: &str) -> f64 {
-    let text = http()
-        .get(format!("{}/metrics", api.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
 
 /// Acceptance 1 and 3: a parse job and an ingest job done by worker
 /// processes reach the client connected to the API process.
@@ -240,11 +208,7 @@ async fn a_killed_listener_reconnects_and_resyncs() {
 
     // Events flow again without a restart.
     let after = Uuid::new_v4();
-    publisher(&db)
-        .await
-        .publish(doc_status(user, after, "parsed"))
-        .await
-        .unwrap();
+    publish(&db, doc_status(user, after, "parsed")).await;
     let want = s(&after.to_string());
     plain
         .expect("event after reconnect", |f| {
@@ -401,7 +365,7 @@ async fn payloads_over_the_notify_limit_arrive_intact() {
         "test",
     );
     assert!(ragctl::events::encode_notifications(&env).unwrap().len() > 1);
-    publisher(&db).await.publish(env.clone()).await.unwrap();
+    publish(&db, env.clone()).await;
     let got = client
         .expect("the big message", |f| f["type"] == "message.status_updated")
         .await;
@@ -448,11 +412,7 @@ async fn malformed_payloads_are_counted_and_the_bridge_survives() {
             .unwrap();
     }
     let after = Uuid::new_v4();
-    publisher(&db)
-        .await
-        .publish(doc_status(user, after, "ingested"))
-        .await
-        .unwrap();
+    publish(&db, doc_status(user, after, "ingested")).await;
     let got = client
         .expect("the good event", |f| {
             f["payload"]["document_id"] == s(&after.to_string())
@@ -466,11 +426,11 @@ async fn malformed_payloads_are_counted_and_the_bridge_survives() {
     );
     assert_eq!(got["payload"]["status"], "ingested");
     for (reason, _) in &bad {
-        let n = metric(
-            &api,
-            &format!("ragctl_events_dropped_total{{reason=\"{reason}\"}}"),
-        )
-        .await;
+        let n = api
+            .metric(&format!(
+                "ragctl_events_dropped_total{{reason=\"{reason}\"}}"
+            ))
+            .await;
         assert_eq!(n, 1.0, "{reason}");
     }
     assert!(api.proc.logs().contains("dropped a malformed event"));
@@ -589,7 +549,11 @@ async fn a_client_that_never_reads_is_dropped_alone() {
             f["payload"]["document_id"] == s(&marker.to_string())
         })
         .await;
-    assert!(metric(&api, "ragctl_ws_dropped_total{reason=\"slow_consumer\"}").await >= 1.0);
+    assert!(
+        api.metric("ragctl_ws_dropped_total{reason=\"slow_consumer\"}")
+            .await
+            >= 1.0
+    );
     drop(stuck);
     // The bridge still delivers after all that.
     let last = Uuid::new_v4();
@@ -641,7 +605,7 @@ async fn silent_peers_are_dropped_and_live_ones_kept() {
     loop {
         // Reading answers the server's pings.
         let _ = live.next(Duration::from_millis(200)).await;
-        if metric(&api, "ragctl_ws_closed_total{reason=\"idle\"}").await >= 1.0 {
+        if api.metric("ragctl_ws_closed_total{reason=\"idle\"}").await >= 1.0 {
             break;
         }
         assert!(
@@ -650,15 +614,11 @@ async fn silent_peers_are_dropped_and_live_ones_kept() {
         );
     }
     let doc = Uuid::new_v4();
-    publisher(&db)
-        .await
-        .publish(doc_status(user, doc, "parsed"))
-        .await
-        .unwrap();
+    publish(&db, doc_status(user, doc, "parsed")).await;
     live.expect("event on the live socket", |f| {
         f["payload"]["document_id"] == s(&doc.to_string())
     })
     .await;
-    assert_eq!(metric(&api, "ragctl_ws_sockets").await, 1.0);
+    assert_eq!(api.metric("ragctl_ws_sockets").await, 1.0);
     drop(silent);
 }

@@ -591,14 +591,7 @@ async fn publish_failures_leave_the_business_flow_intact() {
         "{}",
         p.logs()
     );
-    let metrics = http()
-        .get(format!("{}/metrics", api.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = api.metrics().await;
     assert!(
         metrics.contains("ragctl_publish_failures_total{reason=\"notify\"}"),
         "{metrics}"

@@ -7,8 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use ragctl::events::{Envelope, EventType, Publisher};
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 async fn wait_for_backend(db: &TestDb, app: &str) {
@@ -26,25 +25,6 @@ async fn wait_for_backend(db: &TestDb, app: &str) {
     }
     // LISTEN follows the connection by a round trip.
     tokio::time::sleep(Duration::from_millis(200)).await;
-}
-
-async fn publish(db: &TestDb, env: Envelope) {
-    let pool = ragctl::db::pool(&db.url, 1, "ragctl-test-publisher")
-        .await
-        .unwrap();
-    Publisher::new(pool, "rag_events", "test", Duration::from_secs(5))
-        .publish(env)
-        .await
-        .unwrap();
-}
-
-fn doc_event(user: Uuid) -> Envelope {
-    Envelope::new(
-        user,
-        EventType::DocumentStatusUpdated,
-        json!({"document_id": Uuid::new_v4(), "status": "parsed", "error_message": null, "updated_at": chrono::Utc::now()}),
-        "test",
-    )
 }
 
 /// The TUI in a pseudo-terminal (util-linux `script`): it draws, shows the
@@ -66,7 +46,7 @@ async fn tap_runs_in_a_pseudo_terminal() {
         .expect("util-linux script is installed");
     wait_for_backend(&db, "ragctl-tap").await;
     let user = Uuid::new_v4();
-    publish(&db, doc_event(user)).await;
+    publish(&db, doc_status(user, Uuid::new_v4(), "parsed")).await;
     let keyboard = child.stdin.take();
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
@@ -109,7 +89,7 @@ async fn tap_prints_json_lines_and_flags_bad_payloads() {
     db.query("SELECT pg_notify('rag_events', 'definitely not json')")
         .await;
     let user = Uuid::new_v4();
-    publish(&db, doc_event(user)).await;
+    publish(&db, doc_status(user, Uuid::new_v4(), "parsed")).await;
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .unwrap()

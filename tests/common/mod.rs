@@ -465,3 +465,51 @@ pub fn is(frame: &Value, t: &str, fields: &[(&str, Value)]) -> bool {
 pub fn s(v: &str) -> Value {
     Value::String(v.to_string())
 }
+
+/// A publisher on the test database, as a worker would have.
+pub async fn publisher(db: &TestDb) -> ragctl::events::Publisher {
+    let pool = ragctl::db::pool(&db.url, 2, "ragctl-test-publisher")
+        .await
+        .unwrap();
+    ragctl::events::Publisher::new(pool, "rag_events", "test", Duration::from_secs(5))
+}
+
+/// Publishes one envelope on the test database.
+pub async fn publish(db: &TestDb, env: ragctl::events::Envelope) {
+    publisher(db).await.publish(env).await.unwrap();
+}
+
+/// A `document.status_updated` envelope for `user`.
+pub fn doc_status(user: Uuid, doc: Uuid, status: &str) -> ragctl::events::Envelope {
+    ragctl::events::Envelope::new(
+        user,
+        ragctl::events::EventType::DocumentStatusUpdated,
+        serde_json::json!({"document_id": doc, "status": status, "error_message": null, "updated_at": chrono::Utc::now()}),
+        "test",
+    )
+}
+
+impl Api {
+    /// The server's /metrics text.
+    pub async fn metrics(&self) -> String {
+        http()
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of the first metric line starting with `line_prefix`, 0 if none.
+    pub async fn metric(&self, line_prefix: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find(|l| l.starts_with(line_prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
