@@ -564,16 +564,32 @@ async fn envelopes_are_published_in_order_after_commit() {
     );
 }
 
+/// A login role, dropped at the end (declare it before the databases it owns).
+struct Role(String);
+
+impl Role {
+    fn create(prefix: &str) -> Role {
+        let name = format!("{prefix}_{}", Uuid::new_v4().simple());
+        admin(&format!("CREATE ROLE {name} LOGIN"));
+        Role(name)
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        admin(&format!("DROP ROLE IF EXISTS {}", self.0));
+    }
+}
+
 /// A role that may not call pg_notify: every publish fails, and the
 /// business flow must not notice.
 #[tokio::test]
 async fn publish_failures_leave_the_business_flow_intact() {
-    let role = format!("ragctl_nopub_{}", Uuid::new_v4().simple());
-    admin(&format!("CREATE ROLE {role} LOGIN"));
-    let db = TestDb::owned_by(Some(&role));
+    let role = Role::create("ragctl_nopub");
+    let db = TestDb::owned_by(Some(&role.0));
     db.query("REVOKE EXECUTE ON FUNCTION pg_notify(text, text) FROM PUBLIC")
         .await;
-    let url = db.url_as(&role);
+    let url = db.url_as(&role.0);
     let api = Api::start_url(&url, &[], &[]).await;
     let p = Proc::spawn("worker parse", &url, &["worker", "parse"], &FAST_RETRIES);
     let _i = Proc::spawn("worker ingest", &url, &["worker", "ingest"], &FAST_RETRIES);
@@ -596,11 +612,8 @@ async fn publish_failures_leave_the_business_flow_intact() {
         metrics.contains("ragctl_publish_failures_total{reason=\"notify\"}"),
         "{metrics}"
     );
-    drop(api);
-    drop(p);
-    drop(_i);
-    drop(db);
-    admin(&format!("DROP ROLE {role}"));
+    // The database goes before its owner role, even when an assertion fails.
+    drop((api, p, _i, db));
 }
 
 /// sslmode as libpq means it: `require` encrypts without checking the
