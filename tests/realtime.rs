@@ -13,19 +13,13 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
-const FAST: [(&str, &str); 2] = [
-    ("RAG_RETRY_BACKOFF_MS", "50"),
-    ("RAG_WORKER_POLL_MS", "200"),
-];
-
 /// Acceptance 1 and 3: a parse job and an ingest job done by worker
 /// processes reach the client connected to the API process.
 #[tokio::test]
 async fn worker_events_reach_the_client() {
     let db = TestDb::new();
     let api = Api::start(&db, &[], &[]).await;
-    let _p = worker(&db, "parse", &FAST);
-    let _i = worker(&db, "ingest", &FAST);
+    let _workers = workers(&db);
     let user = Uuid::new_v4();
     let mut client = Client::connect(&api, user, "").await;
     let doc = upload(&api, user, "handbook.pdf").await;
@@ -84,7 +78,7 @@ async fn worker_events_reach_the_client() {
 async fn a_parse_that_fails_three_retries_reaches_the_client() {
     let db = TestDb::new();
     let api = Api::start(&db, &[], &[]).await;
-    let _p = worker(&db, "parse", &FAST);
+    let _p = worker(&db, "parse", &FAST_RETRIES);
     let user = Uuid::new_v4();
     let mut client = Client::connect(&api, user, "").await;
     let doc = upload(&api, user, "corrupt.pdf").await;
@@ -141,8 +135,7 @@ async fn a_parse_that_fails_three_retries_reaches_the_client() {
 async fn with_realtime_off_everything_else_works() {
     let db = TestDb::new();
     let api = Api::start(&db, &["--no-realtime"], &[]).await;
-    let _p = worker(&db, "parse", &FAST);
-    let _i = worker(&db, "ingest", &FAST);
+    let _workers = workers(&db);
     let user = Uuid::new_v4();
     let err = Client::connect_url(&format!("{}?token={}", api.ws_url(), token(user)))
         .await
@@ -172,8 +165,7 @@ async fn with_realtime_off_everything_else_works() {
 async fn a_killed_listener_reconnects_and_resyncs() {
     let db = TestDb::new();
     let api = Api::start(&db, &[], &[]).await;
-    let _p = worker(&db, "parse", &FAST);
-    let _i = worker(&db, "ingest", &FAST);
+    let _workers = workers(&db);
     let user = Uuid::new_v4();
     let mut plain = Client::connect(&api, user, "").await;
     let mut opted = Client::connect(&api, user, "&resync=1").await;
@@ -233,8 +225,7 @@ async fn two_instances_deliver_each_event_once_and_only_to_its_user() {
     let db = TestDb::new();
     let a = Api::start(&db, &[], &[]).await;
     let b = Api::start(&db, &[], &[]).await;
-    let _p = worker(&db, "parse", &FAST);
-    let _i = worker(&db, "ingest", &FAST);
+    let _workers = workers(&db);
     let user = Uuid::new_v4();
     let mut on_a = Client::connect(&a, user, "").await;
     let mut on_b = Client::connect(&b, user, "").await;

@@ -9,17 +9,11 @@ use common::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-const FAST_RETRIES: [(&str, &str); 2] = [
-    ("RAG_RETRY_BACKOFF_MS", "50"),
-    ("RAG_WORKER_POLL_MS", "200"),
-];
-
 #[tokio::test]
 async fn every_format_is_parsed_and_ingested() {
     let db = TestDb::new();
     let api = Api::start(&db, &[], &[]).await;
-    let _p = worker(&db, "parse", &FAST_RETRIES);
-    let _i = worker(&db, "ingest", &FAST_RETRIES);
+    let _workers = workers(&db);
     let user = Uuid::new_v4();
     for (file, mime) in [
         ("handbook.txt", "text/plain"),
@@ -87,8 +81,7 @@ async fn corrupt_pdf_fails_after_three_retries() {
 async fn poisoned_file_fails_alone_and_the_worker_keeps_serving() {
     let db = TestDb::new();
     let api = Api::start(&db, &[], &[]).await;
-    let _p = worker(&db, "parse", &FAST_RETRIES);
-    let _i = worker(&db, "ingest", &FAST_RETRIES);
+    let _workers = workers(&db);
     let user = Uuid::new_v4();
     // broken-page.pdf makes the PDF library panic; the worker must survive.
     let bad = upload(&api, user, "broken-page.pdf").await;
@@ -380,8 +373,7 @@ async fn another_users_documents_and_conversations_answer_404() {
 async fn chat_answers_cite_the_uploaded_document() {
     let db = TestDb::new();
     let api = Api::start(&db, &[], &[]).await;
-    let _p = worker(&db, "parse", &FAST_RETRIES);
-    let _i = worker(&db, "ingest", &FAST_RETRIES);
+    let _workers = workers(&db);
     let user = Uuid::new_v4();
     for f in ["handbook.pdf", "handbook.md"] {
         let d = upload(&api, user, f).await;
@@ -473,8 +465,7 @@ async fn envelopes_are_published_in_order_after_commit() {
     client.batch_execute("LISTEN rag_events").await.unwrap();
 
     let api = Api::start(&db, &[], &[]).await;
-    let _p = worker(&db, "parse", &FAST_RETRIES);
-    let _i = worker(&db, "ingest", &FAST_RETRIES);
+    let _workers = workers(&db);
     let user = Uuid::new_v4();
     let doc = upload(&api, user, "handbook.md").await;
     let id = doc["id"].as_str().unwrap().to_string();
@@ -683,8 +674,7 @@ async fn workers_keep_working_with_no_api_running() {
     let doc = upload(&api, user, "handbook.txt").await;
     let id = doc["id"].as_str().unwrap().to_string();
     drop(api);
-    let _p = worker(&db, "parse", &FAST_RETRIES);
-    let _i = worker(&db, "ingest", &FAST_RETRIES);
+    let _workers = workers(&db);
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
         let status: String = db
@@ -777,8 +767,7 @@ async fn chat_uses_the_llm_endpoint_when_configured() {
         ],
     )
     .await;
-    let _p = worker(&db, "parse", &FAST_RETRIES);
-    let _i = worker(&db, "ingest", &FAST_RETRIES);
+    let _workers = workers(&db);
     let user = Uuid::new_v4();
     let d = upload(&api, user, "handbook.pdf").await;
     wait_status(&api, user, d["id"].as_str().unwrap(), "ingested").await;

@@ -309,6 +309,20 @@ pub fn worker(db: &TestDb, kind: &str, env: &[(&str, &str)]) -> Proc {
     Proc::spawn(&format!("worker {kind}"), &db.url, &["worker", kind], env)
 }
 
+/// Short retry backoff and poll, so failure paths finish quickly.
+pub const FAST_RETRIES: [(&str, &str); 2] = [
+    ("RAG_RETRY_BACKOFF_MS", "50"),
+    ("RAG_WORKER_POLL_MS", "200"),
+];
+
+/// A parse and an ingest worker, each its own process, with fast retries.
+pub fn workers(db: &TestDb) -> [Proc; 2] {
+    [
+        worker(db, "parse", &FAST_RETRIES),
+        worker(db, "ingest", &FAST_RETRIES),
+    ]
+}
+
 pub fn token(user: Uuid) -> String {
     ragctl::auth::mint(SECRET, user, Duration::from_secs(3600)).unwrap()
 }
