@@ -1,6 +1,8 @@
 //! Micro-benchmarks of the bridge's per-event CPU work, std-only timing:
-//! `events::decode` of one NOTIFY payload, and `Hub::deliver` fanning one
-//! event out to a user's sockets (plus the receivers draining their queue).
+//! `events::decode` of one NOTIFY payload, and `Hub::deliver` fanning
+//! events out to their users' sockets (into writers that discard the bytes,
+//! so the socket write itself is not counted), one event per call and in
+//! router-sized batches.
 //!
 //! `cargo bench --bench wire` (release profile). Prints ns per operation,
 //! the best of several rounds.
@@ -9,7 +11,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use ragctl::bridge::Hub;
+use ragctl::bridge::{Hub, ROUTE_BATCH};
 use ragctl::events::{self, Envelope, EventType, WireMessage};
 use serde_json::json;
 use uuid::Uuid;
@@ -82,32 +84,40 @@ fn main() {
         let per_user = sockets / users;
         let hub = Hub::new(256);
         let ids: Vec<Uuid> = (0..users).map(|_| Uuid::new_v4()).collect();
-        // Grouped by user, so each delivery is followed by its sockets
-        // reading their queue (as their writer tasks would).
-        let mut guards: Vec<Vec<_>> = ids
+        let _guards: Vec<_> = ids
             .iter()
-            .map(|&u| (0..per_user).map(|_| hub.register(u, false)).collect())
+            .flat_map(|&u| (0..per_user).map(move |_| u))
+            .map(|u| hub.register(u, false, Box::pin(tokio::io::sink())))
             .collect();
-        let mut batch: Vec<Envelope> = (0..1024).map(|i| envelope(ids[i % users], i)).collect();
+        let mut events: Vec<Envelope> = (0..1024).map(|i| envelope(ids[i % users], i)).collect();
         // Fresh envelope ids each time: the hub drops ids it has seen recently.
         let mut counter = 0u64;
-        let ns = time(rounds, min, || {
-            for (i, env) in batch.iter_mut().enumerate() {
+        let mut fresh = |events: &mut Vec<Envelope>| {
+            for env in events.iter_mut() {
                 counter += 1;
                 env.id = Uuid::from_u64_pair(counter, 0);
-                hub.deliver(env, Instant::now());
-                for g in &mut guards[i % users] {
-                    black_box(g.rx.try_recv().expect("delivered"));
-                }
             }
-            batch.len()
+        };
+        let one = time(rounds, min, || {
+            fresh(&mut events);
+            for env in &events {
+                hub.deliver(std::slice::from_ref(env));
+            }
+            events.len()
         });
-        println!(
-            "{:<58} {:>10.0}",
-            format!(
-                "Hub::deliver + drain, {sockets} sockets / {users} users ({per_user} per event)"
-            ),
-            ns
-        );
+        let batched = time(rounds, min, || {
+            fresh(&mut events);
+            for batch in events.chunks(ROUTE_BATCH) {
+                hub.deliver(batch);
+            }
+            events.len()
+        });
+        for (how, ns) in [("1 per call", one), ("batches of 256", batched)] {
+            println!(
+                "{:<58} {:>10.0}",
+                format!("Hub::deliver, {sockets} sockets / {users} users, {how}"),
+                ns
+            );
+        }
     }
 }

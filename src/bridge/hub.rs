@@ -3,15 +3,15 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
 use serde_json::json;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use uuid::Uuid;
 
+use super::outlet::{Chunk, Outlet, Pushed, Sink};
 use crate::events::{Envelope, Frame, LocalDelivery};
 
 /// Close code for a socket whose queue overflowed: the client fell behind,
@@ -22,20 +22,23 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// delivered locally after a publish that timed out but did commit).
 const RECENT_IDS: usize = 8192;
 
-/// What a socket's writer receives.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// A serialised `{type, payload}` frame, shared by all of a user's
-    /// sockets, and the envelope's `ts` for the latency histogram.
-    Frame { text: Utf8Bytes, ts: DateTime<Utc> },
-    /// `realtime.resync`, for sockets that opted in.
-    Resync(Utf8Bytes),
+/// Appends `text` as one unmasked WebSocket text frame (server to client).
+pub fn put_text_frame(out: &mut BytesMut, text: &str) {
+    let header = FrameHeader {
+        opcode: OpCode::Data(Data::Text),
+        ..FrameHeader::default()
+    };
+    out.reserve(header.len(text.len() as u64) + text.len());
+    let mut w = out.writer();
+    header
+        .format(text.len() as u64, &mut w)
+        .expect("writing to memory cannot fail");
+    w.into_inner().put_slice(text.as_bytes());
 }
 
 struct Entry {
     id: u64,
-    tx: mpsc::Sender<Outbound>,
-    slow: CancellationToken,
+    outlet: Arc<Outlet>,
     resync: bool,
 }
 
@@ -93,9 +96,9 @@ pub struct ConnGuard {
     hub: Hub,
     user: Uuid,
     id: u64,
-    pub rx: mpsc::Receiver<Outbound>,
-    /// Cancelled when the socket's queue overflowed.
-    pub slow: CancellationToken,
+    /// The socket's write side; its `slow` token is cancelled when the
+    /// queue overflowed, its `wake` notified when bytes wait to be flushed.
+    pub outlet: Arc<Outlet>,
 }
 
 impl Drop for ConnGuard {
@@ -104,8 +107,16 @@ impl Drop for ConnGuard {
     }
 }
 
+/// The frames of one delivery batch for one user: serialised once, written
+/// to each of the user's sockets as one chunk.
+struct UserBatch {
+    bytes: BytesMut,
+    frames: usize,
+    stamps: Vec<DateTime<Utc>>,
+}
+
 impl Hub {
-    /// `queue` bounds each socket's outbound queue.
+    /// `queue` bounds the frames queued behind each socket.
     pub fn new(queue: usize) -> Hub {
         Hub {
             inner: Arc::new(Inner {
@@ -124,10 +135,10 @@ impl Hub {
         }
     }
 
-    pub fn register(&self, user: Uuid, resync: bool) -> ConnGuard {
+    /// Registers a socket of `user` whose raw byte stream is `sink`.
+    pub fn register(&self, user: Uuid, resync: bool, sink: Sink) -> ConnGuard {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(self.inner.queue);
-        let slow = CancellationToken::new();
+        let outlet = Arc::new(Outlet::new(sink, self.inner.queue));
         self.inner
             .users
             .write()
@@ -136,16 +147,14 @@ impl Hub {
             .or_default()
             .push(Entry {
                 id,
-                tx,
-                slow: slow.clone(),
+                outlet: outlet.clone(),
                 resync,
             });
         ConnGuard {
             hub: self.clone(),
             user,
             id,
-            rx,
-            slow,
+            outlet,
         }
     }
 
@@ -167,47 +176,54 @@ impl Hub {
         }
     }
 
-    /// Hands an event to every socket of its user in this process. Never
-    /// blocks: a full socket queue marks that socket slow (it gets closed).
-    pub fn deliver(&self, env: &Envelope, _received_at: Instant) {
-        if !self
-            .inner
-            .recent
-            .lock()
-            .expect("recent lock")
-            .insert(env.id)
-        {
-            self.inner.counters.duplicate.increment(1);
-            return;
+    /// Hands events, in order, to every socket of their users in this
+    /// process. Never blocks: each socket gets one write of all of its
+    /// user's frames in the batch (or a queued chunk), and a socket whose
+    /// queue is full is marked slow (it gets closed).
+    pub fn deliver(&self, envs: &[Envelope]) {
+        let fresh: Vec<&Envelope> = {
+            let mut recent = self.inner.recent.lock().expect("recent lock");
+            envs.iter().filter(|e| recent.insert(e.id)).collect()
+        };
+        let duplicates = envs.len() - fresh.len();
+        if duplicates > 0 {
+            self.inner.counters.duplicate.increment(duplicates as u64);
         }
         let users = self.inner.users.read().expect("hub lock");
-        let Some(list) = users.get(&env.user_id) else {
-            self.inner.counters.no_recipient.increment(1);
-            return;
-        };
-        // Serialised once, shared by every socket of the user.
-        let text = Utf8Bytes::from(env.frame_text());
-        for entry in list {
-            self.send(
-                entry,
-                Outbound::Frame {
-                    text: text.clone(),
-                    ts: env.ts,
-                },
-            );
+        // Serialised once per user, shared by every socket of the user.
+        let mut batches: HashMap<Uuid, UserBatch> = HashMap::new();
+        for env in fresh {
+            if !users.contains_key(&env.user_id) {
+                self.inner.counters.no_recipient.increment(1);
+                continue;
+            }
+            let batch = batches.entry(env.user_id).or_insert_with(|| UserBatch {
+                bytes: BytesMut::new(),
+                frames: 0,
+                stamps: Vec::new(),
+            });
+            put_text_frame(&mut batch.bytes, &env.frame_text());
+            batch.frames += 1;
+            batch.stamps.push(env.ts);
+        }
+        for (user, batch) in batches {
+            let chunk = Chunk {
+                bytes: batch.bytes.freeze(),
+                frames: batch.frames,
+                stamps: batch.stamps.into(),
+            };
+            for entry in &users[&user] {
+                self.push(entry, chunk.clone());
+            }
         }
     }
 
-    fn send(&self, entry: &Entry, msg: Outbound) {
-        match entry.tx.try_send(msg) {
-            Ok(()) => self.inner.counters.forwarded.increment(1),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !entry.slow.is_cancelled() {
-                    self.inner.counters.slow.increment(1);
-                    entry.slow.cancel();
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+    fn push(&self, entry: &Entry, chunk: Chunk) {
+        let frames = chunk.frames as u64;
+        match entry.outlet.push(chunk) {
+            Pushed::Written | Pushed::Queued => self.inner.counters.forwarded.increment(frames),
+            Pushed::Slow => self.inner.counters.slow.increment(1),
+            Pushed::Closed => {}
         }
     }
 
@@ -219,10 +235,17 @@ impl Hub {
             kind: "realtime.resync",
             payload: &payload,
         };
-        let text = Utf8Bytes::from(serde_json::to_string(&frame).expect("serialises"));
+        let mut bytes = BytesMut::new();
+        put_text_frame(
+            &mut bytes,
+            &serde_json::to_string(&frame).expect("serialises"),
+        );
+        let chunk = Chunk::control(bytes.freeze());
         let users = self.inner.users.read().expect("hub lock");
         for entry in users.values().flatten().filter(|e| e.resync) {
-            self.send(entry, Outbound::Resync(text.clone()));
+            if entry.outlet.push(chunk.clone()) == Pushed::Slow {
+                self.inner.counters.slow.increment(1);
+            }
         }
     }
 }
@@ -230,7 +253,7 @@ impl Hub {
 impl LocalDelivery for Hub {
     fn deliver_local(&self, env: &Envelope) {
         self.inner.counters.local.increment(1);
-        self.deliver(env, Instant::now());
+        self.deliver(std::slice::from_ref(env));
     }
 }
 
@@ -238,6 +261,10 @@ impl LocalDelivery for Hub {
 mod tests {
     use super::*;
     use crate::events::EventType;
+    use futures_util::{FutureExt, StreamExt};
+    use tokio::io::DuplexStream;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
 
     fn env(user: Uuid) -> Envelope {
         Envelope::new(
@@ -248,9 +275,38 @@ mod tests {
         )
     }
 
-    fn text(o: Outbound) -> String {
-        match o {
-            Outbound::Frame { text, .. } | Outbound::Resync(text) => text.to_string(),
+    /// A socket registered with `hub`, and the client end reading it.
+    async fn socket(
+        hub: &Hub,
+        user: Uuid,
+        resync: bool,
+        buffer: usize,
+    ) -> (ConnGuard, WebSocketStream<DuplexStream>) {
+        let (server, client) = tokio::io::duplex(buffer);
+        let (_read, write) = tokio::io::split(server);
+        let guard = hub.register(user, resync, Box::pin(write));
+        let ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (guard, ws)
+    }
+
+    /// The next text frame already written, if any.
+    fn next_text(ws: &mut WebSocketStream<DuplexStream>) -> Option<String> {
+        match ws.next().now_or_never() {
+            Some(Some(Ok(m))) => Some(m.into_text().expect("a text frame").to_string()),
+            Some(other) => panic!("unexpected {other:?}"),
+            None => None,
+        }
+    }
+
+    #[test]
+    fn text_frames_have_the_right_header_for_every_length_form() {
+        for (len, header) in [(5usize, 2usize), (126, 4), (70_000, 10)] {
+            let text = "x".repeat(len);
+            let mut out = BytesMut::new();
+            put_text_frame(&mut out, &text);
+            assert_eq!(out.len(), header + len);
+            assert_eq!(out[0], 0x81, "FIN + text opcode");
+            assert_eq!(out[1] & 0x80, 0, "server frames are not masked");
         }
     }
 
@@ -258,9 +314,9 @@ mod tests {
     async fn routes_by_user_to_every_socket_once() {
         let hub = Hub::new(8);
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
-        let mut a1 = hub.register(a, false);
-        let mut a2 = hub.register(a, false);
-        let mut b1 = hub.register(b, false);
+        let (a1, mut ws_a1) = socket(&hub, a, false, 4096).await;
+        let (a2, mut ws_a2) = socket(&hub, a, false, 4096).await;
+        let (_b1, mut ws_b1) = socket(&hub, b, false, 4096).await;
         assert_eq!(
             hub.stats(),
             HubStats {
@@ -269,17 +325,14 @@ mod tests {
             }
         );
         let e = env(a);
-        hub.deliver(&e, Instant::now());
-        hub.deliver(&e, Instant::now()); // duplicate id: dropped
-        for g in [&mut a1, &mut a2] {
-            let got = text(g.rx.try_recv().unwrap());
-            assert!(
-                got.starts_with(r#"{"type":"document.status_updated","payload":{"#),
-                "{got}"
-            );
-            assert!(g.rx.try_recv().is_err(), "delivered twice");
+        hub.deliver(&[e.clone(), e.clone()]); // a duplicate id in one batch
+        hub.deliver(std::slice::from_ref(&e)); // and in a later one
+        for ws in [&mut ws_a1, &mut ws_a2] {
+            let got = next_text(ws).expect("delivered");
+            assert_eq!(got, e.frame_text());
+            assert_eq!(next_text(ws), None, "delivered twice");
         }
-        assert!(b1.rx.try_recv().is_err());
+        assert_eq!(next_text(&mut ws_b1), None);
         drop(a1);
         drop(a2);
         assert_eq!(
@@ -292,33 +345,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_keeps_each_users_order() {
+        let hub = Hub::new(8);
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let (_ga, mut ws_a) = socket(&hub, a, false, 4096).await;
+        let (_gb, mut ws_b) = socket(&hub, b, false, 4096).await;
+        let evs = [env(a), env(b), env(a), env(a)];
+        hub.deliver(&evs);
+        for e in [&evs[0], &evs[2], &evs[3]] {
+            assert_eq!(
+                next_text(&mut ws_a).as_deref(),
+                Some(e.frame_text().as_str())
+            );
+        }
+        assert_eq!(next_text(&mut ws_a), None);
+        assert_eq!(
+            next_text(&mut ws_b).as_deref(),
+            Some(evs[1].frame_text().as_str())
+        );
+    }
+
+    #[tokio::test]
     async fn overflow_marks_only_that_socket_slow() {
         let hub = Hub::new(2);
         let u = Uuid::new_v4();
-        let stuck = hub.register(u, false);
+        // The client never reads, and its buffer holds less than a frame.
+        let (stuck, _ws_stuck) = socket(&hub, u, false, 16).await;
         let other_user = Uuid::new_v4();
-        let mut fine = hub.register(other_user, false);
-        for _ in 0..3 {
-            hub.deliver(&env(u), Instant::now());
+        let (fine, mut ws_fine) = socket(&hub, other_user, false, 4096).await;
+        for _ in 0..4 {
+            hub.deliver(&[env(u)]);
         }
-        assert!(stuck.slow.is_cancelled());
-        hub.deliver(&env(other_user), Instant::now());
-        assert!(!fine.slow.is_cancelled());
-        assert!(fine.rx.try_recv().is_ok());
+        assert!(stuck.outlet.slow.is_cancelled());
+        assert_eq!(stuck.outlet.queued(), 2, "the queue stays bounded");
+        hub.deliver(&[env(other_user)]);
+        assert!(!fine.outlet.slow.is_cancelled());
+        assert!(next_text(&mut ws_fine).is_some());
     }
 
     #[tokio::test]
     async fn resync_goes_only_to_sockets_that_opted_in() {
         let hub = Hub::new(4);
         let u = Uuid::new_v4();
-        let mut plain = hub.register(u, false);
-        let mut opted = hub.register(u, true);
+        let (_plain, mut ws_plain) = socket(&hub, u, false, 4096).await;
+        let (_opted, mut ws_opted) = socket(&hub, u, true, 4096).await;
         hub.resync("listener_reconnected");
-        assert!(plain.rx.try_recv().is_err());
-        let got = text(opted.rx.try_recv().unwrap());
+        assert_eq!(next_text(&mut ws_plain), None);
         assert_eq!(
-            got,
-            r#"{"type":"realtime.resync","payload":{"reason":"listener_reconnected"}}"#
+            next_text(&mut ws_opted).as_deref(),
+            Some(r#"{"type":"realtime.resync","payload":{"reason":"listener_reconnected"}}"#)
         );
     }
 }

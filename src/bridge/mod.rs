@@ -3,13 +3,21 @@
 //! `user_id` in this process.
 //!
 //! ```text
-//! Postgres ──NOTIFY──▶ db::listener ──bounded queue──▶ router ──▶ Hub ──per-socket queues──▶ /ws
+//! Postgres ──NOTIFY──▶ db::listener ──bounded queue──▶ router ──▶ Hub ──▶ Outlet ──▶ /ws socket
+//!                      └──────── thread `ragctl-bridge` ────────────────┘
 //! ```
 //!
-//! Nothing here blocks on a client: the hub only `try_send`s into bounded
-//! per-socket queues, and a socket whose queue overflows is closed.
+//! The listener and the router run on a thread of their own, so that the
+//! Postgres socket is read, and events routed, without waiting behind the
+//! API's tasks. The router takes whatever notifications are queued (up to
+//! [`ROUTE_BATCH`]) and the hub writes each user's frames of that batch to
+//! each of the user's sockets in one write, straight from the router when
+//! nothing is queued for the socket. Nothing here blocks on a client: what a
+//! socket cannot take at once waits in its bounded queue for the socket's
+//! task, and a socket whose queue overflows is closed.
 
 mod hub;
+mod outlet;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -17,7 +25,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use hub::{CLOSE_SLOW_CONSUMER, ConnGuard, Hub, HubStats, Outbound};
+pub use hub::{CLOSE_SLOW_CONSUMER, ConnGuard, Hub, HubStats, put_text_frame};
+pub use outlet::{ControlWriter, Outlet, Sink};
+
+/// Most notifications the router takes from its queue at once. Under load a
+/// batch holds several events per user, written to each socket together.
+pub const ROUTE_BATCH: usize = 256;
 
 use crate::db::listener::{self, API_LISTENER_NAME, ListenItem, ListenerConfig, ListenerHandle};
 use crate::events::{self, DropReason, Reassembler, WireMessage};
@@ -36,23 +49,39 @@ pub struct Bridge {
     pub listener: ListenerHandle,
 }
 
-/// Starts the listener and the router; both stop on `shutdown`.
+/// Starts the listener and the router on the `ragctl-bridge` thread; both
+/// stop on `shutdown`, and the returned task ends when the thread has.
 pub fn start(
     cfg: BridgeConfig,
     hub: Hub,
     shutdown: CancellationToken,
-) -> (Bridge, tokio::task::JoinHandle<()>) {
+) -> std::io::Result<(Bridge, tokio::task::JoinHandle<()>)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (tx, rx) = mpsc::channel(cfg.queue);
-    let (handle, listen_task) = listener::spawn(
-        ListenerConfig::new(&cfg.listen_url, API_LISTENER_NAME, &[cfg.channel.as_str()]),
-        tx,
-        shutdown.clone(),
-    );
-    let router = tokio::spawn(async move {
-        route(rx, hub).await;
-        let _ = listen_task.await;
+    let (handle, listen_task) = {
+        let _on = runtime.enter();
+        listener::spawn(
+            ListenerConfig::new(&cfg.listen_url, API_LISTENER_NAME, &[cfg.channel.as_str()]),
+            tx,
+            shutdown,
+        )
+    };
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("ragctl-bridge".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                route(rx, hub).await;
+                let _ = listen_task.await;
+            });
+            let _ = done_tx.send(());
+        })?;
+    let done = tokio::spawn(async move {
+        let _ = done_rx.await;
     });
-    (Bridge { listener: handle }, router)
+    Ok((Bridge { listener: handle }, done))
 }
 
 /// Logs a drop reason at most once per interval, with how many were
@@ -91,9 +120,11 @@ async fn route(mut rx: mpsc::Receiver<ListenItem>, hub: Hub) {
         })
         .collect();
     let mut expire = tokio::time::interval(Duration::from_secs(5));
+    let mut items = Vec::with_capacity(ROUTE_BATCH);
+    let mut envs = Vec::with_capacity(ROUTE_BATCH);
     loop {
-        let item = tokio::select! {
-            item = rx.recv() => match item { Some(i) => i, None => return },
+        tokio::select! {
+            n = rx.recv_many(&mut items, ROUTE_BATCH) => if n == 0 { return },
             _ = expire.tick() => {
                 let n = frags.expire(Instant::now());
                 if n > 0 {
@@ -101,35 +132,44 @@ async fn route(mut rx: mpsc::Receiver<ListenItem>, hub: Hub) {
                 }
                 continue;
             }
-        };
-        let n = match item {
-            ListenItem::Gap(reason) => {
-                hub.resync(reason.as_str());
-                continue;
-            }
-            ListenItem::Notification(n) => n,
-        };
-        let env = match events::decode(&n.payload) {
-            Ok(WireMessage::Envelope(env)) => Ok(*env),
-            Ok(WireMessage::Fragment(f)) => {
-                let (res, evicted) = frags.push(f, n.received_at);
-                if evicted > 0 {
-                    dropped[&DropReason::BadFragment].increment(evicted as u64);
+        }
+        for item in items.drain(..) {
+            let n = match item {
+                ListenItem::Gap(reason) => {
+                    // Events before the gap go out before the resync frame.
+                    hub.deliver(&envs);
+                    envs.clear();
+                    hub.resync(reason.as_str());
+                    continue;
                 }
-                match res {
-                    Ok(Some(env)) => Ok(env),
-                    Ok(None) => continue,
-                    Err(reason) => Err(reason),
+                ListenItem::Notification(n) => n,
+            };
+            let env = match events::decode(&n.payload) {
+                Ok(WireMessage::Envelope(env)) => Ok(*env),
+                Ok(WireMessage::Fragment(f)) => {
+                    let (res, evicted) = frags.push(f, n.received_at);
+                    if evicted > 0 {
+                        dropped[&DropReason::BadFragment].increment(evicted as u64);
+                    }
+                    match res {
+                        Ok(Some(env)) => Ok(env),
+                        Ok(None) => continue,
+                        Err(reason) => Err(reason),
+                    }
+                }
+                Err(reason) => Err(reason),
+            };
+            match env {
+                Ok(env) => envs.push(env),
+                Err(reason) => {
+                    dropped[&reason].increment(1);
+                    log.note(reason, &n.payload, Instant::now());
                 }
             }
-            Err(reason) => Err(reason),
-        };
-        match env {
-            Ok(env) => hub.deliver(&env, n.received_at),
-            Err(reason) => {
-                dropped[&reason].increment(1);
-                log.note(reason, &n.payload, Instant::now());
-            }
+        }
+        if !envs.is_empty() {
+            hub.deliver(&envs);
+            envs.clear();
         }
     }
 }

@@ -198,7 +198,8 @@ async fn serve(
             },
             hub.clone(),
             shutdown.clone(),
-        );
+        )
+        .context("cannot start the realtime bridge's thread")?;
         (Some(hub), Some(bridge), Some(task))
     };
     let state = AppState(Arc::new(Shared {

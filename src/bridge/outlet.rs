@@ -1,0 +1,356 @@
+//! A socket's write side, shared by the router and the socket's own task.
+//!
+//! The router writes a frame straight into the socket when nothing is queued
+//! for it (the common case: no task wake-up between `NOTIFY` and the write).
+//! Whatever the kernel does not take at once is queued, bounded, and flushed
+//! by the socket's task when the socket becomes writable again. Writes never
+//! block the caller: a write that cannot complete is queued, and a queue
+//! that would overflow marks the socket slow instead.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::io::AsyncWrite;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Control frames allowed beyond the queue bound.
+const CONTROL_HEADROOM: usize = 8;
+
+/// Where an outlet writes: the raw byte stream of the socket. It must not
+/// buffer (a successful `poll_write` means the bytes are with the kernel).
+pub type Sink = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// Bytes to write: one or more complete WebSocket frames.
+#[derive(Clone, Debug)]
+pub struct Chunk {
+    pub bytes: Bytes,
+    /// How many frames it holds, counted against the queue bound.
+    pub frames: usize,
+    /// The `ts` of each event it carries, for the delivery-latency
+    /// histogram (empty for frames that are not events).
+    pub stamps: Arc<[DateTime<Utc>]>,
+}
+
+impl Chunk {
+    /// A chunk that carries no event (a resync or control frame).
+    pub fn control(bytes: Bytes) -> Chunk {
+        Chunk {
+            bytes,
+            frames: 1,
+            stamps: Arc::from([]),
+        }
+    }
+}
+
+/// What became of a pushed chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Handed to the kernel.
+    Written,
+    /// Queued behind earlier bytes; the socket's task writes it.
+    Queued,
+    /// The queue is full: the socket is now marked slow and will be closed.
+    Slow,
+    /// The socket is closing or broken; dropped.
+    Closed,
+}
+
+struct State {
+    sink: Sink,
+    queue: VecDeque<Chunk>,
+    /// Bytes of `queue.front()` already written.
+    offset: usize,
+    /// Frames in `queue`.
+    frames: usize,
+    /// No more events: a close frame is on its way.
+    closing: bool,
+    /// A write failed: the connection is gone.
+    broken: bool,
+}
+
+pub struct Outlet {
+    state: Mutex<State>,
+    /// Wakes the socket's task when bytes are left to flush.
+    pub wake: Notify,
+    /// Cancelled when the queue overflowed.
+    pub slow: CancellationToken,
+    limit: usize,
+    latency: metrics::Histogram,
+}
+
+impl Outlet {
+    /// `limit` bounds the frames queued behind a socket that is not keeping up.
+    pub fn new(sink: Sink, limit: usize) -> Outlet {
+        Outlet {
+            state: Mutex::new(State {
+                sink,
+                queue: VecDeque::new(),
+                offset: 0,
+                frames: 0,
+                closing: false,
+                broken: false,
+            }),
+            wake: Notify::new(),
+            slow: CancellationToken::new(),
+            limit: limit.max(1),
+            latency: metrics::histogram!("ragctl_bridge_delivery_seconds"),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("outlet lock")
+    }
+
+    /// An event (or resync) frame. Refused once the socket is closing.
+    pub fn push(&self, chunk: Chunk) -> Pushed {
+        let mut st = self.lock();
+        // A slow socket is being closed: it takes no more events.
+        if st.closing || st.broken || self.slow.is_cancelled() {
+            return Pushed::Closed;
+        }
+        self.enqueue(&mut st, chunk, self.limit)
+    }
+
+    /// A frame written on behalf of the WebSocket protocol (pong, ping,
+    /// close): accepted while closing, so that the close frame goes out
+    /// after what was already queued.
+    pub fn push_control(&self, bytes: Bytes) -> Pushed {
+        let mut st = self.lock();
+        if st.broken {
+            return Pushed::Closed;
+        }
+        // A little headroom, so that a close frame still fits behind a full
+        // queue; a client flooding pings without reading still hits it.
+        self.enqueue(
+            &mut st,
+            Chunk::control(bytes),
+            self.limit + CONTROL_HEADROOM,
+        )
+    }
+
+    fn enqueue(&self, st: &mut State, chunk: Chunk, limit: usize) -> Pushed {
+        if !st.queue.is_empty() {
+            if st.frames + chunk.frames > limit {
+                self.slow.cancel();
+                return Pushed::Slow;
+            }
+            st.frames += chunk.frames;
+            st.queue.push_back(chunk);
+            return Pushed::Queued;
+        }
+        // Nothing queued: write now. The no-op waker is fine because on
+        // `Pending` the socket's task is woken and polls with its own.
+        let mut cx = Context::from_waker(Waker::noop());
+        let written = match st.sink.as_mut().poll_write(&mut cx, &chunk.bytes) {
+            Poll::Ready(Ok(0)) => Err(()),
+            Poll::Ready(Ok(n)) => Ok(n),
+            Poll::Pending => Ok(0),
+            Poll::Ready(Err(_)) => Err(()),
+        };
+        match written {
+            Ok(n) if n == chunk.bytes.len() => {
+                self.record(&chunk);
+                Pushed::Written
+            }
+            Ok(n) => {
+                st.offset = n;
+                st.frames += chunk.frames;
+                st.queue.push_back(chunk);
+                self.wake.notify_one();
+                Pushed::Queued
+            }
+            Err(()) => {
+                st.broken = true;
+                self.wake.notify_one();
+                Pushed::Closed
+            }
+        }
+    }
+
+    fn record(&self, chunk: &Chunk) {
+        if chunk.stamps.is_empty() {
+            return;
+        }
+        let now = Utc::now();
+        for ts in chunk.stamps.iter() {
+            let lag = (now - *ts).num_microseconds().unwrap_or(0).max(0);
+            self.latency.record(lag as f64 / 1e6);
+        }
+    }
+
+    /// Writes what is queued until the queue is empty. Called by the
+    /// socket's task after `wake`; the caller bounds it with a timeout.
+    pub async fn flush(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.lock();
+        loop {
+            if st.broken {
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
+            let Some(front) = st.queue.front().cloned() else {
+                return st.sink.as_mut().poll_flush(cx);
+            };
+            let offset = st.offset;
+            match st.sink.as_mut().poll_write(cx, &front.bytes[offset..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    st.offset += n;
+                    if st.offset == front.bytes.len() {
+                        st.queue.pop_front();
+                        st.offset = 0;
+                        st.frames -= front.frames;
+                        self.record(&front);
+                    }
+                }
+                Poll::Ready(Ok(_)) => {
+                    st.broken = true;
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Err(e)) => {
+                    st.broken = true;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+    }
+
+    /// Stops taking events. With `discard`, also drops every queued chunk
+    /// except a partly written one (cutting a frame would corrupt the
+    /// stream): for a slow consumer, whose close frame should not wait
+    /// behind what it failed to read.
+    pub fn close(&self, discard: bool) {
+        let mut st = self.lock();
+        st.closing = true;
+        if discard {
+            let keep = usize::from(st.offset > 0);
+            while st.queue.len() > keep {
+                if let Some(c) = st.queue.pop_back() {
+                    st.frames -= c.frames;
+                }
+            }
+        }
+    }
+
+    /// Frames waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.lock().frames
+    }
+}
+
+/// The write half handed to the WebSocket protocol library: what it writes
+/// (pongs, pings, close frames) goes through the outlet, behind the frames
+/// already queued, so frames never interleave.
+pub struct ControlWriter(pub Arc<Outlet>);
+
+impl AsyncWrite for ControlWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // The library writes whole frames from its own buffer, so one call
+        // carries complete frames.
+        match self.0.push_control(Bytes::copy_from_slice(buf)) {
+            Pushed::Written | Pushed::Queued => Poll::Ready(Ok(buf.len())),
+            Pushed::Slow => Poll::Ready(Err(io::Error::other("slow consumer"))),
+            Pushed::Closed => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The socket's task flushes the outlet.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn chunk(s: &str) -> Chunk {
+        Chunk {
+            bytes: Bytes::copy_from_slice(s.as_bytes()),
+            frames: 1,
+            stamps: Arc::from([Utc::now()]),
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_at_once_when_nothing_is_queued() {
+        let (w, mut r) = tokio::io::duplex(64);
+        let out = Outlet::new(Box::pin(w), 4);
+        assert_eq!(out.push(chunk("hello")), Pushed::Written);
+        assert_eq!(out.queued(), 0);
+        let mut buf = [0u8; 5];
+        r.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+    }
+
+    #[tokio::test]
+    async fn queues_what_the_peer_cannot_take_and_flushes_in_order() {
+        let (w, mut r) = tokio::io::duplex(4);
+        let out = Arc::new(Outlet::new(Box::pin(w), 8));
+        assert_eq!(out.push(chunk("abcdef")), Pushed::Queued); // 4 written, 2 left
+        assert_eq!(out.push(chunk("gh")), Pushed::Queued);
+        assert_eq!(out.push_control(Bytes::from_static(b"ij")), Pushed::Queued);
+        assert_eq!(out.queued(), 3);
+        let flusher = {
+            let out = out.clone();
+            tokio::spawn(async move { out.flush().await })
+        };
+        let mut got = vec![0u8; 10];
+        r.read_exact(&mut got).await.unwrap();
+        flusher.await.unwrap().unwrap();
+        assert_eq!(got, b"abcdefghij");
+        assert_eq!(out.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn overflow_marks_slow_and_close_keeps_the_partial_frame() {
+        let (w, mut r) = tokio::io::duplex(2);
+        let out = Outlet::new(Box::pin(w), 2);
+        assert_eq!(out.push(chunk("abcd")), Pushed::Queued); // "ab" written
+        assert_eq!(out.push(chunk("ef")), Pushed::Queued);
+        assert_eq!(out.push(chunk("gh")), Pushed::Slow);
+        assert!(out.slow.is_cancelled());
+        out.close(true);
+        assert_eq!(
+            out.push(chunk("ij")),
+            Pushed::Closed,
+            "events refused while closing"
+        );
+        assert_eq!(out.push_control(Bytes::from_static(b"XY")), Pushed::Queued);
+        let mut got = vec![0u8; 6];
+        let read = async {
+            r.read_exact(&mut got).await.unwrap();
+        };
+        let (_, flushed) = tokio::join!(read, out.flush());
+        flushed.unwrap();
+        // The rest of the partial frame, then the control frame; "ef" dropped.
+        assert_eq!(got, b"abcdXY");
+    }
+
+    #[tokio::test]
+    async fn a_dead_peer_breaks_the_outlet() {
+        let (w, r) = tokio::io::duplex(8);
+        drop(r);
+        let out = Outlet::new(Box::pin(w), 2);
+        assert_eq!(out.push(chunk("abc")), Pushed::Closed);
+        assert!(out.flush().await.is_err());
+        assert_eq!(out.push(chunk("abc")), Pushed::Closed);
+    }
+}
