@@ -494,6 +494,15 @@ async fn bad_tokens_are_refused_before_the_upgrade() {
     );
     let (_, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert_eq!(resp.headers()["sec-websocket-protocol"], "bearer");
+    // A valid token on a request that is not a WebSocket upgrade: 400.
+    let resp = http()
+        .get(format!("{}/ws?token={}", api.url, token(user)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body.to_string().contains("upgrade"), "{body}");
     // No token ever reaches a log line.
     assert!(!api.proc.logs().contains(&token(user)[..40]));
 }

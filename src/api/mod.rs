@@ -19,6 +19,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Request, header};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use deadpool_postgres::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -121,6 +122,13 @@ pub async fn run(listener: TcpListener, state: AppState, drain: Duration) -> std
     let shutdown = state.shutdown.clone();
     let sockets = state.sockets.clone();
     let app = router(state);
+    // Frames are written whole (batched under load): Nagle's algorithm would
+    // only hold a frame back behind a delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
