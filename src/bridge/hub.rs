@@ -1,5 +1,6 @@
 //! The per-process registry of WebSocket connections, keyed by user.
 
+use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -36,6 +37,7 @@ pub fn put_text_frame(out: &mut BytesMut, text: &str) {
     w.into_inner().put_slice(text.as_bytes());
 }
 
+#[derive(Clone)]
 struct Entry {
     id: u64,
     outlet: Arc<Outlet>,
@@ -73,7 +75,9 @@ struct Counters {
 }
 
 struct Inner {
-    users: RwLock<HashMap<Uuid, Vec<Entry>>>,
+    /// Copied on register/unregister, so that a delivery holds the lock
+    /// only to clone the `Arc`s, not during its writes.
+    users: RwLock<HashMap<Uuid, Arc<[Entry]>>>,
     next_id: AtomicU64,
     queue: usize,
     recent: Mutex<Recent>,
@@ -110,6 +114,7 @@ impl Drop for ConnGuard {
 /// The frames of one delivery batch for one user: serialised once, written
 /// to each of the user's sockets as one chunk.
 struct UserBatch {
+    sockets: Arc<[Entry]>,
     bytes: BytesMut,
     frames: usize,
     stamps: Vec<DateTime<Utc>>,
@@ -139,17 +144,14 @@ impl Hub {
     pub fn register(&self, user: Uuid, resync: bool, sink: Sink) -> ConnGuard {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let outlet = Arc::new(Outlet::new(sink, self.inner.queue));
-        self.inner
-            .users
-            .write()
-            .expect("hub lock")
-            .entry(user)
-            .or_default()
-            .push(Entry {
-                id,
-                outlet: outlet.clone(),
-                resync,
-            });
+        let entry = Entry {
+            id,
+            outlet: outlet.clone(),
+            resync,
+        };
+        let mut users = self.inner.users.write().expect("hub lock");
+        let list = users.entry(user).or_insert_with(|| Arc::from([]));
+        *list = list.iter().cloned().chain([entry]).collect();
         ConnGuard {
             hub: self.clone(),
             user,
@@ -161,7 +163,7 @@ impl Hub {
     fn unregister(&self, user: Uuid, id: u64) {
         let mut users = self.inner.users.write().expect("hub lock");
         if let Some(list) = users.get_mut(&user) {
-            list.retain(|e| e.id != id);
+            *list = list.iter().filter(|e| e.id != id).cloned().collect();
             if list.is_empty() {
                 users.remove(&user);
             }
@@ -171,7 +173,7 @@ impl Hub {
     pub fn stats(&self) -> HubStats {
         let users = self.inner.users.read().expect("hub lock");
         HubStats {
-            sockets: users.values().map(Vec::len).sum(),
+            sockets: users.values().map(|l| l.len()).sum(),
             users: users.len(),
         }
     }
@@ -189,30 +191,38 @@ impl Hub {
         if duplicates > 0 {
             self.inner.counters.duplicate.increment(duplicates as u64);
         }
-        let users = self.inner.users.read().expect("hub lock");
         // Serialised once per user, shared by every socket of the user.
         let mut batches: HashMap<Uuid, UserBatch> = HashMap::new();
-        for env in fresh {
-            if !users.contains_key(&env.user_id) {
-                self.inner.counters.no_recipient.increment(1);
-                continue;
+        {
+            let users = self.inner.users.read().expect("hub lock");
+            for env in fresh {
+                let batch = match batches.entry(env.user_id) {
+                    Slot::Occupied(b) => b.into_mut(),
+                    Slot::Vacant(slot) => match users.get(&env.user_id) {
+                        Some(sockets) => slot.insert(UserBatch {
+                            sockets: sockets.clone(),
+                            bytes: BytesMut::new(),
+                            frames: 0,
+                            stamps: Vec::new(),
+                        }),
+                        None => {
+                            self.inner.counters.no_recipient.increment(1);
+                            continue;
+                        }
+                    },
+                };
+                put_text_frame(&mut batch.bytes, &env.frame_text());
+                batch.frames += 1;
+                batch.stamps.push(env.ts);
             }
-            let batch = batches.entry(env.user_id).or_insert_with(|| UserBatch {
-                bytes: BytesMut::new(),
-                frames: 0,
-                stamps: Vec::new(),
-            });
-            put_text_frame(&mut batch.bytes, &env.frame_text());
-            batch.frames += 1;
-            batch.stamps.push(env.ts);
         }
-        for (user, batch) in batches {
+        for batch in batches.into_values() {
             let chunk = Chunk {
                 bytes: batch.bytes.freeze(),
                 frames: batch.frames,
                 stamps: batch.stamps.into(),
             };
-            for entry in &users[&user] {
+            for entry in batch.sockets.iter() {
                 self.push(entry, chunk.clone());
             }
         }
@@ -241,8 +251,12 @@ impl Hub {
             &serde_json::to_string(&frame).expect("serialises"),
         );
         let chunk = Chunk::control(bytes.freeze());
-        let users = self.inner.users.read().expect("hub lock");
-        for entry in users.values().flatten().filter(|e| e.resync) {
+        let opted: Vec<Entry> = {
+            let users = self.inner.users.read().expect("hub lock");
+            let all = users.values().flat_map(|l| l.iter());
+            all.filter(|e| e.resync).cloned().collect()
+        };
+        for entry in &opted {
             if entry.outlet.push(chunk.clone()) == Pushed::Slow {
                 self.inner.counters.slow.increment(1);
             }
