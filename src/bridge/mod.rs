@@ -28,9 +28,11 @@ use tokio_util::sync::CancellationToken;
 pub use hub::{CLOSE_SLOW_CONSUMER, ConnGuard, Hub, HubStats, put_text_frame};
 pub use outlet::{ControlWriter, Outlet, Sink};
 
-/// Most notifications the router takes from its queue at once. Under load a
-/// batch holds several events per user, written to each socket together.
-pub const ROUTE_BATCH: usize = 256;
+/// Most notifications the router takes from its queue at once. Only what is
+/// already queued is taken, so a quiet bridge routes one event at a time;
+/// a bridge that fell behind catches up with batches holding several events
+/// per user, each written to a socket in one call.
+pub const ROUTE_BATCH: usize = 2048;
 
 use crate::db::listener::{self, API_LISTENER_NAME, ListenItem, ListenerConfig, ListenerHandle};
 use crate::events::{self, DropReason, Reassembler, WireMessage};
