@@ -13,10 +13,7 @@
 //! close), which go through the same outlet so that frames never
 //! interleave.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::rejection::QueryRejection;
@@ -28,7 +25,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf};
+use tokio::io::{Join, ReadHalf};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -204,10 +201,7 @@ pub async fn handler(
         };
         let (read, write) = tokio::io::split(TokioIo::new(upgraded));
         let conn = hub.register(user.user_id, resync, Box::pin(write));
-        let io = SocketIo {
-            read,
-            write: ControlWriter(conn.outlet.clone()),
-        };
+        let io = tokio::io::join(read, ControlWriter(conn.outlet.clone()));
         let config = WebSocketConfig::default()
             .max_message_size(Some(cfg.max_client_frame))
             .max_frame_size(Some(cfg.max_client_frame))
@@ -236,42 +230,9 @@ pub async fn handler(
     response
 }
 
-/// What tungstenite reads from and writes to: the socket's read half, and
-/// the outlet for the protocol's own frames.
-struct SocketIo {
-    read: ReadHalf<TokioIo<Upgraded>>,
-    write: ControlWriter,
-}
-
-impl AsyncRead for SocketIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().read).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SocketIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().write).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().write).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().write).poll_shutdown(cx)
-    }
-}
-
-type Socket = WebSocketStream<SocketIo>;
+/// What tungstenite reads from (the socket's read half) and writes to (the
+/// outlet, for the protocol's own frames).
+type Socket = WebSocketStream<Join<ReadHalf<TokioIo<Upgraded>>, ControlWriter>>;
 
 /// Writes what is queued in the outlet, giving up when the socket is marked
 /// slow, the server shuts down, or no flush completes within `timeout`.
