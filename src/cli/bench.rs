@@ -246,6 +246,9 @@ pub struct Report {
     pub ceiling: Option<CeilingReport>,
     pub targets: Vec<TargetCheck>,
     pub ok: bool,
+    /// Latency phases during which the hypervisor or other processes took
+    /// enough CPU to make them unrepresentative.
+    pub disturbed: Vec<String>,
 }
 
 /// Percentiles read off the server's histogram: each is the upper bound of
@@ -1750,6 +1753,10 @@ async fn bench(
     };
     let targets = targets(&config, &raw, &bridge, ceiling.as_ref(), idle.as_ref());
     let ok = targets.iter().all(|t| t.met != Some(false));
+    let disturbed = [("raw", &raw), ("bridge", &bridge)]
+        .into_iter()
+        .filter_map(|(label, p)| disturbance(label, p.cpu.as_ref()?))
+        .collect();
     Ok(Report {
         machine,
         config,
@@ -1759,6 +1766,22 @@ async fn bench(
         ceiling,
         targets,
         ok,
+        disturbed,
+    })
+}
+
+/// CPU taken by the hypervisor (steal) or unrelated processes above which a
+/// phase is reported as disturbed, in % of one core.
+const DISTURBED_PCT: f64 = 5.0;
+
+/// Why a phase's numbers are not representative, if they are not. The
+/// verdicts stand; this tells the reader to re-run on a quieter machine.
+fn disturbance(label: &str, cpu: &CpuShare) -> Option<String> {
+    (cpu.steal > DISTURBED_PCT || cpu.other > DISTURBED_PCT).then(|| {
+        format!(
+            "the {label} latency phase was disturbed: steal {:.0}%, other processes {:.0}% of one core (over {DISTURBED_PCT:.0}%); re-run on a quiet machine before reading its latency",
+            cpu.steal, cpu.other
+        )
     })
 }
 
@@ -2037,6 +2060,9 @@ fn render(r: &Report) -> String {
             t.name, t.measured, t.target
         );
     }
+    for d in &r.disturbed {
+        let _ = writeln!(s, "warning: {d}");
+    }
     s
 }
 
@@ -2120,5 +2146,26 @@ mod tests {
             "postgres://u@h:5432/bench_1?sslmode=disable"
         );
         assert_eq!(with_db("postgres://u@h", "b").unwrap(), "postgres://u@h/b");
+    }
+
+    #[test]
+    fn phases_with_steal_or_other_load_are_flagged() {
+        let cpu = |steal, other| CpuShare {
+            bench: 30.0,
+            server: Some(25.0),
+            postgres: 40.0,
+            irq: 10.0,
+            steal,
+            other,
+            idle: 95.0,
+        };
+        assert_eq!(disturbance("bridge", &cpu(0.0, 3.0)), None);
+        let d = disturbance("bridge", &cpu(16.0, 0.0)).unwrap();
+        assert!(d.contains("bridge") && d.contains("steal 16%"), "{d}");
+        assert!(
+            disturbance("raw", &cpu(0.0, 74.0))
+                .unwrap()
+                .contains("other processes 74%")
+        );
     }
 }
