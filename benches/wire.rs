@@ -89,7 +89,9 @@ fn main() {
             .flat_map(|&u| (0..per_user).map(move |_| u))
             .map(|u| hub.register(u, false, Box::pin(tokio::io::sink())))
             .collect();
-        let mut events: Vec<Envelope> = (0..1024).map(|i| envelope(ids[i % users], i)).collect();
+        let mut events: Vec<Envelope> = (0..ROUTE_BATCH)
+            .map(|i| envelope(ids[i % users], i))
+            .collect();
         // Fresh envelope ids each time: the hub drops ids it has seen recently.
         let mut counter = 0u64;
         let mut fresh = |events: &mut Vec<Envelope>| {
@@ -112,7 +114,8 @@ fn main() {
             }
             events.len()
         });
-        for (how, ns) in [("1 per call", one), ("batches of 256", batched)] {
+        let whole = format!("batches of {ROUTE_BATCH}");
+        for (how, ns) in [("1 per call", one), (whole.as_str(), batched)] {
             println!(
                 "{:<58} {:>10.0}",
                 format!("Hub::deliver, {sockets} sockets / {users} users, {how}"),
