@@ -139,13 +139,16 @@ async fn a_killed_worker_s_job_is_finished_by_another() {
     let _i = worker(&db, "ingest", &lease);
     wait_status(&api, user, id, "ingested").await;
     let row = &db
-        .query(&format!("SELECT status, retry_count, lease_owner FROM jobs WHERE document_id = '{id}' AND kind = 'parse'"))
+        .query(&format!(
+            "SELECT status, retry_count FROM jobs WHERE document_id = '{id}' AND kind = 'parse'"
+        ))
         .await[0];
     assert_eq!(row.get::<_, String>(0), "success");
-    assert_eq!(
-        row.get::<_, i32>(1),
-        0,
-        "a lost lease is not a failed attempt"
+    assert_eq!(row.get::<_, i32>(1), 1, "the lapsed attempt counts");
+    assert!(
+        rescuer.logs().contains(ragctl::workers::LEASE_LAPSED),
+        "{}",
+        rescuer.logs()
     );
     assert!(
         rescuer
@@ -154,6 +157,55 @@ async fn a_killed_worker_s_job_is_finished_by_another() {
         "{}",
         rescuer.logs()
     );
+}
+
+/// A file that kills every worker that parses it must not loop forever:
+/// each lapsed lease is a failed attempt, and the last one fails the job.
+#[tokio::test]
+async fn a_job_whose_workers_keep_dying_ends_failed() {
+    let db = TestDb::new();
+    let api = Api::start(&db, &[], &[]).await;
+    let lease = [("RAG_JOB_LEASE_SECS", "2"), ("RAG_WORKER_POLL_MS", "200")];
+    let user = Uuid::new_v4();
+    let mut client = Client::connect(&api, user, "").await;
+    let mut stuck = worker(
+        &db,
+        "parse",
+        &[lease[0], lease[1], ("RAG_WORKER_JOB_DELAY_MS", "600000")],
+    );
+    let doc = upload(&api, user, "handbook.txt").await;
+    let id = doc["id"].as_str().unwrap();
+    running_job_owner(&db, id).await;
+    // As if the earlier attempts had died the same way.
+    db.query(&format!(
+        "UPDATE jobs SET retry_count = max_retries WHERE document_id = '{id}' AND kind = 'parse'"
+    ))
+    .await;
+    stuck.signal(libc::SIGKILL);
+    stuck.wait_exit().await;
+
+    let _rescuer = worker(&db, "parse", &lease);
+    let body = wait_status(&api, user, id, "error").await;
+    assert_eq!(body["error_message"], ragctl::workers::LEASE_LAPSED);
+    let (_, jobs) = get_json(&api, user, &format!("/documents/{id}/jobs")).await;
+    let parse = &jobs["jobs"][0];
+    assert_eq!(parse["status"], "failed", "{jobs}");
+    assert_eq!(parse["retry_count"], 3, "{jobs}");
+    // The client hears it like any other final failure.
+    let failed = client
+        .expect("the failed job", |f| {
+            f["type"] == "job.status_updated" && f["payload"]["status"] == "failed"
+        })
+        .await;
+    assert_eq!(
+        failed["payload"]["error_message"],
+        ragctl::workers::LEASE_LAPSED
+    );
+    client
+        .expect("the document in error", |f| {
+            f["type"] == "document.status_updated" && f["payload"]["status"] == "error"
+        })
+        .await;
 }
 
 #[tokio::test]

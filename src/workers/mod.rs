@@ -100,6 +100,22 @@ pub async fn run(pool: Pool, events: Publisher, cfg: WorkerConfig, shutdown: Can
                 if claimed.reclaimed {
                     tracing::warn!(job_id = %claimed.job.id, "took over a job whose lease ran out");
                     metrics::counter!("ragctl_jobs_reclaimed_total", "kind" => kind).increment(1);
+                    // The attempt that held the lease ended without a result
+                    // (its worker died, or lost the database for a whole
+                    // lease): a failed attempt, so that a file that kills its
+                    // worker ends `failed` after the retries instead of
+                    // taking workers down forever.
+                    match finish_failure(&pool, &cfg, &claimed.job, LEASE_LAPSED).await {
+                        Ok(published) => {
+                            for (user, kind, payload) in published {
+                                events.emit(user, kind, payload).await;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not record the lapsed attempt")
+                        }
+                    }
+                    continue;
                 }
                 let span = tracing::info_span!("job", job_id = %claimed.job.id, kind, document_id = %claimed.job.document_id);
                 process(&pool, &events, &cfg, claimed.job, &shutdown)
@@ -366,6 +382,10 @@ async fn finish_success(
     }
     Ok((out, None))
 }
+
+/// The error recorded for an attempt whose lease ran out.
+pub const LEASE_LAPSED: &str =
+    "the worker running this attempt stopped before finishing (its lease expired)";
 
 async fn finish_failure(
     pool: &Pool,
