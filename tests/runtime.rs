@@ -655,6 +655,24 @@ async fn publish_failures_leave_the_business_flow_intact() {
         metrics.contains("ragctl_publish_failures_total{reason=\"notify\"}"),
         "{metrics}"
     );
+    // `ragctl emit` reports the failed publish once, as its own error, and
+    // exits 2 (an authorization error); no library WARN line above it.
+    let out = std::process::Command::new(bin())
+        .args(["emit", "document.status_updated", "--user"])
+        .arg(user.to_string())
+        .args(["--set", "status=parsed", "--set"])
+        .arg(format!("document_id={}", doc["id"].as_str().unwrap()))
+        .env("DATABASE_URL", &url)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("permission denied for function pg_notify"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("WARN"), "{stderr}");
     // The database goes before its owner role, even when an assertion fails.
     drop((api, p, _i, db));
 }

@@ -86,15 +86,19 @@ impl Publisher {
         let _ = self.inner.local.set(sink);
     }
 
-    /// Builds the envelope for one state change and publishes it.
+    /// Builds the envelope for one state change and publishes it, best
+    /// effort: a failure is logged and the business flow goes on.
     pub async fn emit(&self, user_id: Uuid, kind: EventType, payload: Value) {
         let env = Envelope::new(user_id, kind, payload, &self.inner.origin);
-        let _ = self.publish(env).await;
+        let id = env.id;
+        if let Err(e) = self.publish(env).await {
+            tracing::warn!(event_id = %id, r#type = kind.as_str(), error = %e, "event publish failed; realtime is best effort, continuing");
+        }
     }
 
-    /// Publishes an envelope. Failures are logged, counted, handed to the
-    /// local fallback if there is one, and returned for callers that care
-    /// (`ragctl emit`); business code ignores the result.
+    /// Publishes an envelope. Failures are counted, handed to the local
+    /// fallback if there is one, and returned: [`Publisher::emit`] logs
+    /// them, `ragctl emit` reports them as its own error.
     pub async fn publish(&self, env: Envelope) -> Result<(), PublishError> {
         let kind = env.kind.as_str();
         let result = match encode_notifications(&env) {
@@ -111,7 +115,6 @@ impl Publisher {
             Err(e) => {
                 metrics::counter!("ragctl_publish_failures_total", "reason" => e.label())
                     .increment(1);
-                tracing::warn!(event_id = %env.id, r#type = kind, error = %e, "event publish failed; realtime is best effort, continuing");
                 if let Some(local) = self.inner.local.get() {
                     local.deliver_local(&env);
                 }
