@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use ragctl::events::{Envelope, EventType};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -590,6 +590,65 @@ async fn expired_tokens_and_shutdown_close_with_documented_codes() {
     api.proc.signal(libc::SIGTERM);
     assert_eq!(client.expect_close().await, Some(1001));
     assert!(api.proc.wait_exit().await.success(), "{}", api.proc.logs());
+}
+
+/// The protocol's own frames share the socket with events: a client's ping
+/// is answered with its payload, and a client's close with a close, after
+/// the events already sent.
+#[tokio::test]
+async fn pings_and_closes_from_clients_are_answered() {
+    use tokio_tungstenite::tungstenite::Message;
+    let db = TestDb::new();
+    let api = Api::start(&db, &[], &[]).await;
+    let user = Uuid::new_v4();
+    let mut client = Client::connect(&api, user, "").await;
+    let doc = Uuid::new_v4();
+    publish(&db, doc_status(user, doc, "parsed")).await;
+    client
+        .expect("the event", |f| {
+            f["payload"]["document_id"] == s(&doc.to_string())
+        })
+        .await;
+    client
+        .socket
+        .send(Message::Ping(b"are you there".to_vec().into()))
+        .await
+        .unwrap();
+    let pong = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match client.socket.next().await {
+                Some(Ok(Message::Pong(p))) => return p,
+                Some(Ok(_)) => {}
+                other => panic!("socket ended before the pong: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a pong");
+    assert_eq!(&pong[..], b"are you there");
+    client.socket.send(Message::Close(None)).await.unwrap();
+    // The server's close frame (or, at worst, the end of the stream) must
+    // come; an error or a hang fails.
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match client.socket.next().await {
+                Some(Ok(Message::Close(_))) | None => return,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("no close reply: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("a close reply");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while api
+        .metric("ragctl_ws_closed_total{reason=\"client_closed\"}")
+        .await
+        < 1.0
+    {
+        assert!(std::time::Instant::now() < deadline, "close not counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The server pings; a peer that never answers is dropped, one that does
