@@ -232,7 +232,7 @@ fn paragraph_break(out: &mut String) {
 
 /// Deepest element nesting accepted. html5ever's tree builder walks the
 /// stack of open elements for each element, so parse time grows with the
-/// square of the depth (8,000 nested `<div>`s: 0.3 s; the 20 MB upload limit
+/// square of the depth (8,000 nested `<div>`s: 0.3 s; the 25 MiB upload limit
 /// would allow hours). Browsers cap the depth too (Chromium at 512).
 pub const MAX_HTML_DEPTH: usize = 1024;
 
