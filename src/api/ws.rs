@@ -84,13 +84,7 @@ fn token<'a>(query: &'a WsQuery, headers: &'a HeaderMap) -> (Option<String>, boo
     if let Some(t) = super::bearer(headers) {
         return (Some(t.to_string()), false);
     }
-    let protocols: Vec<&str> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .collect();
+    let protocols: Vec<&str> = header_tokens(headers, header::SEC_WEBSOCKET_PROTOCOL).collect();
     if let Some(pos) = protocols
         .iter()
         .position(|p| p.eq_ignore_ascii_case("bearer"))
@@ -107,13 +101,18 @@ pub struct Upgrade {
     on_upgrade: OnUpgrade,
 }
 
-fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+/// The comma-separated, trimmed tokens of every `name` header.
+fn header_tokens(headers: &HeaderMap, name: header::HeaderName) -> impl Iterator<Item = &str> {
     headers
         .get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    header_tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
