@@ -325,16 +325,8 @@ async fn bad_input_gets_clear_errors() {
     );
 
     // Malformed JSON and empty chat content.
-    let conv: Value = c
-        .post(url("/conversations"))
-        .bearer_auth(token(user))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let conv = conv["id"].as_str().unwrap();
+    let conv = new_conversation(&api, user, None).await;
+    let conv = conv.as_str();
     for body in [
         "{not json",
         r#"{"text":"no content field"}"#,
@@ -394,17 +386,8 @@ async fn another_users_documents_and_conversations_answer_404() {
     let (_, bobs) = get_json(&api, bob, "/documents").await;
     assert_eq!(bobs["documents"], json!([]));
 
-    let conv: Value = http()
-        .post(format!("{}/conversations", api.url))
-        .bearer_auth(token(alice))
-        .json(&json!({"title": "alice's"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let cid = conv["id"].as_str().unwrap();
+    let cid = new_conversation(&api, alice, Some("alice's")).await;
+    let cid = cid.as_str();
     assert_eq!(
         get_json(&api, bob, &format!("/conversations/{cid}/messages"))
             .await
@@ -435,16 +418,8 @@ async fn chat_answers_cite_the_uploaded_document() {
     let d = upload(&api, other, "handbook.txt").await;
     wait_status(&api, other, d["id"].as_str().unwrap(), "ingested").await;
 
-    let conv: Value = http()
-        .post(format!("{}/conversations", api.url))
-        .bearer_auth(token(user))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let cid = conv["id"].as_str().unwrap();
+    let cid = new_conversation(&api, user, None).await;
+    let cid = cid.as_str();
     let r = http()
         .post(format!("{}/conversations/{cid}/messages", api.url))
         .bearer_auth(token(user))
@@ -799,21 +774,9 @@ async fn fake_llm(
 }
 
 async fn ask(api: &Api, user: Uuid, question: &str) -> Value {
-    let conv: Value = http()
-        .post(format!("{}/conversations", api.url))
-        .bearer_auth(token(user))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conv = new_conversation(api, user, None).await;
     let r = http()
-        .post(format!(
-            "{}/conversations/{}/messages",
-            api.url,
-            conv["id"].as_str().unwrap()
-        ))
+        .post(format!("{}/conversations/{conv}/messages", api.url))
         .bearer_auth(token(user))
         .json(&json!({"content": question}))
         .send()

@@ -370,6 +370,24 @@ pub async fn get_json(api: &Api, user: Uuid, path: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// `POST /conversations` as `user` (with `{"title"}` when given); the id.
+pub async fn new_conversation(api: &Api, user: Uuid, title: Option<&str>) -> String {
+    let mut req = http()
+        .post(format!("{}/conversations", api.url))
+        .bearer_auth(token(user));
+    if let Some(title) = title {
+        req = req.json(&serde_json::json!({ "title": title }));
+    }
+    let conv: Value = req
+        .send()
+        .await
+        .expect("POST /conversations")
+        .json()
+        .await
+        .expect("a JSON body");
+    conv["id"].as_str().expect("an id").to_string()
+}
+
 /// Polls REST until the document reaches `status`.
 pub async fn wait_status(api: &Api, user: Uuid, doc: &str, status: &str) -> Value {
     let deadline = Instant::now() + PATIENCE;
