@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 fn chromium() -> Option<std::path::PathBuf> {
     if let Some(p) = std::env::var_os("CHROMIUM") {
-        return Some(p.into());
+        return Some(std::path::PathBuf::from(p)).filter(|p| p.is_file());
     }
     let path = std::env::var_os("PATH")?;
     ["chromium", "chromium-browser", "google-chrome"]
