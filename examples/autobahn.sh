@@ -34,15 +34,31 @@ cat >"$OUT/fuzzingclient.json" <<JSON
  "exclude-agent-cases": {}}
 JSON
 (cd "$OUT" && PYTHONUSERBASE=$PYTHONUSERBASE "$PY2" "$PYTHONUSERBASE/bin/wstest" -m fuzzingclient -s fuzzingclient.json >wstest.log 2>&1)
-python3 - "$OUT/report/index.json" <<'PY'
-import json, sys, collections
-cases = json.load(open(sys.argv[1]))["ragctl"]
+# Per group: behaviour, close behaviour, and closes that were not clean;
+# then whether every case that needs 1002/1007/1009 got it.
+python3 - "$OUT/report" <<'PY'
+import json, sys, os, collections
+rep = sys.argv[1]
+idx = json.load(open(os.path.join(rep, 'index.json')))['ragctl']
 groups = collections.defaultdict(collections.Counter)
-for cid, r in cases.items():
-    g = cid.split(".")[0]
-    groups[g][r["behavior"]] += 1
-    groups[g]["close " + r["behaviorClose"]] += 1
+proto = []  # cases that expect the server to fail the connection with a code
+for cid, r in idx.items():
+    d = json.load(open(os.path.join(rep, r['reportfile'])))
+    g = cid.split('.')[0]
+    groups[g][r['behavior']] += 1
+    groups[g]['close:' + r['behaviorClose']] += 1
+    if not d['wasClean']:
+        groups[g]['unclean-tcp'] += 1
+    exp = d['expectedClose']
+    codes = exp['closeCode']
+    if not exp['closedByMe'] and any(c in (1002, 1007, 1009) for c in codes):
+        proto.append((cid, codes, d['remoteCloseCode'], d['wasClean']))
 for g in sorted(groups, key=int):
     print(g, dict(sorted(groups[g].items())))
+got = [p for p in proto if p[2] in p[1]]
+print('protocol-error cases (server must fail the connection):', len(proto),
+      '| got an expected close code:', len(got), '| clean close handshake:', sum(1 for p in proto if p[3]))
+miss = [p for p in proto if p[2] not in p[1]]
+print('without the code:', ' '.join('%s(%s)' % (p[0], p[2]) for p in sorted(miss)))
 PY
 echo "report: $OUT/report/index.html"
