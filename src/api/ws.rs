@@ -4,7 +4,8 @@
 //!
 //! Close codes: 1001 server shutting down, 4001 token expired, 4002 peer
 //! silent past the idle timeout, 4008 slow consumer (its queue overflowed;
-//! resync through REST before reconnecting).
+//! resync through REST before reconnecting), and RFC 6455's 1002, 1007 and
+//! 1009 for a client that breaks the protocol (see `close`).
 //!
 //! The upgrade is done here rather than through axum's `WebSocketUpgrade`
 //! because the bridge needs the socket's raw write half: the router writes
@@ -13,23 +14,25 @@
 //! close), which go through the same outlet so that frames never
 //! interleave.
 
+mod close;
+mod handshake;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequestParts, Query, State};
-use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::io::{Join, ReadHalf};
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +40,8 @@ use super::AppState;
 use super::error::ApiError;
 use crate::auth::AuthUser;
 use crate::bridge::{CLOSE_SLOW_CONSUMER, ConnGuard, ControlWriter, Outlet};
+use close::Ending;
+pub use handshake::{Credentials, Upgrade, credentials};
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
@@ -47,7 +52,8 @@ pub struct WsConfig {
     /// Bound of each socket's outbound queue.
     pub queue: usize,
     pub ping_interval: Duration,
-    /// A peer silent (no pong, no frame) this long is dropped.
+    /// A peer that sends nothing (no pong, no frame) this long is closed
+    /// with 4002.
     pub idle_timeout: Duration,
     /// A write that takes longer than this drops the socket.
     pub write_timeout: Duration,
@@ -75,93 +81,15 @@ pub struct WsQuery {
     resync: Option<String>,
 }
 
-/// The token from `?token=`, `Authorization: Bearer`, or the
-/// `Sec-WebSocket-Protocol` header (`bearer, <jwt>`), for browsers.
-fn token<'a>(query: &'a WsQuery, headers: &'a HeaderMap) -> (Option<String>, bool) {
-    if let Some(t) = query.token.as_deref().filter(|t| !t.is_empty()) {
-        return (Some(t.to_string()), false);
-    }
-    if let Some(t) = super::bearer(headers) {
-        return (Some(t.to_string()), false);
-    }
-    let protocols: Vec<&str> = header_tokens(headers, header::SEC_WEBSOCKET_PROTOCOL).collect();
-    if let Some(pos) = protocols
-        .iter()
-        .position(|p| p.eq_ignore_ascii_case("bearer"))
-    {
-        return (protocols.get(pos + 1).map(|t| t.to_string()), true);
-    }
-    (None, false)
-}
-
-/// A valid WebSocket upgrade request (RFC 6455 section 4.2.1, over
-/// HTTP/1.1). Its rejection is a 400 in the API's error shape.
-pub struct Upgrade {
-    key: HeaderValue,
-    on_upgrade: OnUpgrade,
-}
-
-/// The comma-separated, trimmed tokens of every `name` header.
-fn header_tokens(headers: &HeaderMap, name: header::HeaderName) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-}
-
-fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    header_tokens(headers, name).any(|t| t.eq_ignore_ascii_case(token))
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        if parts.version > Version::HTTP_11 {
-            return Err(ApiError::bad_request(
-                "WebSocket upgrades are served over HTTP/1.1 only",
-            ));
-        }
-        if !header_has_token(&parts.headers, header::CONNECTION, "upgrade") {
-            return Err(ApiError::bad_request(
-                "`Connection` header did not include `upgrade`",
-            ));
-        }
-        if !header_has_token(&parts.headers, header::UPGRADE, "websocket") {
-            return Err(ApiError::bad_request(
-                "`Upgrade` header did not include `websocket`",
-            ));
-        }
-        if parts.headers.get(header::SEC_WEBSOCKET_VERSION) != Some(&HeaderValue::from_static("13"))
-        {
-            return Err(ApiError::bad_request(
-                "`Sec-WebSocket-Version` header is not `13`",
-            ));
-        }
-        let key = parts
-            .headers
-            .get(header::SEC_WEBSOCKET_KEY)
-            .cloned()
-            .ok_or_else(|| ApiError::bad_request("`Sec-WebSocket-Key` header is missing"))?;
-        let on_upgrade = parts
-            .extensions
-            .remove::<OnUpgrade>()
-            .ok_or_else(|| ApiError::bad_request("this connection cannot be upgraded"))?;
-        Ok(Upgrade { key, on_upgrade })
-    }
-}
-
 pub async fn handler(
     State(state): State<AppState>,
     query: Result<Query<WsQuery>, QueryRejection>,
     headers: HeaderMap,
-    upgrade: Result<Upgrade, ApiError>,
+    upgrade: Result<Upgrade, handshake::Rejection>,
 ) -> Response {
     let Query(query) = query.unwrap_or_default();
-    let (token, via_protocol) = token(&query, &headers);
-    let user: AuthUser = match state.verifier.verify(token.as_deref().unwrap_or("")) {
+    let creds = credentials(query.token.as_deref(), &headers);
+    let user: AuthUser = match state.verifier.verify(creds.token.as_deref().unwrap_or("")) {
         Ok(u) => u,
         Err(e) => return ApiError::from(e).into_response(),
     };
@@ -175,7 +103,7 @@ pub async fn handler(
     };
     let upgrade = match upgrade {
         Ok(u) => u,
-        Err(e) => return e.into_response(),
+        Err(rejection) => return rejection.into_response(),
     };
     let Ok(permit) = state.ws_permits.clone().try_acquire_owned() else {
         return ApiError::new(
@@ -211,6 +139,11 @@ pub async fn handler(
         drop(permit);
     });
     tokio::spawn(socket);
+    switching_protocols(&key, creds.protocol.as_deref())
+}
+
+/// The 101 response; `protocol` is echoed byte for byte.
+fn switching_protocols(key: &HeaderValue, protocol: Option<&str>) -> Response {
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let h = response.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -220,11 +153,9 @@ pub async fn handler(
         HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
             .expect("base64 is a header value"),
     );
-    if via_protocol {
-        h.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static("bearer"),
-        );
+    // It came from a header value, so it is one.
+    if let Some(p) = protocol.and_then(|p| HeaderValue::from_str(p).ok()) {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
     response
 }
@@ -244,25 +175,6 @@ async fn flush(outlet: &Outlet, shutdown: &CancellationToken, timeout: Duration)
     }
 }
 
-/// Sends a close frame behind what is queued (or, with `discard`, behind
-/// only a partly written frame) and waits a moment for it to leave.
-async fn close(
-    socket: &mut Socket,
-    outlet: &Outlet,
-    code: u16,
-    reason: &'static str,
-    discard: bool,
-) {
-    outlet.close(discard);
-    let frame = Message::Close(Some(CloseFrame {
-        code: code.into(),
-        reason: reason.into(),
-    }));
-    // Never waits: the frame goes into the outlet.
-    let _ = socket.send(frame).await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), outlet.flush()).await;
-}
-
 async fn serve_socket(
     mut socket: Socket,
     conn: ConnGuard,
@@ -271,6 +183,20 @@ async fn serve_socket(
     shutdown: CancellationToken,
 ) {
     let outlet: Arc<Outlet> = conn.outlet.clone();
+    let ending = run_socket(&mut socket, &outlet, &user, &cfg, &shutdown).await;
+    let reason = ending.finish(&mut socket, &outlet, &cfg).await;
+    drop(conn);
+    metrics::counter!("ragctl_ws_closed_total", "reason" => reason).increment(1);
+}
+
+/// Serves the socket until something ends it; says what.
+async fn run_socket(
+    socket: &mut Socket,
+    outlet: &Outlet,
+    user: &AuthUser,
+    cfg: &WsConfig,
+    shutdown: &CancellationToken,
+) -> Ending {
     let expires_in = Duration::from_secs(
         user.exp
             .saturating_sub(chrono::Utc::now().timestamp().max(0) as u64),
@@ -279,58 +205,43 @@ async fn serve_socket(
     tokio::pin!(expiry);
     let mut ping = tokio::time::interval(cfg.ping_interval);
     ping.tick().await;
-    let mut last_seen = Instant::now();
+    // Pushed back by every frame from the client.
+    let idle = tokio::time::sleep(cfg.idle_timeout);
+    tokio::pin!(idle);
     // Created once: each registers a waiter on a token shared by sockets.
     let shutting_down = shutdown.cancelled();
     tokio::pin!(shutting_down);
     let slow = outlet.slow.cancelled();
     tokio::pin!(slow);
-    let reason = loop {
+    loop {
         tokio::select! {
             biased;
-            _ = &mut shutting_down => {
-                close(&mut socket, &outlet, CLOSE_GOING_AWAY, "server shutting down", false).await;
-                break "shutdown";
-            }
-            _ = &mut slow => {
-                // The queue is full: the client missed events. Best effort
-                // close; the socket may be too clogged to take even that.
-                close(&mut socket, &outlet, CLOSE_SLOW_CONSUMER, "slow consumer: resync via REST", true).await;
-                break "slow_consumer";
-            }
-            _ = &mut expiry => {
-                close(&mut socket, &outlet, CLOSE_TOKEN_EXPIRED, "token expired", false).await;
-                break "token_expired";
-            }
+            _ = &mut shutting_down => return Ending::server(CLOSE_GOING_AWAY, "server shutting down", "shutdown"),
+            // The queue is full: the client missed events.
+            _ = &mut slow => return Ending::slow(CLOSE_SLOW_CONSUMER, "slow consumer: resync via REST"),
+            _ = &mut expiry => return Ending::server(CLOSE_TOKEN_EXPIRED, "token expired", "token_expired"),
+            _ = &mut idle => return Ending::server(CLOSE_IDLE, "nothing from the client within the idle timeout", "idle"),
             _ = outlet.wake.notified() => {
-                if !flush(&outlet, &shutdown, cfg.write_timeout).await {
-                    break "write_failed";
+                if !flush(outlet, shutdown, cfg.write_timeout).await {
+                    return Ending::Gone("write_failed");
                 }
             }
             incoming = socket.next() => match incoming {
-                Some(Ok(Message::Close(_))) => {
-                    // tungstenite has queued its reply; let it leave.
-                    let _ = socket.flush().await;
-                    let _ = tokio::time::timeout(Duration::from_secs(1), outlet.flush()).await;
-                    break "client_closed";
-                }
-                None | Some(Err(_)) => break "client_closed",
+                // tungstenite has queued its reply (1002 for a close code
+                // that is not allowed).
+                Some(Ok(Message::Close(_))) => return Ending::Replied,
                 // Pongs, pings (answered by the library) and anything else a
                 // client sends: proof of life, content ignored.
-                Some(Ok(_)) => last_seen = Instant::now(),
+                Some(Ok(_)) => idle.as_mut().reset(Instant::now() + cfg.idle_timeout),
+                Some(Err(e)) => return Ending::from_error(&e),
+                None => return Ending::Gone("client_closed"),
             },
             _ = ping.tick() => {
-                if last_seen.elapsed() > cfg.idle_timeout {
-                    close(&mut socket, &outlet, CLOSE_IDLE, "no pong within the idle timeout", false).await;
-                    break "idle";
-                }
                 // Never waits: the frame goes into the outlet.
                 if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    break "write_failed";
+                    return Ending::Gone("write_failed");
                 }
             }
         }
-    };
-    drop(conn);
-    metrics::counter!("ragctl_ws_closed_total", "reason" => reason).increment(1);
+    }
 }

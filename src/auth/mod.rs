@@ -16,6 +16,8 @@ pub enum AuthError {
     Missing,
     #[error("token expired")]
     Expired,
+    #[error("token not valid yet (its `nbf` is in the future)")]
+    NotYetValid,
     #[error("invalid token: {0}")]
     Invalid(String),
     /// A valid token that names no user (Supabase's anon or service_role).
@@ -65,6 +67,7 @@ impl Verifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "aud"]);
+        validation.validate_nbf = true;
         validation.leeway = 0;
         Ok(Verifier {
             key: DecodingKey::from_secret(secret.as_bytes()).map_err(|_| EmptySecret)?,
@@ -80,6 +83,7 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience".into()),
                 ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
                 ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm must be HS256".into()),
@@ -168,6 +172,14 @@ mod tests {
             v.verify(&sign("s3cret", expired, "HS256")),
             Err(AuthError::Expired)
         );
+        let early = serde_json::json!({"sub": user, "exp": future, "nbf": future - 300, "aud": "authenticated"});
+        assert_eq!(
+            v.verify(&sign("s3cret", early, "HS256")),
+            Err(AuthError::NotYetValid)
+        );
+        let started =
+            serde_json::json!({"sub": user, "exp": future, "nbf": past, "aud": "authenticated"});
+        assert!(v.verify(&sign("s3cret", started, "HS256")).is_ok());
         let wrong_aud = serde_json::json!({"sub": user, "exp": future, "aud": "anon"});
         assert_eq!(
             v.verify(&sign("s3cret", wrong_aud, "HS256")),

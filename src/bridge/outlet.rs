@@ -19,8 +19,11 @@ use tokio::io::AsyncWrite;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-/// Control frames allowed beyond the queue bound.
+/// Pings and pongs allowed beyond the queue bound.
 const CONTROL_HEADROOM: usize = 8;
+
+/// The first byte of an unfragmented close frame (FIN, opcode 8).
+const CLOSE_FRAME: u8 = 0x88;
 
 /// Where an outlet writes: the raw byte stream of the socket. It must not
 /// buffer (a successful `poll_write` means the bytes are with the kernel).
@@ -72,6 +75,8 @@ struct State {
     closing: bool,
     /// A write failed: the connection is gone.
     broken: bool,
+    /// The close frame is queued or written: it has a slot of its own.
+    close_sent: bool,
 }
 
 pub struct Outlet {
@@ -95,6 +100,7 @@ impl Outlet {
                 frames: 0,
                 closing: false,
                 broken: false,
+                close_sent: false,
             }),
             wake: Notify::new(),
             slow: CancellationToken::new(),
@@ -125,13 +131,16 @@ impl Outlet {
         if st.broken {
             return Pushed::Closed;
         }
-        // A little headroom, so that a close frame still fits behind a full
-        // queue; a client flooding pings without reading still hits it.
-        self.enqueue(
-            &mut st,
-            Chunk::control(bytes),
-            self.limit + CONTROL_HEADROOM,
-        )
+        // One close frame always fits, whatever fills the queue: room is
+        // kept for it beyond the bound (and the headroom of pings and
+        // pongs, which a client flooding pings without reading can fill).
+        let limit = if bytes.first() == Some(&CLOSE_FRAME) && !st.close_sent {
+            st.close_sent = true;
+            usize::MAX
+        } else {
+            self.limit + CONTROL_HEADROOM
+        };
+        self.enqueue(&mut st, Chunk::control(bytes), limit)
     }
 
     fn enqueue(&self, st: &mut State, chunk: Chunk, limit: usize) -> Pushed {
@@ -240,6 +249,12 @@ impl Outlet {
         }
     }
 
+    /// Half-closes the socket (TCP FIN) once the queue is written.
+    pub async fn shutdown(&self) -> io::Result<()> {
+        self.flush().await?;
+        std::future::poll_fn(|cx| self.lock().sink.as_mut().poll_shutdown(cx)).await
+    }
+
     /// Frames waiting in the queue.
     pub fn queued(&self) -> usize {
         self.lock().frames
@@ -342,6 +357,31 @@ mod tests {
         flushed.unwrap();
         // The rest of the partial frame, then the control frame; "ef" dropped.
         assert_eq!(got, b"abcdXY");
+    }
+
+    #[tokio::test]
+    async fn a_close_frame_fits_behind_a_queue_full_of_pongs() {
+        let (w, mut r) = tokio::io::duplex(2);
+        let out = Outlet::new(Box::pin(w), 2);
+        assert_eq!(out.push(chunk("abcd")), Pushed::Queued); // "ab" written
+        let mut pongs = 0;
+        while out.push_control(Bytes::from_static(b"\x8a\x00")) == Pushed::Queued {
+            pongs += 1;
+        }
+        assert_eq!(pongs, 2 + CONTROL_HEADROOM - 1);
+        assert!(out.slow.is_cancelled());
+        out.close(false);
+        let close = Bytes::from_static(b"\x88\x02\x0f\xa8");
+        assert_eq!(out.push_control(close), Pushed::Queued);
+        let mut got = vec![0u8; 4 + 2 * pongs + 4];
+        let read = async {
+            r.read_exact(&mut got).await.unwrap();
+        };
+        let (_, flushed) = tokio::join!(read, out.flush());
+        flushed.unwrap();
+        // The partial frame, the pongs, then the close (4008).
+        assert_eq!(&got[..4], b"abcd");
+        assert_eq!(&got[4 + 2 * pongs..], b"\x88\x02\x0f\xa8");
     }
 
     #[tokio::test]

@@ -44,6 +44,10 @@ pub struct ServeArgs {
     /// Server ping interval (seconds); peers silent for 3 intervals are dropped.
     #[arg(long, env = "RAG_WS_PING_SECS", default_value_t = 20)]
     pub ws_ping_secs: u64,
+    /// Close a WebSocket that sent nothing (no pong, no frame) this long
+    /// (seconds, 4002); default 3 ping intervals.
+    #[arg(long, env = "RAG_WS_IDLE_SECS")]
+    pub ws_idle_secs: Option<u64>,
     /// Most WebSocket connections this process holds.
     #[arg(long, env = "RAG_WS_MAX_CONNECTIONS", default_value_t = 50_000)]
     pub ws_max_connections: usize,
@@ -218,7 +222,11 @@ async fn serve(
         ws: WsConfig {
             queue: args.ws_queue,
             ping_interval: Duration::from_secs(args.ws_ping_secs.max(1)),
-            idle_timeout: Duration::from_secs(args.ws_ping_secs.max(1) * 3),
+            idle_timeout: Duration::from_secs(
+                args.ws_idle_secs
+                    .unwrap_or(args.ws_ping_secs.max(1) * 3)
+                    .max(1),
+            ),
             max_connections: args.ws_max_connections,
             ..WsConfig::default()
         },
