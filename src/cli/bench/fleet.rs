@@ -97,21 +97,23 @@ pub(super) struct Fleet {
     pub(super) _tasks: JoinSet<()>,
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn fleet_client(
-    idx: usize,
+/// What the fleet's clients share: where to connect, where to record,
+/// the counters, and the gate that bounds concurrent handshakes.
+struct Crew {
     ep: Endpoint,
-    token: Arc<str>,
     sink: Arc<Sink>,
     connected: Arc<AtomicUsize>,
     disconnects: Arc<AtomicU64>,
-    gate: Arc<Semaphore>,
+    gate: Semaphore,
     clock: Clock,
-) {
+}
+
+/// Client `idx`: connects (again after a close), records every frame.
+async fn fleet_client(idx: usize, token: Arc<str>, crew: Arc<Crew>) {
     loop {
         let ws = {
-            let _permit = gate.acquire().await;
-            ws_connect(&ep, &token).await
+            let _permit = crew.gate.acquire().await;
+            ws_connect(&crew.ep, &token).await
         };
         let mut ws = match ws {
             Ok(ws) => ws,
@@ -120,16 +122,16 @@ pub(super) async fn fleet_client(
                 continue;
             }
         };
-        connected.fetch_add(1, Ordering::SeqCst);
+        crew.connected.fetch_add(1, Ordering::SeqCst);
         while let Some(m) = ws.next().await {
             match m {
-                Ok(Message::Text(t)) => sink.record(idx, t.as_str(), clock.ns()),
+                Ok(Message::Text(t)) => crew.sink.record(idx, t.as_str(), crew.clock.ns()),
                 Ok(Message::Close(_)) | Err(_) => break,
                 Ok(_) => {}
             }
         }
-        connected.fetch_sub(1, Ordering::SeqCst);
-        disconnects.fetch_add(1, Ordering::SeqCst);
+        crew.connected.fetch_sub(1, Ordering::SeqCst);
+        crew.disconnects.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -139,28 +141,24 @@ pub(super) async fn start_fleet(
     clients: usize,
     clock: Clock,
 ) -> anyhow::Result<Fleet> {
-    let sink = Arc::new(Sink::new(clients));
-    let connected = Arc::new(AtomicUsize::new(0));
-    let disconnects = Arc::new(AtomicU64::new(0));
-    let gate = Arc::new(Semaphore::new(HANDSHAKES));
+    let crew = Arc::new(Crew {
+        ep: ep.clone(),
+        sink: Arc::new(Sink::new(clients)),
+        connected: Arc::new(AtomicUsize::new(0)),
+        disconnects: Arc::new(AtomicU64::new(0)),
+        gate: Semaphore::new(HANDSHAKES),
+        clock,
+    });
     let mut tasks = JoinSet::new();
     for idx in 0..clients {
-        tasks.spawn(fleet_client(
-            idx,
-            ep.clone(),
-            tokens[idx % tokens.len()].clone(),
-            sink.clone(),
-            connected.clone(),
-            disconnects.clone(),
-            gate.clone(),
-            clock,
-        ));
+        let token = tokens[idx % tokens.len()].clone();
+        tasks.spawn(fleet_client(idx, token, crew.clone()));
     }
     let fleet = Fleet {
-        sink,
+        sink: crew.sink.clone(),
         clients,
-        connected,
-        disconnects,
+        connected: crew.connected.clone(),
+        disconnects: crew.disconnects.clone(),
         _tasks: tasks,
     };
     fleet.wait_connected(Duration::from_secs(60)).await?;

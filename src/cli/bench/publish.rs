@@ -73,58 +73,63 @@ pub(super) struct Batch {
     pub(super) users: Arc<Vec<Uuid>>,
 }
 
-/// Publishes events `k, k + P, ...` of the batch from publisher `k`, event
-/// `i` due at `t0 + i / rate`, at most [`MAX_IN_FLIGHT`] pipelined; stores
-/// each commit instant in `commits`.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn publish_share(
-    publisher: Arc<Publisher>,
-    k: usize,
-    step: usize,
-    channel: Arc<str>,
+/// What every publisher of a phase shares: the batch, the pace, where the
+/// commit instants go.
+struct Plan {
+    channel: String,
     batch: Arc<Batch>,
+    /// Commit instant of each event, stored by the publisher that sent it.
     commits: Arc<Vec<AtomicU64>>,
+    /// Events per second, over all publishers.
     rate: f64,
+    /// When event 0 is due.
     t0: tokio::time::Instant,
     clock: Clock,
-) -> u64 {
-    let n = batch.n;
-    let client = &publisher.client;
-    let stmt = &publisher.stmt;
-    let channel: &str = &channel;
+    /// Publishers sharing the batch: publisher `k` sends `k, k + P, ...`.
+    publishers: usize,
+}
+
+/// Publishes events `k, k + P, ...` of the batch from publisher `k`, event
+/// `i` due at `t0 + i / rate`, at most [`MAX_IN_FLIGHT`] pipelined; stores
+/// each commit instant in `commits`. Returns how many failed.
+async fn publish_share(publisher: Arc<Publisher>, k: usize, plan: Arc<Plan>) -> u64 {
+    let (client, stmt) = (&publisher.client, &publisher.stmt);
+    let channel: &str = &plan.channel;
     let mut errors = 0;
     let mut next = k;
     let mut inflight = FuturesUnordered::new();
     loop {
-        let can_send = next < n && inflight.len() < MAX_IN_FLIGHT;
+        let can_send = next < plan.batch.n && inflight.len() < MAX_IN_FLIGHT;
         if !can_send && inflight.is_empty() {
             break;
         }
-        let due = t0 + Duration::from_secs_f64(next as f64 / rate);
+        let due = plan.t0 + Duration::from_secs_f64(next as f64 / plan.rate);
         tokio::select! {
             biased;
             Some(done) = inflight.next(), if !inflight.is_empty() => {
                 let (seq, ok): (usize, bool) = done;
                 if ok {
-                    commits[seq].store(clock.ns().max(1), Ordering::Relaxed);
+                    plan.commits[seq].store(plan.clock.ns().max(1), Ordering::Relaxed);
                 } else {
                     errors += 1;
                 }
             }
             _ = tokio::time::sleep_until(due), if can_send => {
                 let seq = next;
-                let payload = event_payload(batch.phase, seq, &batch.users);
+                let payload = event_payload(plan.batch.phase, seq, &plan.batch.users);
                 inflight.push(async move {
                     let params: [&(dyn ToSql + Sync); 2] = [&channel, &payload];
                     (seq, client.execute(stmt, &params).await.is_ok())
                 });
-                next += step;
+                next += plan.publishers;
             }
         }
     }
     errors
 }
 
+/// Publishes the batch at `rate` from every publisher (on `runtime`) and
+/// waits for the last commit.
 pub(super) async fn publish(
     runtime: &tokio::runtime::Handle,
     publishers: &[Arc<Publisher>],
@@ -134,31 +139,26 @@ pub(super) async fn publish(
     rate: u32,
     clock: Clock,
 ) -> anyhow::Result<Published> {
-    let channel: Arc<str> = Arc::from(channel);
-    let t0 = tokio::time::Instant::now() + Duration::from_millis(20);
+    let plan = Arc::new(Plan {
+        channel: channel.to_string(),
+        batch,
+        commits,
+        rate: rate as f64,
+        t0: tokio::time::Instant::now() + Duration::from_millis(20),
+        clock,
+        publishers: publishers.len(),
+    });
     let first_ns = clock.ns() + 20_000_000;
     let mut tasks = JoinSet::new();
     for (k, p) in publishers.iter().enumerate() {
-        tasks.spawn_on(
-            publish_share(
-                p.clone(),
-                k,
-                publishers.len(),
-                channel.clone(),
-                batch.clone(),
-                commits.clone(),
-                rate as f64,
-                t0,
-                clock,
-            ),
-            runtime,
-        );
+        tasks.spawn_on(publish_share(p.clone(), k, plan.clone()), runtime);
     }
     let mut errors = 0;
     while let Some(r) = tasks.join_next().await {
         errors += r.context("publisher task")?;
     }
-    let last_commit_ns = commits
+    let last_commit_ns = plan
+        .commits
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
         .max()

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use super::BenchArgs;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
     pub cpus: usize,
@@ -153,11 +155,11 @@ pub struct CpuShare {
 
 /// CPU taken by the hypervisor (steal) or unrelated processes above which a
 /// phase is reported as disturbed, in % of one core.
-pub(super) const DISTURBED_PCT: f64 = 5.0;
+const DISTURBED_PCT: f64 = 5.0;
 
 /// Why a phase's numbers are not representative, if they are not. The
 /// verdicts stand; this tells the reader to re-run on a quieter machine.
-pub(super) fn disturbance(label: &str, cpu: &CpuShare) -> Option<String> {
+fn disturbance(label: &str, cpu: &CpuShare) -> Option<String> {
     (cpu.steal > DISTURBED_PCT || cpu.other > DISTURBED_PCT).then(|| {
         format!(
             "the {label} latency phase was disturbed: steal {:.0}%, other processes {:.0}% of one core (over {DISTURBED_PCT:.0}%); re-run on a quiet machine before reading its latency",
@@ -166,46 +168,70 @@ pub(super) fn disturbance(label: &str, cpu: &CpuShare) -> Option<String> {
     })
 }
 
-pub(super) fn targets(
+impl Config {
+    pub(super) fn new(args: &BenchArgs) -> Config {
+        Config {
+            rate: args.rate,
+            duration_s: args.duration.as_secs_f64(),
+            clients: args.clients,
+            users: args.users,
+            publishers: args.publishers,
+            idle_sockets: args.idle_sockets,
+            step_s: args.step.as_secs_f64(),
+            server: match &args.server_url {
+                Some(u) => u.clone(),
+                None => format!(
+                    "started: ragctl serve --no-workers --ws-queue={}",
+                    args.ws_queue
+                ),
+            },
+            ws_queue: args.server_url.is_none().then_some(args.ws_queue),
+        }
+    }
+}
+
+impl Report {
+    /// The measurements, judged against the targets.
+    pub(super) fn new(
+        machine: Machine,
+        config: Config,
+        idle: Option<IdleReport>,
+        raw: PhaseResult,
+        bridge: PhaseResult,
+        ceiling: Option<CeilingReport>,
+    ) -> Report {
+        let targets = targets(&config, &raw, &bridge, ceiling.as_ref(), idle.as_ref());
+        let ok = targets.iter().all(|t| t.met != Some(false));
+        let disturbed = [("raw", &raw), ("bridge", &bridge)]
+            .into_iter()
+            .filter_map(|(label, p)| disturbance(label, p.cpu.as_ref()?))
+            .collect();
+        Report {
+            machine,
+            config,
+            idle,
+            raw,
+            bridge,
+            ceiling,
+            targets,
+            ok,
+            disturbed,
+        }
+    }
+}
+
+fn targets(
     config: &Config,
     raw: &PhaseResult,
     bridge: &PhaseResult,
     ceiling: Option<&CeilingReport>,
     idle: Option<&IdleReport>,
 ) -> Vec<TargetCheck> {
-    let mut out = Vec::new();
     let at = format!(
         "{}/s, {} clients, {} users",
         config.rate, config.clients, config.users
     );
-    let ms = |us: i64| format!("{:+.3} ms", us as f64 / 1000.0);
-    match (&raw.latency, &bridge.latency) {
-        (Some(r), Some(b)) => {
-            let d50 = b.p50_us as i64 - r.p50_us as i64;
-            let d99 = b.p99_us as i64 - r.p99_us as i64;
-            out.push(TargetCheck {
-                key: "latency_p50",
-                name: format!("bridge p50 − raw p50 ({at})"),
-                target: "≤ +0.5 ms".into(),
-                measured: format!("{} ({} vs {} µs)", ms(d50), b.p50_us, r.p50_us),
-                met: Some(d50 <= 500),
-            });
-            out.push(TargetCheck {
-                key: "latency_p99",
-                name: format!("bridge p99 − raw p99 ({at})"),
-                target: "≤ +2 ms".into(),
-                measured: format!("{} ({} vs {} µs)", ms(d99), b.p99_us, r.p99_us),
-                met: Some(d99 <= 2000),
-            });
-        }
-        _ => out.push(TargetCheck {
-            key: "latency",
-            name: "latency".into(),
-            target: "deliveries to measure".into(),
-            measured: "nothing delivered".into(),
-            met: Some(false),
-        }),
-    }
+    let mut out = latency_targets(&at, raw, bridge);
     out.push(TargetCheck {
         key: "no_loss",
         name: format!("nothing lost in the latency runs ({at})"),
@@ -218,47 +244,90 @@ pub(super) fn targets(
             raw.lost == 0 && bridge.lost == 0 && bridge.misrouted == 0 && bridge.duplicates == 0,
         ),
     });
-    out.push(match ceiling {
-        Some(c) => TargetCheck {
-            key: "ceiling_ratio",
-            name: "bridge ceiling / raw ceiling (zero loss)".into(),
-            target: "≥ 90%".into(),
-            measured: format!(
+    out.push(ceiling_target(ceiling));
+    out.push(idle_target(idle));
+    out
+}
+
+/// Bridge minus raw at p50 (≤ +0.5 ms) and p99 (≤ +2 ms).
+fn latency_targets(at: &str, raw: &PhaseResult, bridge: &PhaseResult) -> Vec<TargetCheck> {
+    let (Some(r), Some(b)) = (&raw.latency, &bridge.latency) else {
+        return vec![TargetCheck {
+            key: "latency",
+            name: "latency".into(),
+            target: "deliveries to measure".into(),
+            measured: "nothing delivered".into(),
+            met: Some(false),
+        }];
+    };
+    let ms = |us: i64| format!("{:+.3} ms", us as f64 / 1000.0);
+    let d50 = b.p50_us as i64 - r.p50_us as i64;
+    let d99 = b.p99_us as i64 - r.p99_us as i64;
+    vec![
+        TargetCheck {
+            key: "latency_p50",
+            name: format!("bridge p50 − raw p50 ({at})"),
+            target: "≤ +0.5 ms".into(),
+            measured: format!("{} ({} vs {} µs)", ms(d50), b.p50_us, r.p50_us),
+            met: Some(d50 <= 500),
+        },
+        TargetCheck {
+            key: "latency_p99",
+            name: format!("bridge p99 − raw p99 ({at})"),
+            target: "≤ +2 ms".into(),
+            measured: format!("{} ({} vs {} µs)", ms(d99), b.p99_us, r.p99_us),
+            met: Some(d99 <= 2000),
+        },
+    ]
+}
+
+/// The bridge's zero-loss ceiling is at least 90% of the raw one.
+fn ceiling_target(ceiling: Option<&CeilingReport>) -> TargetCheck {
+    let (measured, met) = match ceiling {
+        Some(c) => (
+            format!(
                 "{:.1}% ({} vs {} events/s)",
                 c.ratio * 100.0,
                 c.bridge.events_per_s,
                 c.raw.events_per_s
             ),
-            met: Some(c.ratio >= 0.9),
-        },
-        None => TargetCheck {
-            key: "ceiling_ratio",
-            name: "bridge ceiling / raw ceiling (zero loss)".into(),
-            target: "≥ 90%".into(),
-            measured: "skipped (--no-ceiling)".into(),
-            met: None,
-        },
-    });
-    out.push(match idle.and_then(|i| i.kib_per_socket.map(|k| (i, k))) {
-        Some((i, k)) => TargetCheck {
-            key: "idle_rss",
-            name: format!("RSS per idle socket ({} sockets)", i.opened),
-            target: "≤ 32 KiB".into(),
-            measured: format!("{k:.2} KiB"),
-            met: Some(k <= 32.0 && i.opened == i.requested),
-        },
-        None => TargetCheck {
-            key: "idle_rss",
-            name: "RSS per idle socket".into(),
-            target: "≤ 32 KiB".into(),
-            measured: match idle {
+            Some(c.ratio >= 0.9),
+        ),
+        None => ("skipped (--no-ceiling)".into(), None),
+    };
+    TargetCheck {
+        key: "ceiling_ratio",
+        name: "bridge ceiling / raw ceiling (zero loss)".into(),
+        target: "≥ 90%".into(),
+        measured,
+        met,
+    }
+}
+
+/// At most 32 KiB of server RSS per idle socket, all of them opened.
+fn idle_target(idle: Option<&IdleReport>) -> TargetCheck {
+    let (name, measured, met) = match idle.and_then(|i| i.kib_per_socket.map(|k| (i, k))) {
+        Some((i, k)) => (
+            format!("RSS per idle socket ({} sockets)", i.opened),
+            format!("{k:.2} KiB"),
+            Some(k <= 32.0 && i.opened == i.requested),
+        ),
+        None => (
+            "RSS per idle socket".to_string(),
+            match idle {
                 None => "skipped (--idle-sockets 0)".into(),
                 Some(_) => "not measured (no server pid: pass --server-pid)".into(),
             },
-            met: None,
-        },
-    });
-    out
+            None,
+        ),
+    };
+    TargetCheck {
+        key: "idle_rss",
+        name,
+        target: "≤ 32 KiB".into(),
+        measured,
+        met,
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The server the benchmark starts (and its database), or the one it
 //! is pointed at.
 
+use std::collections::VecDeque;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -8,8 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::BenchArgs;
 use super::fleet::Endpoint;
+use super::{BenchArgs, progress};
+use crate::config::ConnectOpts;
 use crate::db::listener::quote_ident;
 
 /// The server this command started, and the database it created.
@@ -56,16 +58,86 @@ pub(super) fn random_hex(bytes: usize) -> String {
         .collect()
 }
 
-pub(super) async fn start_server(
-    admin_url: &str,
-    db: &str,
+/// Database server used when none is configured.
+const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The server under test, and what the benchmark needs to reach it.
+pub(super) struct Site {
+    pub(super) db_url: String,
+    pub(super) secret: String,
+    pub(super) api: String,
+    pub(super) pid: Option<u32>,
+    /// The server this command started, to stop (and drop its database).
+    pub(super) own: Option<OwnServer>,
+}
+
+impl Site {
+    /// The server at --server-url, or one started on a fresh database.
+    pub(super) async fn open(
+        connect: &ConnectOpts,
+        args: &BenchArgs,
+        channel: &str,
+    ) -> anyhow::Result<Site> {
+        if let Some(api) = &args.server_url {
+            return Ok(Site {
+                db_url: connect.database_url()?,
+                secret: connect.jwt_secret()?,
+                api: api.trim_end_matches('/').to_string(),
+                pid: args.server_pid,
+                own: None,
+            });
+        }
+        let admin = connect
+            .database_url()
+            .unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string());
+        let db = format!("bench_{}_{}", std::process::id(), random_hex(4));
+        admin_sql(&admin, &format!("CREATE DATABASE {}", quote_ident(&db)))
+            .await
+            .with_context(|| {
+                format!("cannot create the benchmark database on {}", redact(&admin))
+            })?;
+        let secret = random_hex(32);
+        progress(&format!(
+            "database {db} created; starting `ragctl serve --no-workers`"
+        ));
+        let server = match start_server(&admin, &db, &secret, channel, args).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = admin_sql(&admin, &drop_database(&db)).await;
+                return Err(e);
+            }
+        };
+        Ok(Site {
+            db_url: with_db(&admin, &db)?,
+            secret,
+            api: server.api.clone(),
+            pid: Some(server.pid),
+            own: Some(server),
+        })
+    }
+}
+
+fn drop_database(db: &str) -> String {
+    format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(db))
+}
+
+/// The URL without its credentials, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}{}", &url[..s + 3], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+/// `ragctl serve --no-workers --port 0` on `db_url`, its log piped.
+fn spawn_serve(
+    db_url: &str,
     secret: &str,
     channel: &str,
     args: &BenchArgs,
-) -> anyhow::Result<OwnServer> {
-    let db_url = with_db(admin_url, db)?;
+) -> anyhow::Result<tokio::process::Child> {
     let exe = std::env::current_exe().context("cannot find the ragctl executable")?;
-    let mut child = tokio::process::Command::new(exe)
+    tokio::process::Command::new(exe)
         .args([
             "serve",
             "--no-workers",
@@ -75,7 +147,7 @@ pub(super) async fn start_server(
             "0",
         ])
         .arg(format!("--ws-queue={}", args.ws_queue))
-        .env("DATABASE_URL", &db_url)
+        .env("DATABASE_URL", db_url)
         .env("RAG_JWT_SECRET", secret)
         .env("RAG_EVENTS_CHANNEL", channel)
         .env("RAG_LOG", if args.server_log { "info" } else { "warn" })
@@ -86,13 +158,21 @@ pub(super) async fn start_server(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .context("cannot start `ragctl serve`")?;
-    let pid = child.id().context("server exited at once")?;
-    let stderr = child.stderr.take().expect("piped");
+        .context("cannot start `ragctl serve`")
+}
+
+/// The server's last log lines, kept to explain a failed start.
+type Tail = Arc<Mutex<VecDeque<String>>>;
+
+/// Reads the server's log: sends the API's address once it is announced,
+/// keeps the last 20 lines, and copies them to stderr if `copy`.
+fn watch_log(
+    stderr: tokio::process::ChildStderr,
+    copy: bool,
+) -> (tokio::sync::oneshot::Receiver<String>, Tail) {
     let (api_tx, api_rx) = tokio::sync::oneshot::channel::<String>();
-    let tail = Arc::new(Mutex::new(std::collections::VecDeque::<String>::new()));
+    let tail: Tail = Arc::new(Mutex::new(VecDeque::new()));
     let tail_w = tail.clone();
-    let copy = args.server_log;
     tokio::spawn(async move {
         let mut api_tx = Some(api_tx);
         let mut lines = BufReader::new(stderr).lines();
@@ -100,12 +180,8 @@ pub(super) async fn start_server(
             if let Some(rest) = line.strip_prefix("ragctl: API on ")
                 && let Some(tx) = api_tx.take()
             {
-                let _ = tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
+                let api = rest.split_whitespace().next().unwrap_or_default();
+                let _ = tx.send(api.to_string());
             }
             if copy {
                 eprintln!("[server] {line}");
@@ -117,6 +193,20 @@ pub(super) async fn start_server(
             }
         }
     });
+    (api_rx, tail)
+}
+
+pub(super) async fn start_server(
+    admin_url: &str,
+    db: &str,
+    secret: &str,
+    channel: &str,
+    args: &BenchArgs,
+) -> anyhow::Result<OwnServer> {
+    let mut child = spawn_serve(&with_db(admin_url, db)?, secret, channel, args)?;
+    let pid = child.id().context("server exited at once")?;
+    let stderr = child.stderr.take().expect("piped");
+    let (api_rx, tail) = watch_log(stderr, args.server_log);
     let server = OwnServer {
         child,
         pid,
@@ -148,11 +238,7 @@ impl OwnServer {
         {
             let _ = self.child.kill().await;
         }
-        let drop_sql = format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote_ident(&self.db)
-        );
-        if let Err(e) = admin_sql(&self.admin_url, &drop_sql).await {
+        if let Err(e) = admin_sql(&self.admin_url, &drop_database(&self.db)).await {
             eprintln!("bench: warning: could not drop database {}: {e:#}", self.db);
         }
     }
