@@ -201,29 +201,25 @@ mod tests {
 
     #[test]
     fn a_websocket_url_may_name_the_endpoint() {
-        assert_eq!(
-            ws_url("ws://127.0.0.1:8080/ws", false).unwrap(),
-            "ws://127.0.0.1:8080/ws"
-        );
-        assert_eq!(
-            ws_url("WS://h:1/ws/", true).unwrap(),
-            "ws://h:1/ws?resync=1"
-        );
-        assert_eq!(ws_url("ws://h:1", false).unwrap(), "ws://h:1/ws");
-        assert_eq!(ws_url("ws://h/api", false).unwrap(), "ws://h/api/ws");
-        // An http base URL is the API's, whatever its path.
-        assert_eq!(ws_url("http://h/ws", false).unwrap(), "ws://h/ws/ws");
-        assert!(matches!(
-            ws_url("wss://h/ws", false),
-            Err(WsClientError::Tls(_))
-        ));
-        assert!(matches!(
-            ws_url("ws://h/ws?token=x", false),
-            Err(WsClientError::BadUrl { .. })
-        ));
-        assert!(matches!(
-            ws_url("ftp://h", false),
-            Err(WsClientError::BadUrl { .. })
-        ));
+        let cases = [
+            ("ws://127.0.0.1:8080/ws", false, "ws://127.0.0.1:8080/ws"),
+            ("WS://h:1/ws/", true, "ws://h:1/ws?resync=1"),
+            ("ws://h:1", false, "ws://h:1/ws"),
+            ("ws://h/api", false, "ws://h/api/ws"),
+            // An http base URL is the API's, whatever its path.
+            ("http://h/ws", false, "ws://h/ws/ws"),
+        ];
+        for (url, resync, want) in cases {
+            assert_eq!(ws_url(url, resync).unwrap(), want, "{url}");
+        }
+        let tls = ws_url("wss://h/ws", false);
+        assert!(matches!(tls, Err(WsClientError::Tls(_))), "{tls:?}");
+        for bad in ["ws://h/ws?token=x", "ftp://h", "h:8080"] {
+            let r = ws_url(bad, false);
+            assert!(
+                matches!(r, Err(WsClientError::BadUrl { .. })),
+                "{bad}: {r:?}"
+            );
+        }
     }
 }
