@@ -14,6 +14,7 @@ use deadpool_postgres::Pool;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use super::text::loose_json;
 use crate::config::ConnectOpts;
 use crate::events::{
     Envelope, EventType, MAX_NOTIFY_BYTES, Publisher, encode_notifications, validate_payload,
@@ -103,11 +104,6 @@ fn type_list() -> String {
         .map(|t| t.as_str())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A `--set` value: JSON when it parses, a string otherwise.
-pub(crate) fn loose_json(raw: &str) -> Value {
-    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
 }
 
 /// Fills in what the caller left out with values a real event could carry,

@@ -10,10 +10,11 @@ mod emit;
 mod rest;
 mod serve;
 mod tap;
+mod term_style;
+mod text;
 mod worker;
 mod ws_client;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -98,8 +99,7 @@ impl Failure {
 }
 
 fn init_logging(filter: &str) {
-    let color = std::io::stderr().is_terminal()
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let color = term_style::color_for(&std::io::stderr());
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

@@ -11,7 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::Failure;
-use super::ws_client::error_detail;
+use super::text::{error_detail, value_text};
 use crate::config::{ConnectOpts, parse_duration};
 use crate::events::EventType;
 
@@ -381,8 +381,7 @@ pub async fn docs(connect: ConnectOpts, args: DocsArgs) -> anyhow::Result<ExitCo
             } else if let Some(map) = doc.as_object() {
                 let width = map.keys().map(String::len).max().unwrap_or(0);
                 for (k, v) in map {
-                    let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-                    writeln!(out, "{k:<width$}  {text}")?;
+                    writeln!(out, "{k:<width$}  {}", value_text(v))?;
                 }
             }
         }

@@ -12,8 +12,8 @@ mod wire;
 pub use contract::{ContractError, EventType, validate_payload};
 pub use publish::{LocalDelivery, PublishError, Publisher};
 pub use wire::{
-    DropReason, Envelope, FRAGMENT_CHUNK_BYTES, Frame, MAX_ENVELOPE_BYTES, MAX_NOTIFY_BYTES,
-    Reassembler, WireMessage, decode, encode_notifications,
+    DropReason, Envelope, FRAGMENT_CHUNK_BYTES, Frame, GroupProgress, MAX_ENVELOPE_BYTES,
+    MAX_NOTIFY_BYTES, Reassembler, WireMessage, decode, encode_notifications,
 };
 
 /// Current envelope version; any other `v` is rejected.

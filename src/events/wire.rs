@@ -201,6 +201,14 @@ struct Partial {
     started: Instant,
 }
 
+/// A fragment group in flight: its fragments in so far, and since when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupProgress {
+    pub id: Uuid,
+    pub fragments: usize,
+    pub started: Instant,
+}
+
 /// Joins fragments back into envelopes. Bounded: at most `max_groups`
 /// envelopes in flight; the oldest is evicted (and counted) past that.
 pub struct Reassembler {
@@ -226,6 +234,15 @@ impl Reassembler {
 
     pub fn in_flight(&self) -> usize {
         self.groups.len()
+    }
+
+    /// The groups in flight, for an inspector that shows them.
+    pub fn groups(&self) -> impl Iterator<Item = GroupProgress> + '_ {
+        self.groups.iter().map(|(id, p)| GroupProgress {
+            id: *id,
+            fragments: p.received,
+            started: p.started,
+        })
     }
 
     /// Adds one fragment. Returns the whole envelope once its last fragment

@@ -4,11 +4,28 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Input;
 use crate::db::listener::{self, ListenItem, ListenerConfig};
+
+/// The state of the LISTEN connection: the shared listener's own status.
+pub use crate::db::listener::ListenerStatus as SourceStatus;
+
+/// What the source sends to the inspector.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Input {
+    /// One NOTIFY, exactly as it came off the connection.
+    Notification {
+        channel: String,
+        payload: String,
+        received_at: DateTime<Utc>,
+    },
+    /// The state of the LISTEN connection, sent whenever it changes and
+    /// periodically with fresh queue usage and listener counts.
+    Status(SourceStatus),
+}
 
 /// Starts listening on `channel`; inputs arrive on the returned receiver
 /// until `shutdown` is cancelled.

@@ -21,8 +21,10 @@ use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
 use tokio::sync::mpsc;
 
-use super::app::{App, Effect, Msg, update};
-use super::{Input, SourceStatus, TapOptions, view};
+use super::app::{App, TapOptions, update};
+use super::msg::{Effect, Msg};
+use super::source::{Input, SourceStatus};
+use super::view;
 
 /// Inputs applied before the screen gets a chance to redraw.
 const MAX_DRAIN: usize = 2_000;
@@ -130,8 +132,10 @@ pub async fn run(
     result
 }
 
+type Term = Terminal<CrosstermBackend<io::Stdout>>;
+
 async fn event_loop(
-    terminal: &mut Terminal<CrosstermBackend<io::Stdout>>,
+    terminal: &mut Term,
     app: &mut App,
     rx: &mut mpsc::Receiver<Input>,
     key_rx: &mut mpsc::Receiver<TermEvent>,
@@ -149,66 +153,72 @@ async fn event_loop(
             dirty = false;
             next_frame = tokio::time::Instant::now() + FRAME;
         }
-        let mut effects: Vec<Effect> = Vec::new();
-        tokio::select! {
+        let effects = tokio::select! {
             _ = &mut ctrl_c => return Ok(()),
-            key = key_rx.recv() => {
-                match key {
-                    Some(TermEvent::Key(k)) => effects.extend(update(app, Msg::Key(k))),
-                    Some(TermEvent::Resize(width, height)) => {
-                        effects.extend(update(app, Msg::Resize { width, height }));
-                    }
-                    Some(_) => {}
-                    None => anyhow::bail!("lost the terminal's input"),
-                }
-                dirty = true;
-            }
+            key = key_rx.recv() => on_key(app, key)?,
             input = rx.recv(), if source_open => {
-                match input {
-                    Some(input) => {
-                        effects.extend(update(app, Msg::Input(input)));
-                        let mut drained = 1;
-                        while drained < MAX_DRAIN && !effects.contains(&Effect::Quit) {
-                            let Ok(input) = rx.try_recv() else { break };
-                            effects.extend(update(app, Msg::Input(input)));
-                            drained += 1;
-                        }
-                    }
-                    None => {
-                        source_open = false;
-                        let status = SourceStatus {
-                            connected: false,
-                            last_error: Some("the listener stopped".into()),
-                            ..app.status.clone()
-                        };
-                        effects.extend(update(app, Msg::Input(Input::Status(status))));
-                    }
-                }
-                dirty = true;
+                source_open = input.is_some();
+                on_input(app, rx, input)
             }
-            _ = tick.tick() => {
-                effects.extend(update(app, Msg::Tick(Instant::now())));
-                dirty = true;
-            }
-            _ = tokio::time::sleep_until(next_frame), if dirty => {}
+            _ = tick.tick() => update(app, Msg::Tick(Instant::now())).into_iter().collect(),
+            _ = tokio::time::sleep_until(next_frame), if dirty => continue,
+        };
+        dirty = true;
+        if apply(terminal, app, effects)? {
+            return Ok(());
         }
-        for effect in effects {
-            match effect {
-                Effect::Quit => {
-                    // Leave with the last state on screen (e.g. `--count`).
-                    if dirty {
-                        terminal.draw(|f| view::view(app, f))?;
-                    }
-                    return Ok(());
-                }
-                Effect::Save(path) => {
-                    let saved = save(app, &path);
-                    update(app, Msg::Saved(saved));
-                    dirty = true;
-                }
+    }
+}
+
+fn on_key(app: &mut App, key: Option<TermEvent>) -> anyhow::Result<Vec<Effect>> {
+    let msg = match key {
+        Some(TermEvent::Key(k)) => Msg::Key(k),
+        Some(TermEvent::Resize(width, height)) => Msg::Resize { width, height },
+        Some(_) => return Ok(Vec::new()),
+        None => anyhow::bail!("lost the terminal's input"),
+    };
+    Ok(update(app, msg).into_iter().collect())
+}
+
+/// Applies `input` and whatever else is queued, up to [`MAX_DRAIN`]; the
+/// end of the source (`None`) shows as a disconnection.
+fn on_input(app: &mut App, rx: &mut mpsc::Receiver<Input>, input: Option<Input>) -> Vec<Effect> {
+    let Some(input) = input else {
+        let status = SourceStatus {
+            connected: false,
+            last_error: Some("the listener stopped".into()),
+            ..app.status.clone()
+        };
+        return update(app, Msg::Input(Input::Status(status)))
+            .into_iter()
+            .collect();
+    };
+    let mut effects: Vec<Effect> = update(app, Msg::Input(input)).into_iter().collect();
+    let mut drained = 1;
+    while drained < MAX_DRAIN && !effects.contains(&Effect::Quit) {
+        let Ok(input) = rx.try_recv() else { break };
+        effects.extend(update(app, Msg::Input(input)));
+        drained += 1;
+    }
+    effects
+}
+
+/// Performs the effects; true when the loop should end.
+fn apply(terminal: &mut Term, app: &mut App, effects: Vec<Effect>) -> anyhow::Result<bool> {
+    for effect in effects {
+        match effect {
+            Effect::Quit => {
+                // Leave with the last state on screen (e.g. `--count`).
+                terminal.draw(|f| view::view(app, f))?;
+                return Ok(true);
+            }
+            Effect::Save(path) => {
+                let saved = save(app, &path);
+                update(app, Msg::Saved(saved));
             }
         }
     }
+    Ok(false)
 }
 
 /// Writes the buffer to `path` through a temporary file, so a failed save

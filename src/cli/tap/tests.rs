@@ -11,8 +11,11 @@ use ratatui::style::Color;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::app::{App, Effect, Entry, FilterField, Msg, update};
-use super::{Input, SourceStatus, TapOptions, run_jsonl, view};
+use super::app::{App, Entry, update};
+use super::filter::FilterField;
+use super::msg::{Effect, Msg};
+use super::source::SourceStatus;
+use super::{Input, TapOptions, run_jsonl, view};
 use crate::events::{DropReason, Envelope, EventType, encode_notifications};
 
 const USER_A: Uuid = Uuid::from_u128(0x1111_1111_1111_4111_8111_1111_1111_1111);
@@ -128,7 +131,7 @@ fn typed(app: &mut App, s: &str) {
     }
 }
 
-fn events(app: &App) -> Vec<&super::app::Event> {
+fn events(app: &App) -> Vec<&super::decode::Event> {
     app.rows
         .iter()
         .filter_map(|r| match &r.entry {
@@ -640,7 +643,7 @@ fn sparkline_buckets_by_second() {
 
 #[test]
 fn status_lines_for_no_tui_mode() {
-    use super::app::status_line;
+    use super::jsonl::status_line;
     let up = SourceStatus {
         connected: true,
         listeners: Some(0),

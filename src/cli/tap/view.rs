@@ -6,10 +6,16 @@ use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Sparkline, Table, Wrap};
 
-use super::app::{App, Entry, Event, FilterField, SPARK_SECS};
-use crate::events::{DropReason, Envelope, EventType, validate_payload};
+use super::app::{App, Entry, SPARK_SECS};
+use super::decode::Event;
+use super::detail::detail_text;
+use super::filter::FilterField;
+use super::layout::{STATS_HEIGHT, banner, table_height};
+use super::style::{format_delay, st};
+use crate::cli::term_style::{Tone, status_tone};
+use crate::cli::text::short_id;
+use crate::events::EventType;
 
-const STATS_HEIGHT: u16 = 4;
 const COLUMNS: [(&str, Constraint); 9] = [
     ("", Constraint::Length(1)),
     ("time (UTC)", Constraint::Length(12)),
@@ -22,53 +28,13 @@ const COLUMNS: [(&str, Constraint); 9] = [
     ("frag", Constraint::Length(4)),
 ];
 
-/// Style, or nothing under NO_COLOR.
-fn st(app: &App, style: Style) -> Style {
-    if app.color { style } else { Style::default() }
-}
-
 fn selected_style() -> Style {
     Style::default().add_modifier(Modifier::REVERSED)
 }
 
-/// The warning line shown above the status bar, if any.
-pub fn banner(app: &App) -> Option<String> {
-    if !app.status_seen {
-        return None;
-    }
-    let s = &app.status;
-    if !s.connected {
-        let why = s.last_error.as_deref().unwrap_or("connection lost");
-        return Some(format!(
-            "▲ not listening: {why} — reconnecting (reconnects so far: {})",
-            s.reconnects
-        ));
-    }
-    if s.listeners == Some(0) {
-        return Some("▲ no API instance listening — events go nowhere".to_string());
-    }
-    None
-}
-
-/// Height of the table area: the main area less the detail pane.
-fn table_height(app: &App, main: u16) -> u16 {
-    if app.detail {
-        (main / 2).max(5).min(main)
-    } else {
-        main
-    }
-}
-
-/// How many rows the table shows (used by `update` for paging).
-pub fn table_rows(app: &App) -> usize {
-    let banner = u16::from(banner(app).is_some());
-    let main = app.size.1.saturating_sub(STATS_HEIGHT + banner + 2);
-    table_height(app, main).saturating_sub(3) as usize
-}
-
 pub fn view(app: &App, frame: &mut Frame) {
     let area = frame.area();
-    let banner_text = banner(app);
+    let banner_text = banner(app.status_seen, &app.status);
     let [main, stats, banner_area, status, keys] = Layout::vertical([
         Constraint::Min(0),
         Constraint::Length(STATS_HEIGHT),
@@ -78,7 +44,7 @@ pub fn view(app: &App, frame: &mut Frame) {
     ])
     .areas(area);
     let [table_area, detail_area] = Layout::vertical([
-        Constraint::Length(table_height(app, main.height)),
+        Constraint::Length(table_height(app.detail, main.height)),
         Constraint::Min(0),
     ])
     .areas(main);
@@ -107,10 +73,6 @@ pub fn view(app: &App, frame: &mut Frame) {
     }
 }
 
-pub fn short(id: &str) -> &str {
-    id.get(..8).unwrap_or(id)
-}
-
 fn filter_hint(app: &App) -> Option<String> {
     if !app.filters.is_active() {
         return None;
@@ -118,7 +80,7 @@ fn filter_hint(app: &App) -> Option<String> {
     let f = &app.filters;
     let mut parts = Vec::new();
     if !f.user.is_empty() {
-        parts.push(format!("user={}", short(&f.user)));
+        parts.push(format!("user={}", short_id(&f.user)));
     }
     if !f.kind.is_empty() {
         parts.push(format!("type~{}", f.kind));
@@ -130,17 +92,32 @@ fn filter_hint(app: &App) -> Option<String> {
 }
 
 fn render_table(app: &App, frame: &mut Frame, area: Rect) {
-    let shown = app.matches.len();
-    let total = app.rows.len();
+    let height = area.height.saturating_sub(3) as usize;
+    let header = Row::new(COLUMNS.iter().map(|(name, _)| Cell::from(*name))).style(st(
+        app,
+        Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED),
+    ));
+    let table = Table::new(table_rows(app, height), COLUMNS.iter().map(|(_, c)| *c))
+        .header(header)
+        .column_spacing(1)
+        .block(table_block(app));
+    frame.render_widget(table, area);
+    if app.matches.is_empty() && area.height > 4 {
+        render_empty(app, frame, area);
+    }
+}
+
+/// The border, with the row count and filters on the left and the
+/// follow/pause badge on the right.
+fn table_block(app: &App) -> Block<'static> {
+    let (shown, total) = (app.matches.len(), app.rows.len());
     let count = if app.filters.is_active() {
         format!(" ragctl tap · {shown} of {total} rows ")
     } else {
         format!(" ragctl tap · {total} rows ")
     };
-    let mut left = vec![Span::styled(
-        count,
-        st(app, Style::default().add_modifier(Modifier::BOLD)),
-    )];
+    let bold = Style::default().add_modifier(Modifier::BOLD);
+    let mut left = vec![Span::styled(count, st(app, bold))];
     if let Some(hint) = filter_hint(app) {
         left.push(Span::styled(
             hint,
@@ -148,37 +125,25 @@ fn render_table(app: &App, frame: &mut Frame, area: Rect) {
         ));
     }
     let badge = if app.follow {
-        Span::styled(
-            " ● FOLLOW ",
-            st(
-                app,
-                Style::default()
-                    .fg(Color::Green)
-                    .add_modifier(Modifier::BOLD),
-            ),
-        )
+        Span::styled(" ● FOLLOW ", st(app, bold.fg(Color::Green)))
     } else {
         Span::styled(
             format!(" ❚❚ PAUSED · {} new ", app.new_count),
-            st(
-                app,
-                Style::default()
-                    .fg(Color::Black)
-                    .bg(Color::Yellow)
-                    .add_modifier(Modifier::BOLD),
-            ),
+            st(app, bold.fg(Color::Black).bg(Color::Yellow)),
         )
     };
-    let block = Block::bordered()
+    Block::bordered()
         .title_top(Line::from(left))
-        .title_top(Line::from(badge).right_aligned());
-    let height = area.height.saturating_sub(3) as usize;
+        .title_top(Line::from(badge).right_aligned())
+}
+
+/// The matching rows in the window, the selected one marked.
+fn table_rows(app: &App, height: usize) -> Vec<Row<'_>> {
     let start = app.window_start(height);
-    let end = (start + height).min(shown);
+    let end = (start + height).min(app.matches.len());
     let sel = app.selected_pos();
     let highlight = !app.follow || app.detail;
-    let rows: Vec<Row> = app
-        .matches
+    app.matches
         .range(start..end)
         .enumerate()
         .filter_map(|(i, seq)| {
@@ -195,36 +160,29 @@ fn render_table(app: &App, frame: &mut Frame, area: Rect) {
             }
             Some(Row::new(cells).style(style))
         })
-        .collect();
-    let header = Row::new(COLUMNS.iter().map(|(name, _)| Cell::from(*name))).style(st(
-        app,
-        Style::default().add_modifier(Modifier::BOLD | Modifier::UNDERLINED),
-    ));
-    let table = Table::new(rows, COLUMNS.iter().map(|(_, c)| *c))
-        .header(header)
-        .column_spacing(1)
-        .block(block);
-    frame.render_widget(table, area);
-    if shown == 0 && area.height > 4 {
-        let msg = if total > 0 {
-            "no rows match the filters (Esc clears them)"
-        } else if app.status_seen && !app.status.connected {
-            "not connected: nothing to show yet"
-        } else {
-            "waiting for notifications…"
-        };
-        let inner = Rect {
-            y: area.y + 1 + (area.height - 2) / 2,
-            height: 1,
-            ..area
-        };
-        frame.render_widget(
-            Paragraph::new(msg)
-                .alignment(Alignment::Center)
-                .style(st(app, Style::default().fg(Color::DarkGray))),
-            inner,
-        );
-    }
+        .collect()
+}
+
+/// Why the table is empty, centred in it.
+fn render_empty(app: &App, frame: &mut Frame, area: Rect) {
+    let msg = if !app.rows.is_empty() {
+        "no rows match the filters (Esc clears them)"
+    } else if app.status_seen && !app.status.connected {
+        "not connected: nothing to show yet"
+    } else {
+        "waiting for notifications…"
+    };
+    let inner = Rect {
+        y: area.y + 1 + (area.height - 2) / 2,
+        height: 1,
+        ..area
+    };
+    frame.render_widget(
+        Paragraph::new(msg)
+            .alignment(Alignment::Center)
+            .style(st(app, Style::default().fg(Color::DarkGray))),
+        inner,
+    );
 }
 
 fn event_style(app: &App, ev: &Event) -> Style {
@@ -247,30 +205,20 @@ fn row_style(app: &App, entry: &Entry) -> Style {
 }
 
 fn status_style(app: &App, status: &str) -> Style {
-    let color = match status {
-        "error" | "failed" => Color::Red,
-        "success" | "ingested" | "completed" | "parsed" => Color::Green,
-        "running" | "parsing" | "ingesting" | "pending" => Color::Yellow,
-        _ => return Style::default(),
+    let color = match status_tone(status) {
+        Tone::Bad => Color::Red,
+        Tone::Good => Color::Green,
+        Tone::Busy => Color::Yellow,
+        Tone::Other => return Style::default(),
     };
     st(app, Style::default().fg(color))
-}
-
-pub fn format_delay(ms: i64) -> String {
-    if ms.abs() < 100_000 {
-        format!("{ms}ms")
-    } else if ms.abs() < 100_000_000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else {
-        format!("{}h", ms / 3_600_000)
-    }
 }
 
 fn event_cells<'a>(app: &App, ev: &'a Event) -> Vec<Cell<'a>> {
     let ids = ev
         .key_ids()
         .into_iter()
-        .map(|(label, id)| format!("{label}:{}", short(id)))
+        .map(|(label, id)| format!("{label}:{}", short_id(id)))
         .collect::<Vec<_>>()
         .join(" ");
     let status = match ev.reason() {
@@ -282,7 +230,7 @@ fn event_cells<'a>(app: &App, ev: &'a Event) -> Vec<Cell<'a>> {
     };
     let user = ev
         .user_label()
-        .map(|u| short(&u).to_string())
+        .map(|u| short_id(&u).to_string())
         .unwrap_or_default();
     let delay = ev
         .delay_ms()
@@ -317,130 +265,6 @@ fn marker_cells<'a>(at: &chrono::DateTime<chrono::Utc>) -> Vec<Cell<'a>> {
         Cell::from(rule.clone()),
         Cell::from(rule),
     ]
-}
-
-/// What a drop reason means, in words.
-pub fn explain(reason: DropReason) -> &'static str {
-    match reason {
-        DropReason::NotJson => "the payload is not a JSON object",
-        DropReason::UnknownVersion => "`v` is missing or not a version this build knows",
-        DropReason::BadUserId => "`user_id` is missing or not a UUID",
-        DropReason::UnknownType => "`type` is missing or not one of the event types",
-        DropReason::BadPayload => "`payload` does not satisfy the contract of its type",
-        DropReason::BadEnvelope => {
-            "an envelope field (`id`, `ts`, `origin`) is missing or malformed"
-        }
-        DropReason::BadFragment => "a malformed or inconsistent fragment",
-        DropReason::FragmentExpired => {
-            "the fragment group did not complete in time (or was evicted)"
-        }
-    }
-}
-
-/// The precise problem with an invalid payload, where it can be told.
-fn problem(ev: &Event) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_str(&ev.raw).ok()?;
-    match ev.reason()? {
-        DropReason::BadPayload => {
-            let kind = EventType::parse(value.get("type")?.as_str()?)?;
-            let payload = value.get("payload")?;
-            validate_payload(kind, payload).err().map(|e| e.to_string())
-        }
-        DropReason::BadEnvelope => serde_json::from_value::<Envelope>(value)
-            .err()
-            .map(|e| e.to_string()),
-        _ => None,
-    }
-}
-
-fn millis(t: &chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// Header lines (envelope fields, or why it is invalid), then the payload
-/// as pretty JSON (the whole payload text when it is not an envelope).
-fn detail_text<'a>(app: &App, ev: &'a Event) -> Text<'a> {
-    let dim = st(app, Style::default().fg(Color::DarkGray));
-    let kv = |k: &str, v: String| vec![Span::styled(format!("{k} "), dim), Span::raw(v)];
-    let sep = || Span::styled(" · ", dim);
-    let mut lines = Vec::new();
-    let mut wire = kv("channel", ev.channel.clone());
-    wire.push(sep());
-    wire.push(Span::raw(format!("{} bytes", ev.size)));
-    if ev.fragments > 1 {
-        wire.push(sep());
-        wire.push(Span::raw(format!("{} fragments", ev.fragments)));
-    }
-    let pretty = match &ev.outcome {
-        Ok(env) => {
-            let mut head = vec![
-                Span::styled(
-                    "VALID ",
-                    st(
-                        app,
-                        Style::default()
-                            .fg(Color::Green)
-                            .add_modifier(Modifier::BOLD),
-                    ),
-                ),
-                Span::styled(
-                    env.kind.as_str(),
-                    st(app, Style::default().add_modifier(Modifier::BOLD)),
-                ),
-                sep(),
-            ];
-            head.extend(kv("origin", env.origin.clone()));
-            head.push(sep());
-            head.extend(wire);
-            lines.push(Line::from(head));
-            let mut ids = kv("id", env.id.to_string());
-            ids.push(sep());
-            ids.extend(kv("user", env.user_id.to_string()));
-            lines.push(Line::from(ids));
-            let mut times = kv("ts", millis(&env.ts));
-            times.push(sep());
-            times.extend(kv("received", millis(&ev.received_at)));
-            times.push(sep());
-            times.extend(kv(
-                "delay",
-                ev.delay_ms().map(format_delay).unwrap_or_default(),
-            ));
-            lines.push(Line::from(times));
-            lines.push(Line::from(Span::styled("payload", dim)));
-            serde_json::to_string_pretty(&env.payload).ok()
-        }
-        Err(reason) => {
-            lines.push(Line::from(vec![
-                Span::styled(
-                    format!("INVALID {}", reason.as_str()),
-                    st(
-                        app,
-                        Style::default().fg(Color::Red).add_modifier(Modifier::BOLD),
-                    ),
-                ),
-                Span::raw(format!(" — {}", explain(*reason))),
-            ]));
-            if let Some(p) = problem(ev) {
-                lines.push(Line::from(Span::styled(
-                    p,
-                    st(app, Style::default().fg(Color::Red)),
-                )));
-            }
-            let mut l = kv("received", millis(&ev.received_at));
-            l.push(sep());
-            l.extend(wire);
-            lines.push(Line::from(l));
-            lines.push(Line::from(Span::styled("notification", dim)));
-            serde_json::from_str::<serde_json::Value>(&ev.raw)
-                .ok()
-                .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        }
-    };
-    match pretty {
-        Some(p) => lines.extend(p.lines().map(|l| Line::raw(l.to_string()))),
-        None => lines.extend(ev.raw.lines().map(Line::raw)),
-    }
-    Text::from(lines)
 }
 
 /// The raw payload cut into lines of `width` characters (not at words: the
@@ -550,13 +374,6 @@ fn render_stats(app: &App, frame: &mut Frame, area: Rect) {
             .style(st(app, Style::default().fg(Color::Cyan))),
         spark_area,
     );
-    let label = [
-        "doc.created",
-        "doc.status",
-        "job.status",
-        "msg.created",
-        "msg.status",
-    ];
     let dim = st(app, Style::default().fg(Color::DarkGray));
     let pair = |name: &str, n: u64, style: Style| {
         vec![
@@ -567,9 +384,10 @@ fn render_stats(app: &App, frame: &mut Frame, area: Rect) {
     };
     let mut first = Vec::new();
     let mut second = Vec::new();
-    for (i, name) in label.iter().enumerate() {
-        let target = if i < 3 { &mut first } else { &mut second };
-        target.extend(pair(name, app.counts[i], Style::default()));
+    let half = EventType::ALL.len().div_ceil(2);
+    for (i, (kind, n)) in EventType::ALL.iter().zip(app.counts).enumerate() {
+        let target = if i < half { &mut first } else { &mut second };
+        target.extend(pair(count_label(*kind), n, Style::default()));
     }
     let bad = if app.invalid > 0 {
         st(
@@ -586,6 +404,17 @@ fn render_stats(app: &App, frame: &mut Frame, area: Rect) {
             .block(Block::bordered().title_top(" by type ")),
         counts_area,
     );
+}
+
+/// A type's name in the counts pane, short enough for two rows.
+fn count_label(kind: EventType) -> &'static str {
+    match kind {
+        EventType::DocumentCreated => "doc.created",
+        EventType::DocumentStatusUpdated => "doc.status",
+        EventType::JobStatusUpdated => "job.status",
+        EventType::MessageCreated => "msg.created",
+        EventType::MessageStatusUpdated => "msg.status",
+    }
 }
 
 fn render_status(app: &App, frame: &mut Frame, area: Rect) {

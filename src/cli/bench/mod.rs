@@ -1,0 +1,108 @@
+//! `ragctl bench`: how fast and how faithfully the realtime bridge forwards
+//! events, measured end to end against a real server and a real PostgreSQL.
+//!
+//! One run measures, in order:
+//!
+//! 1. idle sockets: the server's RSS before and after opening
+//!    `--idle-sockets` WebSockets that only answer pings (KiB per socket);
+//! 2. raw `NOTIFY → LISTEN` latency (a LISTEN connection in this process, on
+//!    a channel of its own), the baseline;
+//! 3. bridge latency, `pg_notify` commit → WebSocket frame at the client, at
+//!    `--rate` events/s to `--clients` sockets spread over `--users` users;
+//! 4. the ceiling, raw then bridge: the highest rate committed in a 3-s step
+//!    that lost nothing and whose backlog drained within a second of the
+//!    last commit (doubling, then bisecting).
+//!
+//! Each phase also records the CPU used by this process, the server and
+//! PostgreSQL (from `/proc`), and the server's own delivery histogram and
+//! counters (from `/metrics`), so that a missed target can be explained.
+//!
+//! Latency starts when the `execute` of `SELECT pg_notify(..)` returns (the
+//! commit) and ends when the payload or frame has been read by the receiving
+//! task. Every event carries `bench:<phase>:<seq>` in its `error_message`, so
+//! each delivery is matched to its commit instant after the run; nothing is
+//! shared on the hot path but one mutex per receiver.
+//!
+//! One file per concern: `report` (what is reported and judged), `record`
+//! (deliveries and statistics), `publish`, `fleet` (the receivers),
+//! `sample` (CPU, RSS, the server's metrics), `phase`, `server`, `machine`,
+//! `render`, and `run`, which ties them together.
+
+mod fleet;
+mod machine;
+mod phase;
+mod publish;
+mod record;
+mod render;
+mod report;
+mod run;
+mod sample;
+mod server;
+
+use std::time::Duration;
+
+use crate::config::parse_duration;
+pub use run::run;
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Without --server-url it creates a database (bench_...) on the configured \
+PostgreSQL server (DATABASE_URL, else postgres://postgres@127.0.0.1:5432/postgres), \
+starts `ragctl serve --no-workers --port 0` on it, and removes both at the end. \
+With --server-url it uses that server, publishes on its database \
+(--database-url) and mints tokens with its --jwt-secret; --server-pid lets it \
+read the server's RSS.
+
+Exit codes: 0 the benchmark ran and met its targets; 1 a target was missed \
+(named on stderr); 2 usage, connection or start-up error.
+
+Examples:
+  ragctl bench
+  ragctl bench --rate 5000 --duration 30s --clients 2000 --users 200 --json
+  ragctl bench --server-url http://127.0.0.1:8080 --server-pid $(pgrep -n ragctl) --idle-sockets 0")]
+pub struct BenchArgs {
+    /// Event rate of the latency runs, events/s.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: u32,
+    /// Length of each latency run (raw, then bridge).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// WebSocket clients receiving events.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub clients: u64,
+    /// Users the clients are spread over evenly; each event goes to one user.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub users: u64,
+    /// Idle sockets opened to measure the server's memory per socket (0 skips).
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_sockets: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Benchmark the running server at this base URL (http://host:port)
+    /// instead of starting one.
+    #[arg(long)]
+    pub server_url: Option<String>,
+    /// PID of the server at --server-url, to read its RSS from /proc.
+    #[arg(long, requires = "server_url")]
+    pub server_pid: Option<u32>,
+    /// Publisher connections; the rate is split evenly across them.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub publishers: u64,
+    /// Length of each step of the ceiling search.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub step: Duration,
+    /// Skip the ceiling search.
+    #[arg(long)]
+    pub no_ceiling: bool,
+    /// --ws-queue of the server this command starts (frames per socket).
+    #[arg(long, default_value_t = 256)]
+    pub ws_queue: usize,
+    /// Copy the started server's log to stderr.
+    #[arg(long)]
+    pub server_log: bool,
+}
+
+pub(super) fn progress(line: &str) {
+    eprintln!("bench: {line}");
+}

@@ -1,0 +1,241 @@
+//! The run: start or find the server, measure every phase in order,
+//! report, and turn missed targets into the exit code.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::fleet::{Endpoint, open_idle, raw_listener, start_fleet};
+use super::machine::machine;
+use super::phase::{Bench, Kind};
+use super::publish::{PublishRuntime, connect_publisher};
+use super::record::{Clock, Sink};
+use super::render::{phase_line, render};
+use super::report::{CeilingReport, Config, IdleReport, PhaseResult, Report};
+use super::sample::rss_kib;
+use super::server::{Site, endpoint, wait_ready};
+use super::{BenchArgs, progress};
+use crate::cli::Failure;
+use crate::config::ConnectOpts;
+
+pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    crate::cli::serve::raise_nofile_limit();
+    let channel = connect.channel()?;
+    let cancel = CancellationToken::new();
+    crate::cli::cancel_on_signal(cancel.clone());
+    let site = Site::open(&connect, &args, &channel).await?;
+    let outcome = tokio::select! {
+        r = bench(&args, &site, &channel) => Some(r),
+        _ = cancel.cancelled() => None,
+    };
+    if let Some(server) = site.own {
+        progress("stopping the server and dropping its database");
+        server.stop().await;
+    }
+    let Some(report) = outcome else {
+        eprintln!("ragctl: interrupted");
+        return Ok(ExitCode::from(130));
+    };
+    conclude(&args, &report?)
+}
+
+/// Prints the report; a missed target is a failed check.
+fn conclude(args: &BenchArgs, report: &Report) -> anyhow::Result<ExitCode> {
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", render(report));
+    }
+    let missed: Vec<&str> = report
+        .targets
+        .iter()
+        .filter(|t| t.met == Some(false))
+        .map(|t| t.key)
+        .collect();
+    if missed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    Err(Failure::check(anyhow!(
+        "missed targets: {} (see the report)",
+        missed.join(", ")
+    ))
+    .into())
+}
+
+/// Every phase in order: idle sockets on the fresh server, a warm-up, the
+/// latency runs (raw, then bridge), the ceilings.
+async fn bench(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<Report> {
+    wait_ready(&site.api).await?;
+    let ep = endpoint(&site.api).await?;
+    let machine = machine(&site.db_url).await;
+    let idle = match args.idle_sockets {
+        0 => None,
+        n => Some(idle_sockets(&ep, site, n).await?),
+    };
+    let mut bench = Bench::start(args, site, channel, &ep).await?;
+    bench.warm_up(args.rate).await?;
+    let (raw, bridge) = bench.latency(args).await?;
+    let ceiling = match args.no_ceiling {
+        true => None,
+        false => Some(bench.ceilings(args.step).await?),
+    };
+    Ok(Report::new(
+        machine,
+        Config::new(args),
+        idle,
+        raw,
+        bridge,
+        ceiling,
+    ))
+}
+
+/// A token for `user`, good for longer than any run.
+fn token(secret: &str, user: Uuid) -> anyhow::Result<Arc<str>> {
+    let jwt = crate::auth::mint(secret, user, Duration::from_secs(6 * 3600))?;
+    Ok(Arc::from(jwt))
+}
+
+/// The server's RSS before and after opening `n` sockets that only answer
+/// pings, after a warm-up of 100.
+async fn idle_sockets(ep: &Endpoint, site: &Site, n: usize) -> anyhow::Result<IdleReport> {
+    let tokens: Vec<Arc<str>> = (0..100)
+        .map(|_| token(&site.secret, Uuid::new_v4()))
+        .collect::<anyhow::Result<_>>()?;
+    progress("idle sockets: warming up with 100 sockets");
+    let (warm, _, _) = open_idle(ep, &tokens, 100).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = site.pid.and_then(rss_kib);
+    progress(&format!("idle sockets: opening {n}"));
+    let (held, opened, failed) = open_idle(ep, &tokens, n).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = site.pid.and_then(rss_kib);
+    let per = match (before, after) {
+        (Some(b), Some(a)) if opened > 0 => {
+            Some(((a as f64 - b as f64) / opened as f64 * 100.0).round() / 100.0)
+        }
+        _ => None,
+    };
+    let known = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
+    progress(&format!(
+        "idle sockets: {opened} open, {failed} failed; RSS {} → {} KiB: {} KiB/socket",
+        known(before),
+        known(after),
+        per.map_or("?".into(), |v| format!("{v:.2}"))
+    ));
+    drop(held);
+    drop(warm);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(IdleReport {
+        requested: n,
+        opened,
+        failed,
+        rss_before_kib: before,
+        rss_after_kib: after,
+        kib_per_socket: per,
+    })
+}
+
+impl Bench {
+    /// The publishers, the raw listener and the bridge's clients, connected.
+    async fn start(
+        args: &BenchArgs,
+        site: &Site,
+        channel: &str,
+        ep: &Endpoint,
+    ) -> anyhow::Result<Bench> {
+        let clock = Clock(Instant::now());
+        let publish_rt = PublishRuntime::start()?;
+        let mut publishers = Vec::new();
+        for _ in 0..args.publishers {
+            let url = site.db_url.clone();
+            let connecting = publish_rt
+                .handle
+                .spawn(async move { connect_publisher(&url).await });
+            publishers.push(connecting.await??);
+        }
+        let raw_channel = format!("bench_raw_{}", std::process::id());
+        let raw_sink = Arc::new(Sink::new(1));
+        let raw = raw_listener(&site.db_url, &raw_channel, raw_sink.clone(), clock).await?;
+        let users: Vec<Uuid> = (0..args.users).map(|_| Uuid::new_v4()).collect();
+        let tokens: Vec<Arc<str>> = users
+            .iter()
+            .map(|&u| token(&site.secret, u))
+            .collect::<anyhow::Result<_>>()?;
+        progress(&format!(
+            "connecting {} clients for {} users",
+            args.clients, args.users
+        ));
+        let fleet = start_fleet(ep, &tokens, args.clients as usize, clock).await?;
+        Ok(Bench {
+            clock,
+            publish_rt,
+            publishers,
+            channel: channel.to_string(),
+            raw_channel,
+            raw_sink,
+            _raw: raw,
+            fleet,
+            users,
+            next_phase: 0,
+            server_pid: site.pid,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?,
+            api: site.api.clone(),
+        })
+    }
+
+    /// Both paths, short, discarded.
+    async fn warm_up(&mut self, rate: u32) -> anyhow::Result<()> {
+        progress("warming up");
+        for kind in [Kind::Raw, Kind::Bridge] {
+            let (length, drain) = (Duration::from_secs(1), Duration::from_secs(3));
+            self.phase(kind, rate.min(1000), length, drain).await?;
+            self.settle(kind).await?;
+        }
+        Ok(())
+    }
+
+    /// Latency at the chosen rate: raw NOTIFY → LISTEN, then the bridge.
+    async fn latency(&mut self, args: &BenchArgs) -> anyhow::Result<(PhaseResult, PhaseResult)> {
+        let drain = Duration::from_secs(10);
+        progress(&format!(
+            "raw NOTIFY → LISTEN: {} events/s for {:?}",
+            args.rate, args.duration
+        ));
+        let raw = self
+            .phase(Kind::Raw, args.rate, args.duration, drain)
+            .await?;
+        progress(&phase_line(&raw));
+        self.settle(Kind::Raw).await?;
+        progress(&format!(
+            "bridge pg_notify → WebSocket: {} events/s for {:?} to {} clients / {} users",
+            args.rate, args.duration, args.clients, args.users
+        ));
+        let bridge = self
+            .phase(Kind::Bridge, args.rate, args.duration, drain)
+            .await?;
+        progress(&phase_line(&bridge));
+        Ok((raw, bridge))
+    }
+
+    /// The zero-loss ceiling of each path, and their ratio.
+    async fn ceilings(&mut self, step: Duration) -> anyhow::Result<CeilingReport> {
+        let raw = self.ceiling(Kind::Raw, 2000, step).await?;
+        let bridge = self.ceiling(Kind::Bridge, 2000, step).await?;
+        let ratio = if raw.events_per_s > 0 {
+            bridge.events_per_s as f64 / raw.events_per_s as f64
+        } else {
+            0.0
+        };
+        Ok(CeilingReport {
+            raw,
+            bridge,
+            ratio: (ratio * 1000.0).round() / 1000.0,
+        })
+    }
+}

@@ -1,0 +1,92 @@
+//! `--no-tui` (or no terminal): one JSON object per notification on
+//! stdout, status changes on stderr.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::Receiver;
+
+use super::decode::Decoder;
+use super::source::{Input, SourceStatus};
+
+/// Prints one JSON object per notification (a reassembled fragment group is
+/// one notification) until the channel closes or `count` objects have been
+/// written. Status changes go to stderr. A closed stdout (broken pipe) ends
+/// the run quietly.
+pub async fn run_jsonl<W: Write>(
+    mut rx: Receiver<Input>,
+    mut out: W,
+    count: Option<u64>,
+) -> anyhow::Result<()> {
+    let result = async {
+        let mut decoder = Decoder::default();
+        let mut written = 0u64;
+        let mut last_status: Option<SourceStatus> = None;
+        if count == Some(0) {
+            return Ok(());
+        }
+        let mut expiry = tokio::time::interval(Duration::from_secs(1));
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let events = tokio::select! {
+                input = rx.recv() => match input {
+                    None => break,
+                    Some(Input::Notification { channel, payload, received_at }) => {
+                        decoder.push(channel, payload, received_at, Instant::now())
+                    }
+                    Some(Input::Status(status)) => {
+                        if let Some(line) = status_line(last_status.as_ref(), &status) {
+                            eprintln!("ragctl tap: {line}");
+                        }
+                        last_status = Some(status);
+                        continue;
+                    }
+                },
+                _ = expiry.tick() => decoder.expire(Instant::now()),
+            };
+            for event in &events {
+                serde_json::to_writer(&mut out, &event.record())?;
+                out.write_all(b"\n")?;
+                written += 1;
+                if count.is_some_and(|n| written >= n) {
+                    out.flush()?;
+                    return Ok(());
+                }
+            }
+            if !events.is_empty() {
+                out.flush()?;
+            }
+        }
+        out.flush()?;
+        Ok::<(), std::io::Error>(())
+    }
+    .await;
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+/// A one-line description of a status change worth telling a `--no-tui`
+/// user about, or None when nothing notable changed.
+pub fn status_line(prev: Option<&SourceStatus>, new: &SourceStatus) -> Option<String> {
+    let notable = |s: &SourceStatus| (s.connected, s.listeners == Some(0), s.last_error.clone());
+    if prev.is_some_and(|p| notable(p) == notable(new)) {
+        return None;
+    }
+    let mut line = if new.connected {
+        "connected".to_string()
+    } else {
+        match &new.last_error {
+            Some(e) => format!("disconnected: {e}"),
+            None => "disconnected".to_string(),
+        }
+    };
+    if new.reconnects > 0 {
+        line.push_str(&format!(" (reconnects: {})", new.reconnects));
+    }
+    if new.listeners == Some(0) {
+        line.push_str(" — no API instance listening — events go nowhere");
+    }
+    Some(line)
+}

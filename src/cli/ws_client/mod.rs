@@ -1,0 +1,480 @@
+//! `ragctl ws-client`: a `/ws` client for people and scripts. It prints each
+//! frame, checks expectations (`--expect 'TYPE key=value ...'`), and turns
+//! the outcome into an exit code: 0 all expectations met (or --count frames
+//! seen), 1 an expectation or the frame count was not met before the
+//! timeout or the end of the connection, 2 usage, connection or auth error.
+
+//!
+//! `dial` reaches `/ws`, `expect` matches frames to `--expect`, `print`
+//! writes what a person or a script reads; this file holds the arguments
+//! and the run: connect, read, reconnect, and the verdict.
+
+mod dial;
+mod expect;
+mod print;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::Failure;
+use super::term_style::color_for;
+use crate::config::{ConnectOpts, parse_duration};
+use crate::db::listener::Backoff;
+use dial::{Dialer, Socket, close_politely, io_detail};
+use expect::{Expectation, Matcher};
+use print::Style;
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "\
+Exit codes: 0 all expectations met (or --count frames received, or the \
+connection ended with nothing pending); 1 an expectation or --count was not \
+met before --timeout or the end of the connection; 2 usage, connection or \
+authentication error.
+
+Examples:
+  ragctl ws-client --user $U
+  ragctl ws-client --user $U --expect 'job.status_updated kind=parse status=success' \\
+      --expect 'document.status_updated status=ingested' --timeout 60s
+  ragctl ws-client --user $U --resync --reconnect --format raw")]
+pub struct WsClientArgs {
+    /// Mint a token for this user with the configured JWT secret.
+    #[arg(long, required_unless_present_any = ["token", "headers"])]
+    pub user: Option<Uuid>,
+    /// Use this JWT instead of minting one (sent as Authorization: Bearer).
+    #[arg(long, hide_env_values = true)]
+    pub token: Option<String>,
+    /// Extra request header, 'Name: value'. An Authorization or a
+    /// `Sec-WebSocket-Protocol: bearer, <jwt>` header replaces the minted token.
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    pub headers: Vec<String>,
+    /// Ask for `realtime.resync` frames when the server may have missed events.
+    #[arg(long)]
+    pub resync: bool,
+    /// `pretty` (default on a terminal), `json` (JSON Lines, default
+    /// otherwise) or `raw` (each frame's text exactly as received).
+    #[arg(long, value_enum)]
+    pub format: Option<WsFormat>,
+    /// 'TYPE key=value ...': wait for a frame of TYPE whose payload has these
+    /// values (JSON-typed: retry_count=3 is a number, status=parsed a string;
+    /// quote to keep spaces: error_message="no text"). Repeatable; each
+    /// expectation needs its own frame.
+    #[arg(long = "expect", value_name = "TYPE KEY=VALUE...")]
+    pub expect: Vec<String>,
+    /// Give up after this long [default: 30s with --expect, else never].
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Stop after N frames (or once every expectation is met, if sooner).
+    /// Without --expect, fewer than N frames before the end is exit 1.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Send a ping this often (the client always answers the server's pings).
+    #[arg(long, value_parser = parse_duration)]
+    pub ping_interval: Option<Duration>,
+    /// Reconnect with exponential backoff when the connection closes or fails.
+    #[arg(long)]
+    pub reconnect: bool,
+    /// Lifetime of the minted token.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsFormat {
+    Pretty,
+    Json,
+    Raw,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WsClientError {
+    #[error(
+        "{0}: this build speaks plain ws:// only; use an http:// or ws:// URL (--url / RAG_API_URL), or put a TLS-terminating proxy in front"
+    )]
+    Tls(String),
+    #[error("invalid API URL {url:?} (--url / RAG_API_URL): {problem}")]
+    BadUrl { url: String, problem: String },
+    #[error("-H {0:?} is not 'Name: value'")]
+    BadHeader(String),
+    #[error("--expect {text:?}: {problem}")]
+    BadExpect { text: String, problem: String },
+    #[error("WebSocket handshake refused: {status} {detail}")]
+    Refused { status: u16, detail: String },
+    #[error("cannot connect to {url}: {detail}")]
+    Connect { url: String, detail: String },
+}
+
+impl WsClientError {
+    /// Worth another attempt with --reconnect: the server may come back;
+    /// a refused token or a bad request will not get better.
+    fn retryable(&self) -> bool {
+        match self {
+            WsClientError::Connect { .. } => true,
+            WsClientError::Refused { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// How one connection ended.
+enum End {
+    /// Expectations met or --count reached.
+    Done,
+    Closed {
+        code: Option<u16>,
+        reason: String,
+    },
+    Lost(String),
+    /// The server could not be reached (only with --reconnect).
+    Unreachable(String),
+    Deadline,
+    Interrupted,
+}
+
+impl End {
+    /// Tells how a connection ended, where that is news.
+    fn log(&self) {
+        match self {
+            End::Closed { code, reason } => eprintln!(
+                "closed: {} {reason}",
+                code.map_or_else(|| "(no code)".to_string(), |c| c.to_string())
+            ),
+            End::Lost(why) => eprintln!("connection lost: {why}"),
+            End::Unreachable(why) => eprintln!("{why}"),
+            _ => {}
+        }
+    }
+
+    /// Whether `--reconnect` tries again after this end.
+    fn retry(&self) -> bool {
+        matches!(
+            self,
+            End::Closed { .. } | End::Lost(_) | End::Unreachable(_)
+        )
+    }
+}
+
+/// Everything that outlives one connection.
+struct Session {
+    format: WsFormat,
+    style: Style,
+    matcher: Matcher,
+    count: Option<u64>,
+    frames: u64,
+    per_type: BTreeMap<String, u64>,
+    /// The last payload of each type, to explain a missing expectation.
+    last: BTreeMap<String, Value>,
+}
+
+impl Session {
+    fn new(args: &WsClientArgs, expectations: Vec<Expectation>) -> Session {
+        let stdout = std::io::stdout();
+        let format = args.format.unwrap_or(if stdout.is_terminal() {
+            WsFormat::Pretty
+        } else {
+            WsFormat::Json
+        });
+        Session {
+            format,
+            style: Style {
+                on: format == WsFormat::Pretty && color_for(&stdout),
+            },
+            matcher: Matcher::new(expectations),
+            count: args.count,
+            frames: 0,
+            per_type: BTreeMap::new(),
+            last: BTreeMap::new(),
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.count.is_some_and(|n| self.frames >= n)
+            || (!self.matcher.expectations.is_empty() && self.matcher.all_met())
+    }
+
+    /// With expectations, success is meeting them (--count only caps the
+    /// run); without, it is receiving --count frames.
+    fn pending(&self) -> bool {
+        if self.matcher.expectations.is_empty() {
+            self.count.is_some_and(|n| self.frames < n)
+        } else {
+            !self.matcher.all_met()
+        }
+    }
+
+    fn on_frame(&mut self, text: &str) -> std::io::Result<()> {
+        self.frames += 1;
+        let parsed: Option<Value> = serde_json::from_str(text).ok();
+        let typed = parsed.as_ref().and_then(|v| {
+            let kind = v.get("type")?.as_str()?;
+            Some((
+                kind.to_string(),
+                v.get("payload").cloned().unwrap_or(Value::Null),
+            ))
+        });
+        let label = typed
+            .as_ref()
+            .map_or("(unrecognised frame)", |(k, _)| k.as_str());
+        *self.per_type.entry(label.to_string()).or_default() += 1;
+        let shown = typed.as_ref().map(|(k, p)| (k.as_str(), p));
+        print::frame(self.format, self.style, text, parsed.as_ref(), shown)?;
+        if let Some((kind, payload)) = typed {
+            self.offer(kind, payload);
+        }
+        Ok(())
+    }
+
+    fn offer(&mut self, kind: String, payload: Value) {
+        if let Some(e) = self.matcher.offer(&kind, &payload) {
+            eprintln!(
+                "expectation met ({}/{}): {}",
+                self.matcher.met(),
+                self.matcher.expectations.len(),
+                self.matcher.expectations[e].text
+            );
+        }
+        self.last.insert(kind, payload);
+    }
+
+    /// What was seen and what is missing, for stderr.
+    fn report(&self, why: &str) -> String {
+        let mut lines = vec![if self.matcher.expectations.is_empty() {
+            format!("ws-client: {why}")
+        } else {
+            format!(
+                "ws-client: {why}: {} of {} expectations met",
+                self.matcher.met(),
+                self.matcher.expectations.len()
+            )
+        }];
+        let seen: Vec<String> = self
+            .per_type
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        lines.push(format!(
+            "  seen {} frames{}{}",
+            self.frames,
+            if seen.is_empty() { "" } else { ": " },
+            seen.join(", ")
+        ));
+        if let Some(n) = self
+            .count
+            .filter(|n| self.frames < *n && self.matcher.expectations.is_empty())
+        {
+            lines.push(format!(
+                "  wanted {n} frames (--count), got {}",
+                self.frames
+            ));
+        }
+        self.missing(&mut lines);
+        lines.join("\n")
+    }
+
+    /// Each missing expectation, with what the last frame of its type had.
+    fn missing(&self, lines: &mut Vec<String>) {
+        for e in self.matcher.missing() {
+            lines.push(format!("  missing: {}", e.text));
+            if let Some(last) = self.last.get(&e.kind) {
+                let had: Vec<String> = e
+                    .fields
+                    .iter()
+                    .map(|(k, _)| {
+                        let v = Expectation::lookup(last, k)
+                            .map_or("(absent)".into(), Value::to_string);
+                        format!("{k}={v}")
+                    })
+                    .collect();
+                lines.push(format!("    last {} had {}", e.kind, had.join(" ")));
+            }
+        }
+    }
+
+    /// The exit code: success once nothing is pending, else a failed check
+    /// that says why and what was seen.
+    fn outcome(
+        &self,
+        end: End,
+        elapsed: Duration,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<ExitCode> {
+        let elapsed = elapsed.as_secs_f64();
+        if !self.pending() {
+            if !self.matcher.expectations.is_empty() {
+                eprintln!(
+                    "all {} expectations met after {} frames in {elapsed:.1}s",
+                    self.matcher.expectations.len(),
+                    self.frames,
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let why = match end {
+            End::Done => format!("stopped after {} frames (--count)", self.frames),
+            End::Deadline => format!("timed out after {:?}", timeout.unwrap_or_default()),
+            End::Interrupted => format!("interrupted after {elapsed:.1}s"),
+            _ => format!("connection ended after {elapsed:.1}s"),
+        };
+        Err(Failure::check(anyhow::anyhow!("{}", self.report(&why))).into())
+    }
+}
+
+/// What bounds the run: when to give up, the signal to stop, the pings to
+/// send and whether to reconnect.
+struct Limits {
+    deadline: Option<Instant>,
+    cancel: CancellationToken,
+    ping_interval: Option<Duration>,
+    reconnect: bool,
+}
+
+impl Limits {
+    /// Resolves when the run is over (deadline or signal), with how.
+    async fn over(&self) -> End {
+        tokio::select! {
+            _ = sleep_until(self.deadline) => End::Deadline,
+            _ = self.cancel.cancelled() => End::Interrupted,
+        }
+    }
+
+    fn pinger(&self) -> Option<tokio::time::Interval> {
+        self.ping_interval.map(|d| {
+            let mut i = tokio::time::interval_at((Instant::now() + d).into(), d);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        })
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick(ping: &mut Option<tokio::time::Interval>) {
+    match ping {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads one connection until it ends or the run is over.
+async fn read_socket(
+    socket: &mut Socket,
+    session: &mut Session,
+    limits: &Limits,
+) -> anyhow::Result<End> {
+    let mut ping = limits.pinger();
+    loop {
+        tokio::select! {
+            end = limits.over() => {
+                close_politely(socket).await;
+                return Ok(end);
+            }
+            _ = tick(&mut ping) => {
+                if let Err(e) = socket.send(Message::Ping(Default::default())).await {
+                    return Ok(End::Lost(io_detail(&e)));
+                }
+            }
+            msg = socket.next() => match msg {
+                Some(Ok(Message::Text(t))) => session.on_frame(t.as_str())?,
+                Some(Ok(Message::Binary(b))) => session.on_frame(&String::from_utf8_lossy(&b))?,
+                Some(Ok(Message::Close(frame))) => {
+                    return Ok(End::Closed {
+                        code: frame.as_ref().map(|f| u16::from(f.code)),
+                        reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+                    });
+                }
+                // Pings are answered by the library; pongs need nothing.
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Ok(End::Lost(io_detail(&e))),
+                None => return Ok(End::Lost("connection closed without a close frame".into())),
+            },
+        }
+        if session.finished() {
+            close_politely(socket).await;
+            return Ok(End::Done);
+        }
+    }
+}
+
+/// One attempt: dial, then read until the connection ends.
+async fn attempt(
+    dialer: &Dialer,
+    session: &mut Session,
+    limits: &Limits,
+    backoff: &mut Backoff,
+) -> anyhow::Result<End> {
+    let dialed = tokio::select! {
+        r = dialer.dial() => r?,
+        end = limits.over() => return Ok(end),
+    };
+    match dialed {
+        Ok(mut socket) => {
+            eprintln!("connected");
+            backoff.reset();
+            read_socket(&mut socket, session, limits).await
+        }
+        Err(e) if limits.reconnect && e.retryable() => Ok(End::Unreachable(e.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Connects, and with --reconnect connects again after a backoff, until
+/// an end that is final.
+async fn connect_loop(
+    dialer: &Dialer,
+    session: &mut Session,
+    limits: &Limits,
+) -> anyhow::Result<End> {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(15));
+    let who = dialer.who();
+    loop {
+        eprintln!("connecting to {} as {who}", dialer.url);
+        let end = attempt(dialer, session, limits, &mut backoff).await?;
+        end.log();
+        if !(limits.reconnect && end.retry()) {
+            return Ok(end);
+        }
+        let delay = backoff.next_delay();
+        eprintln!("reconnecting in {:.1}s", delay.as_secs_f64());
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            end = limits.over() => return Ok(end),
+        }
+    }
+}
+
+pub async fn run(connect: ConnectOpts, args: WsClientArgs) -> anyhow::Result<ExitCode> {
+    let expectations = args
+        .expect
+        .iter()
+        .map(|e| Expectation::parse(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let dialer = Dialer::new(&connect, &args)?;
+    let timeout = args
+        .timeout
+        .or((!expectations.is_empty()).then_some(Duration::from_secs(30)));
+    let started = Instant::now();
+    let mut session = Session::new(&args, expectations);
+    let limits = Limits {
+        deadline: timeout.map(|t| started + t),
+        cancel: CancellationToken::new(),
+        ping_interval: args.ping_interval,
+        reconnect: args.reconnect,
+    };
+    super::cancel_on_signal(limits.cancel.clone());
+    let end = connect_loop(&dialer, &mut session, &limits).await?;
+    session.outcome(end, started.elapsed(), timeout)
+}
