@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState, Shared, WsConfig};
 use crate::auth::Verifier;
 use crate::bridge::{self, BridgeConfig, Hub};
-use crate::config::{ConnectOpts, RuntimeOpts, State};
+use crate::config::{ApiLimitOpts, ConnectOpts, RuntimeOpts, State};
 use crate::db::embedded::Embedded;
 use crate::db::listener::Backoff;
 use crate::events::{LocalDelivery, Publisher};
@@ -52,6 +52,8 @@ pub struct ServeArgs {
     pub bridge_queue: usize,
     #[command(flatten)]
     pub runtime: RuntimeOpts,
+    #[command(flatten)]
+    pub limits: ApiLimitOpts,
 }
 
 /// Raises the open-file limit to the hard limit: each socket is a file.
@@ -103,6 +105,7 @@ pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle
 
 pub async fn run(connect: ConnectOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.runtime.check()?;
+    args.limits.check(args.runtime.max_upload_bytes)?;
     raise_nofile_limit();
     let channel = connect.channel()?;
     let metrics = install_metrics();
@@ -153,7 +156,9 @@ async fn serve(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> anyhow::Result<ExitCode> {
     let rt = &args.runtime;
-    let pool = crate::db::pool(url, rt.pool_size, "ragctl-api").await?;
+    let statement_timeout = args.limits.statement_timeout();
+    let pool =
+        crate::db::pool_with_timeout(url, rt.pool_size, "ragctl-api", statement_timeout).await?;
     let applied = crate::db::migrate(&pool).await?;
     if applied > 0 {
         tracing::info!(applied, "migrations applied");
@@ -225,6 +230,14 @@ async fn serve(
         ws_permits: Arc::new(Semaphore::new(args.ws_max_connections)),
         sockets: TaskTracker::new(),
         shutdown: shutdown.clone(),
+        limits: api::limits::Limits {
+            uploads: api::limits::UploadBudget::new(
+                args.limits.upload_budget_bytes,
+                args.limits.user_upload_budget(rt.max_upload_bytes),
+            ),
+            canceller: crate::db::Canceller::new(url)?,
+            statement_timeout,
+        },
     }));
 
     let children = TaskTracker::new();
