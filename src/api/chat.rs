@@ -121,15 +121,14 @@ pub async fn post_message(
         .emit(uid, EventType::MessageCreated, question.created_payload())
         .await;
     let pending = chat::insert_message(&client, uid, conv, "assistant", "", "pending").await?;
-    state
-        .events
-        .emit(uid, EventType::MessageCreated, pending.created_payload())
-        .await;
-
     // If the client leaves from here on, the search is cancelled on the
     // server and the pending answer marked `error`.
     let mut guard = state.limits.canceller.guard(client);
     guard.on_abandon(mark_abandoned(&state, uid, pending.id));
+    state
+        .events
+        .emit(uid, EventType::MessageCreated, pending.created_payload())
+        .await;
     let done = answer(&state, guard.client(), uid, content, pending.id).await;
     drop(guard.finish());
     let done = done?;

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use axum::http::StatusCode;
 use uuid::Uuid;
@@ -18,7 +17,6 @@ const RETRY_AFTER_SECS: u64 = 2;
 pub struct Limits {
     pub uploads: UploadBudget,
     pub canceller: Canceller,
-    pub statement_timeout: Duration,
 }
 
 /// Upload bytes held in memory, bounded for the process and for each user.

@@ -156,9 +156,8 @@ async fn serve(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> anyhow::Result<ExitCode> {
     let rt = &args.runtime;
-    let statement_timeout = args.limits.statement_timeout();
-    let pool =
-        crate::db::pool_with_timeout(url, rt.pool_size, "ragctl-api", statement_timeout).await?;
+    let timeout = args.limits.statement_timeout();
+    let pool = crate::db::pool_with_timeout(url, rt.pool_size, "ragctl-api", timeout).await?;
     let applied = crate::db::migrate(&pool).await?;
     if applied > 0 {
         tracing::info!(applied, "migrations applied");
@@ -236,7 +235,6 @@ async fn serve(
                 args.limits.user_upload_budget(rt.max_upload_bytes),
             ),
             canceller: crate::db::Canceller::new(url)?,
-            statement_timeout,
         },
     }));
 

@@ -277,6 +277,13 @@ fn pool_error_text(e: &deadpool_postgres::PoolError) -> String {
 pub async fn migrate(pool: &Pool) -> Result<usize, DbError> {
     let mut obj = pool.get().await?;
     let client: &mut Client = &mut obj;
+    // The API's pool has a statement_timeout; waiting for another migrator
+    // or migrating a big table must not be cut short by it.
+    let timeout: String = client
+        .query_one("SHOW statement_timeout", &[])
+        .await?
+        .get(0);
+    client.batch_execute("SET statement_timeout = 0").await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
@@ -286,6 +293,9 @@ pub async fn migrate(pool: &Pool) -> Result<usize, DbError> {
         .await;
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    client
+        .execute("SELECT set_config('statement_timeout', $1, false)", &[&timeout])
         .await?;
     let report = result.map_err(|e| DbError::Migrate(e.to_string()))?;
     Ok(report.applied_migrations().len())
