@@ -139,6 +139,19 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// Makes glibc serve every allocation of 1 MiB or more (upload buffers)
+/// with its own mmap, returned to the kernel when freed. By default glibc
+/// raises that threshold to the size of the last freed block, so later
+/// 25 MiB buffers come from its heaps and stay resident after the upload
+/// (measured: 101–129 MB still resident after a flood, 22–24 MB with this).
+pub fn return_big_buffers_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called at start-up.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

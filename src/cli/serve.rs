@@ -106,6 +106,7 @@ pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle
 pub async fn run(connect: ConnectOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.runtime.check()?;
     args.limits.check(args.runtime.max_upload_bytes)?;
+    api::limits::return_big_buffers_to_the_os();
     raise_nofile_limit();
     let channel = connect.channel()?;
     let metrics = install_metrics();

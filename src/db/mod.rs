@@ -295,7 +295,10 @@ pub async fn migrate(pool: &Pool) -> Result<usize, DbError> {
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await?;
     client
-        .execute("SELECT set_config('statement_timeout', $1, false)", &[&timeout])
+        .execute(
+            "SELECT set_config('statement_timeout', $1, false)",
+            &[&timeout],
+        )
         .await?;
     let report = result.map_err(|e| DbError::Migrate(e.to_string()))?;
     Ok(report.applied_migrations().len())
