@@ -1,19 +1,22 @@
 //! `/conversations`: create, list, and chat with cited answers.
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use super::error::ApiError;
 use super::{AppState, parse_id};
 use crate::auth::AuthUser;
-use crate::db::chat;
+use crate::db::{Aftermath, DbError, chat};
 use crate::events::EventType;
 
 const MAX_CONTENT_CHARS: usize = 16_000;
+const MAX_TITLE_CHARS: usize = 200;
 const PASSAGES: i64 = 5;
 
 #[derive(Deserialize, Default)]
@@ -26,8 +29,9 @@ pub struct NewConversation {
 pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
-    body: axum::body::Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body?;
     // The body is optional: an empty one means no title.
     let body: NewConversation = if body.iter().all(u8::is_ascii_whitespace) {
         NewConversation::default()
@@ -35,6 +39,9 @@ pub async fn create(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("malformed JSON body: {e}")))?
     };
+    if let Some(title) = &body.title {
+        check_text("title", title, MAX_TITLE_CHARS)?;
+    }
     let client = state.pool.get().await?;
     let conv = chat::create_conversation(&client, user.user_id, body.title.as_deref()).await?;
     Ok((
@@ -70,6 +77,21 @@ pub async fn messages(
     Ok(Json(json!({ "messages": msgs })))
 }
 
+/// PostgreSQL text cannot hold NUL, so it is refused here, with a reason.
+fn check_text(field: &str, text: &str, max_chars: usize) -> Result<(), ApiError> {
+    if text.contains('\0') {
+        return Err(ApiError::bad_request(format!(
+            "`{field}` must not contain NUL (\\u0000) characters"
+        )));
+    }
+    if text.chars().count() > max_chars {
+        return Err(ApiError::bad_request(format!(
+            "`{field}` is longer than {max_chars} characters"
+        )));
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 pub struct NewMessage {
     content: String,
@@ -88,11 +110,7 @@ pub async fn post_message(
     if content.is_empty() {
         return Err(ApiError::bad_request("`content` must not be empty"));
     }
-    if content.chars().count() > MAX_CONTENT_CHARS {
-        return Err(ApiError::bad_request(format!(
-            "`content` is longer than {MAX_CONTENT_CHARS} characters"
-        )));
-    }
+    check_text("content", content, MAX_CONTENT_CHARS)?;
     let conv = owned(&state, user.user_id, &id).await?;
     let uid = user.user_id;
 
@@ -103,22 +121,60 @@ pub async fn post_message(
         .emit(uid, EventType::MessageCreated, question.created_payload())
         .await;
     let pending = chat::insert_message(&client, uid, conv, "assistant", "", "pending").await?;
+    // If the client leaves from here on, the search is cancelled on the
+    // server and the pending answer marked `error`.
+    let mut guard = state.limits.canceller.guard(client);
+    guard.on_abandon(mark_abandoned(&state, uid, pending.id));
     state
         .events
         .emit(uid, EventType::MessageCreated, pending.created_payload())
         .await;
+    let done = answer(&state, guard.client(), uid, content, pending.id).await;
+    drop(guard.finish());
+    let done = done?;
+    state
+        .events
+        .emit(uid, EventType::MessageStatusUpdated, done.status_payload())
+        .await;
+    if done.error_message.as_deref() == Some(TIMED_OUT) {
+        let e = ApiError::query_timeout();
+        return Err(ApiError {
+            message: format!(
+                "{}; your question is saved and its answer marked `error`",
+                e.message
+            ),
+            ..e
+        });
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "user_message": question, "assistant_message": done })),
+    ))
+}
 
-    let answered = match chat::search(&client, uid, content, PASSAGES).await {
+const TIMED_OUT: &str = "the search took longer than the statement timeout";
+const SORRY: &str = "Sorry, I could not answer that.";
+
+/// Searches, answers, and completes the pending message (or marks it `error`).
+async fn answer(
+    state: &AppState,
+    client: &deadpool_postgres::Object,
+    uid: Uuid,
+    content: &str,
+    pending: Uuid,
+) -> Result<chat::Message, ApiError> {
+    let answered = match chat::search(client, uid, content, PASSAGES).await {
         Ok(passages) => crate::rag::answer(content, &passages, state.llm.as_ref())
             .await
             .map_err(|e| e.to_string()),
+        Err(DbError::Timeout(_)) => Err(TIMED_OUT.to_string()),
         Err(e) => Err(e.to_string()),
     };
     let done = match answered {
         Ok(a) => {
             chat::finish_message(
-                &client,
-                pending.id,
+                client,
+                pending,
                 "completed",
                 &a.content,
                 &a.sources_json(),
@@ -128,24 +184,27 @@ pub async fn post_message(
         }
         Err(e) => {
             tracing::warn!(error = %e, "answering failed");
-            chat::finish_message(
-                &client,
-                pending.id,
-                "error",
-                "Sorry, I could not answer that.",
-                &json!([]),
-                Some(&e),
-            )
-            .await?
+            chat::finish_message(client, pending, "error", SORRY, &json!([]), Some(&e)).await?
         }
     };
-    drop(client);
-    state
-        .events
-        .emit(uid, EventType::MessageStatusUpdated, done.status_payload())
-        .await;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "user_message": question, "assistant_message": done })),
-    ))
+    Ok(done)
+}
+
+/// Marks the pending answer of an abandoned request `error`, and says so.
+fn mark_abandoned(state: &AppState, uid: Uuid, pending: Uuid) -> Aftermath {
+    let events = state.events.clone();
+    Box::new(move |client| {
+        Box::pin(async move {
+            let why = "the request ended (the client went away) before the answer was ready";
+            match chat::finish_message(client, pending, "error", SORRY, &json!([]), Some(why)).await
+            {
+                Ok(done) => {
+                    events
+                        .emit(uid, EventType::MessageStatusUpdated, done.status_payload())
+                        .await
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot mark an abandoned answer"),
+            }
+        })
+    })
 }

@@ -3,11 +3,14 @@
 use axum::Json;
 use axum::extract::multipart::{Multipart, MultipartRejection};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::limits::Reservation;
 use super::{AppState, parse_id};
 use crate::auth::AuthUser;
 use crate::db::documents::{self, NewDocument};
@@ -34,44 +37,29 @@ fn clean_filename(raw: Option<&str>) -> String {
     }
 }
 
+/// Bytes a multipart body may add around the file (boundaries, headers).
+const MULTIPART_OVERHEAD: usize = 64 * 1024;
+/// First step of a reservation when the request's length is unknown.
+const FIRST_STEP: usize = 1024 * 1024;
+
 pub async fn upload(
     State(state): State<AppState>,
     user: AuthUser,
+    headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let limit = state.max_upload_bytes;
     let mut multipart = multipart?;
-    let mut file: Option<(String, Option<String>, Vec<u8>)> = None;
-    while let Some(mut field) = multipart
-        .next_field()
-        .await
-        .map_err(|e| ApiError::multipart(e, limit))?
-    {
-        if field.name() != Some("file") {
-            continue; // tolerate extra form fields
+    let mut budget = state.limits.uploads.reserve(user.user_id);
+    let read = read_file(&mut multipart, &headers, &mut budget, limit).await;
+    let (filename, declared, bytes) = match read {
+        Ok(file) => file,
+        Err(e) => {
+            // Read (and discard) the rest in the background so that the
+            // client, still sending, gets this answer instead of a reset.
+            tokio::spawn(drain(multipart, 2 * limit + MULTIPART_OVERHEAD));
+            return Err(e);
         }
-        if file.is_some() {
-            return Err(ApiError::bad_request("send exactly one `file` field"));
-        }
-        let name = clean_filename(field.file_name());
-        let declared = field.content_type().map(str::to_string);
-        let mut bytes = Vec::new();
-        while let Some(chunk) = field
-            .chunk()
-            .await
-            .map_err(|e| ApiError::multipart(e, limit))?
-        {
-            if bytes.len() + chunk.len() > limit {
-                return Err(ApiError::too_large(limit));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        file = Some((name, declared, bytes));
-    }
-    let Some((filename, declared, bytes)) = file else {
-        return Err(ApiError::bad_request(
-            "multipart body has no `file` field (curl -F file=@path)",
-        ));
     };
     if bytes.is_empty() {
         return Err(ApiError::bad_request(format!("{filename} is empty")));
@@ -90,12 +78,14 @@ pub async fn upload(
             user_id: user.user_id,
             filename: &filename,
             mime_type: mime,
-            content: &bytes,
+            content: bytes::Bytes::from(bytes),
             max_retries: state.max_retries,
             embargo: state.events.embargo(),
         },
     )
     .await?;
+    // Stored: the memory is free and so is the budget.
+    drop(budget);
     state
         .events
         .emit(
@@ -125,6 +115,80 @@ pub async fn upload(
             "created_at": doc.created_at,
         })),
     ))
+}
+
+/// The one `file` field, read chunk by chunk into one buffer that grows
+/// only as far as the budget lets it.
+async fn read_file(
+    multipart: &mut Multipart,
+    headers: &HeaderMap,
+    budget: &mut Reservation<'_>,
+    limit: usize,
+) -> Result<(String, Option<String>, Vec<u8>), ApiError> {
+    // The request's length bounds the file's: reserve it before reading, so
+    // that a refused upload is answered at once.
+    let hint = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if hint.is_some_and(|n| n > limit + MULTIPART_OVERHEAD) {
+        return Err(ApiError::too_large(limit));
+    }
+    let hint = hint.map(|n| n.min(limit));
+    if let Some(n) = hint {
+        budget.grow_to(n)?;
+    }
+    let mut file = None;
+    while let Some(mut field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| ApiError::multipart(e, limit))?
+    {
+        if field.name() != Some("file") {
+            continue; // tolerate extra form fields
+        }
+        if file.is_some() {
+            return Err(ApiError::bad_request("send exactly one `file` field"));
+        }
+        let name = clean_filename(field.file_name());
+        let declared = field.content_type().map(str::to_string);
+        let mut bytes = Vec::with_capacity(hint.unwrap_or(0));
+        while let Some(chunk) = field
+            .chunk()
+            .await
+            .map_err(|e| ApiError::multipart(e, limit))?
+        {
+            let needed = bytes.len() + chunk.len();
+            if needed > limit {
+                return Err(ApiError::too_large(limit));
+            }
+            if needed > bytes.capacity() {
+                let want = needed.max(2 * bytes.capacity()).max(FIRST_STEP).min(limit);
+                budget.grow_to(want)?;
+                bytes.reserve_exact(want - bytes.len());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        file = Some((name, declared, bytes));
+    }
+    file.ok_or_else(|| {
+        ApiError::bad_request("multipart body has no `file` field (curl -F file=@path)")
+    })
+}
+
+/// Reads what is left of a refused upload, at most `max` bytes and 30 s.
+async fn drain(mut multipart: Multipart, max: usize) {
+    let read_all = async {
+        let mut seen = 0;
+        while let Ok(Some(mut field)) = multipart.next_field().await {
+            while let Ok(Some(chunk)) = field.chunk().await {
+                seen += chunk.len();
+                if seen > max {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(30), read_all).await;
 }
 
 pub async fn list(State(state): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {

@@ -2,8 +2,8 @@
 
 use axum::Json;
 use axum::extract::multipart::{MultipartError, MultipartRejection};
-use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -15,6 +15,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds, sent as `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,7 +25,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -49,13 +57,38 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+        let body = Json(json!({"error": {"code": self.code, "message": self.message}}));
+        match self.retry_after {
+            Some(secs) => {
+                (self.status, [(header::RETRY_AFTER, secs.to_string())], body).into_response()
+            }
+            None => (self.status, body).into_response(),
+        }
     }
 }
+
+impl ApiError {
+    /// A JSON body over axum's default limit.
+    pub fn body_too_large() -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the JSON body is larger than the {JSON_BODY_LIMIT}-byte limit"),
+        )
+    }
+
+    pub fn query_timeout() -> ApiError {
+        ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "query_timeout",
+            "the database query took longer than the server's statement timeout \
+             (RAG_STATEMENT_TIMEOUT_MS) and was stopped",
+        )
+    }
+}
+
+/// axum's `DefaultBodyLimit` for the JSON endpoints (2 MB).
+pub const JSON_BODY_LIMIT: usize = 2_097_152;
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
@@ -75,7 +108,9 @@ impl From<DbError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "database_unavailable",
                 "the database is unavailable; try again",
-            ),
+            )
+            .retry_after(1),
+            DbError::Timeout(_) => ApiError::query_timeout(),
             _ => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -93,7 +128,26 @@ impl From<deadpool_postgres::PoolError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
+        match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::body_too_large(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ),
+            // Syntax and data errors (axum says 422 for the latter) alike.
+            _ => ApiError::bad_request(e.body_text()),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(e: BytesRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::body_too_large()
+        } else {
+            ApiError::bad_request(format!("cannot read the body: {}", e.body_text()))
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 mod chat;
 mod documents;
 pub mod error;
+pub mod limits;
 mod ops;
 pub mod ws;
 
@@ -52,6 +53,7 @@ pub struct Shared {
     pub ws_permits: Arc<Semaphore>,
     pub sockets: TaskTracker,
     pub shutdown: CancellationToken,
+    pub limits: limits::Limits,
 }
 
 #[derive(Clone)]
@@ -109,6 +111,13 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
         // Only the path is logged: `/ws?token=` must never reach a log line.
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path())

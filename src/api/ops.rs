@@ -1,5 +1,6 @@
-//! `/healthz` (the process is up), `/readyz` (the database answers and, with
-//! realtime on, the listener is connected) and `/metrics` (Prometheus).
+//! `/healthz` (liveness: the process is up), `/readyz` (readiness: a pool
+//! connection can be had and answers and, with realtime on, the listener is
+//! connected) and `/metrics` (Prometheus).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -17,6 +18,14 @@ pub async fn healthz() -> Json<Value> {
 }
 
 async fn database_ok(state: &AppState) -> Result<(), String> {
+    let pool = state.pool.status();
+    // Requests already queue for a connection: this one would too.
+    if pool.available == 0 && pool.size >= pool.max_size && pool.waiting > 0 {
+        return Err(format!(
+            "the connection pool is exhausted: {} of {} connections busy, {} requests waiting",
+            pool.size, pool.max_size, pool.waiting
+        ));
+    }
     let check = async {
         let client = state.pool.get().await.map_err(|e| e.to_string())?;
         client
@@ -27,7 +36,9 @@ async fn database_ok(state: &AppState) -> Result<(), String> {
     };
     tokio::time::timeout(Duration::from_secs(3), check)
         .await
-        .unwrap_or_else(|_| Err("timed out".into()))
+        .unwrap_or_else(|_| {
+            Err("no database connection answered within 3 s (pool busy or database slow)".into())
+        })
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
@@ -38,9 +49,16 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         .map(|b| b.listener.status.borrow().clone());
     let listener_ok = listener.as_ref().is_none_or(|s| s.connected);
     let ready = db.is_ok() && listener_ok;
+    let pool = state.pool.status();
     let body = json!({
         "ready": ready,
         "database": match &db { Ok(()) => json!({"ok": true}), Err(e) => json!({"ok": false, "error": e}) },
+        "pool": {
+            "max_size": pool.max_size,
+            "size": pool.size,
+            "available": pool.available,
+            "waiting": pool.waiting,
+        },
         "realtime": match &listener {
             None => json!({"enabled": false}),
             Some(s) => json!({

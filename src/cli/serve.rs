@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState, Shared, WsConfig};
 use crate::auth::Verifier;
 use crate::bridge::{self, BridgeConfig, Hub};
-use crate::config::{ConnectOpts, RuntimeOpts, State};
+use crate::config::{ApiLimitOpts, ConnectOpts, RuntimeOpts, State};
 use crate::db::embedded::Embedded;
 use crate::db::listener::Backoff;
 use crate::events::{LocalDelivery, Publisher};
@@ -56,6 +56,8 @@ pub struct ServeArgs {
     pub bridge_queue: usize,
     #[command(flatten)]
     pub runtime: RuntimeOpts,
+    #[command(flatten)]
+    pub limits: ApiLimitOpts,
 }
 
 /// Raises the open-file limit to the hard limit: each socket is a file.
@@ -107,6 +109,8 @@ pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle
 
 pub async fn run(connect: ConnectOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.runtime.check()?;
+    args.limits.check(args.runtime.max_upload_bytes)?;
+    api::limits::return_big_buffers_to_the_os();
     raise_nofile_limit();
     let channel = connect.channel()?;
     let metrics = install_metrics();
@@ -157,7 +161,8 @@ async fn serve(
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 ) -> anyhow::Result<ExitCode> {
     let rt = &args.runtime;
-    let pool = crate::db::pool(url, rt.pool_size, "ragctl-api").await?;
+    let timeout = args.limits.statement_timeout();
+    let pool = crate::db::pool_with_timeout(url, rt.pool_size, "ragctl-api", timeout).await?;
     let applied = crate::db::migrate(&pool).await?;
     if applied > 0 {
         tracing::info!(applied, "migrations applied");
@@ -233,6 +238,13 @@ async fn serve(
         ws_permits: Arc::new(Semaphore::new(args.ws_max_connections)),
         sockets: TaskTracker::new(),
         shutdown: shutdown.clone(),
+        limits: api::limits::Limits {
+            uploads: api::limits::UploadBudget::new(
+                args.limits.upload_budget_bytes,
+                args.limits.user_upload_budget(rt.max_upload_bytes),
+            ),
+            canceller: crate::db::Canceller::new(url)?,
+        },
     }));
 
     let children = TaskTracker::new();

@@ -273,6 +273,56 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
+/// Limits of the API process under hostile load (`serve` only; workers
+/// keep their own settings).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiLimitOpts {
+    /// Upload bytes held in memory at once, all users together; an upload
+    /// that finds no room is refused with 503 and Retry-After.
+    #[arg(long, env = "RAG_UPLOAD_BUDGET_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub upload_budget_bytes: usize,
+    /// The share of that budget one user may hold (429 beyond it)
+    /// [default: half the budget, at least --max-upload-bytes].
+    #[arg(long, env = "RAG_UPLOAD_USER_BUDGET_BYTES")]
+    pub upload_user_budget_bytes: Option<usize>,
+    /// statement_timeout of the API's database connections (ms; 0 = none).
+    #[arg(long, env = "RAG_STATEMENT_TIMEOUT_MS", default_value_t = 15_000)]
+    pub statement_timeout_ms: u64,
+}
+
+impl ApiLimitOpts {
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.statement_timeout_ms)
+    }
+
+    pub fn user_upload_budget(&self, max_upload_bytes: usize) -> usize {
+        self.upload_user_budget_bytes
+            .unwrap_or((self.upload_budget_bytes / 2).max(max_upload_bytes))
+            .min(self.upload_budget_bytes)
+    }
+
+    /// `max_upload_bytes` is the runtime's: an upload of the largest
+    /// accepted size must fit in both budgets.
+    pub fn check(&self, max_upload_bytes: usize) -> Result<(), ConfigError> {
+        let invalid = |flag, var, problem: String| ConfigError::Invalid { flag, var, problem };
+        if self.upload_budget_bytes < max_upload_bytes {
+            return Err(invalid(
+                "--upload-budget-bytes",
+                "RAG_UPLOAD_BUDGET_BYTES",
+                format!("must be at least --max-upload-bytes ({max_upload_bytes})"),
+            ));
+        }
+        if self.user_upload_budget(max_upload_bytes) < max_upload_bytes {
+            return Err(invalid(
+                "--upload-user-budget-bytes",
+                "RAG_UPLOAD_USER_BUDGET_BYTES",
+                format!("must be at least --max-upload-bytes ({max_upload_bytes})"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

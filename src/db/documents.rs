@@ -1,7 +1,9 @@
 //! Documents and their uploaded bytes. Every query is scoped by `user_id`.
 
+use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
+use futures_util::SinkExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_postgres::Row;
@@ -67,7 +69,8 @@ pub struct NewDocument<'a> {
     pub user_id: Uuid,
     pub filename: &'a str,
     pub mime_type: &'a str,
-    pub content: &'a [u8],
+    /// Owned so that it reaches the socket in slices, never copied whole.
+    pub content: Bytes,
     pub max_retries: i32,
     /// See [`super::jobs::enqueue`].
     pub embargo: std::time::Duration,
@@ -95,14 +98,51 @@ pub async fn create_with_parse_job(
         )
         .await?;
     let doc = Document::from_row(&row);
-    tx.execute(
-        "INSERT INTO document_blobs (document_id, content) VALUES ($1, $2)",
-        &[&doc.id, &new.content],
-    )
-    .await?;
+    copy_blob(&tx, doc.id, new.content).await?;
     let job = super::jobs::enqueue(&tx, &doc, JobKind::Parse, new.max_retries, new.embargo).await?;
     tx.commit().await?;
     Ok((doc, job))
+}
+
+/// Bytes per CopyData message: what the connection buffers at a time.
+const COPY_SLICE: usize = 64 * 1024;
+
+/// Writes the blob with `COPY ... (FORMAT binary)` in slices of the one
+/// buffer. A bytea parameter would be copied whole into the Bind message and
+/// again into the connection's write buffer, which keeps that capacity.
+async fn copy_blob(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: Uuid,
+    content: Bytes,
+) -> Result<(), DbError> {
+    let len = i32::try_from(content.len())
+        .map_err(|_| DbError::Query("a blob cannot exceed 2 GiB".into()))?;
+    // Signature, flags, header extension; one tuple of two fields.
+    let mut head = BytesMut::with_capacity(48);
+    head.put_slice(b"PGCOPY\n\xff\r\n\0");
+    head.put_i32(0);
+    head.put_i32(0);
+    head.put_i16(2);
+    head.put_i32(16);
+    head.put_slice(id.as_bytes());
+    head.put_i32(len);
+    let sink = tx
+        .copy_in::<_, Bytes>(
+            "COPY document_blobs (document_id, content) FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    futures_util::pin_mut!(sink);
+    sink.send(head.freeze()).await?;
+    let mut at = 0;
+    while at < content.len() {
+        let end = (at + COPY_SLICE).min(content.len());
+        sink.send(content.slice(at..end)).await?;
+        at = end;
+    }
+    // The trailer: a tuple of -1 fields.
+    sink.send(Bytes::from_static(&[0xff, 0xff])).await?;
+    sink.finish().await?;
+    Ok(())
 }
 
 pub async fn list(client: &impl GenericClient, user_id: Uuid) -> Result<Vec<Document>, DbError> {

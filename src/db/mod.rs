@@ -11,7 +11,7 @@ mod tls;
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Socket};
 
@@ -39,11 +39,22 @@ pub enum DbError {
     Migrate(String),
     #[error("database error: {0}")]
     Query(String),
+    /// The statement ran longer than the connection's `statement_timeout`.
+    #[error("query timed out: {0}")]
+    Timeout(String),
 }
 
 impl From<tokio_postgres::Error> for DbError {
     fn from(e: tokio_postgres::Error) -> Self {
-        DbError::Query(error_text(&e))
+        let text = error_text(&e);
+        // 57014 is also a cancel request; only the timeout says so.
+        if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+            && text.contains("statement timeout")
+        {
+            DbError::Timeout(text)
+        } else {
+            DbError::Query(text)
+        }
     }
 }
 
@@ -128,6 +139,18 @@ pub async fn connect(url: &str, application_name: &str) -> Result<(Client, Conne
 /// Builds the pool and checks that one connection can be made, so that a
 /// wrong URL fails at start-up with a clear message.
 pub async fn pool(url: &str, size: usize, application_name: &str) -> Result<Pool, DbError> {
+    pool_with_timeout(url, size, application_name, Duration::ZERO).await
+}
+
+/// Like [`pool`], with `statement_timeout` set on every connection it opens
+/// (zero: the server's default). The API's pool uses it so that no request
+/// query can hold a connection for long.
+pub async fn pool_with_timeout(
+    url: &str,
+    size: usize,
+    application_name: &str,
+    statement_timeout: Duration,
+) -> Result<Pool, DbError> {
     let t = target(url, application_name)?;
     let display = t.display.clone();
     let mgr = Manager::from_config(
@@ -137,18 +160,110 @@ pub async fn pool(url: &str, size: usize, application_name: &str) -> Result<Pool
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    let pool = Pool::builder(mgr)
+    let mut builder = Pool::builder(mgr)
         .max_size(size)
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(10)))
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .build()
-        .map_err(|e| DbError::Pool(e.to_string()))?;
+        .runtime(deadpool_postgres::Runtime::Tokio1);
+    if !statement_timeout.is_zero() {
+        // A SET rather than a startup option: poolers (PgBouncer) refuse
+        // unknown startup parameters.
+        let set = format!("SET statement_timeout = {}", statement_timeout.as_millis());
+        builder = builder.post_create(Hook::async_fn(move |client, _| {
+            let set = set.clone();
+            Box::pin(async move { client.batch_execute(&set).await.map_err(HookError::Backend) })
+        }));
+    }
+    let pool = builder.build().map_err(|e| DbError::Pool(e.to_string()))?;
     let _probe = pool.get().await.map_err(|e| DbError::Connect {
         target: display,
         detail: pool_error_text(&e),
     })?;
     Ok(pool)
+}
+
+/// Sends cancel requests for queries of the API's pool, over the same TLS
+/// as its connections.
+#[derive(Clone)]
+pub struct Canceller {
+    tls: TlsConnector,
+}
+
+/// What to do with the connection once an abandoned query is cancelled.
+pub type Aftermath = Box<
+    dyn FnOnce(&deadpool_postgres::Object) -> futures_util::future::BoxFuture<'_, ()>
+        + Send
+        + 'static,
+>;
+
+impl Canceller {
+    pub fn new(url: &str) -> Result<Canceller, DbError> {
+        Ok(Canceller {
+            tls: target(url, "ragctl-cancel")?.tls,
+        })
+    }
+
+    /// Holds `client` while a query runs; if the guard is dropped before
+    /// [`CancelOnDrop::finish`] (the request was abandoned), the query is
+    /// cancelled on the server: dropping a tokio-postgres future does not
+    /// stop the backend, which would go on holding the connection.
+    pub fn guard(&self, client: deadpool_postgres::Object) -> CancelOnDrop {
+        CancelOnDrop {
+            client: Some(client),
+            tls: self.tls.clone(),
+            aftermath: None,
+        }
+    }
+}
+
+pub struct CancelOnDrop {
+    client: Option<deadpool_postgres::Object>,
+    tls: TlsConnector,
+    aftermath: Option<Aftermath>,
+}
+
+impl CancelOnDrop {
+    /// Runs after the cancel, on the same connection, if the guard is dropped.
+    pub fn on_abandon(&mut self, f: Aftermath) {
+        self.aftermath = Some(f);
+    }
+
+    pub fn client(&self) -> &deadpool_postgres::Object {
+        self.client.as_ref().expect("present until finish or drop")
+    }
+
+    /// The query is over: the connection back, nothing cancelled.
+    pub fn finish(mut self) -> deadpool_postgres::Object {
+        self.client.take().expect("present until finish or drop")
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        metrics::counter!("ragctl_queries_cancelled_total").increment(1);
+        let (tls, aftermath) = (self.tls.clone(), self.aftermath.take());
+        rt.spawn(async move {
+            if let Err(e) = client.cancel_token().cancel_query(tls).await {
+                tracing::warn!(error = %error_text(&e), "could not cancel an abandoned query");
+            }
+            // Queued behind the cancelled query: once it answers, the
+            // connection is idle and the cancel can no longer hit a later
+            // query. If anything is off, the connection is not reused.
+            if client.simple_query("SELECT 1").await.is_err() {
+                let _ = deadpool_postgres::Object::take(client);
+                return;
+            }
+            if let Some(f) = aftermath {
+                f(&client).await;
+            }
+        });
+    }
 }
 
 fn pool_error_text(e: &deadpool_postgres::PoolError) -> String {
@@ -162,6 +277,13 @@ fn pool_error_text(e: &deadpool_postgres::PoolError) -> String {
 pub async fn migrate(pool: &Pool) -> Result<usize, DbError> {
     let mut obj = pool.get().await?;
     let client: &mut Client = &mut obj;
+    // The API's pool has a statement_timeout; waiting for another migrator
+    // or migrating a big table must not be cut short by it.
+    let timeout: String = client
+        .query_one("SHOW statement_timeout", &[])
+        .await?
+        .get(0);
+    client.batch_execute("SET statement_timeout = 0").await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await?;
@@ -171,6 +293,12 @@ pub async fn migrate(pool: &Pool) -> Result<usize, DbError> {
         .await;
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    client
+        .execute(
+            "SELECT set_config('statement_timeout', $1, false)",
+            &[&timeout],
+        )
         .await?;
     let report = result.map_err(|e| DbError::Migrate(e.to_string()))?;
     Ok(report.applied_migrations().len())
