@@ -243,29 +243,38 @@ pub async fn succeed(
     Ok(row.as_ref().map(Job::from_row))
 }
 
+/// Whether a failed attempt may be retried, and the first retry's backoff.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// `false` for a failure no retry can change: the job fails at once.
+    pub allowed: bool,
+    pub backoff_secs: f64,
+}
+
 /// Records a failed attempt: back to `queued` with `retry_count + 1` and an
-/// exponential backoff, or `failed` once `max_retries` retries are used.
+/// exponential backoff, or `failed` once `max_retries` retries are used or
+/// when no retry is allowed (`retry_count` then stays as it was).
 pub async fn fail(
     tx: &impl GenericClient,
     id: Uuid,
     owner: &str,
     error: &str,
-    backoff_secs: f64,
+    retry: Retry,
 ) -> Result<Option<Job>, DbError> {
     let row = tx
         .query_opt(
             &format!(
                 "UPDATE jobs SET
-                    status = CASE WHEN retry_count < max_retries THEN 'queued' ELSE 'failed' END,
+                    status = CASE WHEN $5 AND retry_count < max_retries THEN 'queued' ELSE 'failed' END,
                     run_after = clock_timestamp()
                         + make_interval(secs => least($4 * power(2, retry_count), 300)),
-                    retry_count = CASE WHEN retry_count < max_retries THEN retry_count + 1 ELSE retry_count END,
+                    retry_count = CASE WHEN $5 AND retry_count < max_retries THEN retry_count + 1 ELSE retry_count END,
                     error_message = $3, lease_owner = NULL, lease_expires_at = NULL,
                     updated_at = clock_timestamp()
                  WHERE id = $1 AND lease_owner = $2 AND status = 'running'
                  RETURNING {COLUMNS}"
             ),
-            &[&id, &owner, &error, &backoff_secs],
+            &[&id, &owner, &error, &retry.backoff_secs, &retry.allowed],
         )
         .await?;
     Ok(row.as_ref().map(Job::from_row))
