@@ -269,3 +269,23 @@ async fn claim_uses_the_indexes() {
     assert!(!plan.contains("Seq Scan on jobs"), "{plan}");
     assert!(plan.contains("jobs_queued_user_idx"), "{plan}");
 }
+
+/// The text read back from the parser is capped too.
+#[tokio::test]
+async fn the_text_cap_holds() {
+    let db = TestDb::new();
+    let api = Api::start(&db, &[], &[]).await;
+    let _p = worker(&db, "parse", &[("RAG_PARSE_MAX_TEXT_MIB", "1")]);
+    let user = Uuid::new_v4();
+    let big = "all work and no play\n".repeat(100_000); // 2.1 MB
+    let (status, doc) = upload_bytes(&api, user, "big.txt", big.into_bytes()).await;
+    assert_eq!(status, 201, "{doc}");
+    let id = doc["id"].as_str().unwrap();
+    let failed = wait_status(&api, user, id, "error").await;
+    assert_eq!(
+        failed["error_message"],
+        "the extracted text is larger than 1 MiB (limit); file rejected"
+    );
+    let (_, jobs) = get_json(&api, user, &format!("/documents/{id}/jobs")).await;
+    assert_eq!(jobs["jobs"][0]["retry_count"], 0, "{jobs}");
+}
