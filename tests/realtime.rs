@@ -73,12 +73,19 @@ async fn worker_events_reach_the_client() {
     }
 }
 
-/// Acceptance 1, failure path.
+/// Acceptance 1, failure path. A corrupt PDF is not retried any more (no
+/// retry can change it); the worker's fault injection treats its failure
+/// as transient, which takes the retry path of a database outage.
 #[tokio::test]
 async fn a_parse_that_fails_three_retries_reaches_the_client() {
     let db = TestDb::new();
     let api = Api::start(&db, &[], &[]).await;
-    let _p = worker(&db, "parse", &FAST_RETRIES);
+    let env = [
+        FAST_RETRIES[0],
+        FAST_RETRIES[1],
+        ("RAG_WORKER_RETRY_ALL_FAILURES", "true"),
+    ];
+    let _p = worker(&db, "parse", &env);
     let user = Uuid::new_v4();
     let mut client = Client::connect(&api, user, "").await;
     let doc = upload(&api, user, "corrupt.pdf").await;

@@ -72,6 +72,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
+    /// Internal: the parse worker's sandboxed extraction child.
+    #[command(name = "__extract", hide = true)]
+    Extract(crate::rag::sandbox::ExtractArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -121,6 +124,10 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 pub fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    // The extraction child runs bare: no runtime, no logging, one thread.
+    if let Command::Extract(args) = &cli.command {
+        return crate::rag::sandbox::child_main(args);
+    }
     // Log lines would scribble over a full-screen TUI; it shows its own state.
     let tui = matches!(&cli.command, Command::Tap(a) if tap::use_tui(a.no_tui));
     if !tui {
@@ -177,6 +184,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Upload(args) => rest::upload(connect, args).await,
         Command::Docs(args) => rest::docs(connect, args).await,
         Command::Bench(args) => bench::run(connect, args).await,
+        Command::Extract(args) => Ok(crate::rag::sandbox::child_main(&args)),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

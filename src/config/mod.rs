@@ -186,6 +186,21 @@ pub struct RuntimeOpts {
     /// transaction-mode pooler (Supabase port 6543), where LISTEN does not work.
     #[arg(long, env = "RAG_LISTEN_DATABASE_URL", hide_env_values = true)]
     pub listen_database_url: Option<String>,
+    /// Memory limit of the parser child process (MiB of address space).
+    #[arg(long, env = "RAG_PARSE_MEMORY_MIB", default_value_t = 512)]
+    pub parse_memory_mib: u64,
+    /// CPU-time limit of the parser child process (seconds).
+    #[arg(long, env = "RAG_PARSE_CPU_SECS", default_value_t = 60)]
+    pub parse_cpu_secs: u64,
+    /// Wall-clock limit of one parse; the child is killed then (seconds).
+    #[arg(long, env = "RAG_PARSE_WALL_SECS", default_value_t = 120)]
+    pub parse_wall_secs: u64,
+    /// Most a PDF's drawing streams may inflate to, summed over every use (MiB).
+    #[arg(long, env = "RAG_PARSE_MAX_INFLATED_MIB", default_value_t = 256)]
+    pub parse_max_inflated_mib: u64,
+    /// Largest extracted text accepted from one document (MiB).
+    #[arg(long, env = "RAG_PARSE_MAX_TEXT_MIB", default_value_t = 32)]
+    pub parse_max_text_mib: u64,
 }
 
 impl RuntimeOpts {
@@ -222,7 +237,52 @@ impl RuntimeOpts {
         if self.pool_size < 2 {
             return Err(invalid("--pool-size", "RAG_DB_POOL_SIZE", "must be >= 2"));
         }
-        Ok(())
+        self.check_parse_limits()
+    }
+
+    fn check_parse_limits(&self) -> Result<(), ConfigError> {
+        let at_least = |flag, var, value: u64, min: u64| {
+            if value >= min {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    flag,
+                    var,
+                    problem: format!("must be >= {min}"),
+                })
+            }
+        };
+        // Below 64 MiB the child cannot even map the binary and its stack.
+        at_least(
+            "--parse-memory-mib",
+            "RAG_PARSE_MEMORY_MIB",
+            self.parse_memory_mib,
+            64,
+        )?;
+        at_least(
+            "--parse-cpu-secs",
+            "RAG_PARSE_CPU_SECS",
+            self.parse_cpu_secs,
+            1,
+        )?;
+        at_least(
+            "--parse-wall-secs",
+            "RAG_PARSE_WALL_SECS",
+            self.parse_wall_secs,
+            1,
+        )?;
+        at_least(
+            "--parse-max-inflated-mib",
+            "RAG_PARSE_MAX_INFLATED_MIB",
+            self.parse_max_inflated_mib,
+            1,
+        )?;
+        at_least(
+            "--parse-max-text-mib",
+            "RAG_PARSE_MAX_TEXT_MIB",
+            self.parse_max_text_mib,
+            1,
+        )
     }
 
     /// The same settings as flags, for child processes.
@@ -241,7 +301,25 @@ impl RuntimeOpts {
         if let Some(u) = &self.listen_database_url {
             args.push(format!("--listen-database-url={u}"));
         }
+        args.extend([
+            format!("--parse-memory-mib={}", self.parse_memory_mib),
+            format!("--parse-cpu-secs={}", self.parse_cpu_secs),
+            format!("--parse-wall-secs={}", self.parse_wall_secs),
+            format!("--parse-max-inflated-mib={}", self.parse_max_inflated_mib),
+            format!("--parse-max-text-mib={}", self.parse_max_text_mib),
+        ]);
         args
+    }
+
+    /// The bounds of the parser child process.
+    pub fn parse_limits(&self) -> crate::rag::sandbox::Limits {
+        crate::rag::sandbox::Limits {
+            memory_bytes: self.parse_memory_mib << 20,
+            cpu_secs: self.parse_cpu_secs,
+            wall: Duration::from_secs(self.parse_wall_secs),
+            max_inflated_bytes: self.parse_max_inflated_mib << 20,
+            max_text_bytes: self.parse_max_text_mib << 20,
+        }
     }
 
     /// The URL LISTEN connections use.

@@ -1,13 +1,16 @@
 //! Text extraction from uploaded documents (plain text, Markdown, HTML, PDF).
 //!
-//! Extraction is synchronous and CPU-bound; async callers should run it on a
-//! blocking thread (`tokio::task::spawn_blocking`).
+//! Extraction is synchronous and CPU-bound, and its parsers face hostile
+//! input: the worker runs it in a child process under limits
+//! ([`super::sandbox`]), never in its own address space.
 
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
 
 use pulldown_cmark::{Event, Options, Parser, Tag, TagEnd};
+
+use super::html_depth::html_depth;
 
 pub const TEXT_PLAIN: &str = "text/plain";
 pub const TEXT_MARKDOWN: &str = "text/markdown";
@@ -36,6 +39,9 @@ pub enum ExtractError {
     /// The message is complete on its own, e.g. "no extractable text (scanned PDF?)".
     #[error("{0}")]
     Empty(String),
+    /// A size cap was hit; the message names it.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// Decides which extractor handles an upload. Order: content magic (which
@@ -118,11 +124,21 @@ pub fn detect_mime(
 /// Extracts normalised plain text. `mime` is normally a value returned by
 /// [`detect_mime`]; parameters such as `; charset=utf-8` are tolerated.
 pub fn extract_text(bytes: &[u8], mime: &str) -> Result<String, ExtractError> {
+    extract_text_capped(bytes, mime, u64::MAX)
+}
+
+/// [`extract_text`], refusing a PDF whose drawing streams inflate to more
+/// than `max_inflated` bytes (see [`super::pdf_budget`]).
+pub fn extract_text_capped(
+    bytes: &[u8],
+    mime: &str,
+    max_inflated: u64,
+) -> Result<String, ExtractError> {
     let raw = match base_mime(mime).as_str() {
         TEXT_PLAIN => decode_utf8(bytes)?.to_owned(),
         TEXT_MARKDOWN | "text/x-markdown" => markdown_to_text(decode_utf8(bytes)?),
         TEXT_HTML | "application/xhtml+xml" => html_to_text(decode_utf8(bytes)?)?,
-        APPLICATION_PDF => pdf_to_text(bytes)?,
+        APPLICATION_PDF => pdf_to_text(bytes, max_inflated)?,
         other => {
             return Err(unsupported(format!("content type {}", clean_detail(other))));
         }
@@ -236,120 +252,6 @@ fn paragraph_break(out: &mut String) {
 /// would allow hours). Browsers cap the depth too (Chromium at 512).
 pub const MAX_HTML_DEPTH: usize = 1024;
 
-/// The deepest nesting of elements in `html`, found with html5ever's
-/// tokenizer (linear time). Void elements, self-closing tags and elements
-/// whose end tag is optional do not count, so sloppy but shallow HTML is
-/// not over-counted. Stops counting past `limit`.
-fn html_depth(html: &str, limit: usize) -> usize {
-    use html5ever::tendril::StrTendril;
-    use html5ever::tokenizer::states::RawKind;
-    use html5ever::tokenizer::{
-        BufferQueue, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts,
-    };
-    use std::cell::Cell;
-
-    struct Depth {
-        now: Cell<usize>,
-        max: Cell<usize>,
-    }
-    // Elements that never have content, or whose end tag may be left out
-    // (the parser closes them implicitly).
-    fn uncounted(name: &str) -> bool {
-        matches!(
-            name,
-            "area"
-                | "base"
-                | "br"
-                | "col"
-                | "embed"
-                | "hr"
-                | "img"
-                | "input"
-                | "link"
-                | "meta"
-                | "source"
-                | "track"
-                | "wbr"
-                | "param"
-                | "keygen"
-                | "p"
-                | "li"
-                | "dt"
-                | "dd"
-                | "option"
-                | "optgroup"
-                | "tr"
-                | "td"
-                | "th"
-                | "thead"
-                | "tbody"
-                | "tfoot"
-                | "rb"
-                | "rt"
-                | "rtc"
-                | "rp"
-                | "colgroup"
-                | "caption"
-                | "html"
-                | "head"
-                | "body"
-        )
-    }
-    impl TokenSink for Depth {
-        type Handle = ();
-        fn process_token(&self, token: Token, _line: u64) -> TokenSinkResult<()> {
-            let Token::TagToken(tag) = token else {
-                return TokenSinkResult::Continue;
-            };
-            let name: &str = &tag.name;
-            match tag.kind {
-                TagKind::StartTag if !tag.self_closing && !uncounted(name) => {
-                    let now = self.now.get() + 1;
-                    self.now.set(now);
-                    self.max.set(self.max.get().max(now));
-                    // Their content is text, not markup.
-                    match name {
-                        "script" => return TokenSinkResult::RawData(RawKind::ScriptData),
-                        "style" | "xmp" | "iframe" | "noembed" | "noframes" => {
-                            return TokenSinkResult::RawData(RawKind::Rawtext);
-                        }
-                        "title" | "textarea" => return TokenSinkResult::RawData(RawKind::Rcdata),
-                        "plaintext" => return TokenSinkResult::Plaintext,
-                        _ => {}
-                    }
-                }
-                TagKind::EndTag if !uncounted(name) => {
-                    self.now.set(self.now.get().saturating_sub(1));
-                }
-                _ => {}
-            }
-            TokenSinkResult::Continue
-        }
-    }
-
-    let tokenizer = Tokenizer::new(
-        Depth {
-            now: Cell::new(0),
-            max: Cell::new(0),
-        },
-        TokenizerOpts::default(),
-    );
-    let input = BufferQueue::default();
-    // In slices, so that a hopeless document stops early.
-    let mut rest = html;
-    while !rest.is_empty() && tokenizer.sink.max.get() <= limit {
-        let mut cut = rest.len().min(64 * 1024);
-        while !rest.is_char_boundary(cut) {
-            cut += 1;
-        }
-        input.push_back(StrTendril::from_slice(&rest[..cut]));
-        let _ = tokenizer.feed(&input);
-        rest = &rest[cut..];
-    }
-    tokenizer.end();
-    tokenizer.sink.max.get()
-}
-
 fn html_to_text(html: &str) -> Result<String, ExtractError> {
     use html2text::render::TrivialDecorator;
     let depth = html_depth(html, MAX_HTML_DEPTH);
@@ -369,12 +271,33 @@ fn html_to_text(html: &str) -> Result<String, ExtractError> {
         .map_err(|e| ExtractError::Html(clean_detail(&e.to_string())))
 }
 
-fn pdf_to_text(bytes: &[u8]) -> Result<String, ExtractError> {
-    match quiet_catch_unwind(|| pdf_extract::extract_text_from_mem(bytes)) {
-        Ok(Ok(text)) => Ok(text),
-        Ok(Err(e)) => Err(classify_pdf_error(&e.to_string())),
+fn pdf_to_text(bytes: &[u8], max_inflated: u64) -> Result<String, ExtractError> {
+    match quiet_catch_unwind(|| pdf_text_within(bytes, max_inflated)) {
+        Ok(result) => result,
         Err(panic) => Err(ExtractError::Corrupt(format!("parser crashed: {panic}"))),
     }
+}
+
+/// `pdf_extract::extract_text_from_mem`, with the inflation budget checked
+/// between loading and drawing.
+fn pdf_text_within(bytes: &[u8], max_inflated: u64) -> Result<String, ExtractError> {
+    use pdf_extract::{Document, PlainTextOutput};
+    let pdf_error = |e: &dyn std::fmt::Display| classify_pdf_error(&e.to_string());
+    let mut doc = Document::load_mem(bytes).map_err(|e| pdf_error(&e))?;
+    if doc.is_encrypted() {
+        // Like pdf-extract: only the empty password is tried.
+        doc.decrypt("").map_err(|e| pdf_error(&e))?;
+    }
+    if super::pdf_budget::check(&doc, max_inflated).is_err() {
+        return Err(ExtractError::TooLarge(format!(
+            "the PDF's drawing instructions inflate to more than {} MiB (limit); file rejected",
+            max_inflated >> 20
+        )));
+    }
+    let mut text = String::new();
+    pdf_extract::output_doc(&doc, &mut PlainTextOutput::new(&mut text))
+        .map_err(|e| pdf_error(&e))?;
+    Ok(text)
 }
 
 /// pdf-extract only tries the empty password; anything else encrypted fails

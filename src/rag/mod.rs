@@ -4,6 +4,9 @@
 
 pub mod chunk;
 pub mod extract;
+mod html_depth;
+mod pdf_budget;
+pub mod sandbox;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -5,6 +5,12 @@
 //! job under a lease it keeps renewing, does the work, and commits the
 //! result and the job's new state in one transaction. Only then does it
 //! publish the events: realtime never holds up or rolls back the work.
+//!
+//! Parsing runs in a child process under limits ([`rag::sandbox`]); a failure
+//! is classified once ([`JobError`]): deterministic ones fail the job at
+//! once, transient ones are retried with backoff.
+
+mod failure;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +27,9 @@ use crate::db::jobs::{self, Job, JobKind};
 use crate::db::listener::{self, ListenItem, ListenerConfig};
 use crate::events::{EventType, JOBS_CHANNEL, Publisher};
 use crate::rag;
+use crate::rag::sandbox::Limits;
+
+pub use failure::JobError;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -40,6 +49,11 @@ pub struct WorkerConfig {
     pub embargo: Duration,
     /// Fault injection for crash tests: sleep this long inside each job.
     pub job_delay: Duration,
+    /// Bounds of the parser child process.
+    pub parse_limits: Limits,
+    /// Fault injection for tests of the retry path: treat every failure as
+    /// transient.
+    pub retry_all_failures: bool,
 }
 
 pub fn owner_id(kind: JobKind) -> String {
@@ -49,8 +63,6 @@ pub fn owner_id(kind: JobKind) -> String {
     let suffix = Uuid::new_v4().simple().to_string();
     format!("{host}:{}:{kind}:{}", std::process::id(), &suffix[..8])
 }
-
-const PARSE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a finished attempt produced.
 enum Outcome {
@@ -105,7 +117,8 @@ pub async fn run(pool: Pool, events: Publisher, cfg: WorkerConfig, shutdown: Can
                     // lease): a failed attempt, so that a file that kills its
                     // worker ends `failed` after the retries instead of
                     // taking workers down forever.
-                    match finish_failure(&pool, &cfg, &claimed.job, LEASE_LAPSED).await {
+                    let lapsed = JobError::LeaseLapsed;
+                    match finish_failure(&pool, &cfg, &claimed.job, &lapsed).await {
                         Ok(published) => {
                             for (user, kind, payload) in published {
                                 events.emit(user, kind, payload).await;
@@ -234,7 +247,7 @@ async fn process(
     let Some(result) = result else { return };
     let finished = match result {
         Ok(outcome) => finish_success(pool, cfg, &job, outcome).await,
-        Err(message) => finish_failure(pool, cfg, &job, &message)
+        Err(error) => finish_failure(pool, cfg, &job, &error)
             .await
             .map(|p| (p, None)),
     };
@@ -254,51 +267,45 @@ async fn process(
     }
 }
 
-/// The work itself; an `Err` is the message recorded on the job.
-async fn work(pool: &Pool, cfg: &WorkerConfig, job: &Job) -> Result<Outcome, String> {
+/// The work itself; an `Err` is what is recorded on the job.
+async fn work(pool: &Pool, cfg: &WorkerConfig, job: &Job) -> Result<Outcome, JobError> {
     if !cfg.job_delay.is_zero() {
         tokio::time::sleep(cfg.job_delay).await;
     }
-    let client = pool
-        .get()
-        .await
-        .map_err(|e| format!("database unavailable: {e}"))?;
+    let client = pool.get().await?;
+    let gone = || JobError::Document("document no longer exists".into());
     match cfg.kind {
         JobKind::Parse => {
             let doc = documents::get(&client, job.user_id, job.document_id)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("document no longer exists")?;
+                .await?
+                .ok_or_else(gone)?;
             let bytes = documents::blob(&client, job.document_id)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("uploaded bytes are missing")?;
+                .await?
+                .ok_or_else(|| JobError::Document("uploaded bytes are missing".into()))?;
             drop(client);
-            let mime = doc.mime_type.clone();
-            let parse =
-                tokio::task::spawn_blocking(move || rag::extract::extract_text(&bytes, &mime));
-            // A pathological file (deeply nested HTML) must not hold the
-            // worker forever; the thread is abandoned, the job fails.
-            let text = tokio::time::timeout(PARSE_TIMEOUT, parse)
+            // In a child process: a hostile file can exhaust or crash only it.
+            let text = rag::sandbox::extract(&bytes, &doc.mime_type, &cfg.parse_limits)
                 .await
-                .map_err(|_| format!("parsing took longer than {PARSE_TIMEOUT:?}; file rejected"))?
-                .map_err(|e| format!("parser crashed: {e}"))?
-                .map_err(|e| e.to_string())?;
+                .inspect_err(|e| {
+                    metrics::counter!("ragctl_parse_failures_total", "reason" => e.label())
+                        .increment(1)
+                })?;
             Ok(Outcome::Parsed(text))
         }
         JobKind::Ingest => {
             let text = documents::text(&client, job.document_id)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("no parsed text for this document; parse it first")?;
+                .await?
+                .ok_or_else(|| {
+                    JobError::Document("no parsed text for this document; parse it first".into())
+                })?;
             drop(client);
             let (size, overlap) = (cfg.chunk_size, cfg.chunk_overlap);
             let chunks =
                 tokio::task::spawn_blocking(move || rag::chunk::chunk_text(&text, size, overlap))
                     .await
-                    .map_err(|e| format!("chunker crashed: {e}"))?;
+                    .map_err(|e| JobError::Chunker(e.to_string()))?;
             if chunks.is_empty() {
-                return Err("document has no text to ingest".into());
+                return Err(JobError::Document("document has no text to ingest".into()));
             }
             Ok(Outcome::Chunks(chunks))
         }
@@ -391,10 +398,11 @@ async fn finish_failure(
     pool: &Pool,
     cfg: &WorkerConfig,
     job: &Job,
-    message: &str,
+    error: &JobError,
 ) -> Result<Published, DbError> {
-    let message: String = message.chars().take(1000).collect();
-    tracing::warn!(error = %message, retry_count = job.retry_count, "job attempt failed");
+    let message: String = error.to_string().chars().take(1000).collect();
+    let retry = error.is_transient() || cfg.retry_all_failures;
+    tracing::warn!(error = %message, retry, retry_count = job.retry_count, "job attempt failed");
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let Some(after) = jobs::fail(
@@ -402,7 +410,10 @@ async fn finish_failure(
         job.id,
         &cfg.owner,
         &message,
-        cfg.retry_backoff.as_secs_f64(),
+        jobs::Retry {
+            allowed: retry,
+            backoff_secs: cfg.retry_backoff.as_secs_f64(),
+        },
     )
     .await?
     else {

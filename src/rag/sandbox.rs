@@ -1,0 +1,401 @@
+//! Text extraction in a child process, where a hostile file can be limited
+//! and killed. The parse worker re-executes its own binary as
+//! `ragctl __extract --mime M`: the upload on stdin, the text on stdout.
+//! The child runs under `RLIMIT_AS` (memory), `RLIMIT_CPU` and no core
+//! dumps, set between fork and exec; the worker kills it at the wall-clock
+//! limit, reads at most the text cap, and maps how it ended to a message
+//! that names the limit it hit. A stack overflow, an allocation failure or
+//! a runaway parser thread dies with the child, never with the worker.
+
+use std::io::{Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use super::extract::{self, APPLICATION_PDF, ExtractError};
+
+/// The child's exit code when the file was refused; stdout holds the reason.
+const EXIT_REFUSED: u8 = 65;
+/// The extraction thread's stack: fixed, so that recursion depth does not
+/// depend on `ulimit -s` and overflows into a guard page.
+const STACK_BYTES: usize = 16 << 20;
+/// What is kept of the child's stderr (the rest is drained).
+const STDERR_CAP: usize = 16 << 10;
+
+/// The bounds of one extraction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Address space of the child (`RLIMIT_AS`).
+    pub memory_bytes: u64,
+    /// CPU time of the child (`RLIMIT_CPU`), in seconds.
+    pub cpu_secs: u64,
+    /// Wall-clock time before the child is killed.
+    pub wall: Duration,
+    /// What a PDF's drawing streams may inflate to, summed over every use.
+    pub max_inflated_bytes: u64,
+    /// Largest extracted text accepted.
+    pub max_text_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            memory_bytes: 512 << 20,
+            cpu_secs: 60,
+            wall: Duration::from_secs(120),
+            max_inflated_bytes: 256 << 20,
+            max_text_bytes: 32 << 20,
+        }
+    }
+}
+
+/// How an extraction failed. [`crate::workers::JobError`] decides which of
+/// these a retry could change.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The file itself was refused (unsupported, corrupt, empty, too big...).
+    #[error("{0}")]
+    Refused(String),
+    #[error("parsing exceeded the memory limit of {} MiB; file rejected", .0 >> 20)]
+    Memory(u64),
+    #[error("parsing exceeded the CPU limit of {0} s; file rejected")]
+    Cpu(u64),
+    #[error("parsing took longer than {0} s; file rejected")]
+    Wall(u64),
+    #[error(
+        "the PDF's drawing instructions recurse too deeply (stack overflow in the parser); file rejected"
+    )]
+    PdfRecursion,
+    #[error("the document nests too deeply (stack overflow in the parser); file rejected")]
+    Recursion,
+    #[error("the extracted text is larger than {} MiB (limit); file rejected", .0 >> 20)]
+    TextTooLarge(u64),
+    /// The parser died on this file (a signal such as SIGSEGV).
+    #[error("the parser crashed on this file ({0}); file rejected")]
+    Crashed(String),
+    #[error("cannot run the parser process: {0}")]
+    Spawn(std::io::Error),
+    /// Killed by someone else (an operator, the OOM killer).
+    #[error("the parser process was killed from outside ({0})")]
+    Killed(String),
+    #[error("the parser process failed: {0}")]
+    Unexpected(String),
+}
+
+impl SandboxError {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SandboxError::Refused(_) => "refused",
+            SandboxError::Memory(_) => "memory",
+            SandboxError::Cpu(_) => "cpu",
+            SandboxError::Wall(_) => "wall",
+            SandboxError::PdfRecursion | SandboxError::Recursion => "stack",
+            SandboxError::TextTooLarge(_) => "text_size",
+            SandboxError::Crashed(_) => "crashed",
+            SandboxError::Spawn(_) => "spawn",
+            SandboxError::Killed(_) => "killed",
+            SandboxError::Unexpected(_) => "unexpected",
+        }
+    }
+}
+
+/// Extracts `bytes` of type `mime` in a child process under `limits`.
+/// Dropping the future kills the child.
+pub async fn extract(bytes: &[u8], mime: &str, limits: &Limits) -> Result<String, SandboxError> {
+    let mut child = spawn(mime, limits)?;
+    let ran = tokio::time::timeout(limits.wall, collect(&mut child, bytes, limits)).await;
+    let (status, stdout, stderr) = match ran {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => {
+            let _ = child.kill().await;
+            return Err(e);
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            return Err(SandboxError::Wall(limits.wall.as_secs()));
+        }
+    };
+    let ended = Ended {
+        code: status.code(),
+        signal: status.signal(),
+        stdout,
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    };
+    outcome(ended, limits, mime == APPLICATION_PDF)
+}
+
+fn spawn(mime: &str, limits: &Limits) -> Result<Child, SandboxError> {
+    let exe = std::env::current_exe().map_err(SandboxError::Spawn)?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__extract")
+        .arg(format!("--mime={mime}"))
+        .arg(format!(
+            "--max-inflated-bytes={}",
+            limits.max_inflated_bytes
+        ))
+        // The parser needs nothing from the worker's environment (secrets).
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let (memory, cpu) = (limits.memory_bytes, limits.cpu_secs);
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork
+    // and exec.
+    unsafe {
+        cmd.pre_exec(move || apply_rlimits(memory, cpu));
+    }
+    cmd.spawn().map_err(SandboxError::Spawn)
+}
+
+fn apply_rlimits(memory: u64, cpu: u64) -> std::io::Result<()> {
+    let set = |resource, soft: u64, hard: u64| {
+        let lim = libc::rlimit {
+            rlim_cur: soft as libc::rlim_t,
+            rlim_max: hard as libc::rlim_t,
+        };
+        // SAFETY: a plain syscall on a local struct.
+        match unsafe { libc::setrlimit(resource, &lim) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    };
+    set(libc::RLIMIT_AS, memory, memory)?;
+    // SIGXCPU at the soft limit; SIGKILL a second later if it is ignored.
+    set(libc::RLIMIT_CPU, cpu, cpu + 1)?;
+    set(libc::RLIMIT_CORE, 0, 0)
+}
+
+/// Feeds stdin, reads stdout (bounded) and stderr (kept bounded, drained),
+/// and waits for the exit.
+async fn collect(
+    child: &mut Child,
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<(std::process::ExitStatus, Vec<u8>, Vec<u8>), SandboxError> {
+    let (Some(mut stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(SandboxError::Unexpected(
+            "the child's pipes are missing".into(),
+        ));
+    };
+    let feed = async move {
+        // A child that dies early closes the pipe: its exit says why.
+        let _ = stdin.write_all(bytes).await;
+        Ok(())
+    };
+    let max = limits.max_text_bytes;
+    let out = async move {
+        let mut buf = Vec::new();
+        let io = |e: std::io::Error| SandboxError::Unexpected(format!("reading the text: {e}"));
+        stdout
+            .take(max + 1)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(io)?;
+        if buf.len() as u64 > max {
+            return Err(SandboxError::TextTooLarge(max));
+        }
+        Ok(buf)
+    };
+    let err = async move { Ok(read_capped(stderr, STDERR_CAP).await) };
+    let ((), stdout, stderr) = tokio::try_join!(feed, out, err)?;
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| SandboxError::Unexpected(format!("waiting for the child: {e}")))?;
+    Ok((status, stdout, stderr))
+}
+
+async fn read_capped(mut from: impl AsyncRead + Unpin, cap: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n @ 1..) = from.read(&mut chunk).await {
+        let room = cap.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..n.min(room)]);
+    }
+    kept
+}
+
+/// How the child ended.
+struct Ended {
+    code: Option<i32>,
+    signal: Option<i32>,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+/// Maps the child's end to the text or to the limit it hit.
+fn outcome(ended: Ended, limits: &Limits, pdf: bool) -> Result<String, SandboxError> {
+    match ended.code {
+        Some(0) => {
+            return String::from_utf8(ended.stdout)
+                .map_err(|_| SandboxError::Unexpected("the parser wrote invalid UTF-8".into()));
+        }
+        Some(c) if c == i32::from(EXIT_REFUSED) => {
+            let why = String::from_utf8_lossy(&ended.stdout).trim().to_owned();
+            return Err(SandboxError::Refused(why));
+        }
+        _ => {}
+    }
+    // Rust's runtime says why it aborted, before the SIGABRT.
+    if ended.stderr.contains("has overflowed its stack") {
+        return Err(if pdf {
+            SandboxError::PdfRecursion
+        } else {
+            SandboxError::Recursion
+        });
+    }
+    if ended.stderr.contains("memory allocation of") {
+        return Err(SandboxError::Memory(limits.memory_bytes));
+    }
+    let last_line = || {
+        let line = ended.stderr.lines().rev().find(|l| !l.trim().is_empty());
+        line.unwrap_or("no message")
+            .chars()
+            .take(200)
+            .collect::<String>()
+    };
+    match ended.signal {
+        Some(libc::SIGXCPU) => Err(SandboxError::Cpu(limits.cpu_secs)),
+        Some(s @ (libc::SIGSEGV | libc::SIGBUS | libc::SIGABRT | libc::SIGILL | libc::SIGFPE)) => {
+            Err(SandboxError::Crashed(signal_name(s)))
+        }
+        Some(s) => Err(SandboxError::Killed(signal_name(s))),
+        None => Err(SandboxError::Unexpected(format!(
+            "exit code {}: {}",
+            ended.code.unwrap_or(-1),
+            last_line()
+        ))),
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        _ => return format!("signal {sig}"),
+    };
+    name.to_owned()
+}
+
+/// `ragctl __extract`: the child's side.
+#[derive(clap::Args, Debug)]
+pub struct ExtractArgs {
+    /// Type of the upload on stdin, as detected at upload.
+    #[arg(long)]
+    pub mime: String,
+    /// See [`Limits::max_inflated_bytes`].
+    #[arg(long, default_value_t = u64::MAX)]
+    pub max_inflated_bytes: u64,
+}
+
+/// Runs in the child, before any async runtime or logging (so the address
+/// space is the parser's): reads the upload, extracts on a thread with a
+/// fixed stack, writes the text (exit 0) or the reason it was refused
+/// (exit 65). Anything worse ends the process and is read by [`outcome`].
+pub fn child_main(args: &ExtractArgs) -> ExitCode {
+    let mut bytes = Vec::new();
+    if let Err(e) = std::io::stdin().lock().read_to_end(&mut bytes) {
+        eprintln!("ragctl __extract: cannot read the upload: {e}");
+        return ExitCode::from(74);
+    }
+    let (mime, cap) = (args.mime.clone(), args.max_inflated_bytes);
+    let thread = std::thread::Builder::new()
+        .name("extract".into())
+        .stack_size(STACK_BYTES)
+        .spawn(move || extract::extract_text_capped(&bytes, &mime, cap));
+    let result = match thread.map(|t| t.join()) {
+        Ok(Ok(result)) => result,
+        // Parser panics are caught inside; this is the backstop.
+        Ok(Err(_)) => Err(ExtractError::Corrupt("the parser crashed".into())),
+        Err(e) => {
+            eprintln!("ragctl __extract: cannot start the extraction thread: {e}");
+            return ExitCode::from(71);
+        }
+    };
+    let (body, code) = match result {
+        Ok(text) => (text.into_bytes(), 0),
+        Err(e) => (e.to_string().into_bytes(), EXIT_REFUSED),
+    };
+    let mut out = std::io::stdout().lock();
+    match out.write_all(&body).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::from(code),
+        Err(_) => ExitCode::from(74), // the worker stopped reading: it gave up
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(code: Option<i32>, signal: Option<i32>, stdout: &str, stderr: &str) -> Ended {
+        Ended {
+            code,
+            signal,
+            stdout: stdout.as_bytes().to_vec(),
+            stderr: stderr.to_owned(),
+        }
+    }
+
+    fn message(e: Ended, pdf: bool) -> String {
+        outcome(e, &Limits::default(), pdf).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_clean_exit_is_the_text_and_65_is_the_refusal() {
+        let ok = outcome(ended(Some(0), None, "hello", ""), &Limits::default(), false);
+        assert_eq!(ok.unwrap(), "hello");
+        let refused = message(ended(Some(65), None, "corrupt PDF: bad xref\n", ""), true);
+        assert_eq!(refused, "corrupt PDF: bad xref");
+    }
+
+    #[test]
+    fn each_way_of_dying_names_its_limit() {
+        let overflow =
+            "\nthread 'extract' has overflowed its stack\nfatal runtime error: stack overflow";
+        let abrt = Some(libc::SIGABRT);
+        assert_eq!(
+            message(ended(None, abrt, "", overflow), true),
+            "the PDF's drawing instructions recurse too deeply (stack overflow in the parser); file rejected"
+        );
+        assert!(message(ended(None, abrt, "", overflow), false).contains("nests too deeply"));
+        let oom = "memory allocation of 16777216 bytes failed\n";
+        assert_eq!(
+            message(ended(None, abrt, "", oom), true),
+            "parsing exceeded the memory limit of 512 MiB; file rejected"
+        );
+        assert_eq!(
+            message(ended(None, Some(libc::SIGXCPU), "", ""), true),
+            "parsing exceeded the CPU limit of 60 s; file rejected"
+        );
+        assert!(message(ended(None, Some(libc::SIGSEGV), "", ""), true).contains("SIGSEGV"));
+        assert!(message(ended(None, Some(libc::SIGKILL), "", ""), true).contains("from outside"));
+        let odd = message(
+            ended(Some(2), None, "", "error: unexpected argument\n"),
+            true,
+        );
+        assert!(
+            odd.contains("exit code 2: error: unexpected argument"),
+            "{odd}"
+        );
+    }
+
+    #[test]
+    fn labels_are_stable_for_metrics() {
+        assert_eq!(SandboxError::Memory(1).label(), "memory");
+        assert_eq!(SandboxError::PdfRecursion.label(), "stack");
+        assert_eq!(SandboxError::Wall(1).label(), "wall");
+    }
+}
