@@ -1479,7 +1479,7 @@ async fn machine(url: &str) -> Machine {
 // ------------------------------------------------------------------- run --
 
 pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
-    super::serve::raise_nofile_limit();
+    let _ = super::serve::raise_nofile_limit();
     let channel = connect.channel()?;
     let cancel = CancellationToken::new();
     super::cancel_on_signal(cancel.clone());

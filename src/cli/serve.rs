@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, AppState, Shared, WsConfig};
+use crate::api::{self, AppState, HttpConfig, Shared, WsConfig};
 use crate::auth::Verifier;
 use crate::bridge::{self, BridgeConfig, Hub};
 use crate::config::{ConnectOpts, RuntimeOpts, State};
@@ -50,26 +50,69 @@ pub struct ServeArgs {
     /// Bound of the queue between the LISTEN socket and the router.
     #[arg(long, env = "RAG_BRIDGE_QUEUE", default_value_t = 16_384)]
     pub bridge_queue: usize,
+    /// Most open client connections (HTTP and WebSocket); can only lower
+    /// what the open-file limit allows, which is the default.
+    #[arg(long, env = "RAG_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send a request's headers, from connecting or
+    /// from the previous response (so also the keep-alive idle timeout).
+    #[arg(long, env = "RAG_HEADER_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+    /// Serve `/metrics` on this address (e.g. 127.0.0.1:9090) instead of
+    /// the API port.
+    #[arg(long, env = "RAG_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
     #[command(flatten)]
     pub runtime: RuntimeOpts,
 }
 
-/// Raises the open-file limit to the hard limit: each socket is a file.
-pub(crate) fn raise_nofile_limit() {
+/// Raises the open-file limit to the hard limit (each socket is a file);
+/// returns the soft limit before and after.
+pub(crate) fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: plain syscalls on a local struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            let before = lim.rlim_cur;
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let before = lim.rlim_cur;
+        if lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
-                tracing::debug!(before, after = lim.rlim_cur, "raised the open-file limit");
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                let e = std::io::Error::last_os_error();
+                tracing::warn!(error = %e, "cannot raise the open-file limit");
+                return Ok((before, before));
             }
         }
+        Ok((before, lim.rlim_cur))
     }
+}
+
+/// Raises the open-file limit and shares it out (logged: the numbers
+/// every connection limit comes from).
+fn fd_budget(args: &ServeArgs) -> anyhow::Result<api::FdBudget> {
+    let (before, nofile) = raise_nofile_limit().context("cannot read the open-file limit")?;
+    let budget = api::FdBudget::derive(
+        nofile,
+        args.runtime.pool_size,
+        args.max_connections,
+        args.ws_max_connections,
+    )
+    .map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        nofile_before = before,
+        nofile = budget.nofile,
+        reserved = budget.reserved,
+        max_connections = budget.connections,
+        ws_max_connections = budget.websockets,
+        ws_max_connections_flag = args.ws_max_connections,
+        "connection limits (from the open-file limit)"
+    );
+    Ok(budget)
 }
 
 fn random_secret() -> String {
@@ -103,7 +146,7 @@ pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle
 
 pub async fn run(connect: ConnectOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.runtime.check()?;
-    raise_nofile_limit();
+    let budget = fd_budget(&args)?;
     let channel = connect.channel()?;
     let metrics = install_metrics();
 
@@ -132,6 +175,7 @@ pub async fn run(connect: ConnectOpts, args: ServeArgs) -> anyhow::Result<ExitCo
         &channel,
         embedded.is_some(),
         metrics,
+        budget,
     )
     .await;
     if let Some(e) = embedded {
@@ -151,6 +195,7 @@ async fn serve(
     channel: &str,
     embedded: bool,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    budget: api::FdBudget,
 ) -> anyhow::Result<ExitCode> {
     let rt = &args.runtime;
     let pool = crate::db::pool(url, rt.pool_size, "ragctl-api").await?;
@@ -180,6 +225,11 @@ async fn serve(
         }
         .save(&connect.state_dir)?;
     }
+
+    let metrics_listener = match &args.metrics_addr {
+        Some(addr) => Some(bind_metrics(addr).await?),
+        None => None,
+    };
 
     let shutdown = CancellationToken::new();
     super::cancel_on_signal(shutdown.clone());
@@ -219,13 +269,19 @@ async fn serve(
             queue: args.ws_queue,
             ping_interval: Duration::from_secs(args.ws_ping_secs.max(1)),
             idle_timeout: Duration::from_secs(args.ws_ping_secs.max(1) * 3),
-            max_connections: args.ws_max_connections,
+            max_connections: budget.websockets,
             ..WsConfig::default()
         },
-        ws_permits: Arc::new(Semaphore::new(args.ws_max_connections)),
+        ws_permits: Arc::new(Semaphore::new(budget.websockets)),
         sockets: TaskTracker::new(),
         shutdown: shutdown.clone(),
+        http: HttpConfig {
+            max_connections: budget.connections,
+            header_timeout: Duration::from_secs(args.header_timeout_secs),
+            metrics_separate: metrics_listener.is_some(),
+        },
     }));
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(api::serve_metrics(l, state.clone())));
 
     let children = TaskTracker::new();
     if !args.no_workers {
@@ -244,12 +300,28 @@ async fn serve(
 
     api::run(listener, state, Duration::from_secs(5)).await?;
     shutdown.cancel();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     children.close();
     children.wait().await;
     if let Some(task) = bridge_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn bind_metrics(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let parsed: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("invalid --metrics-addr / RAG_METRICS_ADDR: {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(parsed)
+        .await
+        .with_context(|| format!("cannot bind the metrics address {parsed}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(%bound, "metrics served on their own listener, not on the API port");
+    eprintln!("ragctl: metrics on http://{bound}/metrics");
+    Ok(listener)
 }
 
 /// Runs one worker child, prefixing its log lines, restarting it with
