@@ -187,6 +187,7 @@ pub async fn run(connect: ConnectOpts, args: ServeArgs) -> anyhow::Result<ExitCo
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     connect: &ConnectOpts,
     args: &ServeArgs,
