@@ -415,3 +415,52 @@ async fn serve_one(
         tracing::debug!(error = %e, "HTTP connection ended with an error");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_leaves_the_reserve_and_room_beside_websockets() {
+        let b = FdBudget::derive(20_000, 16, None, 50_000).unwrap();
+        assert_eq!(b.reserved, FD_RESERVE_BASE + 17);
+        assert_eq!(b.connections, 20_000 - b.reserved);
+        // A tenth stays for REST and health checks.
+        assert_eq!(b.websockets, b.connections - b.connections / 10);
+    }
+
+    #[test]
+    fn flags_only_lower_the_budget() {
+        let b = FdBudget::derive(20_000, 16, Some(1_000), 100).unwrap();
+        assert_eq!((b.connections, b.websockets), (1_000, 100));
+        let b = FdBudget::derive(1_000, 16, Some(1_000_000), 50_000).unwrap();
+        assert_eq!(b.connections, 1_000 - b.reserved);
+        // Small budgets keep at least 8 connections beside the WebSockets.
+        let b = FdBudget::derive(200, 16, Some(20), 50_000).unwrap();
+        assert_eq!(b.websockets, 12);
+    }
+
+    #[test]
+    fn too_low_a_limit_is_refused_with_what_to_do() {
+        let e = FdBudget::derive(100, 16, None, 50_000).unwrap_err();
+        assert!(e.contains("ulimit -n"), "{e}");
+        assert!(FdBudget::derive(20_000, 16, Some(3), 10).is_err());
+    }
+
+    #[test]
+    fn the_oldest_connection_not_serving_a_request_is_shed_first() {
+        let l = Limiter::new("test", 3, None);
+        let (a, b, c) = (l.register(), l.register(), l.register());
+        assert_eq!(l.in_use(), 3);
+        // `a` is serving a request, `b` has served one, `c` never sent one.
+        let busy = InFlight::start(&a);
+        drop(InFlight::start(&b));
+        assert!(l.shed_oldest() && c.kill.is_cancelled());
+        assert!(l.shed_oldest() && b.kill.is_cancelled());
+        assert!(!l.shed_oldest() && !a.kill.is_cancelled());
+        drop(busy);
+        assert!(l.shed_oldest() && a.kill.is_cancelled());
+        drop((a, b, c));
+        assert_eq!(l.in_use(), 0);
+    }
+}

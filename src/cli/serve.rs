@@ -213,8 +213,7 @@ async fn serve(
                 args.host, args.port
             )
         })?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let listener = bind(addr)
         .with_context(|| format!("cannot bind {addr} (is another server running? try --port)"))?;
     let bound = listener.local_addr()?;
     let api_url = format!("http://{bound}");
@@ -310,6 +309,21 @@ async fn serve(
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Pending connections the kernel queues for `accept` (capped by
+/// `net.core.somaxconn`): a burst beyond tokio's default of 1,024 would
+/// have its handshakes dropped and retried a second later.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn bind_metrics(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
