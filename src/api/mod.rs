@@ -5,6 +5,7 @@
 //! the whole server.
 
 mod chat;
+pub mod conn;
 mod documents;
 pub mod error;
 pub mod limits;
@@ -20,7 +21,6 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Request, header};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use deadpool_postgres::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
@@ -34,7 +34,9 @@ use crate::auth::{AuthError, AuthUser, Verifier};
 use crate::bridge::{Bridge, Hub};
 use crate::events::Publisher;
 use crate::rag::LlmClient;
+pub use conn::{FdBudget, HttpConfig};
 use error::ApiError;
+pub use ops::serve_metrics;
 pub use ws::WsConfig;
 
 /// Everything a request handler can reach.
@@ -54,6 +56,7 @@ pub struct Shared {
     pub sockets: TaskTracker,
     pub shutdown: CancellationToken,
     pub limits: limits::Limits,
+    pub http: HttpConfig,
 }
 
 #[derive(Clone)]
@@ -92,7 +95,11 @@ pub(crate) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
 
 pub fn router(state: AppState) -> Router {
     let upload_limit = state.max_upload_bytes + 64 * 1024;
-    Router::new()
+    let mut app = Router::new();
+    if !state.http.metrics_separate {
+        app = app.route("/metrics", get(ops::metrics));
+    }
+    app
         .route(
             "/documents",
             post(documents::upload)
@@ -109,7 +116,6 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(ws::handler))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -130,17 +136,14 @@ pub fn router(state: AppState) -> Router {
 pub async fn run(listener: TcpListener, state: AppState, drain: Duration) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
     let sockets = state.sockets.clone();
+    let ws = conn::WsCount {
+        permits: state.ws_permits.clone(),
+        cap: state.ws.max_connections,
+    };
+    let limiter = conn::Limiter::new("api", state.http.max_connections, Some(ws));
+    let header_timeout = state.http.header_timeout;
     let app = router(state);
-    // Frames are written whole (batched under load): Nagle's algorithm would
-    // only hold a frame back behind a delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    conn::serve(listener, app, limiter, header_timeout, shutdown).await;
     sockets.close();
     if tokio::time::timeout(drain, sockets.wait()).await.is_err() {
         tracing::warn!(

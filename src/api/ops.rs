@@ -1,17 +1,22 @@
 //! `/healthz` (liveness: the process is up), `/readyz` (readiness: a pool
 //! connection can be had and answers and, with realtime on, the listener is
-//! connected) and `/metrics` (Prometheus).
+//! connected) and `/metrics` (Prometheus), on the API port or on a listener
+//! of its own (`--metrics-addr`).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use serde_json::{Value, json};
+use tokio::net::TcpListener;
 
 use super::AppState;
+use super::conn::{self, METRICS_MAX_CONNECTIONS};
+use super::error::ApiError;
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
@@ -106,4 +111,16 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         handle.render(),
     )
         .into_response()
+}
+
+/// Serves `/metrics` alone on its own listener until `state.shutdown`.
+pub async fn serve_metrics(listener: TcpListener, state: AppState) {
+    let shutdown = state.shutdown.clone();
+    let header_timeout = state.http.header_timeout;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::not_found("route") })
+        .with_state(state);
+    let limiter = conn::Limiter::new("metrics", METRICS_MAX_CONNECTIONS, None);
+    conn::serve(listener, app, limiter, header_timeout, shutdown).await;
 }

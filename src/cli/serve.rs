@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, AppState, Shared, WsConfig};
+use crate::api::{self, AppState, HttpConfig, Shared, WsConfig};
 use crate::auth::Verifier;
 use crate::bridge::{self, BridgeConfig, Hub};
 use crate::config::{ApiLimitOpts, ConnectOpts, RuntimeOpts, State};
@@ -54,28 +54,71 @@ pub struct ServeArgs {
     /// Bound of the queue between the LISTEN socket and the router.
     #[arg(long, env = "RAG_BRIDGE_QUEUE", default_value_t = 16_384)]
     pub bridge_queue: usize,
+    /// Most open client connections (HTTP and WebSocket); can only lower
+    /// what the open-file limit allows, which is the default.
+    #[arg(long, env = "RAG_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send a request's headers, from connecting or
+    /// from the previous response (so also the keep-alive idle timeout).
+    #[arg(long, env = "RAG_HEADER_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
+    /// Serve `/metrics` on this address (e.g. 127.0.0.1:9090) instead of
+    /// the API port.
+    #[arg(long, env = "RAG_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
     #[command(flatten)]
     pub runtime: RuntimeOpts,
     #[command(flatten)]
     pub limits: ApiLimitOpts,
 }
 
-/// Raises the open-file limit to the hard limit: each socket is a file.
-pub(crate) fn raise_nofile_limit() {
+/// Raises the open-file limit to the hard limit (each socket is a file);
+/// returns the soft limit before and after.
+pub(crate) fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: plain syscalls on a local struct.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            let before = lim.rlim_cur;
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let before = lim.rlim_cur;
+        if lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
-                tracing::debug!(before, after = lim.rlim_cur, "raised the open-file limit");
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                let e = std::io::Error::last_os_error();
+                tracing::warn!(error = %e, "cannot raise the open-file limit");
+                return Ok((before, before));
             }
         }
+        Ok((before, lim.rlim_cur))
     }
+}
+
+/// Raises the open-file limit and shares it out (logged: the numbers
+/// every connection limit comes from).
+fn fd_budget(args: &ServeArgs) -> anyhow::Result<api::FdBudget> {
+    let (before, nofile) = raise_nofile_limit().context("cannot read the open-file limit")?;
+    let budget = api::FdBudget::derive(
+        nofile,
+        args.runtime.pool_size,
+        args.max_connections,
+        args.ws_max_connections,
+    )
+    .map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        nofile_before = before,
+        nofile = budget.nofile,
+        reserved = budget.reserved,
+        max_connections = budget.connections,
+        ws_max_connections = budget.websockets,
+        ws_max_connections_flag = args.ws_max_connections,
+        "connection limits (from the open-file limit)"
+    );
+    Ok(budget)
 }
 
 fn random_secret() -> String {
@@ -111,7 +154,7 @@ pub async fn run(connect: ConnectOpts, args: ServeArgs) -> anyhow::Result<ExitCo
     args.runtime.check()?;
     args.limits.check(args.runtime.max_upload_bytes)?;
     api::limits::return_big_buffers_to_the_os();
-    raise_nofile_limit();
+    let budget = fd_budget(&args)?;
     let channel = connect.channel()?;
     let metrics = install_metrics();
 
@@ -140,6 +183,7 @@ pub async fn run(connect: ConnectOpts, args: ServeArgs) -> anyhow::Result<ExitCo
         &channel,
         embedded.is_some(),
         metrics,
+        budget,
     )
     .await;
     if let Some(e) = embedded {
@@ -151,6 +195,7 @@ pub async fn run(connect: ConnectOpts, args: ServeArgs) -> anyhow::Result<ExitCo
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     connect: &ConnectOpts,
     args: &ServeArgs,
@@ -159,6 +204,7 @@ async fn serve(
     channel: &str,
     embedded: bool,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    budget: api::FdBudget,
 ) -> anyhow::Result<ExitCode> {
     let rt = &args.runtime;
     let timeout = args.limits.statement_timeout();
@@ -176,8 +222,7 @@ async fn serve(
                 args.host, args.port
             )
         })?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let listener = bind(addr)
         .with_context(|| format!("cannot bind {addr} (is another server running? try --port)"))?;
     let bound = listener.local_addr()?;
     let api_url = format!("http://{bound}");
@@ -189,6 +234,11 @@ async fn serve(
         }
         .save(&connect.state_dir)?;
     }
+
+    let metrics_listener = match &args.metrics_addr {
+        Some(addr) => Some(bind_metrics(addr).await?),
+        None => None,
+    };
 
     let shutdown = CancellationToken::new();
     super::cancel_on_signal(shutdown.clone());
@@ -232,10 +282,10 @@ async fn serve(
                     .unwrap_or(args.ws_ping_secs.max(1) * 3)
                     .max(1),
             ),
-            max_connections: args.ws_max_connections,
+            max_connections: budget.websockets,
             ..WsConfig::default()
         },
-        ws_permits: Arc::new(Semaphore::new(args.ws_max_connections)),
+        ws_permits: Arc::new(Semaphore::new(budget.websockets)),
         sockets: TaskTracker::new(),
         shutdown: shutdown.clone(),
         limits: api::limits::Limits {
@@ -245,7 +295,13 @@ async fn serve(
             ),
             canceller: crate::db::Canceller::new(url)?,
         },
+        http: HttpConfig {
+            max_connections: budget.connections,
+            header_timeout: Duration::from_secs(args.header_timeout_secs),
+            metrics_separate: metrics_listener.is_some(),
+        },
     }));
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(api::serve_metrics(l, state.clone())));
 
     let children = TaskTracker::new();
     if !args.no_workers {
@@ -264,12 +320,43 @@ async fn serve(
 
     api::run(listener, state, Duration::from_secs(5)).await?;
     shutdown.cancel();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     children.close();
     children.wait().await;
     if let Some(task) = bridge_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Pending connections the kernel queues for `accept` (capped by
+/// `net.core.somaxconn`): a burst beyond tokio's default of 1,024 would
+/// have its handshakes dropped and retried a second later.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+async fn bind_metrics(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let parsed: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("invalid --metrics-addr / RAG_METRICS_ADDR: {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(parsed)
+        .await
+        .with_context(|| format!("cannot bind the metrics address {parsed}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(%bound, "metrics served on their own listener, not on the API port");
+    eprintln!("ragctl: metrics on http://{bound}/metrics");
+    Ok(listener)
 }
 
 /// Runs one worker child, prefixing its log lines, restarting it with

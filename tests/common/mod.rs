@@ -161,6 +161,17 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, db_url: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
+        Self::spawn_with(name, db_url, args, env, |_| {})
+    }
+
+    /// `spawn`, with `configure` applied to the command last.
+    pub fn spawn_with(
+        name: &str,
+        db_url: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Proc {
         let mut cmd = Command::new(bin());
         cmd.args(args)
             .env("DATABASE_URL", db_url)
@@ -174,6 +185,7 @@ impl Proc {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        configure(&mut cmd);
         let mut child = cmd.spawn().expect("spawn ragctl");
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
@@ -266,9 +278,19 @@ impl Api {
     }
 
     pub async fn start_url(db_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Api {
+        Self::start_with(db_url, extra, env, |_| {}).await
+    }
+
+    /// `start_url`, with `configure` applied to the server's command.
+    pub async fn start_with(
+        db_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Api {
         let mut args = vec!["serve", "--port", "0", "--no-workers"];
         args.extend_from_slice(extra);
-        let proc = Proc::spawn("api", db_url, &args, env);
+        let proc = Proc::spawn_with("api", db_url, &args, env, configure);
         let line = proc.wait_line("ragctl: API on ").await;
         let url = line
             .rsplit("API on ")

@@ -23,7 +23,7 @@ use crate::cli::Failure;
 use crate::config::ConnectOpts;
 
 pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
-    crate::cli::serve::raise_nofile_limit();
+    let _ = crate::cli::serve::raise_nofile_limit();
     let channel = connect.channel()?;
     let cancel = CancellationToken::new();
     crate::cli::cancel_on_signal(cancel.clone());
