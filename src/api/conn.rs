@@ -103,9 +103,20 @@ impl FdBudget {
 }
 
 /// WebSockets count against the budget: they are open sockets too.
+/// `/ws` takes a permit per socket; the limiter counts `cap - available`.
+#[derive(Clone)]
 pub struct WsCount {
     pub permits: Arc<Semaphore>,
     pub cap: usize,
+}
+
+impl WsCount {
+    pub fn new(cap: usize) -> WsCount {
+        WsCount {
+            permits: Arc::new(Semaphore::new(cap)),
+            cap,
+        }
+    }
 }
 
 struct Counters {

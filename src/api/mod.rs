@@ -24,7 +24,6 @@ use axum::routing::{get, post};
 use deadpool_postgres::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::trace::TraceLayer;
@@ -34,7 +33,7 @@ use crate::auth::{AuthError, AuthUser, Verifier};
 use crate::bridge::{Bridge, Hub};
 use crate::events::Publisher;
 use crate::rag::LlmClient;
-pub use conn::{FdBudget, HttpConfig};
+pub use conn::{FdBudget, HttpConfig, WsCount};
 use error::ApiError;
 pub use ops::serve_metrics;
 pub use ws::WsConfig;
@@ -52,7 +51,8 @@ pub struct Shared {
     pub bridge: Option<Bridge>,
     pub metrics: Option<PrometheusHandle>,
     pub ws: WsConfig,
-    pub ws_permits: Arc<Semaphore>,
+    /// The WebSocket slots (`--ws-max-connections`, within the fd budget).
+    pub ws_slots: conn::WsCount,
     pub sockets: TaskTracker,
     pub shutdown: CancellationToken,
     pub limits: limits::Limits,
@@ -136,10 +136,7 @@ pub fn router(state: AppState) -> Router {
 pub async fn run(listener: TcpListener, state: AppState, drain: Duration) -> std::io::Result<()> {
     let shutdown = state.shutdown.clone();
     let sockets = state.sockets.clone();
-    let ws = conn::WsCount {
-        permits: state.ws_permits.clone(),
-        cap: state.ws.max_connections,
-    };
+    let ws = state.ws_slots.clone();
     let limiter = conn::Limiter::new("api", state.http.max_connections, Some(ws));
     let header_timeout = state.http.header_timeout;
     let app = router(state);

@@ -49,15 +49,12 @@ pub const CLOSE_IDLE: u16 = 4002;
 
 #[derive(Debug, Clone)]
 pub struct WsConfig {
-    /// Bound of each socket's outbound queue.
-    pub queue: usize,
     pub ping_interval: Duration,
     /// A peer that sends nothing (no pong, no frame) this long is closed
     /// with 4002.
     pub idle_timeout: Duration,
     /// A write that takes longer than this drops the socket.
     pub write_timeout: Duration,
-    pub max_connections: usize,
     /// Largest frame a client may send (clients only send control frames).
     pub max_client_frame: usize,
 }
@@ -65,11 +62,9 @@ pub struct WsConfig {
 impl Default for WsConfig {
     fn default() -> Self {
         WsConfig {
-            queue: 256,
             ping_interval: Duration::from_secs(20),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
-            max_connections: 50_000,
             max_client_frame: 4096,
         }
     }
@@ -105,7 +100,7 @@ pub async fn handler(
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
     };
-    let Ok(permit) = state.ws_permits.clone().try_acquire_owned() else {
+    let Ok(permit) = state.ws_slots.permits.clone().try_acquire_owned() else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_connections",

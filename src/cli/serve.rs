@@ -11,7 +11,6 @@ use anyhow::Context;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -275,17 +274,15 @@ async fn serve(
         bridge,
         metrics,
         ws: WsConfig {
-            queue: args.ws_queue,
             ping_interval: Duration::from_secs(args.ws_ping_secs.max(1)),
             idle_timeout: Duration::from_secs(
                 args.ws_idle_secs
                     .unwrap_or(args.ws_ping_secs.max(1) * 3)
                     .max(1),
             ),
-            max_connections: budget.websockets,
             ..WsConfig::default()
         },
-        ws_permits: Arc::new(Semaphore::new(budget.websockets)),
+        ws_slots: api::WsCount::new(budget.websockets),
         sockets: TaskTracker::new(),
         shutdown: shutdown.clone(),
         limits: api::limits::Limits {

@@ -1,4 +1,3 @@
-
 use super::*;
 
 const TXT: &[u8] = include_bytes!("../../../fixtures/documents/handbook.txt");
