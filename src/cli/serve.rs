@@ -356,6 +356,19 @@ async fn bind_metrics(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
     Ok(listener)
 }
 
+/// Pool size passed to the worker children: a worker holds a connection
+/// for its job, one to renew the lease and one to publish, so it needs far
+/// fewer than the API's `--pool-size` (it sizes its pool at 4 itself today,
+/// in `cli/worker.rs`; the cap keeps the flag it receives truthful).
+const WORKER_CHILD_POOL_SIZE: usize = 4;
+
+fn worker_child_opts(rt: &RuntimeOpts) -> RuntimeOpts {
+    RuntimeOpts {
+        pool_size: rt.pool_size.min(WORKER_CHILD_POOL_SIZE),
+        ..rt.clone()
+    }
+}
+
 /// Runs one worker child, prefixing its log lines, restarting it with
 /// backoff if it dies, and stopping it with SIGTERM on shutdown.
 async fn supervise(
@@ -377,7 +390,7 @@ async fn supervise(
         let mut cmd = Command::new(&exe);
         cmd.arg("worker")
             .arg(kind)
-            .args(rt.to_args())
+            .args(worker_child_opts(&rt).to_args())
             .env("DATABASE_URL", &url)
             .env("RAG_EVENTS_CHANNEL", &channel)
             .stdin(Stdio::null())

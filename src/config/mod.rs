@@ -144,7 +144,10 @@ fn non_empty(v: &Option<String>) -> Option<String> {
 }
 
 /// Knobs of the business runtime, shared by `serve` and `worker`.
-#[derive(clap::Args, Debug, Clone)]
+///
+/// `Serialize` gives [`RuntimeOpts::to_args`] every field by its clap id, so
+/// a new knob reaches `serve`'s worker children without a second list.
+#[derive(clap::Args, Debug, Clone, serde::Serialize)]
 pub struct RuntimeOpts {
     /// Largest accepted upload in bytes.
     #[arg(long, env = "RAG_MAX_UPLOAD_BYTES", default_value_t = 25 * 1024 * 1024)]
@@ -168,13 +171,18 @@ pub struct RuntimeOpts {
     #[arg(long, env = "RAG_CHUNK_OVERLAP", default_value_t = 150)]
     pub chunk_overlap: usize,
     /// OpenAI-compatible chat-completions endpoint; unset = extractive answers.
+    // The llm_* knobs are the API's: workers never answer, and the key must
+    // not show in a process list, so `to_args` skips them.
     #[arg(long, env = "RAG_LLM_URL")]
+    #[serde(skip)]
     pub llm_url: Option<String>,
     /// Model name sent to the LLM endpoint.
     #[arg(long, env = "RAG_LLM_MODEL", default_value = "gpt-4o-mini")]
+    #[serde(skip)]
     pub llm_model: String,
     /// Bearer key for the LLM endpoint.
     #[arg(long, env = "RAG_LLM_API_KEY", hide_env_values = true)]
+    #[serde(skip)]
     pub llm_api_key: Option<String>,
     /// Upper bound on how long a publish may delay a business operation (ms).
     #[arg(long, env = "RAG_PUBLISH_TIMEOUT_MS", default_value_t = 2000)]
@@ -285,30 +293,22 @@ impl RuntimeOpts {
         )
     }
 
-    /// The same settings as flags, for child processes.
+    /// The same settings as flags, for child processes: each serialised
+    /// field as `--long=value`, in declaration order; unset options and the
+    /// `#[serde(skip)]` fields are left out.
     pub fn to_args(&self) -> Vec<String> {
-        let mut args = vec![
-            format!("--max-upload-bytes={}", self.max_upload_bytes),
-            format!("--max-retries={}", self.max_retries),
-            format!("--retry-backoff-ms={}", self.retry_backoff_ms),
-            format!("--job-lease-secs={}", self.job_lease_secs),
-            format!("--worker-poll-ms={}", self.worker_poll_ms),
-            format!("--chunk-size={}", self.chunk_size),
-            format!("--chunk-overlap={}", self.chunk_overlap),
-            format!("--publish-timeout-ms={}", self.publish_timeout_ms),
-            format!("--pool-size={}", self.pool_size.min(4)),
-        ];
-        if let Some(u) = &self.listen_database_url {
-            args.push(format!("--listen-database-url={u}"));
-        }
-        args.extend([
-            format!("--parse-memory-mib={}", self.parse_memory_mib),
-            format!("--parse-cpu-secs={}", self.parse_cpu_secs),
-            format!("--parse-wall-secs={}", self.parse_wall_secs),
-            format!("--parse-max-inflated-mib={}", self.parse_max_inflated_mib),
-            format!("--parse-max-text-mib={}", self.parse_max_text_mib),
-        ]);
-        args
+        let values = serde_json::to_value(self).expect("RuntimeOpts serialises");
+        let cmd = <Self as clap::Args>::augment_args(clap::Command::new("runtime"));
+        cmd.get_arguments()
+            .filter_map(|arg| {
+                let value = match values.get(arg.get_id().as_str())? {
+                    serde_json::Value::Null => return None,
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                Some(format!("--{}={value}", arg.get_long()?))
+            })
+            .collect()
     }
 
     /// The bounds of the parser child process.
@@ -421,6 +421,43 @@ mod tests {
             let e = validate_channel(bad).unwrap_err().to_string();
             assert!(e.contains("--channel / RAG_EVENTS_CHANNEL"), "{e}");
         }
+    }
+
+    #[derive(clap::Parser)]
+    struct Runtime {
+        #[command(flatten)]
+        rt: RuntimeOpts,
+    }
+
+    fn parse_runtime(args: &[String]) -> RuntimeOpts {
+        use clap::Parser;
+        let argv = std::iter::once("ragctl".to_string()).chain(args.iter().cloned());
+        Runtime::try_parse_from(argv).expect("to_args parses").rt
+    }
+
+    #[test]
+    fn to_args_round_trips_every_worker_knob() {
+        let mut rt = parse_runtime(&[
+            "--max-upload-bytes=7".into(),
+            "--retry-backoff-ms=9".into(),
+            "--pool-size=3".into(),
+            "--listen-database-url=postgres://l/db".into(),
+            "--parse-max-text-mib=5".into(),
+            "--llm-url=http://llm".into(),
+            "--llm-api-key=sk".into(),
+        ]);
+        let args = rt.to_args();
+        assert!(args.contains(&"--pool-size=3".to_string()), "{args:?}");
+        assert!(
+            !args.iter().any(|a| a.starts_with("--llm")),
+            "the LLM knobs stay with the API: {args:?}"
+        );
+        let back = parse_runtime(&args);
+        (rt.llm_url, rt.llm_api_key) = (None, None);
+        assert_eq!(
+            serde_json::to_value(&back).unwrap(),
+            serde_json::to_value(&rt).unwrap()
+        );
     }
 
     #[test]
