@@ -26,5 +26,6 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod events;
+pub mod harness;
 pub mod rag;
 pub mod workers;
