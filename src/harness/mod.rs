@@ -7,3 +7,10 @@ mod scratch;
 
 pub use ready::Ready;
 pub use scratch::{ScratchDb, admin_sql, with_db};
+
+/// `bytes` random bytes as lowercase hex (names, secrets).
+pub fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}

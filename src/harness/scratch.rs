@@ -38,10 +38,7 @@ impl ScratchDb {
         prefix: &str,
         owner: Option<&str>,
     ) -> anyhow::Result<ScratchDb> {
-        let suffix: String = (0..8)
-            .map(|_| format!("{:02x}", rand::random::<u8>()))
-            .collect();
-        let name = format!("{prefix}_{suffix}");
+        let name = format!("{prefix}_{}", super::random_hex(8));
         let owner = owner
             .map(|r| format!(" OWNER {}", quote_ident(r)))
             .unwrap_or_default();

@@ -2,60 +2,25 @@
 //! is pointed at.
 
 use std::collections::VecDeque;
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::fleet::Endpoint;
 use super::{BenchArgs, progress};
 use crate::config::ConnectOpts;
-use crate::db::listener::quote_ident;
+use crate::harness::{Ready, ScratchDb, random_hex};
 
 /// The server this command started, and the database it created.
 pub(super) struct OwnServer {
     pub(super) child: tokio::process::Child,
     pub(super) pid: u32,
     pub(super) api: String,
-    pub(super) admin_url: String,
-    pub(super) db: String,
-}
-
-pub(super) fn with_db(url: &str, db: &str) -> anyhow::Result<String> {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let mut out = match base[scheme_end..].find('/') {
-        Some(i) => format!("{}/{db}", &base[..scheme_end + i]),
-        None => format!("{base}/{db}"),
-    };
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    Ok(out)
-}
-
-pub(super) async fn admin_sql(url: &str, sql: &str) -> anyhow::Result<()> {
-    let (client, conn) = crate::db::connect(url, "ragctl-bench-admin").await?;
-    let task = tokio::spawn(conn);
-    let result = client
-        .batch_execute(sql)
-        .await
-        .map_err(|e| anyhow!(crate::db::error_text(&e)));
-    drop(client);
-    let _ = task.await;
-    result
-}
-
-pub(super) fn random_hex(bytes: usize) -> String {
-    (0..bytes)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect()
+    pub(super) db: ScratchDb,
 }
 
 /// Database server used when none is configured.
@@ -90,35 +55,26 @@ impl Site {
         let admin = connect
             .database_url()
             .unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string());
-        let db = format!("bench_{}_{}", std::process::id(), random_hex(4));
-        admin_sql(&admin, &format!("CREATE DATABASE {}", quote_ident(&db)))
+        let prefix = format!("bench_{}", std::process::id());
+        let db = ScratchDb::create(&admin, &prefix, None)
             .await
             .with_context(|| {
                 format!("cannot create the benchmark database on {}", redact(&admin))
             })?;
         let secret = random_hex(32);
         progress(&format!(
-            "database {db} created; starting `ragctl serve --no-workers`"
+            "database {} created; starting `ragctl serve --no-workers`",
+            db.name
         ));
-        let server = match start_server(&admin, &db, &secret, channel, args).await {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = admin_sql(&admin, &drop_database(&db)).await;
-                return Err(e);
-            }
-        };
+        let server = start_server(db, &secret, channel, args).await?;
         Ok(Site {
-            db_url: with_db(&admin, &db)?,
+            db_url: server.db.url.clone(),
             secret,
             api: server.api.clone(),
             pid: Some(server.pid),
             own: Some(server),
         })
     }
-}
-
-fn drop_database(db: &str) -> String {
-    format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(db))
 }
 
 /// The URL without its credentials, for messages.
@@ -129,9 +85,11 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// `ragctl serve --no-workers --port 0` on `db_url`, its log piped.
+/// `ragctl serve --no-workers --port 0` on `db_url`, its log piped and
+/// its address written to `ready`.
 fn spawn_serve(
     db_url: &str,
+    ready: &Path,
     secret: &str,
     channel: &str,
     args: &BenchArgs,
@@ -147,6 +105,8 @@ fn spawn_serve(
             "0",
         ])
         .arg(format!("--ws-queue={}", args.ws_queue))
+        .arg("--ready-file")
+        .arg(ready)
         .env("DATABASE_URL", db_url)
         .env("RAG_JWT_SECRET", secret)
         .env("RAG_EVENTS_CHANNEL", channel)
@@ -164,25 +124,14 @@ fn spawn_serve(
 /// The server's last log lines, kept to explain a failed start.
 type Tail = Arc<Mutex<VecDeque<String>>>;
 
-/// Reads the server's log: sends the API's address once it is announced,
-/// keeps the last 20 lines, and copies them to stderr if `copy`.
-fn watch_log(
-    stderr: tokio::process::ChildStderr,
-    copy: bool,
-) -> (tokio::sync::oneshot::Receiver<String>, Tail) {
-    let (api_tx, api_rx) = tokio::sync::oneshot::channel::<String>();
+/// Reads the server's log: keeps the last 20 lines, and copies them to
+/// stderr if `copy`.
+fn watch_log(stderr: tokio::process::ChildStderr, copy: bool) -> Tail {
     let tail: Tail = Arc::new(Mutex::new(VecDeque::new()));
     let tail_w = tail.clone();
     tokio::spawn(async move {
-        let mut api_tx = Some(api_tx);
         let mut lines = BufReader::new(stderr).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.strip_prefix("ragctl: API on ")
-                && let Some(tx) = api_tx.take()
-            {
-                let api = rest.split_whitespace().next().unwrap_or_default();
-                let _ = tx.send(api.to_string());
-            }
             if copy {
                 eprintln!("[server] {line}");
             }
@@ -193,29 +142,44 @@ fn watch_log(
             }
         }
     });
-    (api_rx, tail)
+    tail
 }
 
+/// Starts the server on `db` and waits for its ready file; on failure
+/// stops it and drops `db`.
 pub(super) async fn start_server(
-    admin_url: &str,
-    db: &str,
+    db: ScratchDb,
     secret: &str,
     channel: &str,
     args: &BenchArgs,
 ) -> anyhow::Result<OwnServer> {
-    let mut child = spawn_serve(&with_db(admin_url, db)?, secret, channel, args)?;
-    let pid = child.id().context("server exited at once")?;
-    let stderr = child.stderr.take().expect("piped");
-    let (api_rx, tail) = watch_log(stderr, args.server_log);
-    let server = OwnServer {
+    let ready_path = std::env::temp_dir().join(format!("{}.ready", db.name));
+    let spawned = spawn_serve(&db.url, &ready_path, secret, channel, args);
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = db.drop_now().await;
+            return Err(e);
+        }
+    };
+    let pid = child.id().unwrap_or_default();
+    let tail = watch_log(child.stderr.take().expect("piped"), args.server_log);
+    let ready = Ready::wait(&ready_path, Duration::from_secs(60), || {
+        matches!(child.try_wait(), Ok(None))
+    })
+    .await;
+    let _ = std::fs::remove_file(&ready_path);
+    let mut server = OwnServer {
         child,
         pid,
         api: String::new(),
-        admin_url: admin_url.to_string(),
-        db: db.to_string(),
+        db,
     };
-    let api = match tokio::time::timeout(Duration::from_secs(60), api_rx).await {
-        Ok(Ok(api)) => api,
+    match ready {
+        Ok(Some(ready)) => {
+            server.api = ready.url;
+            Ok(server)
+        }
         _ => {
             let log: Vec<String> = tail.lock().expect("tail").iter().cloned().collect();
             server.stop().await;
@@ -224,8 +188,7 @@ pub(super) async fn start_server(
                 log.join("\n")
             );
         }
-    };
-    Ok(OwnServer { api, ..server })
+    }
 }
 
 impl OwnServer {
@@ -238,8 +201,11 @@ impl OwnServer {
         {
             let _ = self.child.kill().await;
         }
-        if let Err(e) = admin_sql(&self.admin_url, &drop_database(&self.db)).await {
-            eprintln!("bench: warning: could not drop database {}: {e:#}", self.db);
+        if let Err(e) = self.db.drop_now().await {
+            eprintln!(
+                "bench: warning: could not drop database {}: {e:#}",
+                self.db.name
+            );
         }
     }
 }
@@ -276,18 +242,4 @@ pub(super) async fn endpoint(api: &str) -> anyhow::Result<Endpoint> {
         .next()
         .with_context(|| format!("no address for {host}"))?;
     Ok(Endpoint { addr, host })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn database_name_is_replaced() {
-        assert_eq!(
-            with_db("postgres://u@h:5432/postgres?sslmode=disable", "bench_1").unwrap(),
-            "postgres://u@h:5432/bench_1?sslmode=disable"
-        );
-        assert_eq!(with_db("postgres://u@h", "b").unwrap(), "postgres://u@h/b");
-    }
 }

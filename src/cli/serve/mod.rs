@@ -2,26 +2,21 @@
 //! one parse and one ingest worker as child processes, restarted if they die.
 //! With no database configured it starts the embedded local cluster.
 
+mod state;
+mod supervise;
+
 use std::net::SocketAddr;
-use std::process::{ExitCode, Stdio};
-use std::sync::Arc;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::api::{self, AppState, HttpConfig, Shared, WsConfig};
-use crate::auth::Verifier;
-use crate::bridge::{self, BridgeConfig, Hub};
+use crate::api;
 use crate::config::{ApiLimitOpts, ConnectOpts, RuntimeOpts, State};
 use crate::db::embedded::Embedded;
-use crate::db::listener::Backoff;
-use crate::events::{LocalDelivery, Publisher};
-use crate::rag::LlmClient;
+use crate::harness::Ready;
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -66,6 +61,11 @@ pub struct ServeArgs {
     /// the API port.
     #[arg(long, env = "RAG_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    /// Once the API socket listens, write one JSON line
+    /// `{"url","port","pid"}` here (temporary file, then rename); removed
+    /// on exit. For harnesses: no log parsing.
+    #[arg(long, env = "RAG_READY_FILE")]
+    pub ready_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub runtime: RuntimeOpts,
     #[command(flatten)]
@@ -174,17 +174,15 @@ pub async fn run(connect: ConnectOpts, args: ServeArgs) -> anyhow::Result<ExitCo
         },
     };
 
-    let result = serve(
-        &connect,
-        &args,
-        &url,
-        &secret,
-        &channel,
-        embedded.is_some(),
-        metrics,
-        budget,
-    )
-    .await;
+    let site = Site {
+        connect: &connect,
+        args: &args,
+        url: &url,
+        secret: &secret,
+        channel: &channel,
+        embedded: embedded.is_some(),
+    };
+    let result = serve(site, metrics, budget).await;
     if let Some(e) = embedded {
         match e.stop().await {
             Ok(()) => tracing::info!("embedded PostgreSQL stopped"),
@@ -194,25 +192,87 @@ pub async fn run(connect: ConnectOpts, args: ServeArgs) -> anyhow::Result<ExitCo
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve(
-    connect: &ConnectOpts,
-    args: &ServeArgs,
-    url: &str,
-    secret: &str,
-    channel: &str,
+/// What `run` resolved: the database, the secret, the channel.
+struct Site<'a> {
+    connect: &'a ConnectOpts,
+    args: &'a ServeArgs,
+    url: &'a str,
+    secret: &'a str,
+    channel: &'a str,
     embedded: bool,
+}
+
+async fn serve(
+    site: Site<'_>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     budget: api::FdBudget,
 ) -> anyhow::Result<ExitCode> {
-    let rt = &args.runtime;
+    let args = site.args;
+    let pool = open_pool(args, site.url).await?;
+    let listener = bind_api(args)?;
+    let bound = listener.local_addr()?;
+    let api_url = format!("http://{bound}");
+    if site.embedded {
+        State {
+            database_url: site.url.to_string(),
+            jwt_secret: site.secret.to_string(),
+            api_url: Some(api_url.clone()),
+        }
+        .save(&site.connect.state_dir)?;
+    }
+    let metrics_listener = match &args.metrics_addr {
+        Some(addr) => Some(bind_metrics(addr).await?),
+        None => None,
+    };
+
+    let shutdown = CancellationToken::new();
+    super::cancel_on_signal(shutdown.clone());
+    let parts = state::Parts {
+        pool,
+        url: site.url,
+        secret: site.secret,
+        channel: site.channel,
+        metrics,
+        budget,
+        metrics_separate: metrics_listener.is_some(),
+        shutdown: shutdown.clone(),
+    };
+    let (state, bridge_task) = state::build(args, parts)?;
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(api::serve_metrics(l, state.clone())));
+    let children = (!args.no_workers)
+        .then(|| supervise::start(site.url, site.channel, &args.runtime, &shutdown));
+    announce(args, &api_url, bound.port())?;
+
+    api::run(listener, state, Duration::from_secs(5)).await?;
+    shutdown.cancel();
+    if let Some(path) = &args.ready_file {
+        let _ = std::fs::remove_file(path);
+    }
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    if let Some(children) = children {
+        children.wait().await;
+    }
+    if let Some(task) = bridge_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The API's pool, migrations applied.
+async fn open_pool(args: &ServeArgs, url: &str) -> anyhow::Result<deadpool_postgres::Pool> {
     let timeout = args.limits.statement_timeout();
-    let pool = crate::db::pool_with_timeout(url, rt.pool_size, "ragctl-api", timeout).await?;
+    let pool =
+        crate::db::pool_with_timeout(url, args.runtime.pool_size, "ragctl-api", timeout).await?;
     let applied = crate::db::migrate(&pool).await?;
     if applied > 0 {
         tracing::info!(applied, "migrations applied");
     }
+    Ok(pool)
+}
 
+fn bind_api(args: &ServeArgs) -> anyhow::Result<tokio::net::TcpListener> {
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| {
@@ -221,111 +281,26 @@ async fn serve(
                 args.host, args.port
             )
         })?;
-    let listener = bind(addr)
-        .with_context(|| format!("cannot bind {addr} (is another server running? try --port)"))?;
-    let bound = listener.local_addr()?;
-    let api_url = format!("http://{bound}");
-    if embedded {
-        State {
-            database_url: url.to_string(),
-            jwt_secret: secret.to_string(),
-            api_url: Some(api_url.clone()),
-        }
-        .save(&connect.state_dir)?;
-    }
+    bind(addr)
+        .with_context(|| format!("cannot bind {addr} (is another server running? try --port)"))
+}
 
-    let metrics_listener = match &args.metrics_addr {
-        Some(addr) => Some(bind_metrics(addr).await?),
-        None => None,
-    };
-
-    let shutdown = CancellationToken::new();
-    super::cancel_on_signal(shutdown.clone());
-    let events = Publisher::new(pool.clone(), channel, "api", rt.publish_timeout());
-    let (hub, bridge, bridge_task) = if args.no_realtime {
-        tracing::info!("realtime disabled: no bridge, /ws answers 503");
-        (None, None, None)
-    } else {
-        let hub = Hub::new(args.ws_queue);
-        events.set_local_delivery(Arc::new(hub.clone()) as Arc<dyn LocalDelivery>);
-        let (bridge, task) = bridge::start(
-            BridgeConfig {
-                listen_url: rt.listen_url(url),
-                channel: channel.to_string(),
-                queue: args.bridge_queue,
-            },
-            hub.clone(),
-            shutdown.clone(),
-        )
-        .context("cannot start the realtime bridge's thread")?;
-        (Some(hub), Some(bridge), Some(task))
-    };
-    let state = AppState(Arc::new(Shared {
-        pool,
-        events,
-        verifier: Verifier::new(secret)?,
-        max_upload_bytes: rt.max_upload_bytes,
-        max_retries: rt.max_retries,
-        llm: rt
-            .llm_url
-            .as_deref()
-            .map(|u| LlmClient::new(u, &rt.llm_model, rt.llm_api_key.clone())),
-        hub,
-        bridge,
-        metrics,
-        ws: WsConfig {
-            ping_interval: Duration::from_secs(args.ws_ping_secs.max(1)),
-            idle_timeout: Duration::from_secs(
-                args.ws_idle_secs
-                    .unwrap_or(args.ws_ping_secs.max(1) * 3)
-                    .max(1),
-            ),
-            ..WsConfig::default()
-        },
-        ws_slots: api::WsCount::new(budget.websockets),
-        sockets: TaskTracker::new(),
-        shutdown: shutdown.clone(),
-        limits: api::limits::Limits {
-            uploads: api::limits::UploadBudget::new(
-                args.limits.upload_budget_bytes,
-                args.limits.user_upload_budget(rt.max_upload_bytes),
-            ),
-            canceller: crate::db::Canceller::new(url)?,
-        },
-        http: HttpConfig {
-            max_connections: budget.connections,
-            header_timeout: Duration::from_secs(args.header_timeout_secs),
-            metrics_separate: metrics_listener.is_some(),
-        },
-    }));
-    let metrics_task = metrics_listener.map(|l| tokio::spawn(api::serve_metrics(l, state.clone())));
-
-    let children = TaskTracker::new();
-    if !args.no_workers {
-        for kind in ["parse", "ingest"] {
-            children.spawn(supervise(
-                kind,
-                url.to_string(),
-                channel.to_string(),
-                rt.clone(),
-                shutdown.clone(),
-            ));
-        }
-    }
+/// Says where the API is: the log, the human line, and the ready file
+/// (the socket is listening, so connections queue from now on).
+fn announce(args: &ServeArgs, api_url: &str, port: u16) -> anyhow::Result<()> {
     tracing::info!(%api_url, realtime = !args.no_realtime, workers = !args.no_workers, "ragctl serving");
     eprintln!("ragctl: API on {api_url} (Ctrl-C to stop)");
-
-    api::run(listener, state, Duration::from_secs(5)).await?;
-    shutdown.cancel();
-    if let Some(task) = metrics_task {
-        let _ = task.await;
+    if let Some(path) = &args.ready_file {
+        let ready = Ready {
+            url: api_url.to_string(),
+            port,
+            pid: std::process::id(),
+        };
+        ready
+            .write(path)
+            .with_context(|| format!("cannot write the ready file {}", path.display()))?;
     }
-    children.close();
-    children.wait().await;
-    if let Some(task) = bridge_task {
-        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Pending connections the kernel queues for `accept` (capped by
@@ -354,109 +329,4 @@ async fn bind_metrics(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
     tracing::info!(%bound, "metrics served on their own listener, not on the API port");
     eprintln!("ragctl: metrics on http://{bound}/metrics");
     Ok(listener)
-}
-
-/// Pool size passed to the worker children: a worker holds a connection
-/// for its job, one to renew the lease and one to publish, so it needs far
-/// fewer than the API's `--pool-size` (it sizes its pool at 4 itself today,
-/// in `cli/worker.rs`; the cap keeps the flag it receives truthful).
-const WORKER_CHILD_POOL_SIZE: usize = 4;
-
-fn worker_child_opts(rt: &RuntimeOpts) -> RuntimeOpts {
-    RuntimeOpts {
-        pool_size: rt.pool_size.min(WORKER_CHILD_POOL_SIZE),
-        ..rt.clone()
-    }
-}
-
-/// Runs one worker child, prefixing its log lines, restarting it with
-/// backoff if it dies, and stopping it with SIGTERM on shutdown.
-async fn supervise(
-    kind: &'static str,
-    url: String,
-    channel: String,
-    rt: RuntimeOpts,
-    shutdown: CancellationToken,
-) {
-    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot find the ragctl executable to start workers");
-            return;
-        }
-    };
-    while !shutdown.is_cancelled() {
-        let mut cmd = Command::new(&exe);
-        cmd.arg("worker")
-            .arg(kind)
-            .args(worker_child_opts(&rt).to_args())
-            .env("DATABASE_URL", &url)
-            .env("RAG_EVENTS_CHANNEL", &channel)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(kind, error = %e, "cannot start worker");
-                tokio::time::sleep(backoff.next_delay()).await;
-                continue;
-            }
-        };
-        let prefix = format!("[worker {kind}]");
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let prefix = prefix.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    eprintln!("{prefix} {line}");
-                }
-            });
-        }
-        let started = std::time::Instant::now();
-        tokio::select! {
-            status = child.wait() => {
-                if shutdown.is_cancelled() {
-                    return;
-                }
-                if started.elapsed() > Duration::from_secs(30) {
-                    backoff.reset();
-                }
-                let delay = backoff.next_delay();
-                tracing::error!(kind, status = ?status.ok(), restart_in = ?delay, "worker exited; restarting");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-            _ = shutdown.cancelled() => {
-                if let Some(pid) = child.id() {
-                    // SAFETY: signalling our own child by pid.
-                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-                }
-                match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
-                    Ok(_) => tracing::info!(kind, "worker stopped"),
-                    Err(_) => {
-                        tracing::warn!(kind, "worker did not stop in 15 s; killing it");
-                        let _ = child.kill().await;
-                    }
-                }
-                return;
-            }
-        }
-    }
 }

@@ -1,0 +1,113 @@
+//! The API's shared state, built from `serve`'s flags. In-process tests
+//! build it the same way (`api/tests.rs`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::ServeArgs;
+use crate::api::{self, AppState, HttpConfig, Shared, WsConfig};
+use crate::auth::Verifier;
+use crate::bridge::{self, Bridge, BridgeConfig, Hub};
+use crate::events::{LocalDelivery, Publisher};
+use crate::rag::LlmClient;
+
+/// What the state is made of besides the flags.
+pub(crate) struct Parts<'a> {
+    /// The API's pool, migrated.
+    pub pool: Pool,
+    pub url: &'a str,
+    pub secret: &'a str,
+    pub channel: &'a str,
+    pub metrics: Option<PrometheusHandle>,
+    pub budget: api::FdBudget,
+    /// `/metrics` has a listener of its own.
+    pub metrics_separate: bool,
+    /// Ends `api::run`, the bridge and the sockets.
+    pub shutdown: CancellationToken,
+}
+
+/// The state, and the bridge's task (`None` with `--no-realtime`), which
+/// ends once `shutdown` is cancelled.
+pub(crate) fn build(
+    args: &ServeArgs,
+    parts: Parts<'_>,
+) -> anyhow::Result<(AppState, Option<JoinHandle<()>>)> {
+    let rt = &args.runtime;
+    let events = Publisher::new(
+        parts.pool.clone(),
+        parts.channel,
+        "api",
+        rt.publish_timeout(),
+    );
+    let (hub, bridge, bridge_task) = realtime(args, &parts, &events)?;
+    let state = AppState(Arc::new(Shared {
+        events,
+        verifier: Verifier::new(parts.secret)?,
+        max_upload_bytes: rt.max_upload_bytes,
+        max_retries: rt.max_retries,
+        llm: rt
+            .llm_url
+            .as_deref()
+            .map(|u| LlmClient::new(u, &rt.llm_model, rt.llm_api_key.clone())),
+        hub,
+        bridge,
+        metrics: parts.metrics,
+        ws: ws_config(args),
+        ws_slots: api::WsCount::new(parts.budget.websockets),
+        sockets: TaskTracker::new(),
+        limits: api::limits::Limits {
+            uploads: api::limits::UploadBudget::new(
+                args.limits.upload_budget_bytes,
+                args.limits.user_upload_budget(rt.max_upload_bytes),
+            ),
+            canceller: crate::db::Canceller::new(parts.url)?,
+        },
+        http: HttpConfig {
+            max_connections: parts.budget.connections,
+            header_timeout: Duration::from_secs(args.header_timeout_secs),
+            metrics_separate: parts.metrics_separate,
+        },
+        shutdown: parts.shutdown,
+        pool: parts.pool,
+    }));
+    Ok((state, bridge_task))
+}
+
+fn ws_config(args: &ServeArgs) -> WsConfig {
+    let ping = args.ws_ping_secs.max(1);
+    WsConfig {
+        ping_interval: Duration::from_secs(ping),
+        idle_timeout: Duration::from_secs(args.ws_idle_secs.unwrap_or(ping * 3).max(1)),
+        ..WsConfig::default()
+    }
+}
+
+type Realtime = (Option<Hub>, Option<Bridge>, Option<JoinHandle<()>>);
+
+/// The hub and the bridge's thread, unless `--no-realtime`.
+fn realtime(args: &ServeArgs, parts: &Parts<'_>, events: &Publisher) -> anyhow::Result<Realtime> {
+    if args.no_realtime {
+        tracing::info!("realtime disabled: no bridge, /ws answers 503");
+        return Ok((None, None, None));
+    }
+    let hub = Hub::new(args.ws_queue);
+    events.set_local_delivery(Arc::new(hub.clone()) as Arc<dyn LocalDelivery>);
+    let (bridge, task) = bridge::start(
+        BridgeConfig {
+            listen_url: args.runtime.listen_url(parts.url),
+            channel: parts.channel.to_string(),
+            queue: args.bridge_queue,
+        },
+        hub.clone(),
+        parts.shutdown.clone(),
+    )
+    .context("cannot start the realtime bridge's thread")?;
+    Ok((Some(hub), Some(bridge), Some(task)))
+}

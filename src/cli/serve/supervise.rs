@@ -1,0 +1,148 @@
+//! The worker children of `serve`: started, their output prefixed,
+//! restarted with backoff when they die, stopped with SIGTERM on shutdown.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::RuntimeOpts;
+use crate::db::listener::Backoff;
+
+/// Pool size passed to the worker children: a worker holds a connection
+/// for its job, one to renew the lease and one to publish, so it needs far
+/// fewer than the API's `--pool-size` (it sizes its pool at 4 itself today,
+/// in `cli/worker.rs`; the cap keeps the flag it receives truthful).
+const WORKER_CHILD_POOL_SIZE: usize = 4;
+
+fn worker_child_opts(rt: &RuntimeOpts) -> RuntimeOpts {
+    RuntimeOpts {
+        pool_size: rt.pool_size.min(WORKER_CHILD_POOL_SIZE),
+        ..rt.clone()
+    }
+}
+
+/// Starts one parse and one ingest child, each supervised until
+/// `shutdown`; wait for the returned tracker after cancelling.
+pub(super) fn start(
+    url: &str,
+    channel: &str,
+    rt: &RuntimeOpts,
+    shutdown: &CancellationToken,
+) -> TaskTracker {
+    let children = TaskTracker::new();
+    for kind in ["parse", "ingest"] {
+        children.spawn(supervise(
+            kind,
+            url.to_string(),
+            channel.to_string(),
+            rt.clone(),
+            shutdown.clone(),
+        ));
+    }
+    children.close();
+    children
+}
+
+/// Runs one worker child, prefixing its log lines, restarting it with
+/// backoff if it dies, and stopping it with SIGTERM on shutdown.
+async fn supervise(
+    kind: &'static str,
+    url: String,
+    channel: String,
+    rt: RuntimeOpts,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot find the ragctl executable to start workers");
+            return;
+        }
+    };
+    let args = worker_child_opts(&rt).to_args();
+    while !shutdown.is_cancelled() {
+        let mut cmd = Command::new(&exe);
+        cmd.arg("worker")
+            .arg(kind)
+            .args(&args)
+            .env("DATABASE_URL", &url)
+            .env("RAG_EVENTS_CHANNEL", &channel)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(kind, error = %e, "cannot start worker");
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        };
+        forward_output(kind, &mut child);
+        let started = std::time::Instant::now();
+        tokio::select! {
+            status = child.wait() => {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                tracing::error!(kind, status = ?status.ok(), restart_in = ?delay, "worker exited; restarting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            _ = shutdown.cancelled() => return stop(kind, child).await,
+        }
+    }
+}
+
+/// Copies the child's stdout and stderr lines to ours, prefixed.
+fn forward_output(kind: &str, child: &mut Child) {
+    let prefix = format!("[worker {kind}]");
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let prefix = prefix.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("{prefix} {line}");
+            }
+        });
+    }
+}
+
+/// SIGTERM, then SIGKILL if the child is not gone in 15 s.
+async fn stop(kind: &str, mut child: Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
+        Ok(_) => tracing::info!(kind, "worker stopped"),
+        Err(_) => {
+            tracing::warn!(kind, "worker did not stop in 15 s; killing it");
+            let _ = child.kill().await;
+        }
+    }
+}
