@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use ragctl::harness::{Ready, ScratchDb};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
@@ -48,59 +49,37 @@ fn admin_url() -> &'static str {
         }
         // No server: start the embedded cluster once for the whole run.
         let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("embedded-pg");
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(ragctl::db::embedded::Embedded::start(&dir))
-                .expect("no PostgreSQL reachable and the embedded cluster failed to start")
-                .url
-        })
-        .join()
-        .unwrap()
+        block_on(async move { ragctl::db::embedded::Embedded::start(&dir).await })
+            .expect("no PostgreSQL reachable and the embedded cluster failed to start")
+            .url
     })
 }
 
-/// Replaces the database name in a URL.
-fn with_db(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let cut = base.rfind('/').expect("URL has a path");
-    let mut out = format!("{}/{db}", &base[..cut]);
-    if let Some(q) = query {
-        out.push('?');
-        out.push_str(q);
-    }
-    out
+/// Runs `f` to completion on a runtime of its own thread (for `Drop` and
+/// callers outside a runtime).
+fn block_on<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    })
+    .join()
+    .unwrap()
 }
 
 fn admin_sql(sql: &str) {
-    let sql = sql.to_string();
-    let url = admin_url().to_string();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (client, conn) = ragctl::db::connect(&url, "ragctl-test-admin")
-                .await
-                .expect("admin connection");
-            tokio::spawn(conn);
-            client.batch_execute(&sql).await.expect("admin SQL");
-        })
-    })
-    .join()
-    .unwrap();
+    let (owned, url) = (sql.to_string(), admin_url());
+    block_on(async move { ragctl::harness::admin_sql(url, &owned).await })
+        .unwrap_or_else(|e| panic!("admin SQL {sql:?}: {e:#}"));
 }
 
 /// A fresh database, dropped (with its connections) at the end.
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    scratch: ScratchDb,
 }
 
 impl TestDb {
@@ -110,11 +89,17 @@ impl TestDb {
 
     /// A database owned by `role` (created beforehand by the test).
     pub fn owned_by(role: Option<&str>) -> TestDb {
-        let name = format!("ragctl_t_{}", Uuid::new_v4().simple());
-        let owner = role.map(|r| format!(" OWNER {r}")).unwrap_or_default();
-        admin_sql(&format!("CREATE DATABASE {name}{owner}"));
-        let url = with_db(admin_url(), &name);
-        TestDb { name, url }
+        let role = role.map(str::to_string);
+        let scratch =
+            block_on(
+                async move { ScratchDb::create(admin_url(), "ragctl_t", role.as_deref()).await },
+            )
+            .unwrap_or_else(|e| panic!("cannot create a test database: {e:#}"));
+        TestDb {
+            name: scratch.name.clone(),
+            url: scratch.url.clone(),
+            scratch,
+        }
     }
 
     pub fn url_as(&self, role: &str) -> String {
@@ -140,10 +125,10 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        admin_sql(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ));
+        let scratch = self.scratch.clone();
+        if let Err(e) = block_on(async move { scratch.drop_now().await }) {
+            panic!("cannot drop {}: {e:#}", self.name);
+        }
     }
 }
 
@@ -266,10 +251,11 @@ impl Drop for Proc {
     }
 }
 
-/// A running API (`ragctl serve --port 0`).
+/// A running API (`ragctl serve --port 0`), found through its ready file.
 pub struct Api {
     pub proc: Proc,
     pub url: String,
+    _ready_dir: tempfile::TempDir,
 }
 
 impl Api {
@@ -288,19 +274,28 @@ impl Api {
         env: &[(&str, &str)],
         configure: impl FnOnce(&mut Command),
     ) -> Api {
+        let ready_dir = tempfile::tempdir().expect("a folder for the ready file");
+        let ready_path = ready_dir.path().join("ready.json");
+        let ready_arg = ready_path.to_str().expect("a UTF-8 temporary path");
         let mut args = vec!["serve", "--port", "0", "--no-workers"];
+        args.extend_from_slice(&["--ready-file", ready_arg]);
         args.extend_from_slice(extra);
-        let proc = Proc::spawn_with("api", db_url, &args, env, configure);
-        let line = proc.wait_line("ragctl: API on ").await;
-        let url = line
-            .rsplit("API on ")
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
-        let api = Api { proc, url };
+        let mut proc = Proc::spawn_with("api", db_url, &args, env, configure);
+        let child = &mut proc.child;
+        let ready = Ready::wait(&ready_path, PATIENCE, || {
+            matches!(child.try_wait(), Ok(None))
+        })
+        .await;
+        let url = match ready {
+            Ok(Some(ready)) => ready.url,
+            Ok(None) => panic!("the API exited before it was ready; log:\n{}", proc.logs()),
+            Err(e) => panic!("{e}; log:\n{}", proc.logs()),
+        };
+        let api = Api {
+            proc,
+            url,
+            _ready_dir: ready_dir,
+        };
         api.wait_ready().await;
         api
     }
