@@ -4,9 +4,11 @@
 mod common;
 
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use ragctl::harness::Ready;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -161,8 +163,10 @@ async fn serve_without_a_database_uses_the_embedded_cluster() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let state_dir = dir.path().join(".ragctl");
+    let ready_path = dir.path().join("ready.json");
     let mut serve = Command::new(bin())
-        .args(["serve", "--port", "0", "--no-workers"])
+        .args(["serve", "--port", "0", "--no-workers", "--ready-file"])
+        .arg(&ready_path)
         .current_dir(dir.path())
         .env_remove("DATABASE_URL")
         .env_remove("RAG_JWT_SECRET")
@@ -171,30 +175,27 @@ async fn serve_without_a_database_uses_the_embedded_cluster() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = serve.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (stderr, sink) = (serve.stderr.take().unwrap(), log.clone());
     std::thread::spawn(move || {
         use std::io::BufRead;
         for line in std::io::BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
         {
-            let _ = tx.send(line);
+            sink.lock().unwrap().push(line);
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut log = Vec::new();
-    let api_url = loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| {
-                let _ = serve.kill();
-                panic!("serve never came up: {log:#?}")
-            });
-        if let Some(rest) = line.strip_prefix("ragctl: API on ") {
-            break rest.split_whitespace().next().unwrap().to_string();
+    let ready = Ready::wait(&ready_path, Duration::from_secs(120), || {
+        matches!(serve.try_wait(), Ok(None))
+    })
+    .await;
+    let api_url = match ready {
+        Ok(Some(ready)) => ready.url,
+        _ => {
+            let _ = serve.kill();
+            panic!("serve never came up: {:#?}", log.lock().unwrap())
         }
-        log.push(line);
     };
     let state: Value =
         serde_json::from_str(&std::fs::read_to_string(state_dir.join("state.json")).unwrap())
