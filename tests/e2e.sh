@@ -16,11 +16,6 @@ ROOT=$PWD
 
 ADMIN_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 DB="ragctl_e2e_$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-# Same server, other database: swap the path, keep any ?query (sslmode...).
-url_base=${ADMIN_URL%%\?*}
-url_query=${ADMIN_URL#"$url_base"}
-if [[ ${url_base#*://} == */* ]]; then url_server=${url_base%/*}; else url_server=$url_base; fi
-E2E_URL="$url_server/$DB$url_query"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ragctl-e2e.XXXXXX")
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/ragctl"
@@ -122,10 +117,12 @@ finish() {
 start_api() {
     local name=$1
     shift
-    RAG_LOG=info start "$name" serve --no-workers --host 127.0.0.1 --port 0 "$@"
+    local ready=$WORK/$name.ready
+    RAG_LOG=info start "$name" serve --no-workers --host 127.0.0.1 --port 0 --ready-file "$ready" "$@"
     API_PID=$LAST_PID
-    wait_for "the API to bind ($name)" 60 grep -q 'API on http://' "$WORK/$name.err" || return 1
-    API_URL=$(sed -n 's/.*API on \(http:\/\/[0-9.:]*\).*/\1/p' "$WORK/$name.err" | head -1)
+    wait_for "the API to bind ($name)" 60 test -s "$ready" || return 1
+    # One JSON line {"url","port","pid"}, written whole (rename) by serve.
+    API_URL=$(json_field url <"$ready")
     wait_for "$API_URL/readyz" 30 curl -fsS "$API_URL/readyz" || return 1
     log "API ($name) pid $API_PID on $API_URL"
 }
@@ -168,6 +165,8 @@ SECRET="e2e-$(new_uuid)"
 log "building ragctl"
 cargo build --quiet
 [[ -x $BIN ]] || { log "no binary at $BIN after cargo build"; exit 2; }
+# Same server, other database (ragctl swaps the name, keeps ?sslmode...).
+E2E_URL=$(DATABASE_URL=$ADMIN_URL "$BIN" db url --name "$DB")
 
 log "creating database $DB"
 psql "$ADMIN_URL" -qAt -v ON_ERROR_STOP=1 -c "CREATE DATABASE $DB" >/dev/null

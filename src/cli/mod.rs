@@ -81,6 +81,13 @@ pub enum Command {
 pub enum DbCommand {
     /// Apply pending migrations.
     Migrate,
+    /// Print the configured database URL with the database name replaced
+    /// (same server, credentials and options), e.g. for a scratch database.
+    Url {
+        /// The database name to put in the URL.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// An error with the exit code it should produce.
@@ -171,6 +178,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let pool = crate::db::pool(&url, 2, "ragctl-migrate").await?;
             let applied = crate::db::migrate(&pool).await?;
             eprintln!("migrations applied: {applied}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Db {
+            command: DbCommand::Url { name },
+        } => {
+            let url = connect.database_url()?;
+            println!("{}", crate::harness::with_db(&url, &name));
             Ok(ExitCode::SUCCESS)
         }
         Command::Token { user, ttl } => {
