@@ -8,7 +8,7 @@
 mod bench;
 mod emit;
 mod rest;
-mod serve;
+pub mod serve;
 mod tap;
 mod term_style;
 mod text;

@@ -17,6 +17,7 @@ use crate::api;
 use crate::config::{ApiLimitOpts, ConnectOpts, RuntimeOpts, State};
 use crate::db::embedded::Embedded;
 use crate::harness::Ready;
+pub use state::{Parts, build as build_state};
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {

@@ -1,5 +1,5 @@
 //! The API's shared state, built from `serve`'s flags. In-process tests
-//! build it the same way (`api/tests.rs`).
+//! build it the same way (`tests/inprocess.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use crate::events::{LocalDelivery, Publisher};
 use crate::rag::LlmClient;
 
 /// What the state is made of besides the flags.
-pub(crate) struct Parts<'a> {
+pub struct Parts<'a> {
     /// The API's pool, migrated.
     pub pool: Pool,
     pub url: &'a str,
@@ -35,7 +35,7 @@ pub(crate) struct Parts<'a> {
 
 /// The state, and the bridge's task (`None` with `--no-realtime`), which
 /// ends once `shutdown` is cancelled.
-pub(crate) fn build(
+pub fn build(
     args: &ServeArgs,
     parts: Parts<'_>,
 ) -> anyhow::Result<(AppState, Option<JoinHandle<()>>)> {
