@@ -81,26 +81,10 @@ async fn api_run_serves_in_process_and_returns_on_shutdown() {
 
     // REST round trip: a conversation created is listed.
     let user = Uuid::new_v4();
-    let created: Value = http()
-        .post(format!("{}/conversations", server.url))
-        .bearer_auth(token(user))
-        .json(&serde_json::json!({ "title": "in process" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().expect("an id");
-    let r = http()
-        .get(format!("{}/conversations", server.url))
-        .bearer_auth(token(user))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let listed = r.text().await.unwrap();
-    assert!(listed.contains(id), "{id} not in {listed}");
+    let id = new_conversation_at(&server.url, user, Some("in process")).await;
+    let (status, listed) = get_json_at(&server.url, user, "/conversations").await;
+    assert_eq!(status, 200, "{listed}");
+    assert!(listed.to_string().contains(&id), "{id} not in {listed}");
 
     // /ws upgrades, and shutdown closes the socket with 1001.
     let ws = server.url.replacen("http://", "ws://", 1);

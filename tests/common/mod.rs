@@ -377,8 +377,13 @@ pub async fn upload(api: &Api, user: Uuid, fixture_name: &str) -> Value {
 }
 
 pub async fn get_json(api: &Api, user: Uuid, path: &str) -> (u16, Value) {
+    get_json_at(&api.url, user, path).await
+}
+
+/// `get_json` on the API at `base` (e.g. one run in the test's process).
+pub async fn get_json_at(base: &str, user: Uuid, path: &str) -> (u16, Value) {
     let r = http()
-        .get(format!("{}{path}", api.url))
+        .get(format!("{base}{path}"))
         .bearer_auth(token(user))
         .send()
         .await
@@ -389,8 +394,13 @@ pub async fn get_json(api: &Api, user: Uuid, path: &str) -> (u16, Value) {
 
 /// `POST /conversations` as `user` (with `{"title"}` when given); the id.
 pub async fn new_conversation(api: &Api, user: Uuid, title: Option<&str>) -> String {
+    new_conversation_at(&api.url, user, title).await
+}
+
+/// `new_conversation` on the API at `base`.
+pub async fn new_conversation_at(base: &str, user: Uuid, title: Option<&str>) -> String {
     let mut req = http()
-        .post(format!("{}/conversations", api.url))
+        .post(format!("{base}/conversations"))
         .bearer_auth(token(user));
     if let Some(title) = title {
         req = req.json(&serde_json::json!({ "title": title }));
