@@ -214,12 +214,7 @@ async fn serve(
     let bound = listener.local_addr()?;
     let api_url = format!("http://{bound}");
     if site.embedded {
-        State {
-            database_url: site.url.to_string(),
-            jwt_secret: site.secret.to_string(),
-            api_url: Some(api_url.clone()),
-        }
-        .save(&site.connect.state_dir)?;
+        site.save_state(&api_url)?;
     }
     let metrics_listener = match &args.metrics_addr {
         Some(addr) => Some(bind_metrics(addr).await?),
@@ -249,6 +244,30 @@ async fn serve(
     if let Some(path) = &args.ready_file {
         let _ = std::fs::remove_file(path);
     }
+    wind_down(metrics_task, children, bridge_task).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+impl Site<'_> {
+    /// Records the embedded cluster and the API for the other subcommands.
+    fn save_state(&self, api_url: &str) -> anyhow::Result<()> {
+        State {
+            database_url: self.url.to_string(),
+            jwt_secret: self.secret.to_string(),
+            api_url: Some(api_url.to_string()),
+        }
+        .save(&self.connect.state_dir)?;
+        Ok(())
+    }
+}
+
+/// After shutdown: the metrics listener, the worker children, then the
+/// bridge (at most 2 s).
+async fn wind_down(
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
+    children: Option<tokio_util::task::TaskTracker>,
+    bridge_task: Option<tokio::task::JoinHandle<()>>,
+) {
     if let Some(task) = metrics_task {
         let _ = task.await;
     }
@@ -258,7 +277,6 @@ async fn serve(
     if let Some(task) = bridge_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// The API's pool, migrations applied.

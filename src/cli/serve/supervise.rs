@@ -71,12 +71,8 @@ async fn supervise(
             .arg(kind)
             .args(&args)
             .env("DATABASE_URL", &url)
-            .env("RAG_EVENTS_CHANNEL", &channel)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = match cmd.spawn() {
+            .env("RAG_EVENTS_CHANNEL", &channel);
+        let mut child = match spawn_piped(cmd) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(kind, error = %e, "cannot start worker");
@@ -104,6 +100,16 @@ async fn supervise(
             _ = shutdown.cancelled() => return stop(kind, child).await,
         }
     }
+}
+
+/// Spawns `cmd` with stdin closed and stdout and stderr piped (copied by
+/// `forward_output`), killed if its handle is dropped.
+fn spawn_piped(mut cmd: Command) -> std::io::Result<Child> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
 }
 
 /// Copies the child's stdout and stderr lines to ours, prefixed.
