@@ -84,20 +84,39 @@ async fn supervise(
         let started = std::time::Instant::now();
         tokio::select! {
             status = child.wait() => {
-                if shutdown.is_cancelled() {
+                let exited = Exited { kind, status: status.ok(), started };
+                if !exited.wait_to_restart(&mut backoff, &shutdown).await {
                     return;
-                }
-                if started.elapsed() > Duration::from_secs(30) {
-                    backoff.reset();
-                }
-                let delay = backoff.next_delay();
-                tracing::error!(kind, status = ?status.ok(), restart_in = ?delay, "worker exited; restarting");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
                 }
             }
             _ = shutdown.cancelled() => return stop(kind, child).await,
+        }
+    }
+}
+
+/// A child that ended on its own.
+struct Exited {
+    kind: &'static str,
+    status: Option<std::process::ExitStatus>,
+    started: std::time::Instant,
+}
+
+impl Exited {
+    /// Logs the exit and sleeps the backoff (reset after 30 s of life);
+    /// false if shutdown came first.
+    async fn wait_to_restart(self, backoff: &mut Backoff, shutdown: &CancellationToken) -> bool {
+        if shutdown.is_cancelled() {
+            return false;
+        }
+        if self.started.elapsed() > Duration::from_secs(30) {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        let (kind, status) = (self.kind, self.status);
+        tracing::error!(kind, status = ?status, restart_in = ?delay, "worker exited; restarting");
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
         }
     }
 }
