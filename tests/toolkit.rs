@@ -4,7 +4,6 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -164,38 +163,26 @@ async fn serve_without_a_database_uses_the_embedded_cluster() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let state_dir = dir.path().join(".ragctl");
     let ready_path = dir.path().join("ready.json");
-    let mut serve = Command::new(bin())
-        .args(["serve", "--port", "0", "--no-workers", "--ready-file"])
-        .arg(&ready_path)
-        .current_dir(dir.path())
-        .env_remove("DATABASE_URL")
-        .env_remove("RAG_JWT_SECRET")
-        .env_remove("SUPABASE_JWT_SECRET")
-        .env_remove("RAG_STATE_DIR")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let (stderr, sink) = (serve.stderr.take().unwrap(), log.clone());
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            sink.lock().unwrap().push(line);
+    let args = ["serve", "--port", "0", "--no-workers", "--ready-file"];
+    let args = [&args[..], &[ready_path.to_str().unwrap()]].concat();
+    let mut serve = Proc::spawn_with("serve", "", &args, &[], |cmd| {
+        cmd.current_dir(dir.path());
+        for var in [
+            "DATABASE_URL",
+            "RAG_JWT_SECRET",
+            "SUPABASE_JWT_SECRET",
+            "RAG_STATE_DIR",
+        ] {
+            cmd.env_remove(var);
         }
     });
+    let child = &mut serve.child;
     let ready = Ready::wait(&ready_path, Duration::from_secs(120), || {
-        matches!(serve.try_wait(), Ok(None))
+        matches!(child.try_wait(), Ok(None))
     })
     .await;
-    let api_url = match ready {
-        Ok(Some(ready)) => ready.url,
-        _ => {
-            let _ = serve.kill();
-            panic!("serve never came up: {:#?}", log.lock().unwrap())
-        }
+    let Ok(Some(Ready { url: api_url, .. })) = ready else {
+        panic!("serve never came up: {}", serve.logs())
     };
     let state: Value =
         serde_json::from_str(&std::fs::read_to_string(state_dir.join("state.json")).unwrap())
@@ -227,9 +214,8 @@ async fn serve_without_a_database_uses_the_embedded_cluster() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
-    let status = serve.wait().unwrap();
+    serve.signal(libc::SIGTERM);
+    let status = serve.wait_exit().await;
     assert!(status.success());
     assert!(
         !state_dir.join("pgdata/postmaster.pid").exists(),
