@@ -15,16 +15,17 @@ DB=ragctl_autobahn_$$
 SECRET=autobahn-secret
 mkdir -p "$OUT"
 psql "$ADMIN" -qc "CREATE DATABASE $DB"
-DBURL=${ADMIN%/*}/$DB
+DBURL=$(DATABASE_URL=$ADMIN "$BIN" db url --name "$DB")
 cleanup() {
     [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null || true
     psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" || true
 }
 trap cleanup EXIT
-DATABASE_URL=$DBURL RAG_JWT_SECRET=$SECRET "$BIN" serve --port 0 --no-workers 2>"$OUT/serve.log" &
+DATABASE_URL=$DBURL RAG_JWT_SECRET=$SECRET "$BIN" serve --port 0 --no-workers \
+    --ready-file "$OUT/ready.json" 2>"$OUT/serve.log" &
 PID=$!
-for _ in $(seq 100); do grep -q "API on" "$OUT/serve.log" && break; sleep 0.2; done
-PORT=$(grep -o "API on http://[0-9.]*:[0-9]*" "$OUT/serve.log" | sed 's/.*://')
+for _ in $(seq 100); do [ -s "$OUT/ready.json" ] && break; sleep 0.2; done
+PORT=$(sed -n 's/.*"port":\([0-9]*\).*/\1/p' "$OUT/ready.json")
 JWT=$(DATABASE_URL=$DBURL RAG_JWT_SECRET=$SECRET "$BIN" token --user 00000000-0000-4000-8000-00000000ab00 --ttl 3h)
 cat >"$OUT/fuzzingclient.json" <<JSON
 {"outdir": "$OUT/report", "servers": [{"agent": "ragctl", "url": "ws://127.0.0.1:$PORT/ws?token=$JWT"}],
