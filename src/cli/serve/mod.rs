@@ -121,11 +121,6 @@ fn fd_budget(args: &ServeArgs) -> anyhow::Result<api::FdBudget> {
     Ok(budget)
 }
 
-fn random_secret() -> String {
-    let bytes: [u8; 32] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
     let buckets = [
         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -170,7 +165,7 @@ pub async fn run(connect: ConnectOpts, args: ServeArgs) -> anyhow::Result<ExitCo
         Some(s) => s,
         None => match State::load(&connect.state_dir)? {
             Some(s) if embedded.is_some() => s.jwt_secret,
-            _ if embedded.is_some() => random_secret(),
+            _ if embedded.is_some() => crate::harness::random_hex(32),
             _ => connect.jwt_secret()?,
         },
     };
