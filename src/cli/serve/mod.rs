@@ -230,9 +230,10 @@ async fn serve(
     };
     let (state, bridge_task) = state::build(args, parts)?;
     let metrics_task = metrics_listener.map(|l| tokio::spawn(api::serve_metrics(l, state.clone())));
+    // Before the children: a ready file that cannot be written stops here.
+    announce(args, &api_url, bound.port())?;
     let children = (!args.no_workers)
         .then(|| supervise::start(site.url, site.channel, &args.runtime, &shutdown));
-    announce(args, &api_url, bound.port())?;
 
     api::run(listener, state, Duration::from_secs(5)).await?;
     shutdown.cancel();
