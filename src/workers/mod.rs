@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::db::DbError;
 use crate::db::documents::{self, Document};
 use crate::db::jobs::{self, Job, JobKind};
@@ -99,8 +100,7 @@ pub async fn run(pool: Pool, events: Publisher, cfg: WorkerConfig, shutdown: Can
     });
 
     tracing::info!(owner = %cfg.owner, kind, "worker started");
-    let mut idle_backoff =
-        listener::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut idle_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
         let claimed = match pool.get().await {
             Ok(client) => jobs::claim(&client, cfg.kind, &cfg.owner, cfg.lease.as_secs_f64()).await,
