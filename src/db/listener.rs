@@ -254,9 +254,11 @@ async fn session(
         let _ = queue.send(ListenItem::Gap(GapReason::Reconnected)).await;
     }
 
-    let probe_sql = "SELECT pg_notification_queue_usage(), \
+    let probe_sql = format!(
+        "SELECT pg_notification_queue_usage(), \
         (SELECT count(*) FROM pg_stat_activity \
-        WHERE application_name = 'ragctl-listener' AND datname = current_database())";
+        WHERE application_name = '{API_LISTENER_NAME}' AND datname = current_database())"
+    );
     let mut probe = tokio::time::interval(cfg.probe_interval);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -264,7 +266,7 @@ async fn session(
             _ = shutdown.cancelled() => return Ok(()),
             reason = &mut dead_rx => return Err(reason.unwrap_or_else(|_| "reader ended".into())),
             _ = probe.tick() => {
-                match tokio::time::timeout(cfg.probe_timeout, client.query_one(probe_sql, &[])).await {
+                match tokio::time::timeout(cfg.probe_timeout, client.query_one(&probe_sql, &[])).await {
                     Ok(Ok(row)) => {
                         let usage: f64 = row.get(0);
                         let listeners: i64 = row.get(1);
