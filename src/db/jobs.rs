@@ -12,7 +12,10 @@ use uuid::Uuid;
 
 use super::DbError;
 use super::documents::Document;
-use crate::events::JOBS_CHANNEL;
+
+/// NOTIFY channel the job queue uses to wake workers. Not an event channel:
+/// its payload is just the job kind.
+pub const JOBS_CHANNEL: &str = "rag_jobs";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum JobKind {

@@ -21,7 +21,3 @@ pub const ENVELOPE_VERSION: u64 = 1;
 
 /// Default NOTIFY channel for events.
 pub const DEFAULT_CHANNEL: &str = "rag_events";
-
-/// NOTIFY channel the job queue uses to wake workers. Not an event channel:
-/// its payload is just the job kind.
-pub const JOBS_CHANNEL: &str = "rag_jobs";

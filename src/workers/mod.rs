@@ -24,9 +24,9 @@ use uuid::Uuid;
 use crate::backoff::Backoff;
 use crate::db::DbError;
 use crate::db::documents::{self, Document};
-use crate::db::jobs::{self, Job, JobKind};
+use crate::db::jobs::{self, JOBS_CHANNEL, Job, JobKind};
 use crate::db::listener::{self, ListenItem, ListenerConfig};
-use crate::events::{EventType, JOBS_CHANNEL, Publisher};
+use crate::events::{EventType, Publisher};
 use crate::rag;
 use crate::rag::sandbox::Limits;
 
