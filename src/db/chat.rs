@@ -8,6 +8,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::DbError;
+use super::status::{MessageRole, MessageStatus};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Conversation {
@@ -22,9 +23,9 @@ pub struct Message {
     pub conversation_id: Uuid,
     #[serde(skip)]
     pub user_id: Uuid,
-    pub role: String,
+    pub role: MessageRole,
     pub content: String,
-    pub status: String,
+    pub status: MessageStatus,
     pub sources: Value,
     pub error_message: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -131,9 +132,9 @@ pub async fn insert_message(
     client: &impl GenericClient,
     user_id: Uuid,
     conversation_id: Uuid,
-    role: &str,
+    role: MessageRole,
     content: &str,
-    status: &str,
+    status: MessageStatus,
 ) -> Result<Message, DbError> {
     let row = client
         .query_one(
@@ -151,7 +152,7 @@ pub async fn insert_message(
 pub async fn finish_message(
     client: &impl GenericClient,
     id: Uuid,
-    status: &str,
+    status: MessageStatus,
     content: &str,
     sources: &Value,
     error_message: Option<&str>,

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::DbError;
 use super::jobs::{Job, JobKind};
+use super::status::DocumentStatus;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Document {
@@ -20,7 +21,7 @@ pub struct Document {
     pub filename: String,
     pub mime_type: String,
     pub size_bytes: i64,
-    pub status: String,
+    pub status: DocumentStatus,
     pub error_message: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -176,7 +177,7 @@ pub async fn get(
 pub async fn set_status(
     client: &impl GenericClient,
     id: Uuid,
-    status: &str,
+    status: DocumentStatus,
     error_message: Option<&str>,
 ) -> Result<Option<(Document, bool)>, DbError> {
     let cols = COLUMNS

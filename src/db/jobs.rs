@@ -12,31 +12,11 @@ use uuid::Uuid;
 
 use super::DbError;
 use super::documents::Document;
+pub use super::status::{JobKind, JobStatus};
 
 /// NOTIFY channel the job queue uses to wake workers. Not an event channel:
 /// its payload is just the job kind.
 pub const JOBS_CHANNEL: &str = "rag_jobs";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum JobKind {
-    Parse,
-    Ingest,
-}
-
-impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Parse => "parse",
-            JobKind::Ingest => "ingest",
-        }
-    }
-}
-
-impl std::fmt::Display for JobKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {
@@ -44,8 +24,8 @@ pub struct Job {
     pub document_id: Uuid,
     #[serde(skip)]
     pub user_id: Uuid,
-    pub kind: String,
-    pub status: String,
+    pub kind: JobKind,
+    pub status: JobStatus,
     pub retry_count: i32,
     pub max_retries: i32,
     pub error_message: Option<String>,
@@ -133,13 +113,13 @@ pub async fn start(client: &impl GenericClient, job: &Job) {
     {
         tracing::warn!(error = %super::error_text(&e), "could not lift a job's embargo; it starts when the embargo ends");
     }
-    wake(client, &job.kind).await;
+    wake(client, job.kind).await;
 }
 
 /// NOTIFYs workers of `kind` that there is work.
-pub async fn wake(client: &impl GenericClient, kind: &str) {
+pub async fn wake(client: &impl GenericClient, kind: JobKind) {
     if let Err(e) = client
-        .execute("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &kind])
+        .execute("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &kind.as_str()])
         .await
     {
         tracing::debug!(error = %super::error_text(&e), "job wake-up NOTIFY failed; workers will poll");
@@ -169,7 +149,7 @@ pub async fn claim(
             .await?;
         if let Some(r) = row {
             return Ok(Some(Claimed {
-                reclaimed: r.get::<_, String>("prev_status") == "running",
+                reclaimed: r.get::<_, JobStatus>("prev_status") == JobStatus::Running,
                 job: Job::from_row(&r),
             }));
         }
@@ -352,7 +332,7 @@ pub async fn release(
         .await?;
     let job = row.as_ref().map(Job::from_row);
     if let Some(j) = &job {
-        wake(client, &j.kind).await;
+        wake(client, j.kind).await;
     }
     Ok(job)
 }

@@ -8,6 +8,7 @@ pub mod embedded;
 mod error;
 pub mod jobs;
 pub mod listener;
+pub mod status;
 mod tls;
 
 use error::pool_error_text;

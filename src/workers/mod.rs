@@ -26,6 +26,7 @@ use crate::db::DbError;
 use crate::db::documents::{self, Document};
 use crate::db::jobs::{self, JOBS_CHANNEL, Job, JobKind};
 use crate::db::listener::{self, ListenItem, ListenerConfig};
+use crate::db::status::{DocumentStatus, JobStatus};
 use crate::events::{EventType, Publisher};
 use crate::rag;
 use crate::rag::sandbox::Limits;
@@ -180,10 +181,7 @@ async fn process(
             job.status_payload(),
         )
         .await;
-    let working = match cfg.kind {
-        JobKind::Parse => "parsing",
-        JobKind::Ingest => "ingesting",
-    };
+    let working = cfg.kind.working_status();
     match set_document_status(pool, job.document_id, working, None).await {
         Ok(Some((doc, true))) => {
             events
@@ -341,7 +339,8 @@ async fn finish_success(
                 &[&job.document_id, &text],
             )
             .await?;
-            let doc = documents::set_status(&tx, job.document_id, "parsed", None).await?;
+            let doc =
+                documents::set_status(&tx, job.document_id, DocumentStatus::Parsed, None).await?;
             if let Some((d, _)) = &doc {
                 let next =
                     jobs::enqueue(&tx, d, JobKind::Ingest, done.max_retries, cfg.embargo).await?;
@@ -375,7 +374,8 @@ async fn finish_success(
                 &[&ids, &job.document_id, &job.user_id, &idx, &chunks],
             )
             .await?;
-            let doc = documents::set_status(&tx, job.document_id, "ingested", None).await?;
+            let doc =
+                documents::set_status(&tx, job.document_id, DocumentStatus::Ingested, None).await?;
             tx.commit().await?;
             doc
         }
@@ -420,15 +420,15 @@ async fn finish_failure(
         tracing::warn!(job_id = %job.id, "job was taken over before it failed; nothing recorded");
         return Ok(vec![]);
     };
-    let doc = if after.status == "failed" {
-        documents::set_status(&tx, job.document_id, "error", Some(&message))
+    let doc = if after.status == JobStatus::Failed {
+        documents::set_status(&tx, job.document_id, DocumentStatus::Error, Some(&message))
             .await?
             .map(|(d, _)| d)
     } else {
         None
     };
     tx.commit().await?;
-    metrics::counter!("ragctl_job_failures_total", "kind" => cfg.kind.as_str(), "final" => (after.status == "failed").to_string()).increment(1);
+    metrics::counter!("ragctl_job_failures_total", "kind" => cfg.kind.as_str(), "final" => (after.status == JobStatus::Failed).to_string()).increment(1);
     let mut out: Published = vec![(
         job.user_id,
         EventType::JobStatusUpdated,
@@ -466,7 +466,7 @@ async fn release(pool: &Pool, events: &Publisher, cfg: &WorkerConfig, job: &Job)
 async fn set_document_status(
     pool: &Pool,
     id: Uuid,
-    status: &str,
+    status: DocumentStatus,
     error: Option<&str>,
 ) -> Result<Option<(Document, bool)>, DbError> {
     let client = pool.get().await?;
