@@ -13,7 +13,8 @@ use super::error::ApiError;
 use super::limits::Reservation;
 use super::{AppState, parse_id};
 use crate::auth::AuthUser;
-use crate::db::documents::{self, NewDocument};
+use crate::db::documents;
+use crate::db::uploads::{self, NewDocument};
 use crate::events::EventType;
 use crate::rag::extract;
 
@@ -72,7 +73,7 @@ pub async fn upload(
         )
     })?;
     let mut client = state.pool.get().await?;
-    let (doc, job) = documents::create_with_parse_job(
+    let (doc, job) = uploads::create_with_parse_job(
         &mut client,
         NewDocument {
             user_id: user.user_id,

@@ -11,7 +11,6 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::DbError;
-use super::documents::Document;
 pub use super::status::{JobKind, JobStatus};
 
 /// NOTIFY channel the job queue uses to wake workers. Not an event channel:
@@ -74,7 +73,8 @@ impl Job {
 /// runs out.
 pub async fn enqueue(
     tx: &impl GenericClient,
-    doc: &Document,
+    document_id: Uuid,
+    user_id: Uuid,
     kind: JobKind,
     max_retries: i32,
     embargo: std::time::Duration,
@@ -90,8 +90,8 @@ pub async fn enqueue(
             ),
             &[
                 &Uuid::new_v4(),
-                &doc.id,
-                &doc.user_id,
+                &document_id,
+                &user_id,
                 &kind.as_str(),
                 &max_retries,
                 &embargo.as_secs_f64(),

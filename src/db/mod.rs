@@ -2,14 +2,18 @@
 //! embedded local cluster, the LISTEN connection, and the queries of each
 //! domain table.
 
+pub mod blobs;
 pub mod chat;
+pub mod chunks;
 pub mod documents;
 pub mod embedded;
 mod error;
 pub mod jobs;
 pub mod listener;
 pub mod status;
+pub mod texts;
 mod tls;
+pub mod uploads;
 
 use error::pool_error_text;
 pub use error::{DbError, error_text};

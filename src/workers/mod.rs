@@ -27,6 +27,7 @@ use crate::db::documents::{self, Document};
 use crate::db::jobs::{self, JOBS_CHANNEL, Job, JobKind};
 use crate::db::listener::{self, ListenItem, ListenerConfig};
 use crate::db::status::{DocumentStatus, JobStatus};
+use crate::db::{blobs, chunks, texts};
 use crate::events::{EventType, Publisher};
 use crate::rag;
 use crate::rag::sandbox::Limits;
@@ -277,7 +278,7 @@ async fn work(pool: &Pool, cfg: &WorkerConfig, job: &Job) -> Result<Outcome, Job
             let doc = documents::get(&client, job.user_id, job.document_id)
                 .await?
                 .ok_or_else(gone)?;
-            let bytes = documents::blob(&client, job.document_id)
+            let bytes = blobs::read(&client, job.document_id)
                 .await?
                 .ok_or_else(|| JobError::Document("uploaded bytes are missing".into()))?;
             drop(client);
@@ -291,11 +292,9 @@ async fn work(pool: &Pool, cfg: &WorkerConfig, job: &Job) -> Result<Outcome, Job
             Ok(Outcome::Parsed(text))
         }
         JobKind::Ingest => {
-            let text = documents::text(&client, job.document_id)
-                .await?
-                .ok_or_else(|| {
-                    JobError::Document("no parsed text for this document; parse it first".into())
-                })?;
+            let text = texts::get(&client, job.document_id).await?.ok_or_else(|| {
+                JobError::Document("no parsed text for this document; parse it first".into())
+            })?;
             drop(client);
             let (size, overlap) = (cfg.chunk_size, cfg.chunk_overlap);
             let chunks =
@@ -333,17 +332,19 @@ async fn finish_success(
     )];
     let doc = match outcome {
         Outcome::Parsed(text) => {
-            tx.execute(
-                "INSERT INTO document_texts (document_id, content) VALUES ($1, $2)
-                 ON CONFLICT (document_id) DO UPDATE SET content = EXCLUDED.content, created_at = now()",
-                &[&job.document_id, &text],
-            )
-            .await?;
+            texts::put(&tx, job.document_id, &text).await?;
             let doc =
                 documents::set_status(&tx, job.document_id, DocumentStatus::Parsed, None).await?;
             if let Some((d, _)) = &doc {
-                let next =
-                    jobs::enqueue(&tx, d, JobKind::Ingest, done.max_retries, cfg.embargo).await?;
+                let next = jobs::enqueue(
+                    &tx,
+                    d.id,
+                    d.user_id,
+                    JobKind::Ingest,
+                    done.max_retries,
+                    cfg.embargo,
+                )
+                .await?;
                 tx.commit().await?;
                 out.push((
                     job.user_id,
@@ -361,19 +362,7 @@ async fn finish_success(
             doc
         }
         Outcome::Chunks(chunks) => {
-            tx.execute(
-                "DELETE FROM chunks WHERE document_id = $1",
-                &[&job.document_id],
-            )
-            .await?;
-            let ids: Vec<Uuid> = chunks.iter().map(|_| Uuid::new_v4()).collect();
-            let idx: Vec<i32> = (0..chunks.len() as i32).collect();
-            tx.execute(
-                "INSERT INTO chunks (id, document_id, user_id, chunk_index, content)
-                 SELECT id, $2, $3, i, c FROM unnest($1::uuid[], $4::int[], $5::text[]) AS t(id, i, c)",
-                &[&ids, &job.document_id, &job.user_id, &idx, &chunks],
-            )
-            .await?;
+            chunks::replace(&tx, job.document_id, job.user_id, &chunks).await?;
             let doc =
                 documents::set_status(&tx, job.document_id, DocumentStatus::Ingested, None).await?;
             tx.commit().await?;
