@@ -14,7 +14,7 @@ use super::{AppState, parse_id};
 use crate::auth::AuthUser;
 use crate::db::status::{MessageRole, MessageStatus};
 use crate::db::{Aftermath, DbError, chat};
-use crate::events::EventType;
+use crate::events::{MessageCreated, MessageStatusUpdated};
 
 const MAX_CONTENT_CHARS: usize = 16_000;
 const MAX_TITLE_CHARS: usize = 200;
@@ -127,7 +127,7 @@ pub async fn post_message(
     .await?;
     state
         .events
-        .emit(uid, EventType::MessageCreated, question.created_payload())
+        .emit_payload(uid, &MessageCreated::from(&question))
         .await;
     let pending = chat::insert_message(
         &client,
@@ -144,14 +144,14 @@ pub async fn post_message(
     guard.on_abandon(mark_abandoned(&state, uid, pending.id));
     state
         .events
-        .emit(uid, EventType::MessageCreated, pending.created_payload())
+        .emit_payload(uid, &MessageCreated::from(&pending))
         .await;
     let done = answer(&state, guard.client(), uid, content, pending.id).await;
     drop(guard.finish());
     let done = done?;
     state
         .events
-        .emit(uid, EventType::MessageStatusUpdated, done.status_payload())
+        .emit_payload(uid, &MessageStatusUpdated::from(&done))
         .await;
     if done.error_message.as_deref() == Some(TIMED_OUT) {
         let e = ApiError::query_timeout();
@@ -233,7 +233,7 @@ fn mark_abandoned(state: &AppState, uid: Uuid, pending: Uuid) -> Aftermath {
             {
                 Ok(done) => {
                     events
-                        .emit(uid, EventType::MessageStatusUpdated, done.status_payload())
+                        .emit_payload(uid, &MessageStatusUpdated::from(&done))
                         .await
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot mark an abandoned answer"),

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -49,28 +49,6 @@ impl Message {
             created_at: r.get("created_at"),
             updated_at: r.get("updated_at"),
         }
-    }
-
-    pub fn created_payload(&self) -> Value {
-        json!({
-            "message_id": self.id,
-            "conversation_id": self.conversation_id,
-            "role": self.role,
-            "content": self.content,
-            "status": self.status,
-            "created_at": self.created_at,
-        })
-    }
-
-    pub fn status_payload(&self) -> Value {
-        json!({
-            "message_id": self.id,
-            "conversation_id": self.conversation_id,
-            "status": self.status,
-            "content": self.content,
-            "sources": self.sources,
-            "updated_at": self.updated_at,
-        })
     }
 }
 

@@ -3,7 +3,6 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
-use serde_json::{Value, json};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -40,26 +39,6 @@ impl Document {
             created_at: r.get("created_at"),
             updated_at: r.get("updated_at"),
         }
-    }
-
-    pub fn created_payload(&self) -> Value {
-        json!({
-            "document_id": self.id,
-            "filename": self.filename,
-            "mime_type": self.mime_type,
-            "size_bytes": self.size_bytes,
-            "status": self.status,
-            "created_at": self.created_at,
-        })
-    }
-
-    pub fn status_payload(&self) -> Value {
-        json!({
-            "document_id": self.id,
-            "status": self.status,
-            "error_message": self.error_message,
-            "updated_at": self.updated_at,
-        })
     }
 }
 

@@ -6,7 +6,6 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
-use serde_json::{Value, json};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -51,18 +50,6 @@ impl Job {
             created_at: r.get("created_at"),
             updated_at: r.get("updated_at"),
         }
-    }
-
-    pub fn status_payload(&self) -> Value {
-        json!({
-            "job_id": self.id,
-            "document_id": self.document_id,
-            "kind": self.kind,
-            "status": self.status,
-            "retry_count": self.retry_count,
-            "error_message": self.error_message,
-            "updated_at": self.updated_at,
-        })
     }
 }
 

@@ -6,10 +6,15 @@
 //! [`Envelope`] and [`Frame`] values.
 
 mod contract;
+mod payloads;
 mod publish;
 mod wire;
 
-pub use contract::{ContractError, EventType, validate_payload};
+pub use contract::{ContractError, EventType, Field, validate_payload};
+pub use payloads::{
+    DocumentCreated, DocumentStatusUpdated, JobStatusUpdated, MessageCreated, MessageStatusUpdated,
+    Outgoing, Payload,
+};
 pub use publish::{LocalDelivery, PublishError, Publisher};
 pub use wire::{
     DropReason, Envelope, FRAGMENT_CHUNK_BYTES, Frame, GroupProgress, MAX_ENVELOPE_BYTES,

@@ -28,7 +28,7 @@ use crate::db::jobs::{self, JOBS_CHANNEL, Job, JobKind};
 use crate::db::listener::{self, ListenItem, ListenerConfig};
 use crate::db::status::{DocumentStatus, JobStatus};
 use crate::db::{blobs, chunks, texts};
-use crate::events::{EventType, Publisher};
+use crate::events::{DocumentStatusUpdated, JobStatusUpdated, Outgoing, Publisher};
 use crate::rag;
 use crate::rag::sandbox::Limits;
 
@@ -122,8 +122,8 @@ pub async fn run(pool: Pool, events: Publisher, cfg: WorkerConfig, shutdown: Can
                     let lapsed = JobError::LeaseLapsed;
                     match finish_failure(&pool, &cfg, &claimed.job, &lapsed).await {
                         Ok(published) => {
-                            for (user, kind, payload) in published {
-                                events.emit(user, kind, payload).await;
+                            for out in published {
+                                events.emit_outgoing(out).await;
                             }
                         }
                         Err(e) => {
@@ -176,21 +176,13 @@ async fn process(
     shutdown: &CancellationToken,
 ) {
     events
-        .emit(
-            job.user_id,
-            EventType::JobStatusUpdated,
-            job.status_payload(),
-        )
+        .emit_payload(job.user_id, &JobStatusUpdated::from(&job))
         .await;
     let working = cfg.kind.working_status();
     match set_document_status(pool, job.document_id, working, None).await {
         Ok(Some((doc, true))) => {
             events
-                .emit(
-                    doc.user_id,
-                    EventType::DocumentStatusUpdated,
-                    doc.status_payload(),
-                )
+                .emit_payload(doc.user_id, &DocumentStatusUpdated::from(&doc))
                 .await
         }
         Ok(_) => {}
@@ -252,8 +244,8 @@ async fn process(
     };
     match finished {
         Ok((published, next)) => {
-            for (user, kind, payload) in published {
-                events.emit(user, kind, payload).await;
+            for out in published {
+                events.emit_outgoing(out).await;
             }
             if let (Some(next), Ok(client)) = (next, pool.get().await) {
                 jobs::start(&client, &next).await;
@@ -309,7 +301,7 @@ async fn work(pool: &Pool, cfg: &WorkerConfig, job: &Job) -> Result<Outcome, Job
     }
 }
 
-type Published = Vec<(Uuid, EventType, serde_json::Value)>;
+type Published = Vec<Outgoing>;
 
 /// Commits the result; returns the events to publish and the kind of job it
 /// queued next, if any.
@@ -325,11 +317,7 @@ async fn finish_success(
         tracing::warn!(job_id = %job.id, "job was taken over before it finished; result discarded");
         return Ok((vec![], None));
     };
-    let mut out: Published = vec![(
-        job.user_id,
-        EventType::JobStatusUpdated,
-        done.status_payload(),
-    )];
+    let mut out: Published = vec![Outgoing::new(job.user_id, &JobStatusUpdated::from(&done))];
     let doc = match outcome {
         Outcome::Parsed(text) => {
             texts::put(&tx, job.document_id, &text).await?;
@@ -346,16 +334,8 @@ async fn finish_success(
                 )
                 .await?;
                 tx.commit().await?;
-                out.push((
-                    job.user_id,
-                    EventType::DocumentStatusUpdated,
-                    d.status_payload(),
-                ));
-                out.push((
-                    job.user_id,
-                    EventType::JobStatusUpdated,
-                    next.status_payload(),
-                ));
+                out.push(Outgoing::new(job.user_id, &DocumentStatusUpdated::from(d)));
+                out.push(Outgoing::new(job.user_id, &JobStatusUpdated::from(&next)));
                 return Ok((out, Some(next)));
             }
             tx.commit().await?;
@@ -370,10 +350,9 @@ async fn finish_success(
         }
     };
     if let Some((doc, _)) = doc {
-        out.push((
+        out.push(Outgoing::new(
             job.user_id,
-            EventType::DocumentStatusUpdated,
-            doc.status_payload(),
+            &DocumentStatusUpdated::from(&doc),
         ));
     }
     Ok((out, None))
@@ -418,16 +397,11 @@ async fn finish_failure(
     };
     tx.commit().await?;
     metrics::counter!("ragctl_job_failures_total", "kind" => cfg.kind.as_str(), "final" => (after.status == JobStatus::Failed).to_string()).increment(1);
-    let mut out: Published = vec![(
-        job.user_id,
-        EventType::JobStatusUpdated,
-        after.status_payload(),
-    )];
+    let mut out: Published = vec![Outgoing::new(job.user_id, &JobStatusUpdated::from(&after))];
     if let Some(doc) = doc {
-        out.push((
+        out.push(Outgoing::new(
             job.user_id,
-            EventType::DocumentStatusUpdated,
-            doc.status_payload(),
+            &DocumentStatusUpdated::from(&doc),
         ));
     }
     Ok(out)
@@ -442,7 +416,7 @@ async fn release(pool: &Pool, events: &Publisher, cfg: &WorkerConfig, job: &Job)
         Ok(Some(j)) => {
             tracing::info!(job_id = %job.id, "job handed back to the queue");
             events
-                .emit(j.user_id, EventType::JobStatusUpdated, j.status_payload())
+                .emit_payload(j.user_id, &JobStatusUpdated::from(&j))
                 .await;
         }
         Ok(None) => {}
