@@ -21,7 +21,7 @@ pub(crate) async fn write(
     content: Bytes,
 ) -> Result<(), DbError> {
     let len = i32::try_from(content.len())
-        .map_err(|_| DbError::Query("a blob cannot exceed 2 GiB".into()))?;
+        .map_err(|_| DbError::Input("a blob cannot exceed 2 GiB".into()))?;
     // Signature, flags, header extension; one tuple of two fields.
     let mut head = BytesMut::with_capacity(48);
     head.put_slice(b"PGCOPY\n\xff\r\n\0");

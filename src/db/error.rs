@@ -12,23 +12,37 @@ pub enum DbError {
     Pool(String),
     #[error("migration failed: {0}")]
     Migrate(String),
-    #[error("database error: {0}")]
-    Query(String),
+    /// The query failed; the error keeps its SQLSTATE ([`DbError::code`]),
+    /// which the API maps to a status.
+    #[error("database error: {}", error_text(.0))]
+    Query(#[source] tokio_postgres::Error),
     /// The statement ran longer than the connection's `statement_timeout`.
-    #[error("query timed out: {0}")]
-    Timeout(String),
+    #[error("query timed out: {}", error_text(.0))]
+    Timeout(#[source] tokio_postgres::Error),
+    /// A value the database cannot take, refused before it is sent.
+    #[error("{0}")]
+    Input(String),
+}
+
+impl DbError {
+    /// The SQLSTATE of a failed query, if the server sent one.
+    pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            DbError::Query(e) | DbError::Timeout(e) => e.code(),
+            _ => None,
+        }
+    }
 }
 
 impl From<tokio_postgres::Error> for DbError {
     fn from(e: tokio_postgres::Error) -> Self {
-        let text = error_text(&e);
         // 57014 is also a cancel request; only the timeout says so.
         if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
-            && text.contains("statement timeout")
+            && error_text(&e).contains("statement timeout")
         {
-            DbError::Timeout(text)
+            DbError::Timeout(e)
         } else {
-            DbError::Query(text)
+            DbError::Query(e)
         }
     }
 }
