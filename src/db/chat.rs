@@ -1,4 +1,6 @@
-//! Conversations, messages and retrieval over chunks. Scoped by `user_id`.
+//! Conversations, messages and retrieval over chunks. Everything a request
+//! names is scoped by `user_id`; `finish_message` acts by message id, on
+//! the pending answer the same request has just inserted for its user.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;

@@ -1,4 +1,7 @@
-//! Documents and their uploaded bytes. Every query is scoped by `user_id`.
+//! Documents. What a request reads (`list`, `get`) is scoped by `user_id`,
+//! and `insert` takes the owner. `set_status` acts by document id: only
+//! workers call it, for the document of a job they hold the lease of (the
+//! job row carries the owner), so no user's input reaches it.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
