@@ -64,7 +64,7 @@ pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitC
         rt.publish_timeout(),
     );
     let cfg = WorkerConfig {
-        kind: kind,
+        kind,
         owner: workers::owner_id(kind),
         lease: Duration::from_secs(rt.job_lease_secs),
         poll: Duration::from_millis(rt.worker_poll_ms),
