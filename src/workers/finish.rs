@@ -2,11 +2,11 @@
 //! transaction, and the events that announce them, published after commit
 //! by the caller.
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{GenericClient, Pool};
 
 use super::{JobError, WorkerConfig};
 use crate::db::DbError;
-use crate::db::documents;
+use crate::db::documents::{self, Document};
 use crate::db::jobs::{self, Job, JobKind};
 use crate::db::status::{DocumentStatus, JobStatus};
 use crate::db::{chunks, texts};
@@ -21,7 +21,7 @@ pub(super) enum Outcome {
 /// The events to publish once the transaction committed.
 pub(super) type Published = Vec<Outgoing>;
 
-/// Commits the result; returns the events to publish and the kind of job it
+/// Commits the result; returns the events to publish and the job it
 /// queued next, if any.
 pub(super) async fn finish_success(
     pool: &Pool,
@@ -35,45 +35,52 @@ pub(super) async fn finish_success(
         tracing::warn!(job_id = %job.id, "job was taken over before it finished; result discarded");
         return Ok((vec![], None));
     };
-    let mut out: Published = vec![Outgoing::new(job.user_id, &JobStatusUpdated::from(&done))];
-    let doc = match outcome {
-        Outcome::Parsed(text) => {
-            texts::put(&tx, job.document_id, &text).await?;
-            let doc =
-                documents::set_status(&tx, job.document_id, DocumentStatus::Parsed, None).await?;
-            if let Some((d, _)) = &doc {
-                let next = jobs::enqueue(
-                    &tx,
-                    d.id,
-                    d.user_id,
-                    JobKind::Ingest,
-                    done.max_retries,
-                    cfg.embargo,
-                )
-                .await?;
-                tx.commit().await?;
-                out.push(Outgoing::new(job.user_id, &DocumentStatusUpdated::from(d)));
-                out.push(Outgoing::new(job.user_id, &JobStatusUpdated::from(&next)));
-                return Ok((out, Some(next)));
-            }
-            tx.commit().await?;
-            doc
-        }
-        Outcome::Chunks(chunks) => {
-            chunks::replace(&tx, job.document_id, job.user_id, &chunks).await?;
-            let doc =
-                documents::set_status(&tx, job.document_id, DocumentStatus::Ingested, None).await?;
-            tx.commit().await?;
-            doc
-        }
+    let (doc, next) = match outcome {
+        Outcome::Parsed(text) => store_text(&tx, cfg, &done, &text).await?,
+        Outcome::Chunks(chunks) => (store_chunks(&tx, &done, &chunks).await?, None),
     };
-    if let Some((doc, _)) = doc {
+    tx.commit().await?;
+    let mut out: Published = vec![Outgoing::new(job.user_id, &JobStatusUpdated::from(&done))];
+    if let Some(doc) = &doc {
         out.push(Outgoing::new(
             job.user_id,
-            &DocumentStatusUpdated::from(&doc),
+            &DocumentStatusUpdated::from(doc),
         ));
     }
-    Ok((out, None))
+    if let Some(next) = &next {
+        out.push(Outgoing::new(job.user_id, &JobStatusUpdated::from(next)));
+    }
+    Ok((out, next))
+}
+
+/// Stores the parsed text, marks the document `parsed` and queues its
+/// ingest job; nothing more if the document is gone.
+async fn store_text(
+    tx: &impl GenericClient,
+    cfg: &WorkerConfig,
+    done: &Job,
+    text: &str,
+) -> Result<(Option<Document>, Option<Job>), DbError> {
+    texts::put(tx, done.document_id, text).await?;
+    let parsed = DocumentStatus::Parsed;
+    let Some((doc, _)) = documents::set_status(tx, done.document_id, parsed, None).await? else {
+        return Ok((None, None));
+    };
+    let (kind, retries) = (JobKind::Ingest, done.max_retries);
+    let next = jobs::enqueue(tx, doc.id, doc.user_id, kind, retries, cfg.embargo).await?;
+    Ok((Some(doc), Some(next)))
+}
+
+/// Replaces the document's chunks and marks it `ingested`.
+async fn store_chunks(
+    tx: &impl GenericClient,
+    done: &Job,
+    chunks: &[String],
+) -> Result<Option<Document>, DbError> {
+    chunks::replace(tx, done.document_id, done.user_id, chunks).await?;
+    let ingested = DocumentStatus::Ingested;
+    let doc = documents::set_status(tx, done.document_id, ingested, None).await?;
+    Ok(doc.map(|(d, _)| d))
 }
 
 /// The error recorded for an attempt whose lease ran out.
