@@ -2,6 +2,11 @@
 //! LOCKED` under a lease they renew; a job whose lease ran out (its worker
 //! died) is claimable again. [`start`] NOTIFYs `rag_jobs` so idle workers
 //! start at once.
+//!
+//! Statuses are written as literals inside the queue's SQL on purpose: the
+//! partial indexes (`WHERE status = 'queued'`, `'running'`) are only used
+//! when the predicate is a literal. `tests/status_sql.rs` checks that the
+//! [`JobStatus`] values are exactly the column's.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
