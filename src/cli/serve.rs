@@ -17,10 +17,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState, HttpConfig, Shared, WsConfig};
 use crate::auth::Verifier;
+use crate::backoff::Backoff;
 use crate::bridge::{self, BridgeConfig, Hub};
 use crate::config::{ApiLimitOpts, ConnectOpts, RuntimeOpts, State};
 use crate::db::embedded::Embedded;
-use crate::db::listener::Backoff;
 use crate::events::{LocalDelivery, Publisher};
 use crate::rag::LlmClient;
 
