@@ -1,6 +1,6 @@
 //! Exponential backoff with jitter, shared by everything that reconnects or
-//! retries: the LISTEN connection, the workers, `serve`'s supervisor and
-//! `ws-client`. A leaf: it imports nothing from the crate.
+//! retries: the LISTEN connection, the workers, `serve`'s supervisor,
+//! `ws-client` and the HTTP accept loop. A leaf: it imports nothing from the crate.
 
 use std::time::Duration;
 
