@@ -17,10 +17,12 @@
 //! - [`workers`]: the parse and ingest job loops.
 //! - [`rag`]: text extraction, chunking and answering.
 //! - [`auth`]: Supabase-style JWTs.
+//! - [`backoff`]: exponential backoff with jitter, for every reconnect loop.
 //! - [`cli`]: the `ragctl` subcommands and the error handler at the edge.
 
 pub mod api;
 pub mod auth;
+pub mod backoff;
 pub mod bridge;
 pub mod cli;
 pub mod config;

@@ -12,8 +12,9 @@ use uuid::Uuid;
 use super::error::ApiError;
 use super::{AppState, parse_id};
 use crate::auth::AuthUser;
+use crate::db::status::{MessageRole, MessageStatus};
 use crate::db::{Aftermath, DbError, chat};
-use crate::events::EventType;
+use crate::events::{MessageCreated, MessageStatusUpdated};
 
 const MAX_CONTENT_CHARS: usize = 16_000;
 const MAX_TITLE_CHARS: usize = 200;
@@ -115,26 +116,42 @@ pub async fn post_message(
     let uid = user.user_id;
 
     let client = state.pool.get().await?;
-    let question = chat::insert_message(&client, uid, conv, "user", content, "completed").await?;
+    let question = chat::insert_message(
+        &client,
+        uid,
+        conv,
+        MessageRole::User,
+        content,
+        MessageStatus::Completed,
+    )
+    .await?;
     state
         .events
-        .emit(uid, EventType::MessageCreated, question.created_payload())
+        .emit_payload(uid, &MessageCreated::from(&question))
         .await;
-    let pending = chat::insert_message(&client, uid, conv, "assistant", "", "pending").await?;
+    let pending = chat::insert_message(
+        &client,
+        uid,
+        conv,
+        MessageRole::Assistant,
+        "",
+        MessageStatus::Pending,
+    )
+    .await?;
     // If the client leaves from here on, the search is cancelled on the
     // server and the pending answer marked `error`.
     let mut guard = state.limits.canceller.guard(client);
     guard.on_abandon(mark_abandoned(&state, uid, pending.id));
     state
         .events
-        .emit(uid, EventType::MessageCreated, pending.created_payload())
+        .emit_payload(uid, &MessageCreated::from(&pending))
         .await;
     let done = answer(&state, guard.client(), uid, content, pending.id).await;
     drop(guard.finish());
     let done = done?;
     state
         .events
-        .emit(uid, EventType::MessageStatusUpdated, done.status_payload())
+        .emit_payload(uid, &MessageStatusUpdated::from(&done))
         .await;
     if done.error_message.as_deref() == Some(TIMED_OUT) {
         let e = ApiError::query_timeout();
@@ -175,7 +192,7 @@ async fn answer(
             chat::finish_message(
                 client,
                 pending,
-                "completed",
+                MessageStatus::Completed,
                 &a.content,
                 &a.sources_json(),
                 None,
@@ -184,7 +201,15 @@ async fn answer(
         }
         Err(e) => {
             tracing::warn!(error = %e, "answering failed");
-            chat::finish_message(client, pending, "error", SORRY, &json!([]), Some(&e)).await?
+            chat::finish_message(
+                client,
+                pending,
+                MessageStatus::Error,
+                SORRY,
+                &json!([]),
+                Some(&e),
+            )
+            .await?
         }
     };
     Ok(done)
@@ -196,11 +221,19 @@ fn mark_abandoned(state: &AppState, uid: Uuid, pending: Uuid) -> Aftermath {
     Box::new(move |client| {
         Box::pin(async move {
             let why = "the request ended (the client went away) before the answer was ready";
-            match chat::finish_message(client, pending, "error", SORRY, &json!([]), Some(why)).await
+            match chat::finish_message(
+                client,
+                pending,
+                MessageStatus::Error,
+                SORRY,
+                &json!([]),
+                Some(why),
+            )
+            .await
             {
                 Ok(done) => {
                     events
-                        .emit(uid, EventType::MessageStatusUpdated, done.status_payload())
+                        .emit_payload(uid, &MessageStatusUpdated::from(&done))
                         .await
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot mark an abandoned answer"),

@@ -25,6 +25,8 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::backoff::Backoff;
+
 /// Descriptors kept out of the connection budget: stdio, the runtime's
 /// own, the listeners, worker pipes, log files, the embedded cluster's
 /// control, and the `/metrics` listener's connections.
@@ -304,7 +306,7 @@ pub async fn serve(
         .keep_alive(true);
     let http = Arc::new(http);
     let conns = TaskTracker::new();
-    let mut backoff = Backoff::default();
+    let mut backoff = AcceptErrors::default();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -318,7 +320,7 @@ pub async fn serve(
                 continue;
             }
         };
-        backoff.failures = 0;
+        backoff.backoff.reset();
         limiter.counters.accepted.increment(1);
         if !limiter.make_room().await {
             continue;
@@ -341,16 +343,26 @@ pub async fn serve(
     }
 }
 
-#[derive(Default)]
-struct Backoff {
-    failures: u32,
+/// The accept loop's state after descriptor exhaustion: the shared
+/// backoff (10 to 160 ms) and when it last warned.
+struct AcceptErrors {
+    backoff: Backoff,
     warned: Option<Instant>,
+}
+
+impl Default for AcceptErrors {
+    fn default() -> AcceptErrors {
+        AcceptErrors {
+            backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(160)),
+            warned: None,
+        }
+    }
 }
 
 /// Descriptor exhaustion sheds a connection to free one and backs off
 /// briefly, so `accept` neither spins nor stalls for long; other errors
 /// concern one connection only.
-async fn accept_error(limiter: &Limiter, e: &std::io::Error, backoff: &mut Backoff) {
+async fn accept_error(limiter: &Limiter, e: &std::io::Error, backoff: &mut AcceptErrors) {
     if !is_fd_exhaustion(e) {
         tracing::debug!(error = %e, "accept failed");
         return;
@@ -373,9 +385,7 @@ async fn accept_error(limiter: &Limiter, e: &std::io::Error, backoff: &mut Backo
         tokio::task::yield_now().await;
         return;
     }
-    backoff.failures += 1;
-    let delay = Duration::from_millis(10 << backoff.failures.min(4));
-    tokio::time::sleep(delay).await;
+    tokio::time::sleep(backoff.backoff.next_delay()).await;
 }
 
 async fn serve_one(

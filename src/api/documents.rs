@@ -13,8 +13,9 @@ use super::error::ApiError;
 use super::limits::Reservation;
 use super::{AppState, parse_id};
 use crate::auth::AuthUser;
-use crate::db::documents::{self, NewDocument};
-use crate::events::EventType;
+use crate::db::documents;
+use crate::db::uploads::{self, NewDocument};
+use crate::events::{DocumentCreated, JobStatusUpdated};
 use crate::rag::extract;
 
 /// Keeps the last path component and a sane length; the name is shown to
@@ -72,7 +73,7 @@ pub async fn upload(
         )
     })?;
     let mut client = state.pool.get().await?;
-    let (doc, job) = documents::create_with_parse_job(
+    let (doc, job) = uploads::create_with_parse_job(
         &mut client,
         NewDocument {
             user_id: user.user_id,
@@ -88,19 +89,11 @@ pub async fn upload(
     drop(budget);
     state
         .events
-        .emit(
-            user.user_id,
-            EventType::DocumentCreated,
-            doc.created_payload(),
-        )
+        .emit_payload(user.user_id, &DocumentCreated::from(&doc))
         .await;
     state
         .events
-        .emit(
-            user.user_id,
-            EventType::JobStatusUpdated,
-            job.status_payload(),
-        )
+        .emit_payload(user.user_id, &JobStatusUpdated::from(&job))
         .await;
     crate::db::jobs::start(&client, &job).await;
     drop(client);

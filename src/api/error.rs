@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::auth::AuthError;
 use crate::db::DbError;
+use tokio_postgres::error::SqlState;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -102,22 +103,103 @@ impl From<AuthError> for ApiError {
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
-        tracing::error!(error = %e, "database error while serving a request");
-        match e {
-            DbError::Pool(_) | DbError::Connect { .. } => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "database_unavailable",
-                "the database is unavailable; try again",
-            )
-            .retry_after(1),
+        let api = match &e {
+            DbError::Pool(_) | DbError::Connect { .. } => ApiError::db_unavailable(),
             DbError::Timeout(_) => ApiError::query_timeout(),
-            _ => ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal database error",
+            DbError::Input(m) => ApiError::bad_request(m.clone()),
+            DbError::Query(pg) => ApiError::from_query(pg),
+            DbError::Url(_) | DbError::Migrate(_) => ApiError::db_internal(),
+        };
+        if api.status.is_server_error() {
+            tracing::error!(error = %e, status = api.status.as_u16(), "database error while serving a request");
+        } else {
+            tracing::info!(error = %e, status = api.status.as_u16(), "request refused by the database");
+        }
+        api
+    }
+}
+
+impl ApiError {
+    fn db_unavailable() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the database is unavailable; try again",
+        )
+        .retry_after(1)
+    }
+
+    fn db_internal() -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal database error",
+        )
+    }
+
+    /// A failed query by its SQLSTATE class: a conflict with existing rows
+    /// (409), a value the database refuses (400), a database that is down,
+    /// restarting or overloaded, or a transaction to retry (503); anything
+    /// else is a bug (500).
+    fn from_query(pg: &tokio_postgres::Error) -> ApiError {
+        let Some(code) = pg.code() else {
+            // No SQLSTATE: the connection broke, or a row did not convert.
+            return if pg.is_closed() || io_source(pg) {
+                ApiError::db_unavailable()
+            } else {
+                ApiError::db_internal()
+            };
+        };
+        match query_class(code) {
+            QueryClass::Conflict => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                "the change conflicts with the current data; reload and try again",
             ),
+            QueryClass::BadInput => {
+                ApiError::bad_request("the database refused a value of the request")
+            }
+            QueryClass::Unavailable => ApiError::db_unavailable(),
+            QueryClass::Bug => ApiError::db_internal(),
         }
     }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum QueryClass {
+    Conflict,
+    BadInput,
+    Unavailable,
+    Bug,
+}
+
+fn query_class(code: &SqlState) -> QueryClass {
+    let unavailable = [
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+        SqlState::T_R_SERIALIZATION_FAILURE,
+        SqlState::T_R_DEADLOCK_DETECTED,
+        SqlState::READ_ONLY_SQL_TRANSACTION,
+    ];
+    let conflict = [
+        SqlState::UNIQUE_VIOLATION,
+        SqlState::EXCLUSION_VIOLATION,
+        SqlState::FOREIGN_KEY_VIOLATION,
+    ];
+    match code.code().get(..2) {
+        _ if conflict.contains(code) => QueryClass::Conflict,
+        _ if unavailable.contains(code) => QueryClass::Unavailable,
+        // Data exceptions, and the other integrity violations (NOT NULL, CHECK).
+        Some("22" | "23") => QueryClass::BadInput,
+        // Connection exceptions; insufficient resources (too many connections, disk full).
+        Some("08" | "53") => QueryClass::Unavailable,
+        _ => QueryClass::Bug,
+    }
+}
+
+fn io_source(pg: &tokio_postgres::Error) -> bool {
+    std::error::Error::source(pg).is_some_and(|s| s.is::<std::io::Error>())
 }
 
 impl From<deadpool_postgres::PoolError> for ApiError {
@@ -163,6 +245,32 @@ impl ApiError {
             ApiError::too_large(limit)
         } else {
             ApiError::bad_request(format!("malformed multipart body: {}", e.body_text()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_map_to_statuses() {
+        let cases = [
+            (SqlState::UNIQUE_VIOLATION, QueryClass::Conflict),
+            (SqlState::FOREIGN_KEY_VIOLATION, QueryClass::Conflict),
+            (SqlState::NOT_NULL_VIOLATION, QueryClass::BadInput),
+            (SqlState::CHECK_VIOLATION, QueryClass::BadInput),
+            (SqlState::INVALID_TEXT_REPRESENTATION, QueryClass::BadInput),
+            (SqlState::CHARACTER_NOT_IN_REPERTOIRE, QueryClass::BadInput),
+            (SqlState::CONNECTION_FAILURE, QueryClass::Unavailable),
+            (SqlState::TOO_MANY_CONNECTIONS, QueryClass::Unavailable),
+            (SqlState::ADMIN_SHUTDOWN, QueryClass::Unavailable),
+            (SqlState::T_R_SERIALIZATION_FAILURE, QueryClass::Unavailable),
+            (SqlState::UNDEFINED_COLUMN, QueryClass::Bug),
+            (SqlState::SYNTAX_ERROR, QueryClass::Bug),
+        ];
+        for (code, class) in cases {
+            assert_eq!(query_class(&code), class, "{}", code.code());
         }
     }
 }

@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::text::loose_json;
 use crate::config::ConnectOpts;
+use crate::db::status::{DocumentStatus, JobKind, MessageRole, MessageStatus};
 use crate::events::{
     Envelope, EventType, MAX_NOTIFY_BYTES, Publisher, encode_notifications, validate_payload,
 };
@@ -128,15 +129,18 @@ pub fn complete_payload(
             ("mime_type", json!("text/plain")),
             ("size_bytes", json!(0)),
             // A document is always `uploaded` when it is created.
-            ("status", json!("uploaded")),
+            ("status", json!(DocumentStatus::Uploaded)),
         ],
         EventType::DocumentStatusUpdated => &[("error_message", Value::Null)],
         EventType::JobStatusUpdated => &[
-            ("kind", json!("parse")),
+            ("kind", json!(JobKind::Parse)),
             ("retry_count", json!(0)),
             ("error_message", Value::Null),
         ],
-        EventType::MessageCreated => &[("role", json!("user")), ("status", json!("pending"))],
+        EventType::MessageCreated => &[
+            ("role", json!(MessageRole::User)),
+            ("status", json!(MessageStatus::Pending)),
+        ],
         EventType::MessageStatusUpdated => &[],
     };
     for (field, value) in defaults {

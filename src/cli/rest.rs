@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::Failure;
 use super::text::{error_detail, value_text};
 use crate::config::{ConnectOpts, parse_duration};
-use crate::events::EventType;
+use crate::db::status::DocumentStatus;
 
 /// How long a minted token lives; a command never runs that long.
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -94,14 +94,8 @@ pub enum DocsFormat {
     Json,
 }
 
-fn document_statuses() -> &'static [&'static str] {
-    EventType::DocumentStatusUpdated
-        .allowed_values("status")
-        .expect("document status is an enumerated field")
-}
-
 fn document_status(s: &str) -> Result<String, String> {
-    let all = document_statuses();
+    let all = DocumentStatus::NAMES;
     if all.contains(&s) {
         Ok(s.to_string())
     } else {
@@ -116,11 +110,12 @@ fn document_status(s: &str) -> Result<String, String> {
 /// uploaded → parsing → parsed → ingesting → ingested, so waiting for
 /// `parsed` is also done once it is `ingested`. `error` is only itself.
 fn reached(current: &str, target: &str) -> bool {
-    let rank = |s: &str| document_statuses().iter().position(|x| *x == s);
+    let rank = |s: &str| DocumentStatus::NAMES.iter().position(|x| *x == s);
+    let error = DocumentStatus::Error.as_str();
     if current == target {
         return true;
     }
-    if current == "error" || target == "error" {
+    if current == error || target == error {
         return false;
     }
     matches!((rank(current), rank(target)), (Some(c), Some(t)) if c > t)
@@ -274,7 +269,7 @@ pub async fn upload(connect: ConnectOpts, args: UploadArgs) -> anyhow::Result<Ex
             );
             return Ok(ExitCode::SUCCESS);
         }
-        if last == "error" {
+        if last == DocumentStatus::Error.as_str() {
             return Err(Failure::check(anyhow::anyhow!(
                 "document {id} ended in error instead of {target}: {}",
                 last_error.as_deref().unwrap_or("(no message)")

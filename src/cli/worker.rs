@@ -10,10 +10,26 @@ use crate::db::jobs::JobKind;
 use crate::events::Publisher;
 use crate::workers::{self, WorkerConfig};
 
+/// The `kind` argument; the queue's own [`JobKind`] knows nothing of clap.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerKind {
+    Parse,
+    Ingest,
+}
+
+impl From<WorkerKind> for JobKind {
+    fn from(k: WorkerKind) -> JobKind {
+        match k {
+            WorkerKind::Parse => JobKind::Parse,
+            WorkerKind::Ingest => JobKind::Ingest,
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct WorkerArgs {
     /// Which jobs to run.
-    pub kind: JobKind,
+    pub kind: WorkerKind,
     #[command(flatten)]
     pub runtime: RuntimeOpts,
     /// How long a job in progress may run on after SIGTERM (seconds).
@@ -35,20 +51,21 @@ pub struct WorkerArgs {
 
 pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     args.runtime.check()?;
+    let kind = JobKind::from(args.kind);
     let url = connect.database_url()?;
     let channel = connect.channel()?;
     let rt = &args.runtime;
-    let pool = crate::db::pool(&url, 4, &format!("ragctl-worker-{}", args.kind)).await?;
+    let pool = crate::db::pool(&url, 4, &format!("ragctl-worker-{}", kind)).await?;
     crate::db::migrate(&pool).await?;
     let events = Publisher::new(
         pool.clone(),
         &channel,
-        &format!("worker:{}", args.kind),
+        &format!("worker:{}", kind),
         rt.publish_timeout(),
     );
     let cfg = WorkerConfig {
-        kind: args.kind,
-        owner: workers::owner_id(args.kind),
+        kind,
+        owner: workers::owner_id(kind),
         lease: Duration::from_secs(rt.job_lease_secs),
         poll: Duration::from_millis(rt.worker_poll_ms),
         retry_backoff: Duration::from_millis(rt.retry_backoff_ms),
@@ -65,4 +82,24 @@ pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitC
     super::cancel_on_signal(shutdown.clone());
     workers::run(pool, events, cfg, shutdown).await;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::*;
+
+    #[test]
+    fn worker_kinds_are_the_job_kinds() {
+        let names: Vec<String> = WorkerKind::value_variants()
+            .iter()
+            .map(|k| {
+                let name = k.to_possible_value().unwrap().get_name().to_string();
+                assert_eq!(name, JobKind::from(*k).as_str());
+                name
+            })
+            .collect();
+        assert_eq!(names, JobKind::NAMES);
+    }
 }

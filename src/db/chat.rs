@@ -1,13 +1,16 @@
-//! Conversations, messages and retrieval over chunks. Scoped by `user_id`.
+//! Conversations, messages and retrieval over chunks. Everything a request
+//! names is scoped by `user_id`; `finish_message` acts by message id, on
+//! the pending answer the same request has just inserted for its user.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::DbError;
+use super::status::{MessageRole, MessageStatus};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Conversation {
@@ -22,9 +25,9 @@ pub struct Message {
     pub conversation_id: Uuid,
     #[serde(skip)]
     pub user_id: Uuid,
-    pub role: String,
+    pub role: MessageRole,
     pub content: String,
-    pub status: String,
+    pub status: MessageStatus,
     pub sources: Value,
     pub error_message: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -48,28 +51,6 @@ impl Message {
             created_at: r.get("created_at"),
             updated_at: r.get("updated_at"),
         }
-    }
-
-    pub fn created_payload(&self) -> Value {
-        json!({
-            "message_id": self.id,
-            "conversation_id": self.conversation_id,
-            "role": self.role,
-            "content": self.content,
-            "status": self.status,
-            "created_at": self.created_at,
-        })
-    }
-
-    pub fn status_payload(&self) -> Value {
-        json!({
-            "message_id": self.id,
-            "conversation_id": self.conversation_id,
-            "status": self.status,
-            "content": self.content,
-            "sources": self.sources,
-            "updated_at": self.updated_at,
-        })
     }
 }
 
@@ -131,9 +112,9 @@ pub async fn insert_message(
     client: &impl GenericClient,
     user_id: Uuid,
     conversation_id: Uuid,
-    role: &str,
+    role: MessageRole,
     content: &str,
-    status: &str,
+    status: MessageStatus,
 ) -> Result<Message, DbError> {
     let row = client
         .query_one(
@@ -151,7 +132,7 @@ pub async fn insert_message(
 pub async fn finish_message(
     client: &impl GenericClient,
     id: Uuid,
-    status: &str,
+    status: MessageStatus,
     content: &str,
     sources: &Value,
     error_message: Option<&str>,

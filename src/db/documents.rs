@@ -1,16 +1,16 @@
-//! Documents and their uploaded bytes. Every query is scoped by `user_id`.
+//! Documents. What a request reads (`list`, `get`) is scoped by `user_id`,
+//! and `insert` takes the owner. `set_status` acts by document id: only
+//! workers call it, for the document of a job they hold the lease of (the
+//! job row carries the owner), so no user's input reaches it.
 
-use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-use futures_util::SinkExt;
 use serde::Serialize;
-use serde_json::{Value, json};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::DbError;
-use super::jobs::{Job, JobKind};
+use super::status::DocumentStatus;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Document {
@@ -20,7 +20,7 @@ pub struct Document {
     pub filename: String,
     pub mime_type: String,
     pub size_bytes: i64,
-    pub status: String,
+    pub status: DocumentStatus,
     pub error_message: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -43,106 +43,34 @@ impl Document {
             updated_at: r.get("updated_at"),
         }
     }
-
-    pub fn created_payload(&self) -> Value {
-        json!({
-            "document_id": self.id,
-            "filename": self.filename,
-            "mime_type": self.mime_type,
-            "size_bytes": self.size_bytes,
-            "status": self.status,
-            "created_at": self.created_at,
-        })
-    }
-
-    pub fn status_payload(&self) -> Value {
-        json!({
-            "document_id": self.id,
-            "status": self.status,
-            "error_message": self.error_message,
-            "updated_at": self.updated_at,
-        })
-    }
 }
 
-pub struct NewDocument<'a> {
-    pub user_id: Uuid,
-    pub filename: &'a str,
-    pub mime_type: &'a str,
-    /// Owned so that it reaches the socket in slices, never copied whole.
-    pub content: Bytes,
-    pub max_retries: i32,
-    /// See [`super::jobs::enqueue`].
-    pub embargo: std::time::Duration,
-}
-
-/// Stores an upload and queues its parse job, in one transaction.
-pub async fn create_with_parse_job(
-    client: &mut deadpool_postgres::Object,
-    new: NewDocument<'_>,
-) -> Result<(Document, Job), DbError> {
-    let tx = client.transaction().await?;
+/// Inserts a new document, `uploaded`; its bytes and parse job go in the
+/// same transaction ([`super::uploads::create_with_parse_job`]).
+pub(crate) async fn insert(
+    tx: &impl GenericClient,
+    user_id: Uuid,
+    filename: &str,
+    mime_type: &str,
+    size_bytes: i64,
+) -> Result<Document, DbError> {
     let row = tx
         .query_one(
             &format!(
                 "INSERT INTO documents (id, user_id, filename, mime_type, size_bytes, status)
-                 VALUES ($1, $2, $3, $4, $5, 'uploaded') RETURNING {COLUMNS}"
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
             ),
             &[
                 &Uuid::new_v4(),
-                &new.user_id,
-                &new.filename,
-                &new.mime_type,
-                &(new.content.len() as i64),
+                &user_id,
+                &filename,
+                &mime_type,
+                &size_bytes,
+                &DocumentStatus::Uploaded,
             ],
         )
         .await?;
-    let doc = Document::from_row(&row);
-    copy_blob(&tx, doc.id, new.content).await?;
-    let job = super::jobs::enqueue(&tx, &doc, JobKind::Parse, new.max_retries, new.embargo).await?;
-    tx.commit().await?;
-    Ok((doc, job))
-}
-
-/// Bytes per CopyData message: what the connection buffers at a time.
-const COPY_SLICE: usize = 64 * 1024;
-
-/// Writes the blob with `COPY ... (FORMAT binary)` in slices of the one
-/// buffer. A bytea parameter would be copied whole into the Bind message and
-/// again into the connection's write buffer, which keeps that capacity.
-async fn copy_blob(
-    tx: &deadpool_postgres::Transaction<'_>,
-    id: Uuid,
-    content: Bytes,
-) -> Result<(), DbError> {
-    let len = i32::try_from(content.len())
-        .map_err(|_| DbError::Query("a blob cannot exceed 2 GiB".into()))?;
-    // Signature, flags, header extension; one tuple of two fields.
-    let mut head = BytesMut::with_capacity(48);
-    head.put_slice(b"PGCOPY\n\xff\r\n\0");
-    head.put_i32(0);
-    head.put_i32(0);
-    head.put_i16(2);
-    head.put_i32(16);
-    head.put_slice(id.as_bytes());
-    head.put_i32(len);
-    let sink = tx
-        .copy_in::<_, Bytes>(
-            "COPY document_blobs (document_id, content) FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    futures_util::pin_mut!(sink);
-    sink.send(head.freeze()).await?;
-    let mut at = 0;
-    while at < content.len() {
-        let end = (at + COPY_SLICE).min(content.len());
-        sink.send(content.slice(at..end)).await?;
-        at = end;
-    }
-    // The trailer: a tuple of -1 fields.
-    sink.send(Bytes::from_static(&[0xff, 0xff])).await?;
-    sink.finish().await?;
-    Ok(())
+    Ok(Document::from_row(&row))
 }
 
 pub async fn list(client: &impl GenericClient, user_id: Uuid) -> Result<Vec<Document>, DbError> {
@@ -176,7 +104,7 @@ pub async fn get(
 pub async fn set_status(
     client: &impl GenericClient,
     id: Uuid,
-    status: &str,
+    status: DocumentStatus,
     error_message: Option<&str>,
 ) -> Result<Option<(Document, bool)>, DbError> {
     let cols = COLUMNS
@@ -197,31 +125,4 @@ pub async fn set_status(
         )
         .await?;
     Ok(row.map(|r| (Document::from_row(&r), r.get("changed"))))
-}
-
-pub async fn blob(client: &impl GenericClient, id: Uuid) -> Result<Option<Vec<u8>>, DbError> {
-    let row = client
-        .query_opt(
-            "SELECT content FROM document_blobs WHERE document_id = $1",
-            &[&id],
-        )
-        .await?;
-    Ok(row.map(|r| r.get(0)))
-}
-
-pub async fn text(client: &impl GenericClient, id: Uuid) -> Result<Option<String>, DbError> {
-    let row = client
-        .query_opt(
-            "SELECT content FROM document_texts WHERE document_id = $1",
-            &[&id],
-        )
-        .await?;
-    Ok(row.map(|r| r.get(0)))
-}
-
-pub async fn chunk_count(client: &impl GenericClient, id: Uuid) -> Result<i64, DbError> {
-    let row = client
-        .query_one("SELECT count(*) FROM chunks WHERE document_id = $1", &[&id])
-        .await?;
-    Ok(row.get(0))
 }

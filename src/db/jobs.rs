@@ -2,38 +2,24 @@
 //! LOCKED` under a lease they renew; a job whose lease ran out (its worker
 //! died) is claimable again. [`start`] NOTIFYs `rag_jobs` so idle workers
 //! start at once.
+//!
+//! Statuses are written as literals inside the queue's SQL on purpose: the
+//! partial indexes (`WHERE status = 'queued'`, `'running'`) are only used
+//! when the predicate is a literal. `tests/status_sql.rs` checks that the
+//! [`JobStatus`] values are exactly the column's.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
-use serde_json::{Value, json};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::DbError;
-use super::documents::Document;
-use crate::events::JOBS_CHANNEL;
+pub use super::status::{JobKind, JobStatus};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum JobKind {
-    Parse,
-    Ingest,
-}
-
-impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Parse => "parse",
-            JobKind::Ingest => "ingest",
-        }
-    }
-}
-
-impl std::fmt::Display for JobKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// NOTIFY channel the job queue uses to wake workers. Not an event channel:
+/// its payload is just the job kind.
+pub const JOBS_CHANNEL: &str = "rag_jobs";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {
@@ -41,8 +27,8 @@ pub struct Job {
     pub document_id: Uuid,
     #[serde(skip)]
     pub user_id: Uuid,
-    pub kind: String,
-    pub status: String,
+    pub kind: JobKind,
+    pub status: JobStatus,
     pub retry_count: i32,
     pub max_retries: i32,
     pub error_message: Option<String>,
@@ -70,18 +56,6 @@ impl Job {
             updated_at: r.get("updated_at"),
         }
     }
-
-    pub fn status_payload(&self) -> Value {
-        json!({
-            "job_id": self.id,
-            "document_id": self.document_id,
-            "kind": self.kind,
-            "status": self.status,
-            "retry_count": self.retry_count,
-            "error_message": self.error_message,
-            "updated_at": self.updated_at,
-        })
-    }
 }
 
 /// Queues a job for a document inside the caller's transaction. The job is
@@ -91,7 +65,8 @@ impl Job {
 /// runs out.
 pub async fn enqueue(
     tx: &impl GenericClient,
-    doc: &Document,
+    document_id: Uuid,
+    user_id: Uuid,
     kind: JobKind,
     max_retries: i32,
     embargo: std::time::Duration,
@@ -107,8 +82,8 @@ pub async fn enqueue(
             ),
             &[
                 &Uuid::new_v4(),
-                &doc.id,
-                &doc.user_id,
+                &document_id,
+                &user_id,
                 &kind.as_str(),
                 &max_retries,
                 &embargo.as_secs_f64(),
@@ -130,13 +105,13 @@ pub async fn start(client: &impl GenericClient, job: &Job) {
     {
         tracing::warn!(error = %super::error_text(&e), "could not lift a job's embargo; it starts when the embargo ends");
     }
-    wake(client, &job.kind).await;
+    wake(client, job.kind).await;
 }
 
 /// NOTIFYs workers of `kind` that there is work.
-pub async fn wake(client: &impl GenericClient, kind: &str) {
+pub async fn wake(client: &impl GenericClient, kind: JobKind) {
     if let Err(e) = client
-        .execute("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &kind])
+        .execute("SELECT pg_notify($1, $2)", &[&JOBS_CHANNEL, &kind.as_str()])
         .await
     {
         tracing::debug!(error = %super::error_text(&e), "job wake-up NOTIFY failed; workers will poll");
@@ -166,7 +141,7 @@ pub async fn claim(
             .await?;
         if let Some(r) = row {
             return Ok(Some(Claimed {
-                reclaimed: r.get::<_, String>("prev_status") == "running",
+                reclaimed: r.get::<_, JobStatus>("prev_status") == JobStatus::Running,
                 job: Job::from_row(&r),
             }));
         }
@@ -349,7 +324,7 @@ pub async fn release(
         .await?;
     let job = row.as_ref().map(Job::from_row);
     if let Some(j) = &job {
-        wake(client, &j.kind).await;
+        wake(client, j.kind).await;
     }
     Ok(job)
 }

@@ -19,7 +19,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
-use super::DbError;
+use super::{DbError, error_text};
+use crate::backoff::Backoff;
 
 /// `application_name` of the API's event listener, which operators (and
 /// `ragctl tap`) count in `pg_stat_activity`.
@@ -126,37 +127,6 @@ pub fn spawn(
     )
 }
 
-/// Exponential backoff with jitter: fast first retry, capped, reset by the
-/// caller after a success.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    base: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Backoff {
-        Backoff {
-            next: base,
-            base,
-            max,
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.next = self.base;
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        // ±25% jitter so a fleet does not reconnect in lockstep.
-        let factor = 0.75 + rand::random::<f64>() * 0.5;
-        d.mul_f64(factor)
-    }
-}
-
 async fn run(
     cfg: ListenerConfig,
     queue: mpsc::Sender<ListenItem>,
@@ -185,7 +155,7 @@ async fn run(
                 reconnects.increment(1);
             }
             s.connected = false;
-            s.last_error = Some(error.clone());
+            s.last_error = Some(error.to_string());
         });
         let delay = backoff.next_delay();
         tracing::warn!(error = %error, retry_in = ?delay, app = %cfg.application_name, "LISTEN connection lost; reconnecting");
@@ -194,6 +164,26 @@ async fn run(
             _ = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// Why a LISTEN session ended; the text is what the status reports.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error(transparent)]
+    Connect(#[from] DbError),
+    /// The connection failed while reading, or LISTEN failed.
+    #[error("{}", error_text(.0))]
+    Connection(#[source] tokio_postgres::Error),
+    #[error("connection closed")]
+    Closed,
+    #[error("reader ended")]
+    ReaderEnded,
+    #[error("LISTEN timed out")]
+    ListenTimeout,
+    #[error("probe failed: {}", error_text(.0))]
+    Probe(#[source] tokio_postgres::Error),
+    #[error("probe timed out after {0:?}")]
+    ProbeTimeout(Duration),
 }
 
 /// One connection's life. Returns `Ok(())` on shutdown, `Err` when the
@@ -206,61 +196,14 @@ async fn session(
     shutdown: &CancellationToken,
     connected_once: &mut bool,
     backoff: &mut Backoff,
-) -> Result<(), String> {
-    let (client, mut conn) = super::connect(&cfg.url, &cfg.application_name)
-        .await
-        .map_err(|e: DbError| e.to_string())?;
-
-    let (dead_tx, mut dead_rx) = tokio::sync::oneshot::channel::<String>();
-    let reader_queue = queue.clone();
-    let reader_counters = counters.clone();
-    let reader = tokio::spawn(async move {
-        let received = metrics::counter!("ragctl_listener_notifications_total");
-        let dropped = metrics::counter!("ragctl_listener_queue_dropped_total");
-        let mut gap_pending = false;
-        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        let reason = loop {
-            match messages.next().await {
-                Some(Ok(AsyncMessage::Notification(n))) => {
-                    received.increment(1);
-                    reader_counters.received.fetch_add(1, Ordering::Relaxed);
-                    let now = Utc::now();
-                    reader_counters
-                        .last_notification_ms
-                        .store(now.timestamp_millis() as u64, Ordering::Relaxed);
-                    if gap_pending
-                        && reader_queue
-                            .try_send(ListenItem::Gap(GapReason::Overflow))
-                            .is_ok()
-                    {
-                        gap_pending = false;
-                    }
-                    let item = ListenItem::Notification(Notification {
-                        channel: n.channel().to_string(),
-                        payload: n.payload().to_string(),
-                        received_at: Instant::now(),
-                        received_wall: now,
-                    });
-                    if reader_queue.try_send(item).is_err() {
-                        dropped.increment(1);
-                        reader_counters
-                            .dropped_overflow
-                            .fetch_add(1, Ordering::Relaxed);
-                        gap_pending = true;
-                    }
-                }
-                Some(Ok(AsyncMessage::Notice(n))) => {
-                    tracing::info!(notice = %n.message(), "postgres notice on LISTEN connection");
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => break super::error_text(&e),
-                None => break "connection closed".to_string(),
-            }
-        };
-        let _ = dead_tx.send(reason);
-    });
+) -> Result<(), ListenError> {
+    let (client, conn) = super::connect(&cfg.url, &cfg.application_name).await?;
+    let (dead_tx, mut dead_rx) = tokio::sync::oneshot::channel::<ListenError>();
+    let reader = Reader::new(queue.clone(), counters.clone());
     // Aborts the reader (and so closes the socket) however this returns.
-    let _guard = AbortOnDrop(reader);
+    let _guard = AbortOnDrop(tokio::spawn(async move {
+        let _ = dead_tx.send(reader.run(conn).await);
+    }));
 
     let listen_sql: String = cfg
         .channels
@@ -269,8 +212,8 @@ async fn session(
         .collect();
     tokio::time::timeout(cfg.probe_timeout, client.batch_execute(&listen_sql))
         .await
-        .map_err(|_| "LISTEN timed out".to_string())?
-        .map_err(|e| super::error_text(&e))?;
+        .map_err(|_| ListenError::ListenTimeout)?
+        .map_err(ListenError::Connection)?;
 
     backoff.reset();
     status.send_modify(|s| {
@@ -284,32 +227,109 @@ async fn session(
         let _ = queue.send(ListenItem::Gap(GapReason::Reconnected)).await;
     }
 
-    let probe_sql = "SELECT pg_notification_queue_usage(), \
-        (SELECT count(*) FROM pg_stat_activity \
-        WHERE application_name = 'ragctl-listener' AND datname = current_database())";
-    let mut probe = tokio::time::interval(cfg.probe_interval);
-    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = tokio::time::interval(cfg.probe_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            reason = &mut dead_rx => return Err(reason.unwrap_or_else(|_| "reader ended".into())),
-            _ = probe.tick() => {
-                match tokio::time::timeout(cfg.probe_timeout, client.query_one(probe_sql, &[])).await {
-                    Ok(Ok(row)) => {
-                        let usage: f64 = row.get(0);
-                        let listeners: i64 = row.get(1);
-                        metrics::gauge!("ragctl_pg_notification_queue_usage").set(usage);
-                        status.send_if_modified(|s| {
-                            let changed = s.queue_usage != Some(usage) || s.listeners != Some(listeners);
-                            s.queue_usage = Some(usage);
-                            s.listeners = Some(listeners);
-                            changed
-                        });
-                    }
-                    Ok(Err(e)) => return Err(format!("probe failed: {}", super::error_text(&e))),
-                    Err(_) => return Err(format!("probe timed out after {:?}", cfg.probe_timeout)),
+            reason = &mut dead_rx => return Err(reason.unwrap_or(ListenError::ReaderEnded)),
+            _ = tick.tick() => probe(cfg, &client, status).await?,
+        }
+    }
+}
+
+/// Checks the connection with a timeout and records the server's
+/// notification queue usage and the API listeners on this database.
+async fn probe(
+    cfg: &ListenerConfig,
+    client: &tokio_postgres::Client,
+    status: &watch::Sender<ListenerStatus>,
+) -> Result<(), ListenError> {
+    let sql = format!(
+        "SELECT pg_notification_queue_usage(), \
+        (SELECT count(*) FROM pg_stat_activity \
+        WHERE application_name = '{API_LISTENER_NAME}' AND datname = current_database())"
+    );
+    let row = tokio::time::timeout(cfg.probe_timeout, client.query_one(&sql, &[]))
+        .await
+        .map_err(|_| ListenError::ProbeTimeout(cfg.probe_timeout))?
+        .map_err(ListenError::Probe)?;
+    let usage: f64 = row.get(0);
+    let listeners: i64 = row.get(1);
+    metrics::gauge!("ragctl_pg_notification_queue_usage").set(usage);
+    status.send_if_modified(|s| {
+        let changed = s.queue_usage != Some(usage) || s.listeners != Some(listeners);
+        s.queue_usage = Some(usage);
+        s.listeners = Some(listeners);
+        changed
+    });
+    Ok(())
+}
+
+/// Reads the connection's socket without ever waiting on the queue.
+struct Reader {
+    queue: mpsc::Sender<ListenItem>,
+    counters: Arc<ListenerCounters>,
+    received: metrics::Counter,
+    dropped: metrics::Counter,
+    /// An overflow dropped notifications; a gap is owed to the queue.
+    gap_pending: bool,
+}
+
+impl Reader {
+    fn new(queue: mpsc::Sender<ListenItem>, counters: Arc<ListenerCounters>) -> Reader {
+        Reader {
+            queue,
+            counters,
+            received: metrics::counter!("ragctl_listener_notifications_total"),
+            dropped: metrics::counter!("ragctl_listener_queue_dropped_total"),
+            gap_pending: false,
+        }
+    }
+
+    /// Runs until the connection fails or closes, and says why.
+    async fn run(mut self, mut conn: super::Connection) -> ListenError {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        loop {
+            match messages.next().await {
+                Some(Ok(AsyncMessage::Notification(n))) => self.push(&n),
+                Some(Ok(AsyncMessage::Notice(n))) => {
+                    tracing::info!(notice = %n.message(), "postgres notice on LISTEN connection");
                 }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return ListenError::Connection(e),
+                None => return ListenError::Closed,
             }
+        }
+    }
+
+    fn push(&mut self, n: &tokio_postgres::Notification) {
+        self.received.increment(1);
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        let now = Utc::now();
+        self.counters
+            .last_notification_ms
+            .store(now.timestamp_millis() as u64, Ordering::Relaxed);
+        if self.gap_pending
+            && self
+                .queue
+                .try_send(ListenItem::Gap(GapReason::Overflow))
+                .is_ok()
+        {
+            self.gap_pending = false;
+        }
+        let item = ListenItem::Notification(Notification {
+            channel: n.channel().to_string(),
+            payload: n.payload().to_string(),
+            received_at: Instant::now(),
+            received_wall: now,
+        });
+        if self.queue.try_send(item).is_err() {
+            self.dropped.increment(1);
+            self.counters
+                .dropped_overflow
+                .fetch_add(1, Ordering::Relaxed);
+            self.gap_pending = true;
         }
     }
 }
@@ -331,18 +351,6 @@ pub fn quote_ident(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_caps_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let first = b.next_delay();
-        assert!(first >= Duration::from_millis(75) && first <= Duration::from_millis(125));
-        for _ in 0..10 {
-            assert!(b.next_delay() <= Duration::from_millis(1250));
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(125));
-    }
 
     #[test]
     fn identifiers_are_quoted() {

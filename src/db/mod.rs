@@ -2,12 +2,21 @@
 //! embedded local cluster, the LISTEN connection, and the queries of each
 //! domain table.
 
+pub mod blobs;
 pub mod chat;
+pub mod chunks;
 pub mod documents;
 pub mod embedded;
+mod error;
 pub mod jobs;
 pub mod listener;
+pub mod status;
+pub mod texts;
 mod tls;
+pub mod uploads;
+
+use error::pool_error_text;
+pub use error::{DbError, error_text};
 
 use std::time::Duration;
 
@@ -26,43 +35,6 @@ const MIGRATION_LOCK: i64 = 0x7261_6763_746c; // "ragctl"
 pub type TlsConnector = tokio_postgres_rustls::MakeRustlsConnect;
 pub type Connection =
     tokio_postgres::Connection<Socket, <TlsConnector as MakeTlsConnect<Socket>>::Stream>;
-
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("invalid database URL: {0}")]
-    Url(String),
-    #[error("cannot connect to PostgreSQL at {target}: {detail}")]
-    Connect { target: String, detail: String },
-    #[error("database pool: {0}")]
-    Pool(String),
-    #[error("migration failed: {0}")]
-    Migrate(String),
-    #[error("database error: {0}")]
-    Query(String),
-    /// The statement ran longer than the connection's `statement_timeout`.
-    #[error("query timed out: {0}")]
-    Timeout(String),
-}
-
-impl From<tokio_postgres::Error> for DbError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        let text = error_text(&e);
-        // 57014 is also a cancel request; only the timeout says so.
-        if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
-            && text.contains("statement timeout")
-        {
-            DbError::Timeout(text)
-        } else {
-            DbError::Query(text)
-        }
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for DbError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        DbError::Pool(e.to_string())
-    }
-}
 
 /// A parsed URL with the TLS connector it asks for.
 pub struct Target {
@@ -109,21 +81,6 @@ fn describe(config: &tokio_postgres::Config) -> String {
     let port = config.get_ports().first().copied().unwrap_or(5432);
     let db = config.get_dbname().unwrap_or("(default)");
     format!("{host}:{port}/{db}")
-}
-
-/// The server's message for a database error, which the Display of
-/// `tokio_postgres::Error` hides behind "db error".
-pub fn error_text(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => match db.detail() {
-            Some(detail) => format!("{} ({detail})", db.message()),
-            None => db.message().to_string(),
-        },
-        None => match std::error::Error::source(e) {
-            Some(src) => format!("{e}: {src}"),
-            None => e.to_string(),
-        },
-    }
 }
 
 /// One dedicated connection (not from the pool). The caller drives the
@@ -263,13 +220,6 @@ impl Drop for CancelOnDrop {
                 f(&client).await;
             }
         });
-    }
-}
-
-fn pool_error_text(e: &deadpool_postgres::PoolError) -> String {
-    match e {
-        deadpool_postgres::PoolError::Backend(pg) => error_text(pg),
-        other => other.to_string(),
     }
 }
 

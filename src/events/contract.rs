@@ -1,8 +1,12 @@
-//! The Phase 5 WebSocket contract: the five event types and what their
-//! payloads must carry. `docs/events.md` is the prose form of this file.
+//! The Phase 5 WebSocket contract: the five event types and how a payload
+//! is checked. What each type carries is declared with its struct in
+//! `payloads.rs`, its allowed values by the enums of `db::status`.
+//! `docs/events.md` is the prose form of both.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use super::payloads::Payload;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventType {
@@ -18,22 +22,9 @@ pub enum EventType {
     MessageStatusUpdated,
 }
 
-pub const DOCUMENT_STATUSES: &[&str] = &[
-    "uploaded",
-    "parsing",
-    "parsed",
-    "ingesting",
-    "ingested",
-    "error",
-];
-pub const JOB_STATUSES: &[&str] = &["queued", "running", "success", "failed"];
-pub const JOB_KINDS: &[&str] = &["parse", "ingest"];
-pub const MESSAGE_STATUSES: &[&str] = &["pending", "completed", "error"];
-pub const MESSAGE_ROLES: &[&str] = &["user", "assistant"];
-
 /// How a field of a payload is checked.
-#[derive(Clone, Copy)]
-enum Field {
+#[derive(Debug, Clone, Copy)]
+pub enum Field {
     Uuid,
     Text,
     OptText,
@@ -65,47 +56,15 @@ impl EventType {
         Self::ALL.into_iter().find(|t| t.as_str() == s)
     }
 
+    /// The required fields, declared next to each payload's struct.
     fn fields(self) -> &'static [(&'static str, Field)] {
-        use Field::*;
+        use super::payloads as p;
         match self {
-            EventType::DocumentCreated => &[
-                ("document_id", Uuid),
-                ("filename", Text),
-                ("mime_type", Text),
-                ("size_bytes", Count),
-                ("status", OneOf(DOCUMENT_STATUSES)),
-                ("created_at", Time),
-            ],
-            EventType::DocumentStatusUpdated => &[
-                ("document_id", Uuid),
-                ("status", OneOf(DOCUMENT_STATUSES)),
-                ("error_message", OptText),
-                ("updated_at", Time),
-            ],
-            EventType::JobStatusUpdated => &[
-                ("job_id", Uuid),
-                ("document_id", Uuid),
-                ("kind", OneOf(JOB_KINDS)),
-                ("status", OneOf(JOB_STATUSES)),
-                ("retry_count", Count),
-                ("error_message", OptText),
-                ("updated_at", Time),
-            ],
-            EventType::MessageCreated => &[
-                ("message_id", Uuid),
-                ("conversation_id", Uuid),
-                ("role", OneOf(MESSAGE_ROLES)),
-                ("content", Text),
-                ("status", OneOf(MESSAGE_STATUSES)),
-                ("created_at", Time),
-            ],
-            EventType::MessageStatusUpdated => &[
-                ("message_id", Uuid),
-                ("conversation_id", Uuid),
-                ("status", OneOf(MESSAGE_STATUSES)),
-                ("content", Text),
-                ("updated_at", Time),
-            ],
+            EventType::DocumentCreated => <p::DocumentCreated as Payload>::FIELDS,
+            EventType::DocumentStatusUpdated => <p::DocumentStatusUpdated as Payload>::FIELDS,
+            EventType::JobStatusUpdated => <p::JobStatusUpdated as Payload>::FIELDS,
+            EventType::MessageCreated => <p::MessageCreated as Payload>::FIELDS,
+            EventType::MessageStatusUpdated => <p::MessageStatusUpdated as Payload>::FIELDS,
         }
     }
 

@@ -6,10 +6,15 @@
 //! [`Envelope`] and [`Frame`] values.
 
 mod contract;
+mod payloads;
 mod publish;
 mod wire;
 
-pub use contract::{ContractError, EventType, validate_payload};
+pub use contract::{ContractError, EventType, Field, validate_payload};
+pub use payloads::{
+    DocumentCreated, DocumentStatusUpdated, JobStatusUpdated, MessageCreated, MessageStatusUpdated,
+    Outgoing, Payload,
+};
 pub use publish::{LocalDelivery, PublishError, Publisher};
 pub use wire::{
     DropReason, Envelope, FRAGMENT_CHUNK_BYTES, Frame, GroupProgress, MAX_ENVELOPE_BYTES,
@@ -21,7 +26,3 @@ pub const ENVELOPE_VERSION: u64 = 1;
 
 /// Default NOTIFY channel for events.
 pub const DEFAULT_CHANNEL: &str = "rag_events";
-
-/// NOTIFY channel the job queue uses to wake workers. Not an event channel:
-/// its payload is just the job kind.
-pub const JOBS_CHANNEL: &str = "rag_jobs";

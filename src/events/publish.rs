@@ -13,6 +13,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::contract::EventType;
+use super::payloads::{Outgoing, Payload};
 use super::wire::{Envelope, encode_notifications};
 use crate::db::error_text as db_error_text;
 
@@ -94,6 +95,15 @@ impl Publisher {
         if let Err(e) = self.publish(env).await {
             tracing::warn!(event_id = %id, r#type = kind.as_str(), error = %e, "event publish failed; realtime is best effort, continuing");
         }
+    }
+
+    /// [`Publisher::emit`] for a payload built from its row.
+    pub async fn emit_payload<P: Payload>(&self, user_id: Uuid, payload: &P) {
+        self.emit_outgoing(Outgoing::new(user_id, payload)).await
+    }
+
+    pub async fn emit_outgoing(&self, out: Outgoing) {
+        self.emit(out.user_id, out.kind, out.payload).await
     }
 
     /// Publishes an envelope. Failures are counted, handed to the local

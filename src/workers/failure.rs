@@ -11,7 +11,7 @@ use crate::rag::sandbox::SandboxError;
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error("database unavailable: {0}")]
-    Database(String),
+    Database(#[from] DbError),
     /// The attempt's worker stopped before finishing (its lease expired).
     #[error("{}", super::LEASE_LAPSED)]
     LeaseLapsed,
@@ -41,15 +41,9 @@ impl JobError {
     }
 }
 
-impl From<DbError> for JobError {
-    fn from(e: DbError) -> JobError {
-        JobError::Database(e.to_string())
-    }
-}
-
 impl From<deadpool_postgres::PoolError> for JobError {
     fn from(e: deadpool_postgres::PoolError) -> JobError {
-        JobError::Database(e.to_string())
+        JobError::Database(e.into())
     }
 }
 
@@ -82,7 +76,7 @@ mod tests {
     #[test]
     fn infrastructure_failures_are_retried() {
         let transient = [
-            JobError::Database("connection refused".into()),
+            JobError::Database(DbError::Pool("connection refused".into())),
             JobError::LeaseLapsed,
             JobError::Parser(SandboxError::Spawn(std::io::Error::other("EAGAIN"))),
             JobError::Parser(SandboxError::Killed("SIGKILL".into())),

@@ -11,25 +11,32 @@
 //! once, transient ones are retried with backoff.
 
 mod failure;
+mod finish;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::db::DbError;
 use crate::db::documents::{self, Document};
-use crate::db::jobs::{self, Job, JobKind};
+use crate::db::jobs::{self, JOBS_CHANNEL, Job, JobKind};
 use crate::db::listener::{self, ListenItem, ListenerConfig};
-use crate::events::{EventType, JOBS_CHANNEL, Publisher};
+use crate::db::status::DocumentStatus;
+use crate::db::{blobs, texts};
+use crate::events::{DocumentStatusUpdated, JobStatusUpdated, Publisher};
 use crate::rag;
 use crate::rag::sandbox::Limits;
 
 pub use failure::JobError;
+pub use finish::LEASE_LAPSED;
+use finish::{Outcome, finish_failure, finish_success, release};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -64,92 +71,33 @@ pub fn owner_id(kind: JobKind) -> String {
     format!("{host}:{}:{kind}:{}", std::process::id(), &suffix[..8])
 }
 
-/// What a finished attempt produced.
-enum Outcome {
-    Parsed(String),
-    Chunks(Vec<String>),
-}
-
 /// Runs one worker until `shutdown` is cancelled. Database outages are
 /// waited out, never fatal.
 pub async fn run(pool: Pool, events: Publisher, cfg: WorkerConfig, shutdown: CancellationToken) {
-    let wake = Arc::new(Notify::new());
-    let (queue_tx, mut queue_rx) = mpsc::channel::<ListenItem>(64);
-    let listen_shutdown = shutdown.child_token();
-    let (_handle, listen_task) = listener::spawn(
-        ListenerConfig::new(
-            &cfg.listen_url,
-            &format!("ragctl-worker-{}", cfg.kind),
-            &[JOBS_CHANNEL],
-        ),
-        queue_tx,
-        listen_shutdown.clone(),
-    );
     let kind = cfg.kind.as_str();
-    let waker = wake.clone();
-    let wake_task = tokio::spawn(async move {
-        while let Some(item) = queue_rx.recv().await {
-            match item {
-                ListenItem::Notification(n) if n.payload == kind => waker.notify_one(),
-                // After a gap we may have missed a wake-up: look anyway.
-                ListenItem::Gap(_) => waker.notify_one(),
-                ListenItem::Notification(_) => {}
-            }
-        }
-    });
-
+    let wake = Arc::new(Notify::new());
+    let listen_shutdown = shutdown.child_token();
+    let (listen_task, wake_task) = listen_for_work(&cfg, wake.clone(), listen_shutdown.clone());
     tracing::info!(owner = %cfg.owner, kind, "worker started");
-    let mut idle_backoff =
-        listener::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut idle_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !shutdown.is_cancelled() {
         let claimed = match pool.get().await {
             Ok(client) => jobs::claim(&client, cfg.kind, &cfg.owner, cfg.lease.as_secs_f64()).await,
             Err(e) => Err(DbError::from(e)),
         };
         match claimed {
+            Ok(Some(claimed)) if claimed.reclaimed => {
+                idle_backoff.reset();
+                take_over(&pool, &events, &cfg, &claimed.job).await;
+            }
             Ok(Some(claimed)) => {
                 idle_backoff.reset();
-                if claimed.reclaimed {
-                    tracing::warn!(job_id = %claimed.job.id, "took over a job whose lease ran out");
-                    metrics::counter!("ragctl_jobs_reclaimed_total", "kind" => kind).increment(1);
-                    // The attempt that held the lease ended without a result
-                    // (its worker died, or lost the database for a whole
-                    // lease): a failed attempt, so that a file that kills its
-                    // worker ends `failed` after the retries instead of
-                    // taking workers down forever.
-                    let lapsed = JobError::LeaseLapsed;
-                    match finish_failure(&pool, &cfg, &claimed.job, &lapsed).await {
-                        Ok(published) => {
-                            for (user, kind, payload) in published {
-                                events.emit(user, kind, payload).await;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "could not record the lapsed attempt")
-                        }
-                    }
-                    continue;
-                }
                 let span = tracing::info_span!("job", job_id = %claimed.job.id, kind, document_id = %claimed.job.document_id);
                 process(&pool, &events, &cfg, claimed.job, &shutdown)
                     .instrument(span)
                     .await;
-                continue; // look for more work at once
             }
-            Ok(None) => {
-                // A retry in backoff has no NOTIFY to announce it: sleep
-                // until the earliest due job, or the poll interval.
-                let nap = match pool.get().await {
-                    Ok(c) => jobs::next_due_in(&c, cfg.kind).await.ok().flatten(),
-                    Err(_) => None,
-                }
-                .map_or(cfg.poll, |due| due.min(cfg.poll));
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(nap) => {}
-                }
-            }
+            Ok(None) => idle(&pool, &cfg, &wake, &shutdown).await,
             Err(e) => {
                 let delay = idle_backoff.next_delay();
                 tracing::warn!(error = %e, retry_in = ?delay, "cannot claim jobs; database unavailable?");
@@ -166,6 +114,68 @@ pub async fn run(pool: Pool, events: Publisher, cfg: WorkerConfig, shutdown: Can
     tracing::info!(owner = %cfg.owner, "worker stopped");
 }
 
+/// LISTENs on the jobs channel and wakes the loop for jobs of this kind.
+fn listen_for_work(
+    cfg: &WorkerConfig,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> (JoinHandle<()>, JoinHandle<()>) {
+    let (queue_tx, mut queue_rx) = mpsc::channel::<ListenItem>(64);
+    let (_handle, listen_task) = listener::spawn(
+        ListenerConfig::new(
+            &cfg.listen_url,
+            &format!("ragctl-worker-{}", cfg.kind),
+            &[JOBS_CHANNEL],
+        ),
+        queue_tx,
+        shutdown,
+    );
+    let kind = cfg.kind.as_str();
+    let wake_task = tokio::spawn(async move {
+        while let Some(item) = queue_rx.recv().await {
+            match item {
+                ListenItem::Notification(n) if n.payload == kind => wake.notify_one(),
+                // After a gap we may have missed a wake-up: look anyway.
+                ListenItem::Gap(_) => wake.notify_one(),
+                ListenItem::Notification(_) => {}
+            }
+        }
+    });
+    (listen_task, wake_task)
+}
+
+/// No due job: a retry in backoff has no NOTIFY to announce it, so sleep
+/// until the earliest due job, the poll interval, or a wake-up.
+async fn idle(pool: &Pool, cfg: &WorkerConfig, wake: &Notify, shutdown: &CancellationToken) {
+    let nap = match pool.get().await {
+        Ok(c) => jobs::next_due_in(&c, cfg.kind).await.ok().flatten(),
+        Err(_) => None,
+    }
+    .map_or(cfg.poll, |due| due.min(cfg.poll));
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = wake.notified() => {}
+        _ = tokio::time::sleep(nap) => {}
+    }
+}
+
+/// A job whose lease ran out: the attempt that held it ended without a
+/// result (its worker died, or lost the database for a whole lease). It
+/// counts as a failed attempt, so that a file that kills its worker ends
+/// `failed` after the retries instead of taking workers down forever.
+async fn take_over(pool: &Pool, events: &Publisher, cfg: &WorkerConfig, job: &Job) {
+    tracing::warn!(job_id = %job.id, "took over a job whose lease ran out");
+    metrics::counter!("ragctl_jobs_reclaimed_total", "kind" => cfg.kind.as_str()).increment(1);
+    match finish_failure(pool, cfg, job, &JobError::LeaseLapsed).await {
+        Ok(published) => {
+            for out in published {
+                events.emit_outgoing(out).await;
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "could not record the lapsed attempt"),
+    }
+}
+
 async fn process(
     pool: &Pool,
     events: &Publisher,
@@ -174,58 +184,12 @@ async fn process(
     shutdown: &CancellationToken,
 ) {
     events
-        .emit(
-            job.user_id,
-            EventType::JobStatusUpdated,
-            job.status_payload(),
-        )
+        .emit_payload(job.user_id, &JobStatusUpdated::from(&job))
         .await;
-    let working = match cfg.kind {
-        JobKind::Parse => "parsing",
-        JobKind::Ingest => "ingesting",
-    };
-    match set_document_status(pool, job.document_id, working, None).await {
-        Ok(Some((doc, true))) => {
-            events
-                .emit(
-                    doc.user_id,
-                    EventType::DocumentStatusUpdated,
-                    doc.status_payload(),
-                )
-                .await
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "could not mark document {working}"),
-    }
-
+    mark_working(pool, events, cfg, &job).await;
     // Renew the lease while the work runs; losing it cancels the work.
     let lost = CancellationToken::new();
-    let renewer = {
-        let (pool, owner, lost) = (pool.clone(), cfg.owner.clone(), lost.clone());
-        let (id, lease) = (job.id, cfg.lease);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(lease / 3);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let renewed = match pool.get().await {
-                    Ok(c) => jobs::renew(&c, id, &owner, lease.as_secs_f64()).await,
-                    Err(e) => Err(e.into()),
-                };
-                match renewed {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(job_id = %id, "lease lost to another worker; abandoning");
-                        lost.cancel();
-                        return;
-                    }
-                    // A blip: keep trying until the lease itself runs out.
-                    Err(e) => tracing::warn!(job_id = %id, error = %e, "lease renewal failed"),
-                }
-            }
-        })
-    };
-
+    let renewer = spawn_renewer(pool, cfg, &job, lost.clone());
     let work = work(pool, cfg, &job);
     tokio::pin!(work);
     let result = tokio::select! {
@@ -244,26 +208,84 @@ async fn process(
         }
     };
     renewer.abort();
-    let Some(result) = result else { return };
+    if let Some(result) = result {
+        record(pool, events, cfg, &job, result).await;
+    }
+}
+
+/// Sets the document to the kind's working status (`parsing`, `ingesting`).
+async fn mark_working(pool: &Pool, events: &Publisher, cfg: &WorkerConfig, job: &Job) {
+    let working = cfg.kind.working_status();
+    match set_document_status(pool, job.document_id, working, None).await {
+        Ok(Some((doc, true))) => {
+            events
+                .emit_payload(doc.user_id, &DocumentStatusUpdated::from(&doc))
+                .await
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not mark document {working}"),
+    }
+}
+
+/// Renews the job's lease every third of it; cancels `lost` once another
+/// worker owns the job.
+fn spawn_renewer(
+    pool: &Pool,
+    cfg: &WorkerConfig,
+    job: &Job,
+    lost: CancellationToken,
+) -> JoinHandle<()> {
+    let (pool, owner) = (pool.clone(), cfg.owner.clone());
+    let (id, lease) = (job.id, cfg.lease);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(lease / 3);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let renewed = match pool.get().await {
+                Ok(c) => jobs::renew(&c, id, &owner, lease.as_secs_f64()).await,
+                Err(e) => Err(e.into()),
+            };
+            match renewed {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(job_id = %id, "lease lost to another worker; abandoning");
+                    lost.cancel();
+                    return;
+                }
+                // A blip: keep trying until the lease itself runs out.
+                Err(e) => tracing::warn!(job_id = %id, error = %e, "lease renewal failed"),
+            }
+        }
+    })
+}
+
+/// Commits the attempt's result, publishes its events, then starts the
+/// job it queued next, if any.
+async fn record(
+    pool: &Pool,
+    events: &Publisher,
+    cfg: &WorkerConfig,
+    job: &Job,
+    result: Result<Outcome, JobError>,
+) {
     let finished = match result {
-        Ok(outcome) => finish_success(pool, cfg, &job, outcome).await,
-        Err(error) => finish_failure(pool, cfg, &job, &error)
+        Ok(outcome) => finish_success(pool, cfg, job, outcome).await,
+        Err(error) => finish_failure(pool, cfg, job, &error)
             .await
             .map(|p| (p, None)),
     };
     match finished {
         Ok((published, next)) => {
-            for (user, kind, payload) in published {
-                events.emit(user, kind, payload).await;
+            for out in published {
+                events.emit_outgoing(out).await;
             }
             if let (Some(next), Ok(client)) = (next, pool.get().await) {
                 jobs::start(&client, &next).await;
             }
         }
-        Err(e) => {
-            // The lease will run out and another attempt will pick it up.
-            tracing::error!(error = %e, "could not record the job's result");
-        }
+        // The lease will run out and another attempt will pick it up.
+        Err(e) => tracing::error!(error = %e, "could not record the job's result"),
     }
 }
 
@@ -279,7 +301,7 @@ async fn work(pool: &Pool, cfg: &WorkerConfig, job: &Job) -> Result<Outcome, Job
             let doc = documents::get(&client, job.user_id, job.document_id)
                 .await?
                 .ok_or_else(gone)?;
-            let bytes = documents::blob(&client, job.document_id)
+            let bytes = blobs::read(&client, job.document_id)
                 .await?
                 .ok_or_else(|| JobError::Document("uploaded bytes are missing".into()))?;
             drop(client);
@@ -293,11 +315,9 @@ async fn work(pool: &Pool, cfg: &WorkerConfig, job: &Job) -> Result<Outcome, Job
             Ok(Outcome::Parsed(text))
         }
         JobKind::Ingest => {
-            let text = documents::text(&client, job.document_id)
-                .await?
-                .ok_or_else(|| {
-                    JobError::Document("no parsed text for this document; parse it first".into())
-                })?;
+            let text = texts::get(&client, job.document_id).await?.ok_or_else(|| {
+                JobError::Document("no parsed text for this document; parse it first".into())
+            })?;
             drop(client);
             let (size, overlap) = (cfg.chunk_size, cfg.chunk_overlap);
             let chunks =
@@ -312,161 +332,10 @@ async fn work(pool: &Pool, cfg: &WorkerConfig, job: &Job) -> Result<Outcome, Job
     }
 }
 
-type Published = Vec<(Uuid, EventType, serde_json::Value)>;
-
-/// Commits the result; returns the events to publish and the kind of job it
-/// queued next, if any.
-async fn finish_success(
-    pool: &Pool,
-    cfg: &WorkerConfig,
-    job: &Job,
-    outcome: Outcome,
-) -> Result<(Published, Option<Job>), DbError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let Some(done) = jobs::succeed(&tx, job.id, &cfg.owner).await? else {
-        tracing::warn!(job_id = %job.id, "job was taken over before it finished; result discarded");
-        return Ok((vec![], None));
-    };
-    let mut out: Published = vec![(
-        job.user_id,
-        EventType::JobStatusUpdated,
-        done.status_payload(),
-    )];
-    let doc = match outcome {
-        Outcome::Parsed(text) => {
-            tx.execute(
-                "INSERT INTO document_texts (document_id, content) VALUES ($1, $2)
-                 ON CONFLICT (document_id) DO UPDATE SET content = EXCLUDED.content, created_at = now()",
-                &[&job.document_id, &text],
-            )
-            .await?;
-            let doc = documents::set_status(&tx, job.document_id, "parsed", None).await?;
-            if let Some((d, _)) = &doc {
-                let next =
-                    jobs::enqueue(&tx, d, JobKind::Ingest, done.max_retries, cfg.embargo).await?;
-                tx.commit().await?;
-                out.push((
-                    job.user_id,
-                    EventType::DocumentStatusUpdated,
-                    d.status_payload(),
-                ));
-                out.push((
-                    job.user_id,
-                    EventType::JobStatusUpdated,
-                    next.status_payload(),
-                ));
-                return Ok((out, Some(next)));
-            }
-            tx.commit().await?;
-            doc
-        }
-        Outcome::Chunks(chunks) => {
-            tx.execute(
-                "DELETE FROM chunks WHERE document_id = $1",
-                &[&job.document_id],
-            )
-            .await?;
-            let ids: Vec<Uuid> = chunks.iter().map(|_| Uuid::new_v4()).collect();
-            let idx: Vec<i32> = (0..chunks.len() as i32).collect();
-            tx.execute(
-                "INSERT INTO chunks (id, document_id, user_id, chunk_index, content)
-                 SELECT id, $2, $3, i, c FROM unnest($1::uuid[], $4::int[], $5::text[]) AS t(id, i, c)",
-                &[&ids, &job.document_id, &job.user_id, &idx, &chunks],
-            )
-            .await?;
-            let doc = documents::set_status(&tx, job.document_id, "ingested", None).await?;
-            tx.commit().await?;
-            doc
-        }
-    };
-    if let Some((doc, _)) = doc {
-        out.push((
-            job.user_id,
-            EventType::DocumentStatusUpdated,
-            doc.status_payload(),
-        ));
-    }
-    Ok((out, None))
-}
-
-/// The error recorded for an attempt whose lease ran out.
-pub const LEASE_LAPSED: &str =
-    "the worker running this attempt stopped before finishing (its lease expired)";
-
-async fn finish_failure(
-    pool: &Pool,
-    cfg: &WorkerConfig,
-    job: &Job,
-    error: &JobError,
-) -> Result<Published, DbError> {
-    let message: String = error.to_string().chars().take(1000).collect();
-    let retry = error.is_transient() || cfg.retry_all_failures;
-    tracing::warn!(error = %message, retry, retry_count = job.retry_count, "job attempt failed");
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let Some(after) = jobs::fail(
-        &tx,
-        job.id,
-        &cfg.owner,
-        &message,
-        jobs::Retry {
-            allowed: retry,
-            backoff_secs: cfg.retry_backoff.as_secs_f64(),
-        },
-    )
-    .await?
-    else {
-        tracing::warn!(job_id = %job.id, "job was taken over before it failed; nothing recorded");
-        return Ok(vec![]);
-    };
-    let doc = if after.status == "failed" {
-        documents::set_status(&tx, job.document_id, "error", Some(&message))
-            .await?
-            .map(|(d, _)| d)
-    } else {
-        None
-    };
-    tx.commit().await?;
-    metrics::counter!("ragctl_job_failures_total", "kind" => cfg.kind.as_str(), "final" => (after.status == "failed").to_string()).increment(1);
-    let mut out: Published = vec![(
-        job.user_id,
-        EventType::JobStatusUpdated,
-        after.status_payload(),
-    )];
-    if let Some(doc) = doc {
-        out.push((
-            job.user_id,
-            EventType::DocumentStatusUpdated,
-            doc.status_payload(),
-        ));
-    }
-    Ok(out)
-}
-
-async fn release(pool: &Pool, events: &Publisher, cfg: &WorkerConfig, job: &Job) {
-    let released = match pool.get().await {
-        Ok(c) => jobs::release(&c, job.id, &cfg.owner).await,
-        Err(e) => Err(e.into()),
-    };
-    match released {
-        Ok(Some(j)) => {
-            tracing::info!(job_id = %job.id, "job handed back to the queue");
-            events
-                .emit(j.user_id, EventType::JobStatusUpdated, j.status_payload())
-                .await;
-        }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::error!(job_id = %job.id, error = %e, "could not hand the job back; its lease will expire")
-        }
-    }
-}
-
 async fn set_document_status(
     pool: &Pool,
     id: Uuid,
-    status: &str,
+    status: DocumentStatus,
     error: Option<&str>,
 ) -> Result<Option<(Document, bool)>, DbError> {
     let client = pool.get().await?;

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::RuntimeOpts;
-use crate::db::listener::Backoff;
+use crate::backoff::Backoff;
 
 /// Pool size passed to the worker children: a worker holds a connection
 /// for its job, one to renew the lease and one to publish, so it needs far

@@ -26,8 +26,8 @@ use uuid::Uuid;
 
 use super::Failure;
 use super::term_style::color_for;
+use crate::backoff::Backoff;
 use crate::config::{ConnectOpts, parse_duration};
-use crate::db::listener::Backoff;
 use dial::{Dialer, Socket, close_politely, io_detail};
 use expect::{Expectation, Matcher};
 use print::Style;

@@ -1,0 +1,76 @@
+//! The database error type and the server's message for a PostgreSQL
+//! error. A leaf: everything that talks to PostgreSQL (db, events, the CLI
+//! tools) uses it, and it imports nothing from the crate.
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid database URL: {0}")]
+    Url(String),
+    #[error("cannot connect to PostgreSQL at {target}: {detail}")]
+    Connect { target: String, detail: String },
+    #[error("database pool: {0}")]
+    Pool(String),
+    #[error("migration failed: {0}")]
+    Migrate(String),
+    /// The query failed; the error keeps its SQLSTATE ([`DbError::code`]),
+    /// which the API maps to a status.
+    #[error("database error: {}", error_text(.0))]
+    Query(#[source] tokio_postgres::Error),
+    /// The statement ran longer than the connection's `statement_timeout`.
+    #[error("query timed out: {}", error_text(.0))]
+    Timeout(#[source] tokio_postgres::Error),
+    /// A value the database cannot take, refused before it is sent.
+    #[error("{0}")]
+    Input(String),
+}
+
+impl DbError {
+    /// The SQLSTATE of a failed query, if the server sent one.
+    pub fn code(&self) -> Option<&tokio_postgres::error::SqlState> {
+        match self {
+            DbError::Query(e) | DbError::Timeout(e) => e.code(),
+            _ => None,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // 57014 is also a cancel request; only the timeout says so.
+        if e.code() == Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+            && error_text(&e).contains("statement timeout")
+        {
+            DbError::Timeout(e)
+        } else {
+            DbError::Query(e)
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for DbError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        DbError::Pool(e.to_string())
+    }
+}
+
+/// The server's message for a database error, which the Display of
+/// `tokio_postgres::Error` hides behind "db error".
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => match std::error::Error::source(e) {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+pub(super) fn pool_error_text(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(pg) => error_text(pg),
+        other => other.to_string(),
+    }
+}
