@@ -19,6 +19,8 @@
 //! - [`auth`]: Supabase-style JWTs.
 //! - [`backoff`]: exponential backoff with jitter, for every reconnect loop.
 //! - [`cli`]: the `ragctl` subcommands and the error handler at the edge.
+//! - [`harness`]: the `serve --ready-file` line and scratch databases, for
+//!   tests, `ragctl bench` and scripts that start a server.
 
 pub mod api;
 pub mod auth;

@@ -9,8 +9,8 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::RuntimeOpts;
 use crate::backoff::Backoff;
+use crate::config::RuntimeOpts;
 
 /// Pool size passed to the worker children: a worker holds a connection
 /// for its job, one to renew the lease and one to publish, so it needs far
