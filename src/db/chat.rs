@@ -155,16 +155,16 @@ pub async fn messages(
     user_id: Uuid,
     conversation_id: Uuid,
 ) -> Result<Vec<Message>, DbError> {
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND user_id = $2
-                 ORDER BY created_at, id"
-            ),
-            &[&conversation_id, &user_id],
-        )
-        .await?;
-    Ok(rows.iter().map(Message::from_row).collect())
+    super::query_all(
+        client,
+        &format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND user_id = $2
+             ORDER BY created_at, id"
+        ),
+        &[&conversation_id, &user_id],
+        Message::from_row,
+    )
+    .await
 }
 
 /// A retrieved chunk with where it came from.

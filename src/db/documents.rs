@@ -74,15 +74,13 @@ pub(crate) async fn insert(
 }
 
 pub async fn list(client: &impl GenericClient, user_id: Uuid) -> Result<Vec<Document>, DbError> {
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {COLUMNS} FROM documents WHERE user_id = $1 ORDER BY created_at DESC, id"
-            ),
-            &[&user_id],
-        )
-        .await?;
-    Ok(rows.iter().map(Document::from_row).collect())
+    super::query_all(
+        client,
+        &format!("SELECT {COLUMNS} FROM documents WHERE user_id = $1 ORDER BY created_at DESC, id"),
+        &[&user_id],
+        Document::from_row,
+    )
+    .await
 }
 
 pub async fn get(

@@ -334,14 +334,14 @@ pub async fn for_document(
     user_id: Uuid,
     document_id: Uuid,
 ) -> Result<Vec<Job>, DbError> {
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {COLUMNS} FROM jobs WHERE document_id = $1 AND user_id = $2
-                 ORDER BY created_at, id"
-            ),
-            &[&document_id, &user_id],
-        )
-        .await?;
-    Ok(rows.iter().map(Job::from_row).collect())
+    super::query_all(
+        client,
+        &format!(
+            "SELECT {COLUMNS} FROM jobs WHERE document_id = $1 AND user_id = $2
+             ORDER BY created_at, id"
+        ),
+        &[&document_id, &user_id],
+        Job::from_row,
+    )
+    .await
 }

@@ -24,6 +24,18 @@ use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, Recycling
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Socket};
 
+/// Every row of `sql`, each mapped by `from_row`: the shape of the list
+/// queries of each table.
+pub(crate) async fn query_all<T>(
+    client: &impl deadpool_postgres::GenericClient,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    from_row: fn(&tokio_postgres::Row) -> T,
+) -> Result<Vec<T>, DbError> {
+    let rows = client.query(sql, params).await?;
+    Ok(rows.iter().map(from_row).collect())
+}
+
 mod embedded_migrations {
     refinery::embed_migrations!("migrations");
 }

@@ -16,6 +16,8 @@ pub use payloads::{
     Outgoing, Payload,
 };
 pub use publish::{LocalDelivery, PublishError, Publisher};
+#[cfg(test)]
+pub(crate) use wire::malformed_variants;
 pub use wire::{
     DropReason, Envelope, FRAGMENT_CHUNK_BYTES, Frame, GroupProgress, MAX_ENVELOPE_BYTES,
     MAX_NOTIFY_BYTES, Reassembler, WireMessage, decode, encode_notifications,

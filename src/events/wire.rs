@@ -314,6 +314,40 @@ impl Reassembler {
     }
 }
 
+/// One malformed variant of `good` (a valid envelope, as JSON) per drop
+/// reason, in `DropReason` order: the cases the router's and the tap's tests
+/// both check.
+#[cfg(test)]
+pub(crate) fn malformed_variants(
+    good: &serde_json::Value,
+    frag_id: Uuid,
+) -> Vec<(String, DropReason)> {
+    use serde_json::json;
+    let with = |k: &str, v: serde_json::Value| {
+        let mut g = good.clone();
+        g[k] = v;
+        g.to_string()
+    };
+    vec![
+        ("not json".to_string(), DropReason::NotJson),
+        (with("v", json!(2)), DropReason::UnknownVersion),
+        (with("user_id", json!("nope")), DropReason::BadUserId),
+        (
+            with("type", json!("document.deleted")),
+            DropReason::UnknownType,
+        ),
+        (
+            with("payload", json!({"status": "parsed"})),
+            DropReason::BadPayload,
+        ),
+        (with("ts", json!("yesterday")), DropReason::BadEnvelope),
+        (
+            json!({"v": 1, "frag": {"id": frag_id, "seq": 3, "total": 2}, "data": ""}).to_string(),
+            DropReason::BadFragment,
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,30 +428,8 @@ mod tests {
     fn each_malformed_payload_has_its_reason() {
         let user = Uuid::new_v4();
         let good: Value = serde_json::to_value(doc_status(user, "x")).unwrap();
-        let with = |k: &str, v: Value| {
-            let mut g = good.clone();
-            g[k] = v;
-            g.to_string()
-        };
-        let cases = [
-            ("not json".to_string(), DropReason::NotJson),
-            ("[1,2]".to_string(), DropReason::NotJson),
-            (with("v", json!(2)), DropReason::UnknownVersion),
-            (with("user_id", json!("nope")), DropReason::BadUserId),
-            (
-                with("type", json!("document.deleted")),
-                DropReason::UnknownType,
-            ),
-            (
-                with("payload", json!({"status": "parsed"})),
-                DropReason::BadPayload,
-            ),
-            (with("ts", json!("yesterday")), DropReason::BadEnvelope),
-            (
-                json!({"v":1,"frag":{"id":Uuid::new_v4(),"seq":3,"total":2},"data":""}).to_string(),
-                DropReason::BadFragment,
-            ),
-        ];
+        let mut cases = malformed_variants(&good, Uuid::new_v4());
+        cases.push(("[1,2]".to_string(), DropReason::NotJson));
         for (payload, reason) in cases {
             assert_eq!(decode(&payload).unwrap_err(), reason, "{payload}");
         }

@@ -387,29 +387,7 @@ fn ring_buffer_evicts_oldest_and_counts_drops() {
 #[test]
 fn invalid_payloads_keep_their_reason() {
     let good = serde_json::to_value(envelope(1, USER_A, EventType::DocumentStatusUpdated)).unwrap();
-    let with = |k: &str, v: Value| {
-        let mut g = good.clone();
-        g[k] = v;
-        g.to_string()
-    };
-    let cases = [
-        ("not json".to_string(), DropReason::NotJson),
-        (with("v", json!(2)), DropReason::UnknownVersion),
-        (with("user_id", json!("nope")), DropReason::BadUserId),
-        (
-            with("type", json!("document.deleted")),
-            DropReason::UnknownType,
-        ),
-        (
-            with("payload", json!({"status": "parsed"})),
-            DropReason::BadPayload,
-        ),
-        (with("ts", json!("yesterday")), DropReason::BadEnvelope),
-        (
-            json!({"v": 1, "frag": {"id": DOC, "seq": 3, "total": 2}, "data": ""}).to_string(),
-            DropReason::BadFragment,
-        ),
-    ];
+    let cases = crate::events::malformed_variants(&good, DOC);
     let mut app = app();
     for (payload, _) in &cases {
         update(&mut app, note(payload.clone(), at(5)));
