@@ -154,14 +154,7 @@ async fn with_realtime_off_everything_else_works() {
     }
     let doc = upload(&api, user, "handbook.html").await;
     wait_status(&api, user, doc["id"].as_str().unwrap(), "ingested").await;
-    let ready: Value = http()
-        .get(format!("{}/readyz", api.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ready) = api.readyz().await;
     assert_eq!(ready["realtime"]["enabled"], false);
 }
 
@@ -192,14 +185,7 @@ async fn a_killed_listener_reconnects_and_resyncs() {
         .await;
     assert_eq!(resync["payload"]["reason"], "listener_reconnected");
     api.wait_ready().await;
-    let ready: Value = http()
-        .get(format!("{}/readyz", api.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ready) = api.readyz().await;
     assert!(
         ready["realtime"]["reconnects"].as_u64().unwrap() >= 1,
         "{ready}"

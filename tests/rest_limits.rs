@@ -463,13 +463,8 @@ async fn readyz_is_not_ready_while_the_pool_is_exhausted() {
     }
     wait_searches(&db, 2).await;
 
-    let r = http()
-        .get(format!("{}/readyz", api.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    let body: Value = r.json().await.unwrap();
+    let (status, body) = api.readyz().await;
+    assert_eq!(status, 503);
     assert_eq!(body["ready"], false, "{body}");
     assert_eq!(body["pool"]["max_size"], 2, "{body}");
     assert_eq!(body["pool"]["available"], 0, "{body}");
@@ -488,14 +483,7 @@ async fn readyz_is_not_ready_while_the_pool_is_exhausted() {
         assert_eq!(r.status, 201, "{}", r.body);
     }
     api.wait_ready().await;
-    let body: Value = http()
-        .get(format!("{}/readyz", api.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, body) = api.readyz().await;
     assert_eq!(body["ready"], true, "{body}");
 }
 

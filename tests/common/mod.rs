@@ -549,6 +549,17 @@ pub fn doc_status(user: Uuid, doc: Uuid, status: &str) -> ragctl::events::Envelo
 }
 
 impl Api {
+    /// `GET /readyz`: its status and JSON body.
+    pub async fn readyz(&self) -> (u16, Value) {
+        let r = http()
+            .get(format!("{}/readyz", self.url))
+            .send()
+            .await
+            .expect("GET /readyz");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("readyz answers JSON"))
+    }
+
     /// The server's /metrics text.
     pub async fn metrics(&self) -> String {
         http()
