@@ -84,12 +84,16 @@ fn app() -> App {
     app_with(&opts()).0
 }
 
-fn note(payload: impl Into<String>, received_at: DateTime<Utc>) -> Msg {
-    Msg::Input(Input::Notification {
+fn notification(payload: impl Into<String>, received_at: DateTime<Utc>) -> Input {
+    Input::Notification {
         channel: "rag_events".into(),
         payload: payload.into(),
         received_at,
-    })
+    }
+}
+
+fn note(payload: impl Into<String>, received_at: DateTime<Utc>) -> Msg {
+    Msg::Input(notification(payload, received_at))
 }
 
 /// Publishes `env` as it would arrive, `delay_ms` after its `ts`.
@@ -868,37 +872,15 @@ async fn jsonl_mode_prints_one_object_per_notification() {
         .await
         .unwrap();
     for p in encode_notifications(&first).unwrap() {
-        tx.send(Input::Notification {
-            channel: "rag_events".into(),
-            payload: p,
-            received_at: at(1_010),
-        })
-        .await
-        .unwrap();
+        tx.send(notification(p, at(1_010))).await.unwrap();
     }
-    tx.send(Input::Notification {
-        channel: "rag_events".into(),
-        payload: "{\"v\":9}".into(),
-        received_at: at(1_500),
-    })
-    .await
-    .unwrap();
+    tx.send(notification("{\"v\":9}", at(1_500))).await.unwrap();
     for p in encode_notifications(&big).unwrap() {
-        tx.send(Input::Notification {
-            channel: "rag_events".into(),
-            payload: p,
-            received_at: at(2_020),
-        })
+        tx.send(notification(p, at(2_020))).await.unwrap();
+    }
+    tx.send(notification("never read: --count stops first", at(3_000)))
         .await
         .unwrap();
-    }
-    tx.send(Input::Notification {
-        channel: "rag_events".into(),
-        payload: "never read: --count stops first".into(),
-        received_at: at(3_000),
-    })
-    .await
-    .unwrap();
     let mut out = Vec::new();
     run_jsonl(rx, &mut out, Some(3)).await.unwrap();
     let text = String::from_utf8(out).unwrap();
@@ -948,13 +930,7 @@ async fn jsonl_mode_prints_one_object_per_notification() {
 #[tokio::test]
 async fn jsonl_mode_ends_with_the_channel_and_quietly_on_broken_pipe() {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(Input::Notification {
-        channel: "rag_events".into(),
-        payload: "x".into(),
-        received_at: t0(),
-    })
-    .await
-    .unwrap();
+    tx.send(notification("x", t0())).await.unwrap();
     drop(tx);
     let mut out = Vec::new();
     run_jsonl(rx, &mut out, None).await.unwrap();
@@ -970,13 +946,7 @@ async fn jsonl_mode_ends_with_the_channel_and_quietly_on_broken_pipe() {
         }
     }
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(Input::Notification {
-        channel: "rag_events".into(),
-        payload: "x".into(),
-        received_at: t0(),
-    })
-    .await
-    .unwrap();
+    tx.send(notification("x", t0())).await.unwrap();
     let result = run_jsonl(rx, Closed, None).await;
     assert!(result.is_ok(), "{result:?}");
     drop(tx);
@@ -991,13 +961,7 @@ async fn jsonl_mode_ends_with_the_channel_and_quietly_on_broken_pipe() {
         }
     }
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(Input::Notification {
-        channel: "rag_events".into(),
-        payload: "x".into(),
-        received_at: t0(),
-    })
-    .await
-    .unwrap();
+    tx.send(notification("x", t0())).await.unwrap();
     let err = run_jsonl(rx, Full, None).await.unwrap_err();
     assert!(err.to_string().contains("disk full"), "{err}");
 }
