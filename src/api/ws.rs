@@ -16,6 +16,7 @@
 
 mod close;
 mod handshake;
+mod resume;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +41,10 @@ use super::AppState;
 use super::error::ApiError;
 use crate::auth::AuthUser;
 use crate::bridge::{CLOSE_SLOW_CONSUMER, ConnGuard, ControlWriter, Outlet};
+use crate::events::resume::Cursor;
 use close::Ending;
 pub use handshake::{Credentials, Upgrade, credentials};
+use resume::HELD_EVENTS;
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
@@ -60,6 +63,9 @@ pub struct WsConfig {
     pub max_connections: usize,
     /// Largest frame a client may send (clients only send control frames).
     pub max_client_frame: usize,
+    /// Most state frames a resuming socket (`?since=`) is sent before
+    /// `realtime.resync` replaces the rest.
+    pub max_catchup: usize,
 }
 
 impl Default for WsConfig {
@@ -71,6 +77,7 @@ impl Default for WsConfig {
             write_timeout: Duration::from_secs(10),
             max_connections: 50_000,
             max_client_frame: 4096,
+            max_catchup: 10_000,
         }
     }
 }
@@ -79,6 +86,7 @@ impl Default for WsConfig {
 pub struct WsQuery {
     token: Option<String>,
     resync: Option<String>,
+    since: Option<String>,
 }
 
 pub async fn handler(
@@ -101,6 +109,18 @@ pub async fn handler(
         )
         .into_response();
     };
+    let since = match query
+        .since
+        .as_deref()
+        .map(|s| Cursor::parse(s, chrono::Utc::now()))
+    {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            return ApiError::new(StatusCode::BAD_REQUEST, "invalid_cursor", e.to_string())
+                .into_response();
+        }
+    };
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
@@ -117,6 +137,7 @@ pub async fn handler(
     let cfg = state.ws.clone();
     let Upgrade { key, on_upgrade } = upgrade;
     let shutdown = state.shutdown.clone();
+    let pool = state.pool.clone();
     let socket = state.sockets.track_future(async move {
         // Resolves once the 101 response below has been written.
         let upgraded = match on_upgrade.await {
@@ -127,7 +148,10 @@ pub async fn handler(
             }
         };
         let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-        let conn = hub.register(user.user_id, resync, Box::pin(write));
+        let conn = match since {
+            Some(_) => hub.register_holding(user.user_id, resync, Box::pin(write), HELD_EVENTS),
+            None => hub.register(user.user_id, resync, Box::pin(write)),
+        };
         let io = tokio::io::join(read, ControlWriter(conn.outlet.clone()));
         let config = WebSocketConfig::default()
             .max_message_size(Some(cfg.max_client_frame))
@@ -135,6 +159,9 @@ pub async fn handler(
             .read_buffer_size(4096)
             .write_buffer_size(0);
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        if let Some(since) = since {
+            resume::catch_up(&pool, user.user_id, since, &conn, &cfg, &shutdown).await;
+        }
         serve_socket(ws, conn, user, cfg, shutdown).await;
         drop(permit);
     });

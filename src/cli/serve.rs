@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// the API port.
     #[arg(long, env = "RAG_METRICS_ADDR")]
     pub metrics_addr: Option<String>,
+    /// Most state frames a resuming WebSocket (`/ws?since=`) is sent
+    /// before `realtime.resync` replaces the rest.
+    #[arg(long, env = "RAG_MAX_CATCHUP", default_value_t = 10_000)]
+    pub max_catchup: usize,
     #[command(flatten)]
     pub runtime: RuntimeOpts,
     #[command(flatten)]
@@ -283,6 +287,7 @@ async fn serve(
                     .max(1),
             ),
             max_connections: budget.websockets,
+            max_catchup: args.max_catchup,
             ..WsConfig::default()
         },
         ws_permits: Arc::new(Semaphore::new(budget.websockets)),
