@@ -352,3 +352,46 @@ async fn without_since_the_stream_is_as_before() {
     assert_eq!(resumed.frames[0]["type"], "realtime.caught_up");
     assert_eq!(plain.frames, resumed.frames[1..]);
 }
+
+/// `ws-client --reconnect` resumes from the last cursor it saw: a change
+/// that publishes no event (plain SQL) reaches it through the catch-up of
+/// its next connection (its 2 s token expires, the server closes, 4001).
+#[tokio::test]
+async fn ws_client_reconnects_from_its_last_cursor() {
+    let db = TestDb::new();
+    let api = Api::start(&db, &[], &[]).await;
+    let user = Uuid::new_v4();
+    let doc = upload_text(&api, user, 0).await;
+    let user_arg = user.to_string();
+    let parsed = format!("document.status_updated document_id={doc} status=parsed");
+    let args = [
+        "ws-client",
+        "--url",
+        &api.url,
+        "--user",
+        &user_arg,
+        "--ttl",
+        "2s",
+        "--reconnect",
+        "--since",
+        "2000-01-01T00:00:00Z",
+        "--format",
+        "json",
+        "--timeout",
+        "60s",
+        "--expect",
+        "realtime.caught_up",
+        "--expect",
+        &parsed,
+    ];
+    let mut client = Proc::spawn("ws-client", &db.url, &args, &[]);
+    client.wait_line("expectation met (1/2)").await;
+    db.query(&format!(
+        "UPDATE documents SET status = 'parsed', updated_at = clock_timestamp() WHERE id = '{doc}'"
+    ))
+    .await;
+    let status = client.wait_exit().await;
+    assert!(status.success(), "ws-client log:\n{}", client.logs());
+    let log = client.logs();
+    assert!(log.matches("connected").count() >= 2, "{log}");
+}
