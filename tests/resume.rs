@@ -210,11 +210,36 @@ async fn a_client_that_was_away_resumes_to_the_state_rest_shows() {
 async fn a_transaction_committed_during_a_catch_up_is_not_missed() {
     let db = TestDb::new();
     let api = Api::start(&db, &[], &[]).await;
+    committed_during_a_catch_up_is_found(&db, &api).await;
+}
+
+/// A login role, dropped at the end (declare it before the databases it owns).
+struct Role(String);
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        admin(&format!("DROP ROLE IF EXISTS {}", self.0));
+    }
+}
+
+/// The API's role cannot read the writer's `xact_start` (another role, no
+/// `pg_read_all_stats`): the fixed margin covers the open transaction.
+#[tokio::test]
+async fn a_hidden_transaction_is_covered_by_the_margin() {
+    let role = Role(format!("ragctl_resume_{}", Uuid::new_v4().simple()));
+    admin(&format!("CREATE ROLE {} LOGIN", role.0));
+    let db = TestDb::owned_by(Some(&role.0));
+    let api = Api::start_url(&db.url_as(&role.0), &[], &[]).await;
+    committed_during_a_catch_up_is_found(&db, &api).await;
+}
+
+/// The writer connects as the database's superuser (`db.url`).
+async fn committed_during_a_catch_up_is_found(db: &TestDb, api: &Api) {
     let user = Uuid::new_v4();
-    let conv = new_conversation(&api, user, None).await;
-    let doc = upload_text(&api, user, 0).await;
+    let conv = new_conversation(api, user, None).await;
+    let doc = upload_text(api, user, 0).await;
     let mut held = Holding::default();
-    let cursor = resume_into(&api, user, "2000-01-01T00:00:00Z", &mut held).await;
+    let cursor = resume_into(api, user, "2000-01-01T00:00:00Z", &mut held).await;
 
     let (writer, conn) = ragctl::db::connect(&db.url, "ragctl-test-writer")
         .await
@@ -230,7 +255,7 @@ async fn a_transaction_committed_during_a_catch_up_is_not_missed() {
         .unwrap();
     // Older than the cursor margin by the time the catch-up runs.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (_live, frames, end) = resume(&api, user, &cursor).await;
+    let (_live, frames, end) = resume(api, user, &cursor).await;
     assert_eq!(end["type"], "realtime.caught_up");
     assert!(
         frames.iter().all(|f| f["payload"]["status"] != "parsed"),
@@ -245,9 +270,9 @@ async fn a_transaction_committed_during_a_catch_up_is_not_missed() {
     drop(writer);
     let _ = conn.await;
 
-    let _ = resume_into(&api, user, &next, &mut held).await;
+    let _ = resume_into(api, user, &next, &mut held).await;
     assert_eq!(held.docs[&doc]["status"], "parsed");
-    assert_holds_rest(&api, user, &held, &conv).await;
+    assert_holds_rest(api, user, &held, &conv).await;
 }
 
 async fn status_of(api: &Api, user: Uuid, since: &str) -> (u16, Value) {
