@@ -75,9 +75,18 @@ impl Cursor {
     }
 }
 
-/// Which entity a frame is the state of, and as of when: a frame whose
-/// key was already sent at the same or a newer stamp adds nothing.
-pub type StateKey = (EventType, Uuid);
+/// Which entity (document, job or message, and its id) a frame is the
+/// state of: a frame whose entity was already sent at the same or a newer
+/// stamp adds nothing (a late `created` included).
+pub type StateKey = (&'static str, Uuid);
+
+fn entity(kind: EventType) -> &'static str {
+    match kind {
+        EventType::DocumentCreated | EventType::DocumentStatusUpdated => "document",
+        EventType::JobStatusUpdated => "job",
+        EventType::MessageCreated | EventType::MessageStatusUpdated => "message",
+    }
+}
 
 /// One catch-up frame, ready to write.
 pub struct StateFrame {
@@ -89,7 +98,7 @@ pub struct StateFrame {
 fn frame<P: Payload>(id: Uuid, at: DateTime<Utc>, payload: &P) -> StateFrame {
     let out = Outgoing::new(Uuid::nil(), payload);
     StateFrame {
-        key: (P::TYPE, id),
+        key: (entity(P::TYPE), id),
         at,
         text: frame_text(P::TYPE, &out.payload),
     }
@@ -144,7 +153,7 @@ pub fn state_of(env: &Envelope) -> Option<(StateKey, DateTime<Utc>)> {
     };
     let id = env.payload.get(id)?.as_str()?.parse().ok()?;
     let at = env.payload.get(at)?.as_str()?.parse().ok()?;
-    Some(((env.kind, id), at))
+    Some(((entity(env.kind), id), at))
 }
 
 /// The newest stamp sent per entity during a catch-up.
@@ -166,6 +175,72 @@ impl Sent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::documents::Document;
+    use crate::db::status::DocumentStatus;
+    use serde_json::json;
+
+    fn doc(created: DateTime<Utc>, updated: DateTime<Utc>) -> Document {
+        Document {
+            id: Uuid::new_v4(),
+            user_id: Uuid::new_v4(),
+            filename: "a.txt".into(),
+            mime_type: "text/plain".into(),
+            size_bytes: 1,
+            status: DocumentStatus::Parsed,
+            error_message: None,
+            created_at: created,
+            updated_at: updated,
+        }
+    }
+
+    #[test]
+    fn frames_are_created_then_updated_oldest_first_and_cover_older_live_events() {
+        let t = |s: i64| DateTime::from_timestamp(1_795_000_000 + s, 0).unwrap();
+        let (old, fresh, untouched) = (doc(t(0), t(30)), doc(t(10), t(20)), doc(t(15), t(15)));
+        let changes = Changes {
+            documents: vec![fresh.clone(), untouched.clone(), old.clone()],
+            ..Changes::default()
+        };
+        let frames = catch_up_frames(&changes, t(5));
+        let got: Vec<(Uuid, &str)> = frames
+            .iter()
+            .map(|f| {
+                let v: Value = serde_json::from_str(&f.text).unwrap();
+                (
+                    f.key.1,
+                    if v["type"] == "document.created" {
+                        "c"
+                    } else {
+                        "u"
+                    },
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (fresh.id, "c"),
+                (untouched.id, "c"),
+                (fresh.id, "u"),
+                (old.id, "u")
+            ]
+        );
+        let mut sent = Sent::default();
+        for f in &frames {
+            sent.note(f.key, f.at);
+        }
+        let live = |kind, at: DateTime<Utc>| {
+            Envelope::new(
+                Uuid::nil(),
+                kind,
+                json!({"document_id": fresh.id, "status": "parsing", "updated_at": at, "created_at": at}),
+                "test",
+            )
+        };
+        assert!(sent.covers(&live(EventType::DocumentStatusUpdated, t(20))));
+        assert!(sent.covers(&live(EventType::DocumentCreated, t(10))));
+        assert!(!sent.covers(&live(EventType::DocumentStatusUpdated, t(21))));
+    }
 
     #[test]
     fn both_cursor_forms_parse_and_bad_ones_are_refused() {
@@ -173,6 +248,8 @@ mod tests {
         let at = DateTime::from_timestamp_micros(1_795_000_000_123_456).unwrap();
         let c = Cursor(at);
         assert_eq!(Cursor::parse(&c.encode(), now), Ok(c));
+        let documented = Cursor("2026-11-28T10:00:00Z".parse().unwrap());
+        assert_eq!(documented.encode(), "AQAGYVM9XcgA", "docs/events.md");
         assert_eq!(
             Cursor::parse("2026-11-28T10:00:00.123456Z", now)
                 .unwrap()
