@@ -7,6 +7,9 @@
 //! resync through REST before reconnecting), and RFC 6455's 1002, 1007 and
 //! 1009 for a client that breaks the protocol (see `close`).
 //!
+//! `?since=<cursor>` resumes: the socket catches up on what changed since
+//! the cursor before it goes live (see `resume`).
+//!
 //! The upgrade is done here rather than through axum's `WebSocketUpgrade`
 //! because the bridge needs the socket's raw write half: the router writes
 //! event frames into it directly (see `bridge::Outlet`). tungstenite still
