@@ -7,6 +7,9 @@
 //! resync through REST before reconnecting), and RFC 6455's 1002, 1007 and
 //! 1009 for a client that breaks the protocol (see `close`).
 //!
+//! `?since=<cursor>` resumes: the socket catches up on what changed since
+//! the cursor before it goes live (see `resume`).
+//!
 //! The upgrade is done here rather than through axum's `WebSocketUpgrade`
 //! because the bridge needs the socket's raw write half: the router writes
 //! event frames into it directly (see `bridge::Outlet`). tungstenite still
@@ -16,6 +19,7 @@
 
 mod close;
 mod handshake;
+mod resume;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,8 +44,10 @@ use super::AppState;
 use super::error::ApiError;
 use crate::auth::AuthUser;
 use crate::bridge::{CLOSE_SLOW_CONSUMER, ConnGuard, ControlWriter, Outlet};
+use crate::events::resume::Cursor;
 use close::Ending;
 pub use handshake::{Credentials, Upgrade, credentials};
+use resume::HELD_EVENTS;
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
@@ -57,6 +63,9 @@ pub struct WsConfig {
     pub write_timeout: Duration,
     /// Largest frame a client may send (clients only send control frames).
     pub max_client_frame: usize,
+    /// Most state frames a resuming socket (`?since=`) is sent before
+    /// `realtime.resync` replaces the rest.
+    pub max_catchup: usize,
 }
 
 impl Default for WsConfig {
@@ -66,6 +75,7 @@ impl Default for WsConfig {
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
             max_client_frame: 4096,
+            max_catchup: 10_000,
         }
     }
 }
@@ -74,6 +84,7 @@ impl Default for WsConfig {
 pub struct WsQuery {
     token: Option<String>,
     resync: Option<String>,
+    since: Option<String>,
 }
 
 pub async fn handler(
@@ -96,6 +107,18 @@ pub async fn handler(
         )
         .into_response();
     };
+    let since = match query
+        .since
+        .as_deref()
+        .map(|s| Cursor::parse(s, chrono::Utc::now()))
+    {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            return ApiError::new(StatusCode::BAD_REQUEST, "invalid_cursor", e.to_string())
+                .into_response();
+        }
+    };
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
@@ -112,6 +135,7 @@ pub async fn handler(
     let cfg = state.ws.clone();
     let Upgrade { key, on_upgrade } = upgrade;
     let shutdown = state.shutdown.clone();
+    let pool = state.pool.clone();
     let socket = state.sockets.track_future(async move {
         // Resolves once the 101 response below has been written.
         let upgraded = match on_upgrade.await {
@@ -122,7 +146,10 @@ pub async fn handler(
             }
         };
         let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-        let conn = hub.register(user.user_id, resync, Box::pin(write));
+        let conn = match since {
+            Some(_) => hub.register_holding(user.user_id, resync, Box::pin(write), HELD_EVENTS),
+            None => hub.register(user.user_id, resync, Box::pin(write)),
+        };
         let io = tokio::io::join(read, ControlWriter(conn.outlet.clone()));
         let config = WebSocketConfig::default()
             .max_message_size(Some(cfg.max_client_frame))
@@ -130,6 +157,9 @@ pub async fn handler(
             .read_buffer_size(4096)
             .write_buffer_size(0);
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        if let Some(since) = since {
+            resume::catch_up(&pool, user.user_id, since, &conn, &cfg, &shutdown).await;
+        }
         serve_socket(ws, conn, user, cfg, shutdown).await;
         drop(permit);
     });

@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use uuid::Uuid;
 
+use super::hold::{Held, Hold};
 use super::outlet::{Chunk, Outlet, Pushed, Sink};
 use crate::events::{Envelope, Frame, LocalDelivery};
 
@@ -42,6 +43,8 @@ struct Entry {
     id: u64,
     outlet: Arc<Outlet>,
     resync: bool,
+    /// Set while the socket catches up (`?since=`).
+    hold: Option<Arc<Hold>>,
 }
 
 #[derive(Default)]
@@ -103,6 +106,8 @@ pub struct ConnGuard {
     /// The socket's write side; its `slow` token is cancelled when the
     /// queue overflowed, its `wake` notified when bytes wait to be flushed.
     pub outlet: Arc<Outlet>,
+    /// What the hub held for the socket while it catches up.
+    pub hold: Option<Arc<Hold>>,
 }
 
 impl Drop for ConnGuard {
@@ -113,8 +118,10 @@ impl Drop for ConnGuard {
 
 /// The frames of one delivery batch for one user: serialised once, written
 /// to each of the user's sockets as one chunk.
-struct UserBatch {
+struct UserBatch<'a> {
     sockets: Arc<[Entry]>,
+    /// For the sockets that hold (catching up).
+    envs: Vec<&'a Envelope>,
     bytes: BytesMut,
     frames: usize,
     stamps: Vec<DateTime<Utc>>,
@@ -142,12 +149,23 @@ impl Hub {
 
     /// Registers a socket of `user` whose raw byte stream is `sink`.
     pub fn register(&self, user: Uuid, resync: bool, sink: Sink) -> ConnGuard {
+        self.add(user, resync, sink, None)
+    }
+
+    /// Registers a socket that catches up first: what the hub delivers to
+    /// it is held (at most `hold` items) until released (`ConnGuard::hold`).
+    pub fn register_holding(&self, user: Uuid, resync: bool, sink: Sink, hold: usize) -> ConnGuard {
+        self.add(user, resync, sink, Some(Arc::new(Hold::new(hold))))
+    }
+
+    fn add(&self, user: Uuid, resync: bool, sink: Sink, hold: Option<Arc<Hold>>) -> ConnGuard {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let outlet = Arc::new(Outlet::new(sink, self.inner.queue));
         let entry = Entry {
             id,
             outlet: outlet.clone(),
             resync,
+            hold: hold.clone(),
         };
         let mut users = self.inner.users.write().expect("hub lock");
         let list = users.entry(user).or_insert_with(|| Arc::from([]));
@@ -157,6 +175,7 @@ impl Hub {
             user,
             id,
             outlet,
+            hold,
         }
     }
 
@@ -201,6 +220,7 @@ impl Hub {
                     Slot::Vacant(slot) => match users.get(&env.user_id) {
                         Some(sockets) => slot.insert(UserBatch {
                             sockets: sockets.clone(),
+                            envs: Vec::new(),
                             bytes: BytesMut::new(),
                             frames: 0,
                             stamps: Vec::new(),
@@ -214,6 +234,7 @@ impl Hub {
                 put_text_frame(&mut batch.bytes, &env.frame_text());
                 batch.frames += 1;
                 batch.stamps.push(env.ts);
+                batch.envs.push(env);
             }
         }
         for batch in batches.into_values() {
@@ -223,6 +244,11 @@ impl Hub {
                 stamps: batch.stamps.into(),
             };
             for entry in batch.sockets.iter() {
+                if let Some(hold) = &entry.hold
+                    && hold.take(batch.envs.iter().map(|e| Held::Event((*e).clone())))
+                {
+                    continue;
+                }
                 self.push(entry, chunk.clone());
             }
         }
@@ -257,6 +283,11 @@ impl Hub {
             all.filter(|e| e.resync).cloned().collect()
         };
         for entry in &opted {
+            if let Some(hold) = &entry.hold
+                && hold.take(std::iter::once(Held::Resync(reason.to_string())))
+            {
+                continue;
+            }
             if entry.outlet.push(chunk.clone()) == Pushed::Slow {
                 self.inner.counters.slow.increment(1);
             }
@@ -274,6 +305,7 @@ impl LocalDelivery for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bridge::Step;
     use crate::events::EventType;
     use futures_util::{FutureExt, StreamExt};
     use tokio::io::DuplexStream;
@@ -395,6 +427,39 @@ mod tests {
         hub.deliver(&[env(other_user)]);
         assert!(!fine.outlet.slow.is_cancelled());
         assert!(next_text(&mut ws_fine).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_holding_socket_gets_nothing_until_released_and_overflow_is_one_step() {
+        let hub = Hub::new(8);
+        let u = Uuid::new_v4();
+        let (server, client) = tokio::io::duplex(4096);
+        let (_read, write) = tokio::io::split(server);
+        let guard = hub.register_holding(u, true, Box::pin(write), 2);
+        let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        let hold = guard.hold.clone().expect("holding");
+        let (e1, e2) = (env(u), env(u));
+        hub.deliver(std::slice::from_ref(&e1));
+        hub.resync("listener_reconnected");
+        assert_eq!(next_text(&mut ws), None, "held, not written");
+        let Step::Items(items) = hold.release(10, || {}) else {
+            panic!("held items expected")
+        };
+        assert!(
+            matches!(&items[..], [Held::Event(a), Held::Resync(r)] if a.id == e1.id && r == "listener_reconnected")
+        );
+        hub.deliver(&[e2.clone(), env(u), env(u)]); // over the bound of 2
+        assert!(matches!(hold.release(10, || {}), Step::Overflowed));
+        let mut last_ran = false;
+        assert!(matches!(hold.release(10, || last_ran = true), Step::Live));
+        assert!(last_ran);
+        let e3 = env(u);
+        hub.deliver(std::slice::from_ref(&e3));
+        assert_eq!(
+            next_text(&mut ws),
+            Some(e3.frame_text()),
+            "live after release"
+        );
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@
 //! socket cannot take at once waits in its bounded queue for the socket's
 //! task, and a socket whose queue overflows is closed.
 
+mod hold;
 mod hub;
 mod outlet;
 
@@ -25,8 +26,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use hold::{Held, Hold, Step};
 pub use hub::{CLOSE_SLOW_CONSUMER, ConnGuard, Hub, HubStats, put_text_frame};
-pub use outlet::{ControlWriter, Outlet, Sink};
+pub use outlet::{Chunk, ControlWriter, Outlet, Pushed, Sink};
 
 /// Most notifications the router takes from its queue at once. Only what is
 /// already queued is taken, so a quiet bridge routes one event at a time;

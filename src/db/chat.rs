@@ -34,11 +34,11 @@ pub struct Message {
     pub updated_at: DateTime<Utc>,
 }
 
-const MESSAGE_COLUMNS: &str = "id, conversation_id, user_id, role, content, status, sources, \
+pub(crate) const MESSAGE_COLUMNS: &str = "id, conversation_id, user_id, role, content, status, sources, \
                                error_message, created_at, updated_at";
 
 impl Message {
-    fn from_row(r: &Row) -> Message {
+    pub(crate) fn from_row(r: &Row) -> Message {
         Message {
             id: r.get("id"),
             conversation_id: r.get("conversation_id"),

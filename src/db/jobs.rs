@@ -37,11 +37,11 @@ pub struct Job {
     pub updated_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "id, document_id, user_id, kind, status, retry_count, max_retries, \
+pub(crate) const COLUMNS: &str = "id, document_id, user_id, kind, status, retry_count, max_retries, \
                        error_message, run_after, created_at, updated_at";
 
 impl Job {
-    fn from_row(r: &Row) -> Job {
+    pub(crate) fn from_row(r: &Row) -> Job {
         Job {
             id: r.get("id"),
             document_id: r.get("document_id"),

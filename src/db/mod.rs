@@ -3,6 +3,7 @@
 //! domain table.
 
 pub mod blobs;
+pub mod changes;
 pub mod chat;
 pub mod chunks;
 pub mod documents;

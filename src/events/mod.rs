@@ -8,6 +8,7 @@
 mod contract;
 mod payloads;
 mod publish;
+pub mod resume;
 mod wire;
 
 pub use contract::{ContractError, EventType, Field, validate_payload};

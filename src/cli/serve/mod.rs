@@ -67,6 +67,10 @@ pub struct ServeArgs {
     /// on exit. For harnesses: no log parsing.
     #[arg(long, env = "RAG_READY_FILE")]
     pub ready_file: Option<std::path::PathBuf>,
+    /// Most state frames a resuming WebSocket (`/ws?since=`) is sent
+    /// before `realtime.resync` replaces the rest.
+    #[arg(long, env = "RAG_MAX_CATCHUP", default_value_t = 10_000)]
+    pub max_catchup: usize,
     #[command(flatten)]
     pub runtime: RuntimeOpts,
     #[command(flatten)]

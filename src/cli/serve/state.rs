@@ -85,6 +85,7 @@ fn ws_config(args: &ServeArgs) -> WsConfig {
     WsConfig {
         ping_interval: Duration::from_secs(ping),
         idle_timeout: Duration::from_secs(args.ws_idle_secs.unwrap_or(ping * 3).max(1)),
+        max_catchup: args.max_catchup,
         ..WsConfig::default()
     }
 }

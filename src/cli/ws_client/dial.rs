@@ -67,6 +67,19 @@ fn carries_token(headers: &[(HeaderName, HeaderValue)]) -> bool {
     })
 }
 
+/// Percent-encodes all but RFC 3986's unreserved characters.
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// How each attempt builds its request; the token is minted afresh every
 /// time so that a reconnect after expiry (4001) gets a valid one.
 pub struct Dialer {
@@ -111,8 +124,15 @@ impl Dialer {
         }
     }
 
-    fn request(&self) -> anyhow::Result<Request> {
-        let mut req = self.url.as_str().into_client_request()?;
+    fn request(&self, since: Option<&str>) -> anyhow::Result<Request> {
+        let url = match since {
+            Some(c) => {
+                let sep = if self.url.contains('?') { '&' } else { '?' };
+                format!("{}{sep}since={}", self.url, query_escape(c))
+            }
+            None => self.url.clone(),
+        };
+        let mut req = url.into_client_request()?;
         let token = match (&self.token, &self.mint) {
             (Some(t), _) => Some(t.clone()),
             (None, Some((secret, user, ttl))) => Some(crate::auth::mint(secret, *user, *ttl)?),
@@ -130,8 +150,9 @@ impl Dialer {
         Ok(req)
     }
 
-    pub async fn dial(&self) -> anyhow::Result<Result<Socket, WsClientError>> {
-        let req = self.request()?;
+    /// Connects, resuming from `since` if given.
+    pub async fn dial(&self, since: Option<&str>) -> anyhow::Result<Result<Socket, WsClientError>> {
+        let req = self.request(since)?;
         let attempt = tokio::time::timeout(
             Duration::from_secs(10),
             tokio_tungstenite::connect_async(req),

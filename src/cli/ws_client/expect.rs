@@ -9,6 +9,8 @@ use crate::events::EventType;
 
 /// The server-side frame type for gap notices (`?resync=1`).
 pub const RESYNC_TYPE: &str = "realtime.resync";
+/// The end of a resume's catch-up (`--since`).
+pub const CAUGHT_UP_TYPE: &str = "realtime.caught_up";
 
 /// One `--expect`: a frame type and payload values to find.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,9 +30,9 @@ impl Expectation {
         let (kind, _) = words
             .next()
             .ok_or_else(|| bad("empty; write 'TYPE key=value ...'".into()))?;
-        if EventType::parse(&kind).is_none() && kind != RESYNC_TYPE {
+        if EventType::parse(&kind).is_none() && kind != RESYNC_TYPE && kind != CAUGHT_UP_TYPE {
             let mut valid: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
-            valid.push(RESYNC_TYPE);
+            valid.extend([RESYNC_TYPE, CAUGHT_UP_TYPE]);
             return Err(bad(format!(
                 "unknown type {kind:?}; valid types: {}",
                 valid.join(", ")

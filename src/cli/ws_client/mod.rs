@@ -43,7 +43,8 @@ Examples:
   ragctl ws-client --user $U
   ragctl ws-client --user $U --expect 'job.status_updated kind=parse status=success' \\
       --expect 'document.status_updated status=ingested' --timeout 60s
-  ragctl ws-client --user $U --resync --reconnect --format raw")]
+  ragctl ws-client --user $U --resync --reconnect --format raw
+  ragctl ws-client --user $U --since 2026-11-28T10:00:00Z --reconnect")]
 pub struct WsClientArgs {
     /// Mint a token for this user with the configured JWT secret.
     #[arg(long, required_unless_present_any = ["token", "headers"])]
@@ -84,6 +85,11 @@ pub struct WsClientArgs {
     /// Lifetime of the minted token.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub ttl: Duration,
+    /// Resume: first the state of everything changed since this cursor
+    /// (a `realtime.caught_up` cursor or an RFC 3339 time), then live.
+    /// With --reconnect, each reconnect resumes from the last cursor seen.
+    #[arg(long, value_name = "CURSOR")]
+    pub since: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +177,8 @@ struct Session {
     per_type: BTreeMap<String, u64>,
     /// The last payload of each type, to explain a missing expectation.
     last: BTreeMap<String, Value>,
+    /// Where a reconnect resumes from.
+    resume: Resume,
 }
 
 impl Session {
@@ -191,6 +199,11 @@ impl Session {
             frames: 0,
             per_type: BTreeMap::new(),
             last: BTreeMap::new(),
+            resume: Resume {
+                caught_up: None,
+                newest: None,
+                given: args.since.clone(),
+            },
         }
     }
 
@@ -232,6 +245,7 @@ impl Session {
     }
 
     fn offer(&mut self, kind: String, payload: Value) {
+        self.resume.track(&kind, &payload);
         if let Some(e) = self.matcher.offer(&kind, &payload) {
             eprintln!(
                 "expectation met ({}/{}): {}",
@@ -326,6 +340,39 @@ impl Session {
     }
 }
 
+/// The cursor to resume from: the last `realtime.caught_up` cursor, else
+/// the newest `updated_at`/`created_at` received (RFC 3339), else `--since`.
+struct Resume {
+    caught_up: Option<String>,
+    newest: Option<chrono::DateTime<chrono::Utc>>,
+    given: Option<String>,
+}
+
+impl Resume {
+    fn track(&mut self, kind: &str, payload: &Value) {
+        if kind == "realtime.caught_up" {
+            if let Some(c) = payload.get("cursor").and_then(Value::as_str) {
+                self.caught_up = Some(c.to_string());
+            }
+            return;
+        }
+        let stamps = ["updated_at", "created_at"]
+            .iter()
+            .filter_map(|k| payload.get(*k)?.as_str()?.parse().ok());
+        self.newest = stamps.chain(self.newest).max();
+    }
+
+    fn since(&self) -> Option<String> {
+        let newest = self
+            .newest
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+        self.caught_up
+            .clone()
+            .or(newest)
+            .or_else(|| self.given.clone())
+    }
+}
+
 /// What bounds the run: when to give up, the signal to stop, the pings to
 /// send and whether to reconnect.
 struct Limits {
@@ -416,8 +463,9 @@ async fn attempt(
     limits: &Limits,
     backoff: &mut Backoff,
 ) -> anyhow::Result<End> {
+    let since = session.resume.since();
     let dialed = tokio::select! {
-        r = dialer.dial() => r?,
+        r = dialer.dial(since.as_deref()) => r?,
         end = limits.over() => return Ok(end),
     };
     match dialed {

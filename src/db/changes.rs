@@ -1,0 +1,116 @@
+//! What changed for a user at or after a cursor: the catch-up of a socket
+//! that resumes (`/ws?since=`), and the cursor to resume from next time.
+//!
+//! The cursor argument (docs/events.md, "Resume and healing"): every write
+//! sets `updated_at` to `now()` or `clock_timestamp()` inside its
+//! transaction, so a row's `updated_at` is never before its transaction
+//! started. The horizon is read *before* the catch-up snapshot is taken:
+//! the oldest `xact_start` among this database's other backends, or the
+//! statement's start if older ones are none. A row the snapshot cannot see
+//! was committed by a transaction still open at the horizon read (so
+//! `updated_at >= its xact_start >= horizon`) or started after it (so
+//! `updated_at >= horizon`). Reading from the horizon (`>=`) again next time
+//! finds it; rows seen twice are re-sent, which is harmless.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::{Client, IsolationLevel};
+use uuid::Uuid;
+
+use super::DbError;
+use super::chat::{MESSAGE_COLUMNS, Message};
+use super::documents::{self, Document};
+use super::jobs::{self, Job};
+
+/// Taken off every horizon: covers a transaction that has set its start
+/// time but not yet published it in `pg_stat_activity` (microseconds).
+pub const CURSOR_MARGIN: Duration = Duration::from_secs(1);
+
+/// Taken off the statement's start instead when a backend of this database
+/// belongs to a role whose `xact_start` we cannot read (no
+/// `pg_read_all_stats`): a write transaction open longer than this across
+/// a catch-up could be missed. ragctl's own write transactions are short.
+pub const HIDDEN_MARGIN: Duration = Duration::from_secs(60);
+
+/// The oldest transaction start of this database's other backends, the
+/// statement's start, and how many backends hide their `xact_start`.
+const HORIZON_SQL: &str = "
+WITH others AS (
+    SELECT a.xact_start,
+           a.usesysid IS NOT NULL
+           AND NOT COALESCE(pg_has_role('pg_read_all_stats', 'USAGE')
+                            OR pg_has_role(a.usesysid, 'USAGE'), false) AS hidden
+    FROM pg_stat_activity a
+    WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND a.pid <> pg_backend_pid())
+SELECT statement_timestamp() AS started,
+       (SELECT min(xact_start) FROM others) AS oldest,
+       (SELECT count(*) FROM others WHERE hidden) AS hidden
+";
+
+/// The rows of one user changed at or after a cursor, each table oldest
+/// first and cut at `limit` rows.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub documents: Vec<Document>,
+    pub jobs: Vec<Job>,
+    pub messages: Vec<Message>,
+    /// Where the next catch-up should start.
+    pub cursor: Option<DateTime<Utc>>,
+    /// Backends whose `xact_start` was hidden (the fallback margin applied).
+    pub hidden: i64,
+}
+
+/// The cursor a catch-up that starts now may hand out.
+async fn horizon(client: &Client) -> Result<(DateTime<Utc>, i64), DbError> {
+    let row = client.query_one(HORIZON_SQL, &[]).await?;
+    let started: DateTime<Utc> = row.get("started");
+    let oldest: Option<DateTime<Utc>> = row.get("oldest");
+    let hidden: i64 = row.get("hidden");
+    let horizon = if hidden > 0 {
+        started - HIDDEN_MARGIN
+    } else {
+        oldest.map_or(started, |o| o.min(started)) - CURSOR_MARGIN
+    };
+    Ok((horizon, hidden))
+}
+
+/// Everything of `user` changed at or after `since`, in one snapshot taken
+/// after the horizon was read; at most `limit` rows per table.
+pub async fn since(
+    client: &mut Client,
+    user: Uuid,
+    since: DateTime<Utc>,
+    limit: i64,
+) -> Result<Changes, DbError> {
+    let (cursor, hidden) = horizon(client).await?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let select = |table: &str, cols: &str| {
+        format!(
+            "SELECT {cols} FROM {table} WHERE user_id = $1 AND updated_at >= $2
+             ORDER BY updated_at, id LIMIT $3"
+        )
+    };
+    let args: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&user, &since, &limit];
+    let docs = tx
+        .query(&select("documents", documents::COLUMNS), &args)
+        .await?;
+    let job_rows = tx.query(&select("jobs", jobs::COLUMNS), &args).await?;
+    let msgs = tx
+        .query(&select("messages", MESSAGE_COLUMNS), &args)
+        .await?;
+    tx.commit().await?;
+    Ok(Changes {
+        documents: docs.iter().map(Document::from_row).collect(),
+        jobs: job_rows.iter().map(Job::from_row).collect(),
+        messages: msgs.iter().map(Message::from_row).collect(),
+        cursor: Some(cursor),
+        hidden,
+    })
+}
