@@ -77,9 +77,14 @@ pub(super) struct Endpoint {
 }
 
 pub(super) async fn ws_connect(ep: &Endpoint, token: &str) -> anyhow::Result<Ws> {
+    ws_connect_query(ep, &format!("token={token}")).await
+}
+
+/// `/ws?<query>`; `query` is already URL-encoded.
+pub(super) async fn ws_connect_query(ep: &Endpoint, query: &str) -> anyhow::Result<Ws> {
     let tcp = TcpStream::connect(ep.addr).await?;
     tcp.set_nodelay(true)?;
-    let request = format!("ws://{}/ws?token={token}", ep.host).into_client_request()?;
+    let request = format!("ws://{}/ws?{query}", ep.host).into_client_request()?;
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);

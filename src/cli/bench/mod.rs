@@ -11,7 +11,9 @@
 //!    `--rate` events/s to `--clients` sockets spread over `--users` users;
 //! 4. the ceiling, raw then bridge: the highest rate committed in a 3-s step
 //!    that lost nothing and whose backlog drained within a second of the
-//!    last commit (doubling, then bisecting).
+//!    last commit (doubling, then bisecting);
+//! 5. with `--resume` only, the catch-up of a socket resuming with
+//!    `/ws?since=` on 10,000 documents of its user (`resume`).
 //!
 //! Each phase also records the CPU used by this process, the server and
 //! PostgreSQL (from `/proc`), and the server's own delivery histogram and
@@ -35,6 +37,7 @@ mod publish;
 mod record;
 mod render;
 mod report;
+mod resume;
 mod run;
 mod sample;
 mod server;
@@ -101,6 +104,11 @@ pub struct BenchArgs {
     /// Copy the started server's log to stderr.
     #[arg(long)]
     pub server_log: bool,
+    /// Also measure the catch-up of a socket resuming with `/ws?since=` on
+    /// 10,000 changed documents of one user (inserted into the benchmark's
+    /// database; a --server-url server needs --max-catchup ≥ 10000).
+    #[arg(long)]
+    pub resume: bool,
 }
 
 pub(super) fn progress(line: &str) {

@@ -24,6 +24,9 @@ pub(super) fn render(r: &Report) -> String {
     if let Some(i) = &r.idle {
         idle(&mut s, i);
     }
+    if let Some(rr) = &r.resume {
+        super::resume::render(&mut s, rr);
+    }
     targets(&mut s, r);
     s
 }
@@ -360,6 +363,7 @@ mod tests {
                 },
                 ratio: 0.5,
             }),
+            resume: None,
             targets: vec![
                 TargetCheck {
                     key: "latency_p50",

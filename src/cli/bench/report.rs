@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use super::BenchArgs;
+use super::resume::ResumeReport;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -119,6 +120,9 @@ pub struct Report {
     pub raw: PhaseResult,
     pub bridge: PhaseResult,
     pub ceiling: Option<CeilingReport>,
+    /// The `--resume` phase; absent unless selected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume: Option<ResumeReport>,
     pub targets: Vec<TargetCheck>,
     pub ok: bool,
     /// Latency phases during which the hypervisor or other processes took
@@ -199,8 +203,10 @@ impl Report {
         raw: PhaseResult,
         bridge: PhaseResult,
         ceiling: Option<CeilingReport>,
+        resume: Option<ResumeReport>,
     ) -> Report {
-        let targets = targets(&config, &raw, &bridge, ceiling.as_ref(), idle.as_ref());
+        let mut targets = targets(&config, &raw, &bridge, ceiling.as_ref(), idle.as_ref());
+        targets.extend(resume.as_ref().map(super::resume::target));
         let ok = targets.iter().all(|t| t.met != Some(false));
         let disturbed = [("raw", &raw), ("bridge", &bridge)]
             .into_iter()
@@ -213,6 +219,7 @@ impl Report {
             raw,
             bridge,
             ceiling,
+            resume,
             targets,
             ok,
             disturbed,

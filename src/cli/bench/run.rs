@@ -66,12 +66,17 @@ fn conclude(args: &BenchArgs, report: &Report) -> anyhow::Result<ExitCode> {
     .into())
 }
 
-/// Every phase in order: idle sockets on the fresh server, a warm-up, the
-/// latency runs (raw, then bridge), the ceilings.
+/// Every phase in order: the resume catch-up if selected and idle sockets
+/// on the fresh server, a warm-up, the latency runs (raw, then bridge), the
+/// ceilings.
 async fn bench(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<Report> {
     wait_ready(&site.api).await?;
     let ep = endpoint(&site.api).await?;
     let machine = machine(&site.db_url).await;
+    let resume = match args.resume {
+        true => Some(super::resume::measure(&ep, &site.db_url, &site.secret).await?),
+        false => None,
+    };
     let idle = match args.idle_sockets {
         0 => None,
         n => Some(idle_sockets(&ep, site, n).await?),
@@ -90,6 +95,7 @@ async fn bench(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<R
         raw,
         bridge,
         ceiling,
+        resume,
     ))
 }
 

@@ -105,6 +105,10 @@ fn spawn_serve(
             "0",
         ])
         .arg(format!("--ws-queue={}", args.ws_queue))
+        .args(
+            args.resume
+                .then(|| format!("--max-catchup={}", super::resume::ROWS)),
+        )
         .arg("--ready-file")
         .arg(ready)
         .env("DATABASE_URL", db_url)
