@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::events::Envelope;
 
@@ -35,6 +36,9 @@ struct State {
 
 pub struct Hold {
     state: Mutex<State>,
+    /// Set once, under the lock, when the socket goes live: lets the hub's
+    /// deliveries skip the lock for the rest of the socket's life.
+    live: AtomicBool,
     limit: usize,
     overflows: metrics::Counter,
     dropped: metrics::Counter,
@@ -49,6 +53,7 @@ impl Hold {
                 items: VecDeque::new(),
                 overflowed: false,
             }),
+            live: AtomicBool::new(false),
             limit: limit.max(1),
             overflows: metrics::counter!("ragctl_ws_catchup_overflow_total", "reason" => "held"),
             dropped: metrics::counter!("ragctl_ws_dropped_total", "reason" => "catchup_held"),
@@ -59,8 +64,16 @@ impl Hold {
         self.state.lock().expect("hold lock")
     }
 
+    /// Whether the socket has gone live (never reverts).
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
     /// Keeps `items` if the socket still holds; `false` once it is live.
     pub fn take(&self, items: impl ExactSizeIterator<Item = Held>) -> bool {
+        if self.is_live() {
+            return false;
+        }
         let mut st = self.lock();
         if !st.holding {
             return false;
@@ -92,6 +105,7 @@ impl Hold {
         if st.items.is_empty() {
             last();
             st.holding = false;
+            self.live.store(true, Ordering::Release);
             return Step::Live;
         }
         let n = batch.min(st.items.len());

@@ -120,8 +120,9 @@ impl Drop for ConnGuard {
 /// to each of the user's sockets as one chunk.
 struct UserBatch<'a> {
     sockets: Arc<[Entry]>,
-    /// For the sockets that hold (catching up).
-    envs: Vec<&'a Envelope>,
+    /// The batch's envelopes, kept only while one of the sockets holds
+    /// (catches up): the common path skips it.
+    envs: Option<Vec<&'a Envelope>>,
     bytes: BytesMut,
     frames: usize,
     stamps: Vec<DateTime<Utc>>,
@@ -220,7 +221,10 @@ impl Hub {
                     Slot::Vacant(slot) => match users.get(&env.user_id) {
                         Some(sockets) => slot.insert(UserBatch {
                             sockets: sockets.clone(),
-                            envs: Vec::new(),
+                            envs: sockets
+                                .iter()
+                                .any(|e| e.hold.as_ref().is_some_and(|h| !h.is_live()))
+                                .then(Vec::new),
                             bytes: BytesMut::new(),
                             frames: 0,
                             stamps: Vec::new(),
@@ -234,7 +238,9 @@ impl Hub {
                 put_text_frame(&mut batch.bytes, &env.frame_text());
                 batch.frames += 1;
                 batch.stamps.push(env.ts);
-                batch.envs.push(env);
+                if let Some(held) = &mut batch.envs {
+                    held.push(env);
+                }
             }
         }
         for batch in batches.into_values() {
@@ -244,8 +250,8 @@ impl Hub {
                 stamps: batch.stamps.into(),
             };
             for entry in batch.sockets.iter() {
-                if let Some(hold) = &entry.hold
-                    && hold.take(batch.envs.iter().map(|e| Held::Event((*e).clone())))
+                if let (Some(hold), Some(envs)) = (&entry.hold, &batch.envs)
+                    && hold.take(envs.iter().map(|e| Held::Event((*e).clone())))
                 {
                     continue;
                 }
