@@ -6,6 +6,7 @@
 //! [`Envelope`] and [`Frame`] values.
 
 mod contract;
+pub mod ops;
 mod payloads;
 mod publish;
 pub mod resume;
