@@ -47,8 +47,12 @@ async fn main() -> ExitCode {
             item = rx.recv() => match item { Some(i) => i, None => break },
         };
         let note = match item {
-            ListenItem::Gap(reason) => {
-                eprintln!("gap: {} (events may have been missed)", reason.as_str());
+            ListenItem::Gap(gap) => {
+                eprintln!(
+                    "gap: {} (events committed since {} may have been missed)",
+                    gap.reason.as_str(),
+                    gap.since
+                );
                 continue;
             }
             ListenItem::Notification(n) => n,

@@ -159,12 +159,13 @@ async fn with_realtime_off_everything_else_works() {
 }
 
 /// Acceptance 3 and recovery: the listener's backend is killed; the flow
-/// completes, the bridge reconnects by itself, and `?resync=1` clients are
-/// told to refetch.
+/// completes, the bridge reconnects by itself, and with healing off
+/// (`--max-heal 0`) `?resync=1` clients are told to refetch (tests/heal.rs
+/// covers healing).
 #[tokio::test]
 async fn a_killed_listener_reconnects_and_resyncs() {
     let db = TestDb::new();
-    let api = Api::start(&db, &[], &[]).await;
+    let api = Api::start(&db, &["--max-heal", "0"], &[]).await;
     let _workers = workers(&db);
     let user = Uuid::new_v4();
     let mut plain = Client::connect(&api, user, "").await;

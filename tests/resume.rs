@@ -4,55 +4,13 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{SecondsFormat, Utc};
+use common::holding::*;
 use common::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
-
-/// What a client holds: the latest state of each entity, from frames.
-#[derive(Default)]
-struct Holding {
-    docs: HashMap<String, Value>,
-    jobs: HashMap<String, Value>,
-    msgs: HashMap<String, Value>,
-    newest: Option<DateTime<Utc>>,
-}
-
-impl Holding {
-    fn apply(&mut self, f: &Value) {
-        let p = &f["payload"];
-        let (map, id) = match f["type"].as_str().unwrap() {
-            "document.created" | "document.status_updated" => (&mut self.docs, "document_id"),
-            "job.status_updated" => (&mut self.jobs, "job_id"),
-            "message.created" | "message.status_updated" => (&mut self.msgs, "message_id"),
-            other => panic!("not a state frame: {other} {f}"),
-        };
-        let entry = map
-            .entry(p[id].as_str().unwrap().to_string())
-            .or_insert_with(|| json!({}));
-        for key in ["status", "error_message", "retry_count", "content"] {
-            if let Some(v) = p.get(key) {
-                entry[key] = v.clone();
-            }
-        }
-        for key in ["created_at", "updated_at"] {
-            if let Some(at) = p[key].as_str() {
-                let at: DateTime<Utc> = at.parse().unwrap();
-                self.newest = Some(self.newest.map_or(at, |n| n.max(at)));
-            }
-        }
-    }
-
-    /// The newest stamp held, as an RFC 3339 cursor.
-    fn rfc3339(&self) -> String {
-        self.newest
-            .expect("something held")
-            .to_rfc3339_opts(SecondsFormat::Micros, true)
-    }
-}
 
 /// Connects with `?since=` and reads the catch-up up to its end: the state
 /// frames and the frame that ended it (`caught_up` or `resync`).
@@ -79,82 +37,6 @@ async fn resume_into(api: &Api, user: Uuid, since: &str, held: &mut Holding) -> 
         held.apply(f);
     }
     end["payload"]["cursor"].as_str().unwrap().to_string()
-}
-
-/// Every document, job and message REST shows, the client holds the same.
-async fn assert_holds_rest(api: &Api, user: Uuid, held: &Holding, conv: &str) {
-    let (_, docs) = get_json(api, user, "/documents").await;
-    let docs = docs["documents"].as_array().unwrap();
-    assert_eq!(held.docs.len(), docs.len(), "documents held vs REST");
-    let mut jobs_seen = 0;
-    for d in docs {
-        let id = d["id"].as_str().unwrap();
-        let h = &held.docs[id];
-        assert_eq!(h["status"], d["status"], "document {id}");
-        assert_eq!(
-            h.get("error_message").unwrap_or(&Value::Null),
-            &d["error_message"],
-            "document {id}"
-        );
-        let (_, jobs) = get_json(api, user, &format!("/documents/{id}/jobs")).await;
-        for j in jobs["jobs"].as_array().unwrap() {
-            let h = &held.jobs[j["id"].as_str().unwrap()];
-            for key in ["status", "retry_count", "error_message"] {
-                assert_eq!(h[key], j[key], "job {} {key}", j["id"]);
-            }
-            jobs_seen += 1;
-        }
-    }
-    assert_eq!(held.jobs.len(), jobs_seen, "jobs held vs REST");
-    let (_, msgs) = get_json(api, user, &format!("/conversations/{conv}/messages")).await;
-    let msgs = msgs["messages"].as_array().unwrap();
-    assert_eq!(held.msgs.len(), msgs.len(), "messages held vs REST");
-    for m in msgs {
-        let h = &held.msgs[m["id"].as_str().unwrap()];
-        assert_eq!(h["status"], m["status"]);
-        assert_eq!(h["content"], m["content"]);
-    }
-}
-
-async fn upload_text(api: &Api, user: Uuid, i: usize) -> String {
-    let (code, body) = upload_bytes(api, user, &format!("n{i}.txt"), b"some text".to_vec()).await;
-    assert_eq!(code, 201, "{body}");
-    body["id"].as_str().unwrap().to_string()
-}
-
-async fn ask(api: &Api, user: Uuid, conv: &str, content: &str) {
-    let r = http()
-        .post(format!("{}/conversations/{conv}/messages", api.url))
-        .bearer_auth(token(user))
-        .json(&json!({ "content": content }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{:?}", r.text().await);
-}
-
-/// Sets documents' and their jobs' states as workers would (each write
-/// sets `updated_at`).
-async fn set_states(
-    db: &TestDb,
-    ids: &[String],
-    doc: &str,
-    err: Option<&str>,
-    job: &str,
-    retries: i32,
-) {
-    let list = format!("'{{{}}}'::uuid[]", ids.join(","));
-    let err = err.map_or("NULL".to_string(), |e| format!("'{e}'"));
-    db.query(&format!(
-        "UPDATE documents SET status = '{doc}', error_message = {err}, updated_at = clock_timestamp()
-         WHERE id = ANY({list})"
-    ))
-    .await;
-    db.query(&format!(
-        "UPDATE jobs SET status = '{job}', retry_count = {retries}, error_message = {err},
-            updated_at = clock_timestamp() WHERE document_id = ANY({list})"
-    ))
-    .await;
 }
 
 /// 500 documents change while the client is away; it resumes with the

@@ -131,7 +131,9 @@ pub async fn handler(
         )
         .into_response();
     };
-    let resync = matches!(query.resync.as_deref(), Some("1" | "true" | "yes"));
+    // A resuming client reads `realtime.*` frames already: it is told of
+    // gaps the bridge cannot heal without asking twice.
+    let resync = matches!(query.resync.as_deref(), Some("1" | "true" | "yes")) || since.is_some();
     let cfg = state.ws.clone();
     let Upgrade { key, on_upgrade } = upgrade;
     let shutdown = state.shutdown.clone();

@@ -128,6 +128,30 @@ struct UserBatch<'a> {
     stamps: Vec<DateTime<Utc>>,
 }
 
+impl<'a> UserBatch<'a> {
+    fn new(sockets: Arc<[Entry]>) -> UserBatch<'a> {
+        UserBatch {
+            envs: sockets
+                .iter()
+                .any(|e| e.hold.as_ref().is_some_and(|h| !h.is_live()))
+                .then(Vec::new),
+            sockets,
+            bytes: BytesMut::new(),
+            frames: 0,
+            stamps: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, env: &'a Envelope) {
+        put_text_frame(&mut self.bytes, &env.frame_text());
+        self.frames += 1;
+        self.stamps.push(env.ts);
+        if let Some(held) = &mut self.envs {
+            held.push(env);
+        }
+    }
+}
+
 impl Hub {
     /// `queue` bounds the frames queued behind each socket.
     pub fn new(queue: usize) -> Hub {
@@ -211,42 +235,44 @@ impl Hub {
         if duplicates > 0 {
             self.inner.counters.duplicate.increment(duplicates as u64);
         }
+        self.fan_out(fresh, false);
+    }
+
+    /// Hands a heal's states (built here, so never duplicates) to the
+    /// sockets of their users. A user's states go as one chunk that counts
+    /// as one frame against the socket's queue bound: a heal is bounded as
+    /// a whole (`--max-heal`), and must not close a socket as slow for
+    /// catching it up.
+    pub fn deliver_heal(&self, envs: &[Envelope]) {
+        self.fan_out(envs.iter().collect(), true);
+    }
+
+    fn fan_out(&self, envs: Vec<&Envelope>, heal: bool) {
         // Serialised once per user, shared by every socket of the user.
         let mut batches: HashMap<Uuid, UserBatch> = HashMap::new();
         {
             let users = self.inner.users.read().expect("hub lock");
-            for env in fresh {
+            for env in envs {
                 let batch = match batches.entry(env.user_id) {
                     Slot::Occupied(b) => b.into_mut(),
                     Slot::Vacant(slot) => match users.get(&env.user_id) {
-                        Some(sockets) => slot.insert(UserBatch {
-                            sockets: sockets.clone(),
-                            envs: sockets
-                                .iter()
-                                .any(|e| e.hold.as_ref().is_some_and(|h| !h.is_live()))
-                                .then(Vec::new),
-                            bytes: BytesMut::new(),
-                            frames: 0,
-                            stamps: Vec::new(),
-                        }),
+                        Some(sockets) => slot.insert(UserBatch::new(sockets.clone())),
                         None => {
-                            self.inner.counters.no_recipient.increment(1);
+                            if !heal {
+                                self.inner.counters.no_recipient.increment(1);
+                            }
                             continue;
                         }
                     },
                 };
-                put_text_frame(&mut batch.bytes, &env.frame_text());
-                batch.frames += 1;
-                batch.stamps.push(env.ts);
-                if let Some(held) = &mut batch.envs {
-                    held.push(env);
-                }
+                batch.add(env);
             }
         }
         for batch in batches.into_values() {
+            let frames = batch.frames;
             let chunk = Chunk {
                 bytes: batch.bytes.freeze(),
-                frames: batch.frames,
+                frames: if heal { 1 } else { frames },
                 stamps: batch.stamps.into(),
             };
             for entry in batch.sockets.iter() {
@@ -255,15 +281,23 @@ impl Hub {
                 {
                     continue;
                 }
-                self.push(entry, chunk.clone());
+                self.push(entry, chunk.clone(), frames);
             }
         }
     }
 
-    fn push(&self, entry: &Entry, chunk: Chunk) {
-        let frames = chunk.frames as u64;
+    /// The users with sockets here, and how many sockets they have.
+    pub fn users(&self) -> (Vec<Uuid>, usize) {
+        let users = self.inner.users.read().expect("hub lock");
+        let sockets = users.values().map(|l| l.len()).sum();
+        (users.keys().copied().collect(), sockets)
+    }
+
+    fn push(&self, entry: &Entry, chunk: Chunk, frames: usize) {
         match entry.outlet.push(chunk) {
-            Pushed::Written | Pushed::Queued => self.inner.counters.forwarded.increment(frames),
+            Pushed::Written | Pushed::Queued => {
+                self.inner.counters.forwarded.increment(frames as u64)
+            }
             Pushed::Slow => self.inner.counters.slow.increment(1),
             Pushed::Closed => {}
         }

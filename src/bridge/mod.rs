@@ -16,6 +16,7 @@
 //! socket cannot take at once waits in its bounded queue for the socket's
 //! task, and a socket whose queue overflows is closed.
 
+mod heal;
 mod hold;
 mod hub;
 mod outlet;
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use heal::{HealConfig, instance_name};
 pub use hold::{Held, Hold, Step};
 pub use hub::{CLOSE_SLOW_CONSUMER, ConnGuard, Hub, HubStats, put_text_frame};
 pub use outlet::{Chunk, ControlWriter, Outlet, Pushed, Sink};
@@ -36,6 +38,8 @@ pub use outlet::{Chunk, ControlWriter, Outlet, Pushed, Sink};
 /// per user, each written to a socket in one call.
 pub const ROUTE_BATCH: usize = 2048;
 
+use heal::Healer;
+
 use crate::db::listener::{self, API_LISTENER_NAME, ListenItem, ListenerConfig, ListenerHandle};
 use crate::events::{self, DropReason, Reassembler, WireMessage};
 
@@ -45,6 +49,8 @@ pub struct BridgeConfig {
     pub channel: String,
     /// Capacity of the queue between the Postgres socket and the router.
     pub queue: usize,
+    /// Where gaps are healed from; `None` makes every gap a resync.
+    pub heal: Option<HealConfig>,
 }
 
 /// A running bridge.
@@ -64,6 +70,7 @@ pub fn start(
         .enable_all()
         .build()?;
     let (tx, rx) = mpsc::channel(cfg.queue);
+    let healer = Healer::new(cfg.heal.clone(), hub.clone());
     let (handle, listen_task) = {
         let _on = runtime.enter();
         listener::spawn(
@@ -77,7 +84,7 @@ pub fn start(
         .name("ragctl-bridge".into())
         .spawn(move || {
             runtime.block_on(async move {
-                route(rx, hub).await;
+                route(rx, hub, healer).await;
                 let _ = listen_task.await;
             });
             let _ = done_tx.send(());
@@ -108,7 +115,7 @@ impl DropLog {
     }
 }
 
-async fn route(mut rx: mpsc::Receiver<ListenItem>, hub: Hub) {
+async fn route(mut rx: mpsc::Receiver<ListenItem>, hub: Hub, mut healer: Healer) {
     let mut frags = Reassembler::default();
     let mut log = DropLog {
         last: HashMap::new(),
@@ -139,11 +146,12 @@ async fn route(mut rx: mpsc::Receiver<ListenItem>, hub: Hub) {
         }
         for item in items.drain(..) {
             let n = match item {
-                ListenItem::Gap(reason) => {
-                    // Events before the gap go out before the resync frame.
+                ListenItem::Gap(gap) => {
+                    // Events before the gap go out before the healed states,
+                    // and nothing after it goes out until they have.
                     hub.deliver(&envs);
                     envs.clear();
-                    hub.resync(reason.as_str());
+                    healer.heal(gap).await;
                     continue;
                 }
                 ListenItem::Notification(n) => n,
@@ -164,6 +172,7 @@ async fn route(mut rx: mpsc::Receiver<ListenItem>, hub: Hub) {
                 Err(reason) => Err(reason),
             };
             match env {
+                Ok(env) if healer.superseded(&env) => {}
                 Ok(env) => envs.push(env),
                 Err(reason) => {
                     dropped[&reason].increment(1);

@@ -60,20 +60,45 @@ pub struct Changes {
     pub cursor: Option<DateTime<Utc>>,
     /// Backends whose `xact_start` was hidden (the fallback margin applied).
     pub hidden: i64,
+    /// When the snapshot's statement started: the window's end.
+    pub read_at: Option<DateTime<Utc>>,
 }
 
-/// The cursor a catch-up that starts now may hand out.
-async fn horizon(client: &Client) -> Result<(DateTime<Utc>, i64), DbError> {
+impl Changes {
+    /// How many rows were read.
+    pub fn rows(&self) -> usize {
+        self.documents.len() + self.jobs.len() + self.messages.len()
+    }
+}
+
+/// A point before which every transaction that may still commit started,
+/// read now; see the module doc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Horizon {
+    pub at: DateTime<Utc>,
+    /// The statement's start (the server's clock now).
+    pub read_at: DateTime<Utc>,
+    /// Backends whose `xact_start` was hidden (the fallback margin applied).
+    pub hidden: i64,
+}
+
+/// The cursor a catch-up that starts now may hand out; also what the
+/// bridge's listener records to know where a gap began.
+pub async fn horizon(client: &Client) -> Result<Horizon, DbError> {
     let row = client.query_one(HORIZON_SQL, &[]).await?;
     let started: DateTime<Utc> = row.get("started");
     let oldest: Option<DateTime<Utc>> = row.get("oldest");
     let hidden: i64 = row.get("hidden");
-    let horizon = if hidden > 0 {
+    let at = if hidden > 0 {
         started - HIDDEN_MARGIN
     } else {
         oldest.map_or(started, |o| o.min(started)) - CURSOR_MARGIN
     };
-    Ok((horizon, hidden))
+    Ok(Horizon {
+        at,
+        read_at: started,
+        hidden,
+    })
 }
 
 /// Everything of `user` changed at or after `since`, in one snapshot taken
@@ -84,7 +109,18 @@ pub async fn since(
     since: DateTime<Utc>,
     limit: i64,
 ) -> Result<Changes, DbError> {
-    let (cursor, hidden) = horizon(client).await?;
+    for_users(client, &[user], since, limit).await
+}
+
+/// The same for several users in one snapshot and one query per table
+/// (the bridge's heal: every user with a socket on this process).
+pub async fn for_users(
+    client: &mut Client,
+    users: &[Uuid],
+    since: DateTime<Utc>,
+    limit: i64,
+) -> Result<Changes, DbError> {
+    let h = horizon(client).await?;
     let tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -93,11 +129,11 @@ pub async fn since(
         .await?;
     let select = |table: &str, cols: &str| {
         format!(
-            "SELECT {cols} FROM {table} WHERE user_id = $1 AND updated_at >= $2
+            "SELECT {cols} FROM {table} WHERE user_id = ANY($1) AND updated_at >= $2
              ORDER BY updated_at, id LIMIT $3"
         )
     };
-    let args: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&user, &since, &limit];
+    let args: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&users, &since, &limit];
     let docs = tx
         .query(&select("documents", documents::COLUMNS), &args)
         .await?;
@@ -110,7 +146,8 @@ pub async fn since(
         documents: docs.iter().map(Document::from_row).collect(),
         jobs: job_rows.iter().map(Job::from_row).collect(),
         messages: msgs.iter().map(Message::from_row).collect(),
-        cursor: Some(cursor),
-        hidden,
+        cursor: Some(h.at),
+        hidden: h.hidden,
+        read_at: Some(h.read_at),
     })
 }

@@ -9,7 +9,7 @@
 //! it reconnects forever with exponential backoff and jitter.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
+use super::changes::{HIDDEN_MARGIN, horizon};
 use super::{DbError, error_text};
 use crate::backoff::Backoff;
 
@@ -53,7 +54,17 @@ pub enum ListenItem {
     Notification(Notification),
     /// Notifications may have been missed: the connection was re-established,
     /// or the queue overflowed.
-    Gap(GapReason),
+    Gap(Gap),
+}
+
+/// Notifications may have been missed since `since`: every transaction
+/// that committed after the last notification known to be read started
+/// at or after it (see [`Horizons`]). For a reconnect, whatever commits
+/// after the gap item is sent reaches the new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    pub reason: GapReason,
+    pub since: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +111,47 @@ pub struct ListenerCounters {
     pub dropped_overflow: AtomicU64,
     /// Unix milliseconds of the last notification, 0 if none yet.
     pub last_notification_ms: AtomicU64,
+    pub horizons: Horizons,
+}
+
+/// The two newest horizons (`db::changes::horizon`) read on the LISTEN
+/// connection: one right after each LISTEN, then one per probe. When the
+/// connection was answering a probe, every notification of a transaction
+/// that committed before that probe's statement was on its way, read in
+/// order before the probe's answer; a transaction that commits after it
+/// started at or after that probe's horizon. A gap is dated from the
+/// *older* of the two horizons, so a whole probe interval is re-read as
+/// margin (for a notification the server signalled to our backend late):
+/// re-sent states are harmless, missed ones are not.
+#[derive(Debug)]
+pub struct Horizons {
+    older: AtomicI64,
+    newer: AtomicI64,
+}
+
+impl Default for Horizons {
+    /// Before any horizon is read: the local clock less the hidden-role
+    /// margin (the widest the reads themselves would give).
+    fn default() -> Horizons {
+        let start = (Utc::now() - HIDDEN_MARGIN).timestamp_micros();
+        Horizons {
+            older: AtomicI64::new(start),
+            newer: AtomicI64::new(start),
+        }
+    }
+}
+
+impl Horizons {
+    fn record(&self, at: DateTime<Utc>) {
+        let newer = self.newer.swap(at.timestamp_micros(), Ordering::AcqRel);
+        self.older.store(newer, Ordering::Release);
+    }
+
+    /// Where a gap that begins now begins.
+    pub fn gap_since(&self) -> DateTime<Utc> {
+        let us = self.older.load(Ordering::Acquire);
+        DateTime::from_timestamp_micros(us).unwrap_or_default()
+    }
 }
 
 /// Handles to a running listener.
@@ -184,6 +236,8 @@ pub enum ListenError {
     Probe(#[source] tokio_postgres::Error),
     #[error("probe timed out after {0:?}")]
     ProbeTimeout(Duration),
+    #[error("horizon read failed: {0}")]
+    Horizon(#[source] DbError),
 }
 
 /// One connection's life. Returns `Ok(())` on shutdown, `Err` when the
@@ -215,6 +269,12 @@ async fn session(
         .map_err(|_| ListenError::ListenTimeout)?
         .map_err(ListenError::Connection)?;
 
+    // Dated before this session's first horizon is recorded.
+    let gap = Gap {
+        reason: GapReason::Reconnected,
+        since: counters.horizons.gap_since(),
+    };
+    record_horizon(cfg, &client, counters).await?;
     backoff.reset();
     status.send_modify(|s| {
         s.connected = true;
@@ -224,7 +284,7 @@ async fn session(
     if std::mem::replace(connected_once, true) {
         // Control items may wait: nothing is being read from Postgres on our
         // side of the queue yet, and the router drains continuously.
-        let _ = queue.send(ListenItem::Gap(GapReason::Reconnected)).await;
+        let _ = queue.send(ListenItem::Gap(gap)).await;
     }
 
     let mut tick = tokio::time::interval(cfg.probe_interval);
@@ -233,9 +293,27 @@ async fn session(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             reason = &mut dead_rx => return Err(reason.unwrap_or(ListenError::ReaderEnded)),
-            _ = tick.tick() => probe(cfg, &client, status).await?,
+            _ = tick.tick() => {
+                probe(cfg, &client, status).await?;
+                record_horizon(cfg, &client, counters).await?;
+            }
         }
     }
+}
+
+/// Reads a horizon on the LISTEN connection (so after every notification
+/// read so far) and records it.
+async fn record_horizon(
+    cfg: &ListenerConfig,
+    client: &tokio_postgres::Client,
+    counters: &ListenerCounters,
+) -> Result<(), ListenError> {
+    let h = tokio::time::timeout(cfg.probe_timeout, horizon(client))
+        .await
+        .map_err(|_| ListenError::ProbeTimeout(cfg.probe_timeout))?
+        .map_err(ListenError::Horizon)?;
+    counters.horizons.record(h.at);
+    Ok(())
 }
 
 /// Checks the connection with a timeout and records the server's
@@ -272,8 +350,9 @@ struct Reader {
     counters: Arc<ListenerCounters>,
     received: metrics::Counter,
     dropped: metrics::Counter,
-    /// An overflow dropped notifications; a gap is owed to the queue.
-    gap_pending: bool,
+    /// An overflow dropped notifications since then; a gap is owed to the
+    /// queue.
+    gap_pending: Option<DateTime<Utc>>,
 }
 
 impl Reader {
@@ -283,7 +362,7 @@ impl Reader {
             counters,
             received: metrics::counter!("ragctl_listener_notifications_total"),
             dropped: metrics::counter!("ragctl_listener_queue_dropped_total"),
-            gap_pending: false,
+            gap_pending: None,
         }
     }
 
@@ -310,13 +389,14 @@ impl Reader {
         self.counters
             .last_notification_ms
             .store(now.timestamp_millis() as u64, Ordering::Relaxed);
-        if self.gap_pending
-            && self
-                .queue
-                .try_send(ListenItem::Gap(GapReason::Overflow))
-                .is_ok()
-        {
-            self.gap_pending = false;
+        if let Some(since) = self.gap_pending {
+            let gap = Gap {
+                reason: GapReason::Overflow,
+                since,
+            };
+            if self.queue.try_send(ListenItem::Gap(gap)).is_ok() {
+                self.gap_pending = None;
+            }
         }
         let item = ListenItem::Notification(Notification {
             channel: n.channel().to_string(),
@@ -329,7 +409,9 @@ impl Reader {
             self.counters
                 .dropped_overflow
                 .fetch_add(1, Ordering::Relaxed);
-            self.gap_pending = true;
+            // Dated from the first drop: later drops are inside the window.
+            self.gap_pending
+                .get_or_insert_with(|| self.counters.horizons.gap_since());
         }
     }
 }

@@ -16,6 +16,7 @@ use super::payloads::{
     Outgoing, Payload,
 };
 use super::wire::{Envelope, Frame};
+
 use crate::db::changes::Changes;
 
 /// A cursor may be this far in the server's future (clock skew).
@@ -88,19 +89,31 @@ fn entity(kind: EventType) -> &'static str {
     }
 }
 
-/// One catch-up frame, ready to write.
-pub struct StateFrame {
+/// The current state of one row as an event: what a catch-up or a heal
+/// sends in place of the events it missed.
+pub struct State {
     pub key: StateKey,
     pub at: DateTime<Utc>,
-    pub text: String,
+    pub out: Outgoing,
 }
 
-fn frame<P: Payload>(id: Uuid, at: DateTime<Utc>, payload: &P) -> StateFrame {
-    let out = Outgoing::new(Uuid::nil(), payload);
-    StateFrame {
+impl State {
+    /// `{type, payload}` as text.
+    pub fn text(&self) -> String {
+        frame_text(self.out.kind, &self.out.payload)
+    }
+
+    /// As an envelope of the row's user, for the hub.
+    pub fn into_envelope(self, origin: &str) -> Envelope {
+        Envelope::new(self.out.user_id, self.out.kind, self.out.payload, origin)
+    }
+}
+
+fn state<P: Payload>(user: Uuid, id: Uuid, at: DateTime<Utc>, payload: &P) -> State {
+    State {
         key: (entity(P::TYPE), id),
         at,
-        text: frame_text(P::TYPE, &out.payload),
+        out: Outgoing::new(user, payload),
     }
 }
 
@@ -113,28 +126,54 @@ pub fn frame_text(kind: EventType, payload: &Value) -> String {
     .expect("a JSON value always serialises")
 }
 
-/// The frames that bring a client holding everything before `since` up to
+/// The states that bring a client holding everything before `since` up to
 /// date, oldest first: `*.created` for rows created at or after it, and
-/// `*.status_updated` for rows changed after they were created.
-pub fn catch_up_frames(changes: &Changes, since: DateTime<Utc>) -> Vec<StateFrame> {
+/// `*.status_updated` for rows changed after they were created. Rows of
+/// several users keep each user's order.
+pub fn catch_up_states(changes: &Changes, since: DateTime<Utc>) -> Vec<State> {
     let mut out = Vec::new();
     for d in &changes.documents {
         if d.created_at >= since {
-            out.push(frame(d.id, d.created_at, &DocumentCreated::from(d)));
+            out.push(state(
+                d.user_id,
+                d.id,
+                d.created_at,
+                &DocumentCreated::from(d),
+            ));
         }
         if d.created_at < since || d.updated_at > d.created_at {
-            out.push(frame(d.id, d.updated_at, &DocumentStatusUpdated::from(d)));
+            out.push(state(
+                d.user_id,
+                d.id,
+                d.updated_at,
+                &DocumentStatusUpdated::from(d),
+            ));
         }
     }
     for j in &changes.jobs {
-        out.push(frame(j.id, j.updated_at, &JobStatusUpdated::from(j)));
+        out.push(state(
+            j.user_id,
+            j.id,
+            j.updated_at,
+            &JobStatusUpdated::from(j),
+        ));
     }
     for m in &changes.messages {
         if m.created_at >= since {
-            out.push(frame(m.id, m.created_at, &MessageCreated::from(m)));
+            out.push(state(
+                m.user_id,
+                m.id,
+                m.created_at,
+                &MessageCreated::from(m),
+            ));
         }
         if m.created_at < since || m.updated_at > m.created_at {
-            out.push(frame(m.id, m.updated_at, &MessageStatusUpdated::from(m)));
+            out.push(state(
+                m.user_id,
+                m.id,
+                m.updated_at,
+                &MessageStatusUpdated::from(m),
+            ));
         }
     }
     // Stable: a row's created frame stays before its status frame.
@@ -201,11 +240,11 @@ mod tests {
             documents: vec![fresh.clone(), untouched.clone(), old.clone()],
             ..Changes::default()
         };
-        let frames = catch_up_frames(&changes, t(5));
+        let frames = catch_up_states(&changes, t(5));
         let got: Vec<(Uuid, &str)> = frames
             .iter()
             .map(|f| {
-                let v: Value = serde_json::from_str(&f.text).unwrap();
+                let v: Value = serde_json::from_str(&f.text()).unwrap();
                 (
                     f.key.1,
                     if v["type"] == "document.created" {

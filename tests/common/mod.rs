@@ -6,6 +6,8 @@
 //! started under `target/`.
 #![allow(dead_code)]
 
+pub mod holding;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};

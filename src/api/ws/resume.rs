@@ -17,7 +17,7 @@ use uuid::Uuid;
 use super::{WsConfig, flush};
 use crate::bridge::{ConnGuard, Held, Outlet, Step, put_text_frame};
 use crate::db::changes::{self, Changes};
-use crate::events::resume::{Cursor, Sent, catch_up_frames};
+use crate::events::resume::{Cursor, Sent, catch_up_states};
 
 /// Live events held per socket while it catches up; past this the held
 /// events are dropped (counted) and the client gets `realtime.resync`.
@@ -111,14 +111,14 @@ async fn send_state(
     cfg: &WsConfig,
     shutdown: &CancellationToken,
 ) -> Outcome {
-    let frames = catch_up_frames(changes, since.0);
+    let frames = catch_up_states(changes, since.0);
     let overflow = frames.len() > max;
     let frames = &frames[..frames.len().min(max)];
     let mut sent = Sent::default();
     for f in frames {
         sent.note(f.key, f.at);
     }
-    let texts: Vec<String> = frames.iter().map(|f| f.text.clone()).collect();
+    let texts: Vec<String> = frames.iter().map(|f| f.text()).collect();
     if !send(outlet, &texts, cfg, shutdown).await {
         return None;
     }

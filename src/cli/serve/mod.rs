@@ -71,6 +71,21 @@ pub struct ServeArgs {
     /// before `realtime.resync` replaces the rest.
     #[arg(long, env = "RAG_MAX_CATCHUP", default_value_t = 10_000)]
     pub max_catchup: usize,
+    /// Most state frames the bridge pushes to heal one listener gap (rows
+    /// changed while it was not listening, for every user with a socket
+    /// here); past this, or if the heal's query fails, `realtime.resync`.
+    /// 0 turns healing off: every gap is a `realtime.resync`.
+    #[arg(long, env = "RAG_MAX_HEAL", default_value_t = 50_000)]
+    pub max_heal: usize,
+    /// Fault injection for tests of a write committing during a heal: the
+    /// bridge waits this long before each heal reads its snapshot (ms).
+    #[arg(
+        long,
+        env = "RAG_BRIDGE_HEAL_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub heal_delay_ms: u64,
     #[command(flatten)]
     pub runtime: RuntimeOpts,
     #[command(flatten)]

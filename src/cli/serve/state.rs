@@ -105,6 +105,13 @@ fn realtime(args: &ServeArgs, parts: &Parts<'_>, events: &Publisher) -> anyhow::
             listen_url: args.runtime.listen_url(parts.url),
             channel: parts.channel.to_string(),
             queue: args.bridge_queue,
+            heal: Some(bridge::HealConfig {
+                pool: parts.pool.clone(),
+                max_rows: args.max_heal,
+                channel: parts.channel.to_string(),
+                instance: bridge::instance_name(),
+                delay: Duration::from_millis(args.heal_delay_ms),
+            }),
         },
         hub.clone(),
         parts.shutdown.clone(),
