@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use ragctl::events::ops::{HEAL_OP, HealOutcome, HealReport, OPS_VERSION};
 use ragctl::harness::Ready;
 use serde_json::Value;
 use uuid::Uuid;
@@ -111,6 +112,88 @@ async fn tap_prints_json_lines_and_flags_bad_payloads() {
     assert_eq!(lines[0]["raw"], "definitely not json");
     assert_eq!(lines[1]["valid"], true);
     assert_eq!(lines[1]["envelope"]["user_id"], user.to_string());
+}
+
+/// A heal run as an API process of `channel` reports it.
+fn heal_report(channel: &str, instance: &str) -> HealReport {
+    let now = chrono::Utc::now();
+    HealReport {
+        v: OPS_VERSION,
+        op: HEAL_OP.into(),
+        channel: channel.into(),
+        instance: instance.into(),
+        reason: "listener_reconnected".into(),
+        from: now - chrono::Duration::seconds(3),
+        to: Some(now),
+        users: 2,
+        sockets: 3,
+        rows: 4,
+        frames: 5,
+        duration_ms: 1.5,
+        outcome: HealOutcome::Healed,
+        error: None,
+        at: now,
+    }
+}
+
+/// Tap listens on the ops channel too: a heal run of its own event channel
+/// comes out as a heal record, another deployment's (published before it)
+/// does not come out at all, and neither is an event.
+#[tokio::test]
+async fn tap_prints_heal_runs_of_its_own_channel_only() {
+    let db = TestDb::new();
+    let mut tap = Proc::spawn_with(
+        "tap",
+        &db.url,
+        &["tap", "--no-tui", "--count", "2"],
+        &[],
+        |cmd| {
+            cmd.stdout(Stdio::piped());
+        },
+    );
+    // Printed once both LISTENs have been acknowledged.
+    tap.wait_line("ragctl tap: connected").await;
+    let theirs = heal_report("other_events", "theirs:1");
+    let mine = heal_report("rag_events", "mine:1");
+    let (client, conn) = ragctl::db::connect(&db.url, "ragctl-test").await.unwrap();
+    let task = tokio::spawn(conn);
+    // One connection, one after the other: delivered in this order.
+    for report in [&theirs, &mine] {
+        client
+            .execute("SELECT pg_notify('ragctl_ops', $1)", &[&report.to_json()])
+            .await
+            .unwrap();
+    }
+    drop(client);
+    let _ = task.await;
+    let user = Uuid::new_v4();
+    publish(&db, doc_status(user, Uuid::new_v4(), "parsed")).await;
+    let status = tap.wait_exit().await;
+    assert!(status.success(), "{}", tap.logs());
+    let mut stdout = String::new();
+    use std::io::Read;
+    tap.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON Lines"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines[0]["op"], "bridge.heal", "{stdout}");
+    assert_eq!(lines[0]["channel"], "ragctl_ops");
+    assert_eq!(
+        serde_json::from_value::<HealReport>(lines[0]["heal"].clone()).unwrap(),
+        mine
+    );
+    assert_eq!(lines[0]["raw"], mine.to_json());
+    assert!(lines[0].get("valid").is_none(), "a report is not an event");
+    assert_eq!(lines[1]["valid"], true);
+    assert_eq!(lines[1]["envelope"]["user_id"], user.to_string());
+    assert!(!stdout.contains("theirs:1"), "{stdout}");
 }
 
 /// Configuration errors name both the flag and the variable, exit 2.
