@@ -16,8 +16,8 @@
 //! `decode` and `report` need no sibling, `source` needs `report`;
 //! `layout` needs `source`, `filter` `decode` and `report`, `msg` `filter`
 //! and `source`, `keymap` `msg`; `app` needs those; `style`, `detail`,
-//! `report_view` and `view` need `app`; `term` needs `view`; `jsonl` needs
-//! `source`, `decode` and `report`.
+//! `report_view` (and `detail`) and `view` need `app`; `term` needs
+//! `view`; `jsonl` needs `source`, `decode` and `report`.
 
 mod app;
 mod decode;

@@ -7,6 +7,7 @@ use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::Cell;
 
 use super::app::App;
+use super::detail::{Labels, millis};
 use super::report::{OpsReport, ReportKind, UNKNOWN_LABEL, format_duration, outcome_tone};
 use super::style::st;
 use crate::cli::term_style::Tone;
@@ -31,10 +32,6 @@ pub fn outcome_style(app: &App, outcome: HealOutcome) -> Style {
 
 fn hms(t: &DateTime<Utc>) -> String {
     t.format("%H:%M:%S").to_string()
-}
-
-fn millis(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// `from→to` in seconds (the detail pane has the milliseconds).
@@ -95,13 +92,11 @@ fn opt(v: Option<u64>) -> String {
 /// The detail pane: what the run did, in words, then the report as
 /// pretty JSON.
 pub fn report_detail<'a>(app: &App, r: &'a OpsReport) -> Text<'a> {
-    let dim = st(app, Style::default().fg(Color::DarkGray));
+    let l = Labels::new(app);
     let bold = Style::default().add_modifier(Modifier::BOLD);
-    let kv = |k: &str, v: String| vec![Span::styled(format!("{k} "), dim), Span::raw(v)];
-    let sep = || Span::styled(" · ", dim);
     let mut lines = Vec::new();
     match &r.kind {
-        ReportKind::Heal(heal) => heal_head(app, heal, &mut lines),
+        ReportKind::Heal(heal) => heal_head(app, l, heal, &mut lines),
         ReportKind::Unknown { op, v } => lines.push(Line::from(vec![
             Span::styled("UNKNOWN REPORT ", st(app, bold.fg(Color::Yellow))),
             Span::raw(format!(
@@ -111,13 +106,13 @@ pub fn report_detail<'a>(app: &App, r: &'a OpsReport) -> Text<'a> {
             )),
         ])),
     }
-    let mut wire = kv("received", millis(&r.received_at));
-    wire.push(sep());
-    wire.extend(kv("channel", r.channel.clone()));
-    wire.push(sep());
+    let mut wire = l.kv("received", millis(&r.received_at));
+    wire.push(l.sep());
+    wire.extend(l.kv("channel", r.channel.clone()));
+    wire.push(l.sep());
     wire.push(Span::raw(format!("{} bytes", r.raw.len())));
     lines.push(Line::from(wire));
-    lines.push(Line::from(Span::styled("report", dim)));
+    lines.push(Line::from(Span::styled("report", l.dim)));
     let pretty = serde_json::from_str::<serde_json::Value>(&r.raw)
         .ok()
         .and_then(|v| serde_json::to_string_pretty(&v).ok());
@@ -143,21 +138,18 @@ pub fn explain(outcome: HealOutcome) -> &'static str {
 
 /// Outcome in words; instance and reason; the window; the counts; the
 /// error.
-fn heal_head(app: &App, heal: &HealReport, lines: &mut Vec<Line<'_>>) {
-    let dim = st(app, Style::default().fg(Color::DarkGray));
-    let kv = |k: &str, v: String| vec![Span::styled(format!("{k} "), dim), Span::raw(v)];
-    let sep = || Span::styled(" · ", dim);
+fn heal_head(app: &App, l: Labels, heal: &HealReport, lines: &mut Vec<Line<'_>>) {
     let outcome = outcome_style(app, heal.outcome)
         .patch(st(app, Style::default().add_modifier(Modifier::BOLD)));
     lines.push(Line::from(vec![
         Span::styled(format!("HEAL {}", heal.outcome.as_str()), outcome),
         Span::raw(format!(" — {}", explain(heal.outcome))),
     ]));
-    let mut origin = kv("instance", heal.instance.clone());
-    origin.push(sep());
-    origin.extend(kv("reason", heal.reason.clone()));
+    let mut origin = l.kv("instance", heal.instance.clone());
+    origin.push(l.sep());
+    origin.extend(l.kv("reason", heal.reason.clone()));
     lines.push(Line::from(origin));
-    let mut win = kv("window", millis(&heal.from));
+    let mut win = l.kv("window", millis(&heal.from));
     win.push(Span::raw(" → "));
     win.push(Span::raw(heal.to.as_ref().map_or("?".into(), millis)));
     if let Some(to) = heal.to {
@@ -165,19 +157,19 @@ fn heal_head(app: &App, heal: &HealReport, lines: &mut Vec<Line<'_>>) {
         win.push(Span::raw(format!(" ({secs:.3}s)")));
     }
     lines.push(Line::from(win));
-    let mut counts = kv("users", heal.users.to_string());
+    let mut counts = l.kv("users", heal.users.to_string());
     for (k, n) in [
         ("sockets", heal.sockets),
         ("rows", heal.rows),
         ("frames", heal.frames),
     ] {
-        counts.push(sep());
-        counts.extend(kv(k, n.to_string()));
+        counts.push(l.sep());
+        counts.extend(l.kv(k, n.to_string()));
     }
-    counts.push(sep());
-    counts.extend(kv("duration", format_duration(heal.duration_ms)));
-    counts.push(sep());
-    counts.extend(kv("ended", millis(&heal.at)));
+    counts.push(l.sep());
+    counts.extend(l.kv("duration", format_duration(heal.duration_ms)));
+    counts.push(l.sep());
+    counts.extend(l.kv("ended", millis(&heal.at)));
     lines.push(Line::from(counts));
     if let Some(e) = &heal.error {
         lines.push(Line::from(Span::styled(
