@@ -196,6 +196,58 @@ async fn tap_prints_heal_runs_of_its_own_channel_only() {
     assert!(!stdout.contains("theirs:1"), "{stdout}");
 }
 
+/// The TUI in a pseudo-terminal shows a heal run as a `heal` row with its
+/// outcome, and sums it up under the counts.
+#[tokio::test]
+async fn tap_shows_heal_runs_in_a_pseudo_terminal() {
+    let db = TestDb::new();
+    let cmd = format!("stty cols 120 rows 30; exec {} tap --count 1", bin());
+    let mut child = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("DATABASE_URL", &db.url)
+        .env("TERM", "xterm-256color")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("util-linux script is installed");
+    // The screen is read as it is drawn, so the pipe never fills.
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut screen = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut screen).unwrap();
+        String::from_utf8_lossy(&screen).into_owned()
+    });
+    wait_for_backend(&db, "ragctl-tap").await;
+    let report = heal_report("rag_events", "mine:1").to_json();
+    // Until tap takes it (`--count 1`): the LISTEN may trail the connection.
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "tap never took the report");
+        db.query(&format!(
+            "SELECT pg_notify('ragctl_ops', '{}')",
+            report.replace('\'', "''")
+        ))
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let screen = reader.join().unwrap();
+    assert!(status.success(), "tap failed: {screen}");
+    // Cells are drawn word by word (the cursor skips blanks).
+    for word in ["heal", "users", "rows", "frames", "sock", "healed"] {
+        assert!(screen.contains(word), "{word}: {screen}");
+    }
+    assert!(screen.contains(" heals 1 · last 1.5ms healed "), "{screen}");
+    assert!(
+        screen.rfind("\x1b[?1049l").expect("terminal not restored")
+            > screen.rfind("healed").unwrap()
+    );
+}
+
 /// Configuration errors name both the flag and the variable, exit 2.
 #[test]
 fn missing_configuration_names_flag_and_variable() {
