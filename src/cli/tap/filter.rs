@@ -100,6 +100,10 @@ fn kind_matches(filter: &str, kind: &str, invalid: bool) -> bool {
         Some(rest) => (true, rest.trim()),
         None => (false, filter),
     };
+    // A lone `!` (half typed) filters nothing yet.
+    if filter.is_empty() {
+        return true;
+    }
     let hit = if filter.eq_ignore_ascii_case("invalid") {
         invalid
     } else {

@@ -137,7 +137,9 @@ fn filters_show_and_hide_heal_rows() {
     assert_eq!(shown(&app), 2);
     assert_eq!(selected_kind(&app).as_deref(), Some("heal"));
     update(&mut app, Msg::InputClear);
-    typed(&mut app, "!heal");
+    typed(&mut app, "!");
+    assert_eq!(shown(&app), 8, "a lone ! filters nothing yet");
+    typed(&mut app, "heal");
     assert_eq!(shown(&app), 6, "everything but heal runs");
     update(&mut app, Msg::InputClear);
     typed(&mut app, "invalid");
