@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use ragctl::events::ops::{HEAL_OP, HealOutcome, HealReport, OPS_VERSION};
 use ragctl::harness::Ready;
 use serde_json::Value;
 use uuid::Uuid;
@@ -111,6 +112,140 @@ async fn tap_prints_json_lines_and_flags_bad_payloads() {
     assert_eq!(lines[0]["raw"], "definitely not json");
     assert_eq!(lines[1]["valid"], true);
     assert_eq!(lines[1]["envelope"]["user_id"], user.to_string());
+}
+
+/// A heal run as an API process of `channel` reports it.
+fn heal_report(channel: &str, instance: &str) -> HealReport {
+    let now = chrono::Utc::now();
+    HealReport {
+        v: OPS_VERSION,
+        op: HEAL_OP.into(),
+        channel: channel.into(),
+        instance: instance.into(),
+        reason: "listener_reconnected".into(),
+        from: now - chrono::Duration::seconds(3),
+        to: Some(now),
+        users: 2,
+        sockets: 3,
+        rows: 4,
+        frames: 5,
+        duration_ms: 1.5,
+        outcome: HealOutcome::Healed,
+        error: None,
+        at: now,
+    }
+}
+
+/// Tap listens on the ops channel too: a heal run of its own event channel
+/// comes out as a heal record, another deployment's (published before it)
+/// does not come out at all, and neither is an event.
+#[tokio::test]
+async fn tap_prints_heal_runs_of_its_own_channel_only() {
+    let db = TestDb::new();
+    let mut tap = Proc::spawn_with(
+        "tap",
+        &db.url,
+        &["tap", "--no-tui", "--count", "2"],
+        &[],
+        |cmd| {
+            cmd.stdout(Stdio::piped());
+        },
+    );
+    // Printed once both LISTENs have been acknowledged.
+    tap.wait_line("ragctl tap: connected").await;
+    let theirs = heal_report("other_events", "theirs:1");
+    let mine = heal_report("rag_events", "mine:1");
+    let (client, conn) = ragctl::db::connect(&db.url, "ragctl-test").await.unwrap();
+    let task = tokio::spawn(conn);
+    // One connection, one after the other: delivered in this order.
+    for report in [&theirs, &mine] {
+        client
+            .execute("SELECT pg_notify('ragctl_ops', $1)", &[&report.to_json()])
+            .await
+            .unwrap();
+    }
+    drop(client);
+    let _ = task.await;
+    let user = Uuid::new_v4();
+    publish(&db, doc_status(user, Uuid::new_v4(), "parsed")).await;
+    let status = tap.wait_exit().await;
+    assert!(status.success(), "{}", tap.logs());
+    let mut stdout = String::new();
+    use std::io::Read;
+    tap.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON Lines"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines[0]["op"], "bridge.heal", "{stdout}");
+    assert_eq!(lines[0]["channel"], "ragctl_ops");
+    assert_eq!(
+        serde_json::from_value::<HealReport>(lines[0]["heal"].clone()).unwrap(),
+        mine
+    );
+    assert_eq!(lines[0]["raw"], mine.to_json());
+    assert!(lines[0].get("valid").is_none(), "a report is not an event");
+    assert_eq!(lines[1]["valid"], true);
+    assert_eq!(lines[1]["envelope"]["user_id"], user.to_string());
+    assert!(!stdout.contains("theirs:1"), "{stdout}");
+}
+
+/// The TUI in a pseudo-terminal shows a heal run as a `heal` row with its
+/// outcome, and sums it up under the counts.
+#[tokio::test]
+async fn tap_shows_heal_runs_in_a_pseudo_terminal() {
+    let db = TestDb::new();
+    let cmd = format!("stty cols 120 rows 30; exec {} tap --count 1", bin());
+    let mut child = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("DATABASE_URL", &db.url)
+        .env("TERM", "xterm-256color")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("util-linux script is installed");
+    // The screen is read as it is drawn, so the pipe never fills.
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut screen = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut screen).unwrap();
+        String::from_utf8_lossy(&screen).into_owned()
+    });
+    wait_for_backend(&db, "ragctl-tap").await;
+    let report = heal_report("rag_events", "mine:1").to_json();
+    // Until tap takes it (`--count 1`): the LISTEN may trail the connection.
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "tap never took the report");
+        db.query(&format!(
+            "SELECT pg_notify('ragctl_ops', '{}')",
+            report.replace('\'', "''")
+        ))
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let screen = reader.join().unwrap();
+    assert!(status.success(), "tap failed: {screen}");
+    // Cells are drawn word by word (the cursor skips blanks).
+    for word in ["heal", "users", "rows", "frames", "sock", "healed"] {
+        assert!(screen.contains(word), "{word}: {screen}");
+    }
+    assert!(screen.contains(" heals 1 · last 1.5ms healed "), "{screen}");
+    assert!(
+        screen.rfind("\x1b[?1049l").expect("terminal not restored")
+            > screen.rfind("healed").unwrap()
+    );
 }
 
 /// Configuration errors name both the flag and the variable, exit 2.

@@ -17,8 +17,10 @@ use super::filter::{FilterField, Filters, kind_cycle};
 use super::keymap::{Mode, keymap};
 use super::layout;
 use super::msg::{Effect, Msg};
+use super::report::OpsReport;
 use super::source::{Input, SourceStatus};
 use crate::events::EventType;
+use crate::events::ops::HealOutcome;
 
 /// Seconds of history in the events/s sparkline.
 pub const SPARK_SECS: usize = 60;
@@ -26,6 +28,8 @@ pub const SPARK_SECS: usize = 60;
 pub const TOAST_FOR: Duration = Duration::from_secs(4);
 /// Event types, one counter each.
 pub const TYPES: usize = EventType::ALL.len();
+/// Heal outcomes, one counter each.
+pub const OUTCOMES: usize = HealOutcome::ALL.len();
 
 /// Default ring buffer capacity (rows kept in the TUI).
 pub const DEFAULT_CAPACITY: usize = 10_000;
@@ -34,7 +38,8 @@ pub const DEFAULT_CAPACITY: usize = 10_000;
 pub struct TapOptions {
     /// Ring buffer capacity; the oldest rows are evicted (and counted) past it.
     pub capacity: usize,
-    /// Exit after this many notifications (reassembled fragments count once).
+    /// Exit after this many notifications (reassembled fragments count once,
+    /// ops reports count).
     pub count: Option<u64>,
     /// Initial user filter.
     pub user: Option<uuid::Uuid>,
@@ -64,6 +69,8 @@ impl Default for TapOptions {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Entry {
     Event(Box<Event>),
+    /// A report off the ops channel (a heal run): never an event.
+    Report(Box<OpsReport>),
     /// A separator the user inserted with `m`, at this time.
     Marker(DateTime<Utc>),
 }
@@ -123,6 +130,13 @@ pub struct App {
     pub invalid: u64,
     /// Events that arrived in fragments.
     pub fragmented: u64,
+    /// Heal runs since start (or `c`), per outcome in `HealOutcome::ALL`
+    /// order.
+    pub heals: [u64; OUTCOMES],
+    /// The last heal run's duration (ms) and outcome.
+    pub last_heal: Option<(f64, HealOutcome)>,
+    /// Reports of an op or version this build cannot read.
+    pub unknown_reports: u64,
     /// Events per second, oldest first; the last bucket is `spark_head`.
     pub spark: VecDeque<u64>,
     pub spark_head: i64,
@@ -131,7 +145,7 @@ pub struct App {
     base: (Instant, DateTime<Utc>),
     decoder: Decoder,
     count_limit: Option<u64>,
-    /// Events received (for `--count`).
+    /// Notifications received, reports included (for `--count`).
     pub received: u64,
     pub save_dir: PathBuf,
     pub size: (u16, u16),
@@ -167,6 +181,9 @@ impl App {
             counts: [0; TYPES],
             invalid: 0,
             fragmented: 0,
+            heals: [0; OUTCOMES],
+            last_heal: None,
+            unknown_reports: 0,
             spark: std::iter::repeat_n(0, SPARK_SECS).collect(),
             spark_head: wall.timestamp(),
             toast: None,
@@ -264,8 +281,24 @@ impl App {
         self.save_dir.join(name)
     }
 
-    /// Writes every buffered row (filters ignored) as JSON Lines: events as
-    /// in `--no-tui` output, markers as `{"marker":true,"received_at":..}`.
+    /// Heal runs since start (or `c`).
+    pub fn heal_runs(&self) -> u64 {
+        self.heals.iter().sum()
+    }
+
+    /// Heal runs that ended in a `realtime.resync`.
+    pub fn heal_resyncs(&self) -> u64 {
+        HealOutcome::ALL
+            .iter()
+            .zip(self.heals)
+            .filter(|(o, _)| o.resynced())
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Writes every buffered row (filters ignored) as JSON Lines: events and
+    /// reports as in `--no-tui` output, markers as
+    /// `{"marker":true,"received_at":..}`.
     pub fn write_jsonl<W: Write>(&self, mut w: W) -> io::Result<usize> {
         #[derive(Serialize)]
         struct Marker {
@@ -275,6 +308,7 @@ impl App {
         for row in &self.rows {
             match &row.entry {
                 Entry::Event(ev) => serde_json::to_writer(&mut w, &ev.record())?,
+                Entry::Report(r) => serde_json::to_writer(&mut w, &r.record())?,
                 Entry::Marker(at) => serde_json::to_writer(
                     &mut w,
                     &Marker {
@@ -302,11 +336,12 @@ impl App {
             }
         }
         let matched = passes(&self.filters, &entry);
-        let is_event = matches!(entry, Entry::Event(_));
+        // Markers are the user's own: not news.
+        let arrived = !matches!(entry, Entry::Marker(_));
         self.rows.push_back(Row { seq, entry });
         if matched {
             self.matches.push_back(seq);
-            if !self.follow && is_event {
+            if !self.follow && arrived {
                 self.new_count += 1;
             }
         }
@@ -340,10 +375,32 @@ impl App {
             self.received += 1;
             self.push_row(Entry::Event(Box::new(ev)));
         }
+        self.count_reached()
+    }
+
+    fn count_reached(&self) -> Option<Effect> {
         match self.count_limit {
             Some(n) if self.received >= n => Some(Effect::Quit),
             _ => None,
         }
+    }
+
+    /// A report: its own counters, never the event types' or `invalid`.
+    fn ingest_report(&mut self, report: OpsReport) -> Option<Effect> {
+        match report.heal() {
+            Some(heal) => {
+                let i = HealOutcome::ALL
+                    .iter()
+                    .position(|o| *o == heal.outcome)
+                    .expect("ALL lists every outcome");
+                self.heals[i] += 1;
+                self.last_heal = Some((heal.duration_ms, heal.outcome));
+            }
+            None => self.unknown_reports += 1,
+        }
+        self.received += 1;
+        self.push_row(Entry::Report(Box::new(report)));
+        self.count_reached()
     }
 
     fn spark_advance(&mut self, sec: i64) {
@@ -437,6 +494,7 @@ fn passes(filters: &Filters, entry: &Entry) -> bool {
     match entry {
         Entry::Marker(_) => true,
         Entry::Event(ev) => filters.matches(ev),
+        Entry::Report(r) => filters.matches_report(r),
     }
 }
 
@@ -453,6 +511,7 @@ impl App {
                 let events = self.decoder.push(channel, payload, received_at, self.now);
                 self.ingest(events)
             }
+            Input::Report(report) => self.ingest_report(*report),
             Input::Status(status) => {
                 self.status = status;
                 self.status_seen = true;
@@ -525,6 +584,9 @@ impl App {
         self.counts = [0; TYPES];
         self.invalid = 0;
         self.fragmented = 0;
+        self.heals = [0; OUTCOMES];
+        self.last_heal = None;
+        self.unknown_reports = 0;
         self.new_count = 0;
         self.selected = None;
         self.top = None;

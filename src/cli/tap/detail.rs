@@ -43,22 +43,28 @@ fn problem(ev: &Event) -> Option<String> {
     }
 }
 
-fn millis(t: &chrono::DateTime<chrono::Utc>) -> String {
+pub fn millis(t: &chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// The dim labels and separators of the header lines.
 #[derive(Clone, Copy)]
-struct Labels {
-    dim: Style,
+pub struct Labels {
+    pub dim: Style,
 }
 
 impl Labels {
-    fn kv<'a>(self, k: &str, v: String) -> Vec<Span<'a>> {
+    pub fn new(app: &App) -> Labels {
+        Labels {
+            dim: st(app, Style::default().fg(Color::DarkGray)),
+        }
+    }
+
+    pub fn kv<'a>(self, k: &str, v: String) -> Vec<Span<'a>> {
         vec![Span::styled(format!("{k} "), self.dim), Span::raw(v)]
     }
 
-    fn sep<'a>(self) -> Span<'a> {
+    pub fn sep<'a>(self) -> Span<'a> {
         Span::styled(" · ", self.dim)
     }
 
@@ -78,9 +84,7 @@ impl Labels {
 /// Header lines (envelope fields, or why it is invalid), then the payload
 /// as pretty JSON (the whole payload text when it is not an envelope).
 pub fn detail_text<'a>(app: &App, ev: &'a Event) -> Text<'a> {
-    let labels = Labels {
-        dim: st(app, Style::default().fg(Color::DarkGray)),
-    };
+    let labels = Labels::new(app);
     let mut lines = Vec::new();
     let pretty = match &ev.outcome {
         Ok(env) => {

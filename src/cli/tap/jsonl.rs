@@ -1,5 +1,6 @@
 //! `--no-tui` (or no terminal): one JSON object per notification on
-//! stdout, status changes on stderr.
+//! stdout (an event, or a heal run: the record has `op`), status changes on
+//! stderr.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -7,12 +8,28 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::Receiver;
 
 use super::decode::Decoder;
+use super::report::OpsReport;
 use super::source::{Input, SourceStatus};
 
+/// One line to print: an event's record or a report's.
+enum Line {
+    Event(super::decode::Event),
+    Report(OpsReport),
+}
+
+impl Line {
+    fn write<W: Write>(&self, out: &mut W) -> serde_json::Result<()> {
+        match self {
+            Line::Event(ev) => serde_json::to_writer(out, &ev.record()),
+            Line::Report(r) => serde_json::to_writer(out, &r.record()),
+        }
+    }
+}
+
 /// Prints one JSON object per notification (a reassembled fragment group is
-/// one notification) until the channel closes or `count` objects have been
-/// written. Status changes go to stderr. A closed stdout (broken pipe) ends
-/// the run quietly.
+/// one notification; a heal report is one too) until the channel closes or
+/// `count` objects have been written. Status changes go to stderr. A closed
+/// stdout (broken pipe) ends the run quietly.
 pub async fn run_jsonl<W: Write>(
     mut rx: Receiver<Input>,
     mut out: W,
@@ -28,12 +45,15 @@ pub async fn run_jsonl<W: Write>(
         let mut expiry = tokio::time::interval(Duration::from_secs(1));
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let events = tokio::select! {
+            let lines: Vec<Line> = tokio::select! {
                 input = rx.recv() => match input {
                     None => break,
-                    Some(Input::Notification { channel, payload, received_at }) => {
-                        decoder.push(channel, payload, received_at, Instant::now())
-                    }
+                    Some(Input::Notification { channel, payload, received_at }) => decoder
+                        .push(channel, payload, received_at, Instant::now())
+                        .into_iter()
+                        .map(Line::Event)
+                        .collect(),
+                    Some(Input::Report(report)) => vec![Line::Report(*report)],
                     Some(Input::Status(status)) => {
                         if let Some(line) = status_line(last_status.as_ref(), &status) {
                             eprintln!("ragctl tap: {line}");
@@ -42,10 +62,14 @@ pub async fn run_jsonl<W: Write>(
                         continue;
                     }
                 },
-                _ = expiry.tick() => decoder.expire(Instant::now()),
+                _ = expiry.tick() => decoder
+                    .expire(Instant::now())
+                    .into_iter()
+                    .map(Line::Event)
+                    .collect(),
             };
-            for event in &events {
-                serde_json::to_writer(&mut out, &event.record())?;
+            for line in &lines {
+                line.write(&mut out)?;
                 out.write_all(b"\n")?;
                 written += 1;
                 if count.is_some_and(|n| written >= n) {
@@ -53,7 +77,7 @@ pub async fn run_jsonl<W: Write>(
                     return Ok(());
                 }
             }
-            if !events.is_empty() {
+            if !lines.is_empty() {
                 out.flush()?;
             }
         }

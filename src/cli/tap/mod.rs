@@ -1,5 +1,5 @@
 //! `ragctl tap`: a live inspector for the NOTIFY traffic on the event
-//! channel.
+//! channel, and for the heal runs the bridges report on the ops channel.
 //!
 //! The TUI follows The Elm Architecture: [`app`] holds the state and the one
 //! `update` function that changes it, [`view`] draws a frame from that state
@@ -7,15 +7,17 @@
 //! [`keymap`] turns keys into [`msg`]s, [`filter`] decides which rows show,
 //! and [`layout`] is the geometry both `app` (paging) and `view` need. The
 //! LISTEN connection lives in [`source`]; it feeds [`Input`]s in through a
-//! bounded channel. [`decode`] turns notifications into events for both the
-//! TUI and, without a TTY (or with `--no-tui`), [`run_jsonl`], which prints
-//! one JSON object per notification instead.
+//! bounded channel. [`decode`] turns notifications into events, and
+//! [`report`] ops reports into heal runs, for both the TUI and, without a
+//! TTY (or with `--no-tui`), [`run_jsonl`], which prints one JSON object
+//! per notification instead.
 //!
 //! Dependencies point one way (no module imports one that imports it):
-//! `source` and `decode` need no sibling; `layout` needs `source`, `filter`
-//! `decode`, `msg` `filter` and `source`, `keymap` `msg`; `app` needs
-//! those; `style`, `detail` and `view` need `app`; `term` needs `view`;
-//! `jsonl` needs only `source` and `decode`.
+//! `decode` and `report` need no sibling, `source` needs `report`;
+//! `layout` needs `source`, `filter` `decode` and `report`, `msg` `filter`
+//! and `source`, `keymap` `msg`; `app` needs those; `style`, `detail`,
+//! `report_view` (and `detail`) and `view` need `app`; `term` needs
+//! `view`; `jsonl` needs `source`, `decode` and `report`.
 
 mod app;
 mod decode;
@@ -25,11 +27,15 @@ mod jsonl;
 mod keymap;
 mod layout;
 mod msg;
+mod report;
+mod report_view;
 mod source;
 mod style;
 mod term;
 mod view;
 
+#[cfg(test)]
+mod heal_tests;
 #[cfg(test)]
 mod tests;
 
@@ -60,7 +66,7 @@ pub struct TapArgs {
     /// Print JSON Lines instead of the TUI (also when stdout is not a TTY).
     #[arg(long)]
     pub no_tui: bool,
-    /// Exit after this many notifications.
+    /// Exit after this many notifications (heal reports included).
     #[arg(long)]
     pub count: Option<u64>,
     /// Rows kept in the ring buffer; older ones are dropped and counted.
@@ -69,7 +75,8 @@ pub struct TapArgs {
     /// Start with a user filter.
     #[arg(long)]
     pub user: Option<uuid::Uuid>,
-    /// Start with a type filter (substring of the type, or `invalid`).
+    /// Start with a type filter (substring of the type, `invalid`, `heal`;
+    /// a leading `!` inverts it).
     #[arg(long = "type")]
     pub kind: Option<String>,
     /// Start with a free-text filter over the raw payload.

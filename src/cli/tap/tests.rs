@@ -18,23 +18,23 @@ use super::source::SourceStatus;
 use super::{Input, TapOptions, run_jsonl, view};
 use crate::events::{DropReason, Envelope, EventType, encode_notifications};
 
-const USER_A: Uuid = Uuid::from_u128(0x1111_1111_1111_4111_8111_1111_1111_1111);
-const USER_B: Uuid = Uuid::from_u128(0x2222_2222_2222_4222_8222_2222_2222_2222);
-const DOC: Uuid = Uuid::from_u128(0xd0c0_0001_0000_4000_8000_0000_0000_0001);
-const JOB: Uuid = Uuid::from_u128(0x30b0_0001_0000_4000_8000_0000_0000_0001);
-const MSG: Uuid = Uuid::from_u128(0x3e55_0001_0000_4000_8000_0000_0000_0001);
-const CONV: Uuid = Uuid::from_u128(0xc0b0_0001_0000_4000_8000_0000_0000_0001);
+pub(super) const USER_A: Uuid = Uuid::from_u128(0x1111_1111_1111_4111_8111_1111_1111_1111);
+pub(super) const USER_B: Uuid = Uuid::from_u128(0x2222_2222_2222_4222_8222_2222_2222_2222);
+pub(super) const DOC: Uuid = Uuid::from_u128(0xd0c0_0001_0000_4000_8000_0000_0000_0001);
+pub(super) const JOB: Uuid = Uuid::from_u128(0x30b0_0001_0000_4000_8000_0000_0000_0001);
+pub(super) const MSG: Uuid = Uuid::from_u128(0x3e55_0001_0000_4000_8000_0000_0000_0001);
+pub(super) const CONV: Uuid = Uuid::from_u128(0xc0b0_0001_0000_4000_8000_0000_0000_0001);
 
-fn t0() -> DateTime<Utc> {
+pub(super) fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 28, 10, 0, 0).unwrap()
 }
 
-fn at(ms: i64) -> DateTime<Utc> {
+pub(super) fn at(ms: i64) -> DateTime<Utc> {
     t0() + chrono::Duration::milliseconds(ms)
 }
 
 /// A fixed envelope; `n` varies its id and timestamp.
-fn envelope(n: u128, user: Uuid, kind: EventType) -> Envelope {
+pub(super) fn envelope(n: u128, user: Uuid, kind: EventType) -> Envelope {
     let ts = at(n as i64 * 1000);
     let payload = match kind {
         EventType::DocumentCreated => json!({
@@ -68,23 +68,23 @@ fn envelope(n: u128, user: Uuid, kind: EventType) -> Envelope {
     }
 }
 
-fn opts() -> TapOptions {
+pub(super) fn opts() -> TapOptions {
     TapOptions {
         save_dir: PathBuf::from("/tmp/taps"),
         ..TapOptions::default()
     }
 }
 
-fn app_with(opts: &TapOptions) -> (App, Instant) {
+pub(super) fn app_with(opts: &TapOptions) -> (App, Instant) {
     let start = Instant::now();
     (App::new(opts, start, t0()), start)
 }
 
-fn app() -> App {
+pub(super) fn app() -> App {
     app_with(&opts()).0
 }
 
-fn notification(payload: impl Into<String>, received_at: DateTime<Utc>) -> Input {
+pub(super) fn notification(payload: impl Into<String>, received_at: DateTime<Utc>) -> Input {
     Input::Notification {
         channel: "rag_events".into(),
         payload: payload.into(),
@@ -92,12 +92,12 @@ fn notification(payload: impl Into<String>, received_at: DateTime<Utc>) -> Input
     }
 }
 
-fn note(payload: impl Into<String>, received_at: DateTime<Utc>) -> Msg {
+pub(super) fn note(payload: impl Into<String>, received_at: DateTime<Utc>) -> Msg {
     Msg::Input(notification(payload, received_at))
 }
 
 /// Publishes `env` as it would arrive, `delay_ms` after its `ts`.
-fn send(app: &mut App, env: &Envelope, delay_ms: i64) -> Option<Effect> {
+pub(super) fn send(app: &mut App, env: &Envelope, delay_ms: i64) -> Option<Effect> {
     let mut effect = None;
     for p in encode_notifications(env).unwrap() {
         effect = update(
@@ -108,7 +108,7 @@ fn send(app: &mut App, env: &Envelope, delay_ms: i64) -> Option<Effect> {
     effect
 }
 
-fn status(app: &mut App, listeners: i64) {
+pub(super) fn status(app: &mut App, listeners: i64) {
     update(
         app,
         Msg::Input(Input::Status(SourceStatus {
@@ -121,15 +121,15 @@ fn status(app: &mut App, listeners: i64) {
     );
 }
 
-fn key(app: &mut App, code: KeyCode) -> Option<Effect> {
+pub(super) fn key(app: &mut App, code: KeyCode) -> Option<Effect> {
     update(app, Msg::Key(KeyEvent::new(code, KeyModifiers::NONE)))
 }
 
-fn chr(app: &mut App, c: char) -> Option<Effect> {
+pub(super) fn chr(app: &mut App, c: char) -> Option<Effect> {
     key(app, KeyCode::Char(c))
 }
 
-fn typed(app: &mut App, s: &str) {
+pub(super) fn typed(app: &mut App, s: &str) {
     for c in s.chars() {
         chr(app, c);
     }
@@ -140,33 +140,34 @@ fn events(app: &App) -> Vec<&super::decode::Event> {
         .iter()
         .filter_map(|r| match &r.entry {
             Entry::Event(ev) => Some(&**ev),
-            Entry::Marker(_) => None,
+            Entry::Report(_) | Entry::Marker(_) => None,
         })
         .collect()
 }
 
-fn selected_kind(app: &App) -> Option<String> {
+pub(super) fn selected_kind(app: &App) -> Option<String> {
     match &app.selected_row()?.entry {
         Entry::Event(ev) => Some(ev.kind_label().to_string()),
+        Entry::Report(r) => Some(r.kind_label().to_string()),
         Entry::Marker(_) => Some("marker".into()),
     }
 }
 
 /// Five events of every type, alternating users, delays 12..16 ms.
-fn five(app: &mut App) {
+pub(super) fn five(app: &mut App) {
     for (i, kind) in EventType::ALL.into_iter().enumerate() {
         let user = if i % 2 == 0 { USER_A } else { USER_B };
         send(app, &envelope(i as u128, user, kind), 12 + i as i64);
     }
 }
 
-fn render(app: &App) -> String {
+pub(super) fn render(app: &App) -> String {
     let mut terminal = Terminal::new(TestBackend::new(120, 30)).unwrap();
     terminal.draw(|f| view::view(app, f)).unwrap();
     terminal.backend().to_string()
 }
 
-fn buffer(app: &App) -> ratatui::buffer::Buffer {
+pub(super) fn buffer(app: &App) -> ratatui::buffer::Buffer {
     let mut terminal = Terminal::new(TestBackend::new(120, 30)).unwrap();
     terminal.draw(|f| view::view(app, f)).unwrap();
     terminal.backend().buffer().clone()
@@ -343,6 +344,12 @@ fn type_filter_cycles_with_tab() {
     key(&mut app, KeyCode::BackTab);
     key(&mut app, KeyCode::BackTab);
     assert_eq!(app.filters.kind, "");
+    key(&mut app, KeyCode::BackTab);
+    assert_eq!(app.filters.kind, "!heal");
+    assert_eq!(app.matches.len(), 7, "no heal runs here: everything shows");
+    key(&mut app, KeyCode::BackTab);
+    assert_eq!(app.filters.kind, "heal");
+    assert_eq!(app.matches.len(), 0);
     key(&mut app, KeyCode::BackTab);
     assert_eq!(app.filters.kind, "invalid");
     assert_eq!(app.matches.len(), 1);
@@ -654,7 +661,7 @@ fn status_lines_for_no_tui_mode() {
 
 // ---- styles ----------------------------------------------------------------
 
-fn row_of(buf: &ratatui::buffer::Buffer, needle: &str) -> u16 {
+pub(super) fn row_of(buf: &ratatui::buffer::Buffer, needle: &str) -> u16 {
     (0..buf.area.height)
         .find(|y| {
             let line: String = (0..buf.area.width)

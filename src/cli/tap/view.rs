@@ -11,6 +11,7 @@ use super::decode::Event;
 use super::detail::detail_text;
 use super::filter::FilterField;
 use super::layout::{STATS_HEIGHT, banner, table_height};
+use super::report_view::{heal_summary, report_cells, report_detail, report_style};
 use super::style::{format_delay, st};
 use crate::cli::term_style::{Tone, status_tone};
 use crate::cli::text::short_id;
@@ -152,6 +153,7 @@ fn table_rows(app: &App, height: usize) -> Vec<Row<'_>> {
             let mut cells = vec![Cell::from(if selected { "▶" } else { " " })];
             cells.extend(match &row.entry {
                 Entry::Event(ev) => event_cells(app, ev),
+                Entry::Report(r) => report_cells(app, r),
                 Entry::Marker(at) => marker_cells(at),
             });
             let mut style = row_style(app, &row.entry);
@@ -200,6 +202,7 @@ fn marker_style(app: &App) -> Style {
 fn row_style(app: &App, entry: &Entry) -> Style {
     match entry {
         Entry::Event(ev) => event_style(app, ev),
+        Entry::Report(_) => report_style(app),
         Entry::Marker(_) => marker_style(app),
     }
 }
@@ -307,6 +310,9 @@ fn render_detail(app: &App, frame: &mut Frame, area: Rect) {
         (Some(Entry::Event(ev)), true) => {
             format!(" raw NOTIFY payload · {} bytes ", ev.raw.len())
         }
+        (Some(Entry::Report(r)), true) => {
+            format!(" raw NOTIFY payload · {} bytes ", r.raw.len())
+        }
         _ => " detail ".to_string(),
     };
     let block = Block::bordered()
@@ -323,9 +329,14 @@ fn render_detail(app: &App, frame: &mut Frame, area: Rect) {
             .right_aligned(),
         );
     let inner = block.inner(area);
-    if let (Some(Entry::Event(ev)), true) = (row.map(|r| &r.entry), app.raw) {
+    let raw = match row.map(|r| &r.entry) {
+        Some(Entry::Event(ev)) => Some(ev.raw.as_str()),
+        Some(Entry::Report(r)) => Some(r.raw.as_str()),
+        _ => None,
+    };
+    if let (Some(raw), true) = (raw, app.raw) {
         let lines = raw_lines(
-            &ev.raw,
+            raw,
             inner.width as usize,
             app.detail_scroll as usize,
             inner.height as usize,
@@ -340,6 +351,7 @@ fn render_detail(app: &App, frame: &mut Frame, area: Rect) {
             at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
         )),
         Some(Entry::Event(ev)) => detail_text(app, ev),
+        Some(Entry::Report(r)) => report_detail(app, r),
     };
     let para = Paragraph::new(text)
         .block(block)
@@ -399,9 +411,11 @@ fn render_stats(app: &App, frame: &mut Frame, area: Rect) {
     };
     second.extend(pair("invalid", app.invalid, bad));
     second.extend(pair("fragmented", app.fragmented, Style::default()));
+    let block = Block::bordered()
+        .title_top(" by type ")
+        .title_bottom(Line::from(heal_summary(app)));
     frame.render_widget(
-        Paragraph::new(vec![Line::from(first), Line::from(second)])
-            .block(Block::bordered().title_top(" by type ")),
+        Paragraph::new(vec![Line::from(first), Line::from(second)]).block(block),
         counts_area,
     );
 }
@@ -594,7 +608,8 @@ const HELP: &[(&str, &str)] = &[
     ("", "Filters (they work while paused too)"),
     ("/", "text in the raw payload (smart case)"),
     ("u", "user id prefix"),
-    ("t", "type: substring, Tab cycles, \"invalid\""),
+    ("t", "type substring, \"invalid\", \"heal\"; Tab cycles"),
+    ("t !…", "everything else: \"!heal\" hides heal runs"),
     ("Esc", "clear the filters / cancel typing"),
     ("", "Buffer"),
     ("m", "insert a marker row"),
