@@ -13,7 +13,9 @@
 //!    that lost nothing and whose backlog drained within a second of the
 //!    last commit (doubling, then bisecting);
 //! 5. with `--resume` only, the catch-up of a socket resuming with
-//!    `/ws?since=` on 10,000 documents of its user (`resume`).
+//!    `/ws?since=` on 10,000 documents of its user (`resume`), then the
+//!    bridge's heal of 10 rows for each of 1,000 connected users after
+//!    its listener backend is killed (`heal`).
 //!
 //! Each phase also records the CPU used by this process, the server and
 //! PostgreSQL (from `/proc`), and the server's own delivery histogram and
@@ -31,6 +33,7 @@
 //! `render`, and `run`, which ties them together.
 
 mod fleet;
+mod heal;
 mod machine;
 mod phase;
 mod publish;

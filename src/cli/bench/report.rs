@@ -206,7 +206,7 @@ impl Report {
         resume: Option<ResumeReport>,
     ) -> Report {
         let mut targets = targets(&config, &raw, &bridge, ceiling.as_ref(), idle.as_ref());
-        targets.extend(resume.as_ref().map(super::resume::target));
+        targets.extend(resume.iter().flat_map(super::resume::targets));
         let ok = targets.iter().all(|t| t.met != Some(false));
         let disturbed = [("raw", &raw), ("bridge", &bridge)]
             .into_iter()

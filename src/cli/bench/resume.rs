@@ -69,6 +69,8 @@ pub struct ResumeReport {
     pub frames_per_s: f64,
     /// Every attempt delivered every row once and `caught_up` counted them.
     pub complete: bool,
+    /// The heal after a listener gap (`bench::heal`).
+    pub heal: Option<super::heal::HealBench>,
 }
 
 /// Checks the frames of one catch-up (the last one `caught_up` or a resync)
@@ -124,11 +126,18 @@ pub(super) fn summarise(rows: usize, attempts: Vec<Attempt>) -> ResumeReport {
         max_ms: round(ms.last().copied().unwrap_or(f64::NAN)),
         frames_per_s: (rows as f64 / (median / 1000.0)).round(),
         attempts,
+        heal: None,
     }
 }
 
+/// The catch-up's target, and the heal's.
+pub(super) fn targets(r: &ResumeReport) -> Vec<TargetCheck> {
+    let heal = r.heal.as_ref().map(super::heal::target);
+    std::iter::once(target(r)).chain(heal).collect()
+}
+
 /// The target: every catch-up complete, the median under 300 ms.
-pub(super) fn target(r: &ResumeReport) -> TargetCheck {
+fn target(r: &ResumeReport) -> TargetCheck {
     TargetCheck {
         key: "resume_catchup",
         name: format!(
@@ -169,6 +178,9 @@ pub(super) fn render(s: &mut String, r: &ResumeReport) {
             "INCOMPLETE (see --json)"
         }
     );
+    if let Some(h) = &r.heal {
+        super::heal::render(s, h);
+    }
 }
 
 /// Inserts `rows` documents for `user`, all created after the returned
@@ -215,11 +227,12 @@ async fn attempt(ep: &Endpoint, query: &str) -> anyhow::Result<(Vec<String>, f64
     )
 }
 
-/// Seeds the rows, then measures `REPEATS` catch-ups.
+/// Seeds the rows, measures `REPEATS` catch-ups, then the heals.
 pub(super) async fn measure(
     ep: &Endpoint,
     db_url: &str,
     secret: &str,
+    channel: &str,
 ) -> anyhow::Result<ResumeReport> {
     let user = Uuid::new_v4();
     progress(&format!("resume: inserting {ROWS} documents for one user"));
@@ -244,7 +257,9 @@ pub(super) async fn measure(
         ));
         attempts.push(a);
     }
-    Ok(summarise(ROWS, attempts))
+    let mut report = summarise(ROWS, attempts);
+    report.heal = Some(super::heal::measure(ep, db_url, secret, channel).await?);
+    Ok(report)
 }
 
 #[cfg(test)]

@@ -74,7 +74,7 @@ async fn bench(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<R
     let ep = endpoint(&site.api).await?;
     let machine = machine(&site.db_url).await;
     let resume = match args.resume {
-        true => Some(super::resume::measure(&ep, &site.db_url, &site.secret).await?),
+        true => Some(super::resume::measure(&ep, &site.db_url, &site.secret, channel).await?),
         false => None,
     };
     let idle = match args.idle_sockets {
