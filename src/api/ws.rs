@@ -141,11 +141,14 @@ pub async fn handler(
         .into_response();
     };
     let resync = matches!(query.resync.as_deref(), Some("1" | "true" | "yes"));
-    let cfg = state.ws.clone();
     let Upgrade { key, on_upgrade } = upgrade;
-    let shutdown = state.shutdown.clone();
+    let ctx = SocketCtx {
+        user,
+        cfg: state.ws.clone(),
+        verifier: state.verifier.clone(),
+        shutdown: state.shutdown.clone(),
+    };
     let pool = state.pool.clone();
-    let verifier = state.verifier.clone();
     let socket = state.sockets.track_future(async move {
         // Resolves once the 101 response below has been written.
         let upgraded = match on_upgrade.await {
@@ -155,32 +158,48 @@ pub async fn handler(
                 return;
             }
         };
-        let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-        let conn = match since {
-            Some(_) => hub.register_holding(user.user_id, resync, Box::pin(write), HELD_EVENTS),
-            None => hub.register(user.user_id, resync, Box::pin(write)),
+        let start = Start {
+            hub,
+            since,
+            resync,
+            pool,
         };
-        let io = tokio::io::join(read, ControlWriter(conn.outlet.clone()));
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(cfg.max_client_frame))
-            .max_frame_size(Some(cfg.max_client_frame))
-            .read_buffer_size(4096)
-            .write_buffer_size(0);
-        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        if let Some(since) = since {
-            resume::catch_up(&pool, user.user_id, since, &conn, &cfg, &shutdown).await;
-        }
-        let ctx = SocketCtx {
-            user,
-            cfg,
-            verifier,
-            shutdown,
-        };
-        serve_socket(ws, conn, ctx).await;
+        start.run(upgraded, ctx).await;
         drop(permit);
     });
     tokio::spawn(socket);
     switching_protocols(&key, creds.protocol.as_deref())
+}
+
+/// What an upgraded socket starts with besides its context.
+struct Start {
+    hub: crate::bridge::Hub,
+    since: Option<Cursor>,
+    resync: bool,
+    pool: deadpool_postgres::Pool,
+}
+
+impl Start {
+    /// Registers the socket with the hub, catches up (`?since=`), serves it.
+    async fn run(self, upgraded: Upgraded, ctx: SocketCtx) {
+        let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+        let (user, hub) = (ctx.user.user_id, &self.hub);
+        let conn = match self.since {
+            Some(_) => hub.register_holding(user, self.resync, Box::pin(write), HELD_EVENTS),
+            None => hub.register(user, self.resync, Box::pin(write)),
+        };
+        let io = tokio::io::join(read, ControlWriter(conn.outlet.clone()));
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(ctx.cfg.max_client_frame))
+            .max_frame_size(Some(ctx.cfg.max_client_frame))
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        if let Some(since) = self.since {
+            resume::catch_up(&self.pool, user, since, &conn, &ctx.cfg, &ctx.shutdown).await;
+        }
+        serve_socket(ws, conn, ctx).await;
+    }
 }
 
 /// The 101 response; `protocol` is echoed byte for byte.
