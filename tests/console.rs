@@ -252,8 +252,9 @@ async fn the_console_resumes_after_the_api_restarts_mid_upload() {
 }
 
 /// A page at the API's origin running `realtime.js` with `getToken`
-/// answered by the test (`__t.give`), and what it saw in `__t`.
-const HARNESS: &str = "(async () => {
+/// answered by the test (`__t.give`), and what it saw in `__t`; backoff
+/// from `BACKOFF_MS`.
+const HARNESS: &str = "(async (BACKOFF_MS) => {
   const { connect } = await import('/realtime.js');
   const t = window.__t = { wanted: 0, waiters: [], statuses: [], frames: 0, lastFrameAt: 0 };
   t.give = (token) => { t.waiters.shift()(token); return true; };
@@ -262,10 +263,16 @@ const HARNESS: &str = "(async () => {
     getToken: () => new Promise((r) => { t.wanted += 1; t.waiters.push(r); }),
     onEvent: () => { t.frames += 1; t.lastFrameAt = Date.now() / 1000; },
     onStatus: (s) => t.statuses.push(s),
-    backoffBaseMs: 100,
+    backoffBaseMs: BACKOFF_MS,
+    backoffMaxMs: Math.max(30000, BACKOFF_MS),
   });
   return true;
-})()";
+})";
+
+/// Starts `HARNESS` with a backoff base of `backoff_ms`.
+async fn harness(page: &mut Page, backoff_ms: u64) {
+    page.eval(&format!("{HARNESS}({backoff_ms})")).await;
+}
 
 const STATE: &str =
     "({wanted: __t.wanted, statuses: __t.statuses, frames: __t.frames, last: __t.lastFrameAt})";
@@ -290,7 +297,7 @@ async fn a_ten_second_token_is_refreshed_in_band_twice_and_a_foreign_one_closes_
     let user = Uuid::new_v4();
     let browser = Browser::launch(&chrome).await;
     let mut page = browser.page(&format!("{}/healthz", api.url)).await;
-    page.eval(HARNESS).await;
+    harness(&mut page, 100).await;
     let publisher = publisher(&db).await;
     let ten = Duration::from_secs(10);
     let first_exp = now_secs() + 10;
@@ -346,7 +353,7 @@ async fn a_token_signed_with_another_secret_stops_realtime_js_without_a_loop() {
     let api = Api::start(&db, &[], &[]).await;
     let browser = Browser::launch(&chrome).await;
     let mut page = browser.page(&format!("{}/healthz", api.url)).await;
-    page.eval(HARNESS).await;
+    harness(&mut page, 100).await;
     let revoked =
         ragctl::auth::mint("another-secret", Uuid::new_v4(), Duration::from_secs(600)).unwrap();
     let give = format!(
@@ -374,6 +381,60 @@ async fn a_token_signed_with_another_secret_stops_realtime_js_without_a_loop() {
     );
     assert_eq!(state["statuses"][2]["httpStatus"], 401, "{state}");
     assert_eq!(state["wanted"], 2, "{state}");
+}
+
+/// Gives the page's pending `getToken` calls a token of `user`.
+async fn give_tokens(page: &mut Page, user: Uuid) {
+    let t = serde_json::to_string(&token(user)).unwrap();
+    page.eval(&format!("while (__t.waiters.length) __t.give({t}); true"))
+        .await;
+}
+
+/// Waits until the page's last status is `status`, giving tokens.
+async fn wait_status_is(page: &mut Page, user: Uuid, status: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        give_tokens(page, user).await;
+        let state = page.eval(STATE).await;
+        if statuses(&state).last() == Some(&status) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never {status}: {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The backoff is days long, so only the `online` event, then a hidden tab
+/// made visible, can bring the socket back.
+#[tokio::test]
+async fn online_and_a_visible_tab_reconnect_at_once() {
+    let Some(chrome) = chrome_or_skip() else {
+        return;
+    };
+    let _one = BROWSER.lock().await;
+    let db = TestDb::new();
+    let port = free_port();
+    let mut api = Api::start_port(&db, port, &[], &[]).await;
+    let user = Uuid::new_v4();
+    let browser = Browser::launch(&chrome).await;
+    let mut page = browser.page(&format!("{}/healthz", api.url)).await;
+    harness(&mut page, 1_000_000_000).await;
+    wait_status_is(&mut page, user, "live").await;
+    let wakes = [
+        "window.dispatchEvent(new Event('online')); true",
+        "Object.defineProperty(document, 'visibilityState', {value: 'visible', configurable: true});
+         document.dispatchEvent(new Event('visibilitychange')); true",
+    ];
+    for wake in wakes {
+        drop(api); // 1001: the page backs off for days.
+        wait_status_is(&mut page, user, "offline").await;
+        api = Api::start_port(&db, port, &[], &[]).await;
+        page.eval(wake).await;
+        wait_status_is(&mut page, user, "live").await;
+    }
+    let state = page.eval(STATE).await;
+    let offline = statuses(&state).iter().filter(|s| **s == "offline").count();
+    assert_eq!(offline, 2, "one retry per outage: {state}");
 }
 
 /// Without `--console` (and a configured database) the page is off;
