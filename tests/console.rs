@@ -437,6 +437,58 @@ async fn online_and_a_visible_tab_reconnect_at_once() {
     assert_eq!(offline, 2, "one retry per outage: {state}");
 }
 
+/// `getToken` keeps returning the same 3-second token (the session is not
+/// renewed in time): the server closes with 4001 and `realtime.js`
+/// reconnects at once, no backoff, with the token it fetches then.
+#[tokio::test]
+async fn an_expired_token_reconnects_at_once_with_a_fresh_one() {
+    let Some(chrome) = chrome_or_skip() else {
+        return;
+    };
+    let _one = BROWSER.lock().await;
+    let db = TestDb::new();
+    let api = Api::start(&db, &[], &[]).await;
+    let user = Uuid::new_v4();
+    let browser = Browser::launch(&chrome).await;
+    let mut page = browser.page(&format!("{}/healthz", api.url)).await;
+    // A backoff days long: only the 4001 policy reconnects in time.
+    harness(&mut page, 1_000_000_000).await;
+    let short = ragctl::auth::mint(SECRET, user, Duration::from_secs(3)).unwrap();
+    let short = serde_json::to_string(&short).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let state = loop {
+        let state = page.eval(STATE).await;
+        let seen = statuses(&state);
+        if seen.iter().filter(|s| **s == "live").count() == 2 {
+            break state;
+        }
+        if seen.iter().filter(|s| **s == "connecting").count() == 2 {
+            give_tokens(&mut page, user).await;
+        } else {
+            page.eval(&format!(
+                "while (__t.waiters.length) __t.give({short}); true"
+            ))
+            .await;
+        }
+        assert!(Instant::now() < deadline, "no reconnection: {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        statuses(&state),
+        ["connecting", "live", "connecting", "live"],
+        "{state}"
+    );
+    // Counted once the close handshake is over, which may be after the
+    // new socket is live.
+    let metric = "ragctl_ws_closed_total{reason=\"token_expired\"}";
+    let deadline = Instant::now() + PATIENCE;
+    while api.metric(metric).await < 1.0 {
+        assert!(Instant::now() < deadline, "{metric} never counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(api.metric(metric).await, 1.0);
+}
+
 /// Without `--console` (and a configured database) the page is off;
 /// `realtime.js` is always served.
 #[tokio::test]
