@@ -96,82 +96,127 @@ export function backoffDelay(attempt, base, max) {
 /**
  * Opens the realtime connection and keeps it up until `close()`.
  * @param {ConnectOptions} opts
- * @returns {{close(): void, readonly status: Status, readonly cursor: (string|null)}}
+ * @returns {Realtime}
  */
 export function connect(opts) {
-  const o = { refreshBeforeMs: 60000, backoffBaseMs: 500, backoffMaxMs: 30000, ...opts };
-  const onStatus = o.onStatus || (() => {});
-  /** @type {Status} */ let status = 'connecting';
-  /** @type {string|null} */ let cursor = o.since || null;
-  /** @type {WebSocket|null} */ let ws = null;
-  let attempt = 0;          // failed connections in a row
-  let refused = 0;          // upgrades refused with 401/403 in a row
-  let stopped = false;
-  let everOpened = false;
-  /** @type {ReturnType<typeof setTimeout>|undefined} */ let retryTimer;
-  /** @type {ReturnType<typeof setTimeout>|undefined} */ let refreshTimer;
-  let expiresAt = 0;        // ms since the epoch, of the socket's token
+  return new Realtime(opts);
+}
 
-  /** @param {Status} s @param {Omit<StatusInfo,'status'>} [extra] */
-  const report = (s, extra = {}) => { status = s; onStatus({ status: s, ...extra }); };
+/** One realtime connection, kept up until `close()`. */
+export class Realtime {
+  /** @type {Required<Pick<ConnectOptions,'refreshBeforeMs'|'backoffBaseMs'|'backoffMaxMs'>> & ConnectOptions} */ #o;
+  /** @type {Status} */ #status = 'connecting';
+  /** @type {string|null} */ #cursor;
+  /** @type {WebSocket|null} */ #ws = null;
+  #attempt = 0; // failed connections in a row
+  #refused = 0; // upgrades refused with 401/403 in a row
+  #stopped = false;
+  #everOpened = false;
+  /** @type {ReturnType<typeof setTimeout>|undefined} */ #retryTimer;
+  /** @type {ReturnType<typeof setTimeout>|undefined} */ #refreshTimer;
+  #expiresAt = 0; // ms since the epoch: the socket's token expiry
 
-  const socketUrl = () => {
-    const u = new URL(o.url);
+  /** @param {ConnectOptions} opts */
+  constructor(opts) {
+    this.#o = { refreshBeforeMs: 60000, backoffBaseMs: 500, backoffMaxMs: 30000, ...opts };
+    this.#cursor = opts.since || null;
+    if (typeof window !== 'undefined') window.addEventListener('online', this.#wake);
+    if (typeof document !== 'undefined') document.addEventListener('visibilitychange', this.#onVisible);
+    this.#open();
+  }
+
+  /** @returns {Status} */
+  get status() {
+    return this.#status;
+  }
+
+  /** The cursor the next connection resumes from. */
+  get cursor() {
+    return this.#cursor;
+  }
+
+  /** Closes the socket for good. */
+  close() {
+    this.#stopped = true;
+    clearTimeout(this.#retryTimer);
+    clearTimeout(this.#refreshTimer);
+    if (typeof window !== 'undefined') window.removeEventListener('online', this.#wake);
+    if (typeof document !== 'undefined') document.removeEventListener('visibilitychange', this.#onVisible);
+    if (this.#ws) this.#ws.close(1000);
+    this.#ws = null;
+    this.#report('closed');
+  }
+
+  /** @param {Status} status @param {Omit<StatusInfo,'status'>} [extra] */
+  #report(status, extra = {}) {
+    this.#status = status;
+    if (this.#o.onStatus) this.#o.onStatus({ status, ...extra });
+  }
+
+  #socketUrl() {
+    const u = new URL(this.#o.url);
     u.searchParams.set('resync', '1');
-    if (cursor) u.searchParams.set('since', cursor);
+    if (this.#cursor) u.searchParams.set('since', this.#cursor);
     else u.searchParams.delete('since');
     return u.toString();
-  };
+  }
 
-  const resync = async (/** @type {string} */ reason) => {
-    if (!o.onResync) return;
+  /** @param {string} reason */
+  async #resync(reason) {
+    if (!this.#o.onResync) return;
     try {
-      const newest = await o.onResync(reason);
-      if (typeof newest === 'string' && newest) cursor = newest;
+      const newest = await this.#o.onResync(reason);
+      if (typeof newest === 'string' && newest) this.#cursor = newest;
     } catch (e) {
       console.warn('realtime.js: onResync failed', e);
     }
-  };
+  }
 
-  async function open() {
-    clearTimeout(retryTimer);
-    retryTimer = undefined;
-    if (stopped) return;
-    report('connecting', { attempt });
+  async #open() {
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
+    if (this.#stopped) return;
+    this.#report('connecting', { attempt: this.#attempt });
     let token;
     try {
-      token = await o.getToken();
+      token = await this.#o.getToken();
     } catch (e) {
-      return retry(undefined, 'getToken failed: ' + e);
+      return this.#retry(undefined, 'getToken failed: ' + e);
     }
-    if (stopped) return;
-    const resuming = cursor !== null;
-    const needsResync = !resuming && everOpened;
+    if (this.#stopped) return;
+    const socket = new WebSocket(this.#socketUrl(), ['bearer', token]);
+    this.#ws = socket;
     let opened = false;
-    const socket = new WebSocket(socketUrl(), ['bearer', token]);
-    ws = socket;
     socket.onopen = () => {
       opened = true;
-      everOpened = true;
-      refused = 0;
-      report(resuming ? 'catching_up' : 'live');
-      if (!resuming) attempt = 0;
-      scheduleRefresh(tokenExpiry(token));
-      if (needsResync) resync('no_cursor');
+      this.#onOpen(token);
     };
-    socket.onmessage = (m) => onFrame(m.data);
+    socket.onmessage = (m) => this.#onFrame(m.data);
     socket.onclose = (e) => {
-      if (ws !== socket) return;
-      ws = null;
-      clearTimeout(refreshTimer);
-      if (stopped) return;
-      if (opened) onClosed(e.code, e.reason);
-      else onRefused(token);
+      if (this.#ws !== socket) return;
+      this.#ws = null;
+      clearTimeout(this.#refreshTimer);
+      if (this.#stopped) return;
+      if (opened) this.#onClosed(e.code, e.reason);
+      else this.#onRefused(token);
     };
   }
 
+  /** @param {string} token */
+  #onOpen(token) {
+    const resuming = this.#cursor !== null;
+    // Reconnected with nothing to resume from: the app must refetch.
+    const refetch = !resuming && this.#everOpened;
+    this.#everOpened = true;
+    this.#refused = 0;
+    if (!resuming) this.#attempt = 0;
+    this.#report(resuming ? 'catching_up' : 'live');
+    this.#scheduleRefresh(tokenExpiry(token));
+    if (refetch) this.#resync('no_cursor');
+  }
+
   /** @param {string} data */
-  function onFrame(data) {
+  #onFrame(data) {
     /** @type {Frame} */ let frame;
     try {
       frame = JSON.parse(data);
@@ -180,38 +225,43 @@ export function connect(opts) {
     }
     switch (frame.type) {
       case 'realtime.caught_up':
-        cursor = frame.payload.cursor;
-        attempt = 0;
-        report('live');
+        this.#cursor = frame.payload.cursor;
+        this.#attempt = 0;
+        this.#report('live');
         break;
       case 'realtime.resync':
         // After an overflowing catch-up no `caught_up` follows: live now.
-        if (status === 'catching_up' && frame.payload.reason === 'catchup_overflow') report('live');
-        resync(frame.payload.reason);
+        if (this.#status === 'catching_up' && frame.payload.reason === 'catchup_overflow') {
+          this.#report('live');
+        }
+        this.#resync(frame.payload.reason);
         break;
       case 'auth.refreshed':
-        scheduleRefresh(Date.parse(frame.payload.expires_at) / 1000);
+        this.#scheduleRefresh(Date.parse(frame.payload.expires_at) / 1000);
         break;
       default:
-        o.onEvent(frame);
+        this.#o.onEvent(frame);
     }
   }
 
-  /** The policy per close code (docs/browser.md). */
-  function onClosed(/** @type {number} */ code, /** @type {string} */ reason) {
+  /**
+   * The policy per close code (docs/browser.md).
+   * @param {number} code @param {string} reason
+   */
+  #onClosed(code, reason) {
     if (code === CLOSE.REFRESH_INVALID || code === CLOSE.REFRESH_OTHER_USER) {
-      stopped = true;
-      report('unauthorized', { code, reason });
+      this.#stopped = true;
+      this.#report('unauthorized', { code, reason });
       return;
     }
     if (code === CLOSE.TOKEN_EXPIRED) {
       // A fresh token, at once: the cursor covers the gap.
-      attempt = 0;
-      open();
+      this.#attempt = 0;
+      this.#open();
       return;
     }
     // 1001, 4002, 4008, 1006 (network) and the rest: back off, resume.
-    retry(code, reason);
+    this.#retry(code, reason);
   }
 
   /**
@@ -220,107 +270,94 @@ export function connect(opts) {
    * token and 400 `invalid_cursor` for a cursor it cannot use.
    * @param {string} token
    */
-  async function onRefused(token) {
-    let res = null;
-    try {
-      const u = new URL(socketUrl());
-      u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
-      res = await fetch(u, { headers: { Authorization: 'Bearer ' + token } });
-    } catch {
-      // Network down, or a cross-origin server without CORS: retry.
-    }
-    if (stopped) return;
+  async #onRefused(token) {
+    const res = await this.#probe(token);
+    if (this.#stopped) return;
     if (res && (res.status === 401 || res.status === 403)) {
-      refused += 1;
+      this.#refused += 1;
       // Once more with a token fetched anew (it may just have expired);
       // the same refusal again stops: never loop on a bad token.
-      if (refused >= 2) {
-        stopped = true;
-        report('unauthorized', { httpStatus: res.status });
+      if (this.#refused >= 2) {
+        this.#stopped = true;
+        this.#report('unauthorized', { httpStatus: res.status });
         return;
       }
-      return open();
+      this.#open();
+      return;
     }
     if (res && res.status === 400) {
       const body = await res.json().catch(() => ({}));
       if (body && body.error && body.error.code === 'invalid_cursor') {
-        cursor = null;
-        everOpened = true; // so the next open asks for a refetch
+        this.#cursor = null;
+        this.#everOpened = true; // so that the next socket asks for a refetch
       }
     }
-    retry(undefined, res ? 'upgrade refused: HTTP ' + res.status : 'network error');
+    this.#retry(undefined, res ? 'upgrade refused: HTTP ' + res.status : 'network error');
+  }
+
+  /** @param {string} token @returns {Promise<Response|null>} */
+  async #probe(token) {
+    try {
+      const u = new URL(this.#socketUrl());
+      u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+      return await fetch(u, { headers: { Authorization: 'Bearer ' + token } });
+    } catch {
+      return null; // network down, or a cross-origin server without CORS
+    }
   }
 
   /** @param {number|undefined} code @param {string} reason */
-  function retry(code, reason) {
-    if (stopped) return;
-    const retryInMs = backoffDelay(attempt, o.backoffBaseMs, o.backoffMaxMs);
-    attempt += 1;
-    report('offline', { code, reason, retryInMs, attempt });
-    retryTimer = setTimeout(open, retryInMs);
+  #retry(code, reason) {
+    if (this.#stopped) return;
+    const retryInMs = backoffDelay(this.#attempt, this.#o.backoffBaseMs, this.#o.backoffMaxMs);
+    this.#attempt += 1;
+    this.#report('offline', { code, reason, retryInMs, attempt: this.#attempt });
+    this.#retryTimer = setTimeout(() => this.#open(), retryInMs);
   }
 
   /** @param {number|null} exp seconds since the epoch */
-  function scheduleRefresh(exp) {
-    clearTimeout(refreshTimer);
+  #scheduleRefresh(exp) {
+    clearTimeout(this.#refreshTimer);
     if (!exp || !Number.isFinite(exp)) return;
-    expiresAt = exp * 1000;
-    const left = expiresAt - Date.now();
-    const margin = Math.min(o.refreshBeforeMs, left / 2);
+    this.#expiresAt = exp * 1000;
+    const left = this.#expiresAt - Date.now();
+    const margin = Math.min(this.#o.refreshBeforeMs, left / 2);
     // setTimeout fires at once past 2^31-1 ms (24.8 days).
-    refreshTimer = setTimeout(refresh, Math.min(2 ** 31 - 1, Math.max(0, left - margin)));
+    const delay = Math.min(2 ** 31 - 1, Math.max(0, left - margin));
+    this.#refreshTimer = setTimeout(() => this.#refresh(), delay);
   }
 
-  async function refresh() {
-    const socket = ws;
+  async #refresh() {
+    const socket = this.#ws;
     if (!socket || socket.readyState !== WebSocket.OPEN) return;
-    let token;
+    let token = null;
     try {
-      token = await o.getToken();
+      token = await this.#o.getToken();
     } catch {
-      token = null;
+      // Treated as not renewed yet.
     }
     const exp = token ? tokenExpiry(token) : null;
-    if (!token || (exp !== null && exp * 1000 <= expiresAt)) {
+    if (!token || (exp !== null && exp * 1000 <= this.#expiresAt)) {
       // Not renewed yet (e.g. Supabase renews a little later): try again
       // while there is time; at worst the server closes 4001 and we
       // reconnect at once with a fresh token.
-      const left = expiresAt - Date.now();
-      if (left > 1000) refreshTimer = setTimeout(refresh, Math.min(5000, left / 2));
+      const left = this.#expiresAt - Date.now();
+      if (left > 1000) {
+        this.#refreshTimer = setTimeout(() => this.#refresh(), Math.min(5000, left / 2));
+      }
       return;
     }
-    if (ws === socket && socket.readyState === WebSocket.OPEN) {
+    if (this.#ws === socket && socket.readyState === WebSocket.OPEN) {
       socket.send(JSON.stringify({ type: 'auth.refresh', payload: { token } }));
     }
   }
 
-  const wake = () => {
-    if (!stopped && !ws && retryTimer !== undefined) open();
+  /** Reconnects at once if waiting to retry. */
+  #wake = () => {
+    if (!this.#stopped && !this.#ws && this.#retryTimer !== undefined) this.#open();
   };
-  const onVisible = () => {
-    if (document.visibilityState === 'visible') wake();
-  };
-  if (typeof window !== 'undefined') window.addEventListener('online', wake);
-  if (typeof document !== 'undefined') document.addEventListener('visibilitychange', onVisible);
 
-  open();
-
-  return {
-    close() {
-      stopped = true;
-      clearTimeout(retryTimer);
-      clearTimeout(refreshTimer);
-      if (typeof window !== 'undefined') window.removeEventListener('online', wake);
-      if (typeof document !== 'undefined') document.removeEventListener('visibilitychange', onVisible);
-      if (ws) ws.close(1000);
-      ws = null;
-      report('closed');
-    },
-    get status() {
-      return status;
-    },
-    get cursor() {
-      return cursor;
-    },
+  #onVisible = () => {
+    if (document.visibilityState === 'visible') this.#wake();
   };
 }
