@@ -3,7 +3,8 @@
 //! handshake whose selected subprotocol is not one it offered, spelled
 //! exactly). Skipped, saying why, when no Chromium is installed
 //! (`CHROMIUM` names the binary, else `chromium` / `chromium-browser` /
-//! `google-chrome` on the PATH).
+//! `google-chrome` on the PATH). tests/console.rs drives the console and
+//! `realtime.js` the same way.
 //!
 //! The page comes from a small HTTP server in the test and POSTs its
 //! results back to it, so nothing depends on when the page is dumped.
@@ -13,22 +14,12 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::chrome::{HEADLESS_FLAGS, chromium};
 use common::*;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use uuid::Uuid;
-
-fn chromium() -> Option<std::path::PathBuf> {
-    if let Some(p) = std::env::var_os("CHROMIUM") {
-        return Some(std::path::PathBuf::from(p)).filter(|p| p.is_file());
-    }
-    let path = std::env::var_os("PATH")?;
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
-        .find(|p| p.is_file())
-}
 
 /// Each case opens a socket, records the selected subprotocol, and closes
 /// after its first frame; the results are POSTed back as JSON.
@@ -123,15 +114,7 @@ async fn chromium_opens_sockets_with_the_token_as_a_subprotocol() {
     });
     let profile = tempfile::tempdir().unwrap();
     let mut browser = Command::new(&chrome)
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
+        .args(HEADLESS_FLAGS)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(&page_url)
         .stdout(Stdio::null())

@@ -285,8 +285,8 @@ fn missing_configuration_names_flag_and_variable() {
 }
 
 /// `ragctl serve` with nothing configured starts the embedded cluster,
-/// records it in the state file that the other subcommands read, and stops
-/// it on SIGTERM.
+/// records it in the state file that the other subcommands read, serves
+/// the console with a link that signs in, and stops it on SIGTERM.
 #[tokio::test]
 async fn serve_without_a_database_uses_the_embedded_cluster() {
     let dir = tempfile::Builder::new()
@@ -329,6 +329,25 @@ async fn serve_without_a_database_uses_the_embedded_cluster() {
             .unwrap()
             .starts_with("postgres://postgres@127.0.0.1:")
     );
+
+    // The console is on, and its link carries a token of the recorded user.
+    let line = serve.wait_line("ragctl: console on ").await;
+    let link = line.split("console on ").nth(1).unwrap().trim();
+    let link_token = link
+        .strip_prefix(&format!("{api_url}/#token="))
+        .unwrap_or_else(|| panic!("not a console link: {line}"));
+    let verifier = ragctl::auth::Verifier::new(state["jwt_secret"].as_str().unwrap()).unwrap();
+    let console_user = verifier.verify(link_token).unwrap().user_id;
+    assert_eq!(state["console_user"], console_user.to_string());
+    let page = http().get(format!("{api_url}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let r = http()
+        .get(format!("{api_url}/documents"))
+        .bearer_auth(link_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 
     // Another subcommand, run from the same folder, finds it all.
     let user = Uuid::new_v4();

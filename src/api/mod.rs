@@ -1,4 +1,4 @@
-//! The HTTP API: REST, `/ws`, health, readiness and metrics.
+//! The HTTP API: REST, `/ws`, health, readiness, metrics and the console.
 //!
 //! [`run`] takes its world as arguments (a bound listener and the state,
 //! whose `shutdown` token ends it), so tests bind `127.0.0.1:0` and drive
@@ -6,6 +6,7 @@
 
 mod chat;
 pub mod conn;
+mod console;
 mod documents;
 pub mod error;
 pub mod limits;
@@ -57,6 +58,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     pub limits: limits::Limits,
     pub http: HttpConfig,
+    /// Serve the console page at `/` (`--console`, or the embedded database).
+    pub console: bool,
 }
 
 #[derive(Clone)]
@@ -95,7 +98,7 @@ pub(crate) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
 
 pub fn router(state: AppState) -> Router {
     let upload_limit = state.max_upload_bytes + 64 * 1024;
-    let mut app = Router::new();
+    let mut app = console::routes(state.console);
     if !state.http.metrics_separate {
         app = app.route("/metrics", get(ops::metrics));
     }

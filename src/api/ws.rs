@@ -2,8 +2,13 @@
 //! `{"type", "payload"}`; nothing tells whether it came from the API or a
 //! worker. Messages from clients are ignored apart from control frames.
 //!
+//! A client may send `auth.refresh` with a new token of the same user,
+//! which moves the socket's expiry (see `refresh`); its other data
+//! messages are ignored, within a size and rate bound.
+//!
 //! Close codes: 1001 server shutting down, 4001 token expired, 4002 peer
-//! silent past the idle timeout, 4008 slow consumer (its queue overflowed;
+//! silent past the idle timeout, 4003 / 4004 an `auth.refresh` token that
+//! is invalid / another user's, 4008 slow consumer (its queue overflowed;
 //! resync through REST before reconnecting), and RFC 6455's 1002, 1007 and
 //! 1009 for a client that breaks the protocol (see `close`).
 //!
@@ -19,6 +24,7 @@
 
 mod close;
 mod handshake;
+mod refresh;
 mod resume;
 
 use std::sync::Arc;
@@ -42,11 +48,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::auth::AuthUser;
+use crate::auth::{AuthUser, Verifier};
 use crate::bridge::{CLOSE_SLOW_CONSUMER, ConnGuard, ControlWriter, Outlet};
 use crate::events::resume::Cursor;
 use close::Ending;
 pub use handshake::{Credentials, Upgrade, credentials};
+use refresh::{Action, Inbox};
+pub use refresh::{CLOSE_REFRESH_INVALID, CLOSE_REFRESH_OTHER_USER};
 use resume::HELD_EVENTS;
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -61,7 +69,8 @@ pub struct WsConfig {
     pub idle_timeout: Duration,
     /// A write that takes longer than this drops the socket.
     pub write_timeout: Duration,
-    /// Largest frame a client may send (clients only send control frames).
+    /// Largest frame or message a client may send (`auth.refresh` is the
+    /// only message it means anything to send).
     pub max_client_frame: usize,
     /// Most state frames a resuming socket (`?since=`) is sent before
     /// `realtime.resync` replaces the rest.
@@ -134,9 +143,13 @@ pub async fn handler(
     // A resuming client reads `realtime.*` frames already: it is told of
     // gaps the bridge cannot heal without asking twice.
     let resync = matches!(query.resync.as_deref(), Some("1" | "true" | "yes")) || since.is_some();
-    let cfg = state.ws.clone();
     let Upgrade { key, on_upgrade } = upgrade;
-    let shutdown = state.shutdown.clone();
+    let ctx = SocketCtx {
+        user,
+        cfg: state.ws.clone(),
+        verifier: state.verifier.clone(),
+        shutdown: state.shutdown.clone(),
+    };
     let pool = state.pool.clone();
     let socket = state.sockets.track_future(async move {
         // Resolves once the 101 response below has been written.
@@ -147,26 +160,48 @@ pub async fn handler(
                 return;
             }
         };
-        let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-        let conn = match since {
-            Some(_) => hub.register_holding(user.user_id, resync, Box::pin(write), HELD_EVENTS),
-            None => hub.register(user.user_id, resync, Box::pin(write)),
+        let start = Start {
+            hub,
+            since,
+            resync,
+            pool,
         };
-        let io = tokio::io::join(read, ControlWriter(conn.outlet.clone()));
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(cfg.max_client_frame))
-            .max_frame_size(Some(cfg.max_client_frame))
-            .read_buffer_size(4096)
-            .write_buffer_size(0);
-        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        if let Some(since) = since {
-            resume::catch_up(&pool, user.user_id, since, &conn, &cfg, &shutdown).await;
-        }
-        serve_socket(ws, conn, user, cfg, shutdown).await;
+        start.run(upgraded, ctx).await;
         drop(permit);
     });
     tokio::spawn(socket);
     switching_protocols(&key, creds.protocol.as_deref())
+}
+
+/// What an upgraded socket starts with besides its context.
+struct Start {
+    hub: crate::bridge::Hub,
+    since: Option<Cursor>,
+    resync: bool,
+    pool: deadpool_postgres::Pool,
+}
+
+impl Start {
+    /// Registers the socket with the hub, catches up (`?since=`), serves it.
+    async fn run(self, upgraded: Upgraded, ctx: SocketCtx) {
+        let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+        let (user, hub) = (ctx.user.user_id, &self.hub);
+        let conn = match self.since {
+            Some(_) => hub.register_holding(user, self.resync, Box::pin(write), HELD_EVENTS),
+            None => hub.register(user, self.resync, Box::pin(write)),
+        };
+        let io = tokio::io::join(read, ControlWriter(conn.outlet.clone()));
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(ctx.cfg.max_client_frame))
+            .max_frame_size(Some(ctx.cfg.max_client_frame))
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        if let Some(since) = self.since {
+            resume::catch_up(&self.pool, user, since, &conn, &ctx.cfg, &ctx.shutdown).await;
+        }
+        serve_socket(ws, conn, ctx).await;
+    }
 }
 
 /// The 101 response; `protocol` is echoed byte for byte.
@@ -187,6 +222,12 @@ fn switching_protocols(key: &HeaderValue, protocol: Option<&str>) -> Response {
     response
 }
 
+/// When a token that expires at `exp` (seconds since the epoch) does.
+fn expiry_instant(exp: u64) -> Instant {
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    Instant::now() + Duration::from_secs(exp.saturating_sub(now))
+}
+
 /// What tungstenite reads from (the socket's read half) and writes to (the
 /// outlet, for the protocol's own frames).
 type Socket = WebSocketStream<Join<ReadHalf<TokioIo<Upgraded>>, ControlWriter>>;
@@ -202,34 +243,29 @@ async fn flush(outlet: &Outlet, shutdown: &CancellationToken, timeout: Duration)
     }
 }
 
-async fn serve_socket(
-    mut socket: Socket,
-    conn: ConnGuard,
+/// What a socket's task works with besides the socket.
+struct SocketCtx {
     user: AuthUser,
     cfg: WsConfig,
+    verifier: Verifier,
     shutdown: CancellationToken,
-) {
+}
+
+async fn serve_socket(mut socket: Socket, conn: ConnGuard, mut ctx: SocketCtx) {
     let outlet: Arc<Outlet> = conn.outlet.clone();
-    let ending = run_socket(&mut socket, &outlet, &user, &cfg, &shutdown).await;
-    let reason = ending.finish(&mut socket, &outlet, &cfg).await;
+    let ending = run_socket(&mut socket, &outlet, &mut ctx).await;
+    let reason = ending.finish(&mut socket, &outlet, &ctx.cfg).await;
     drop(conn);
     metrics::counter!("ragctl_ws_closed_total", "reason" => reason).increment(1);
 }
 
 /// Serves the socket until something ends it; says what.
-async fn run_socket(
-    socket: &mut Socket,
-    outlet: &Outlet,
-    user: &AuthUser,
-    cfg: &WsConfig,
-    shutdown: &CancellationToken,
-) -> Ending {
-    let expires_in = Duration::from_secs(
-        user.exp
-            .saturating_sub(chrono::Utc::now().timestamp().max(0) as u64),
-    );
-    let expiry = tokio::time::sleep(expires_in);
+async fn run_socket(socket: &mut Socket, outlet: &Outlet, ctx: &mut SocketCtx) -> Ending {
+    let (cfg, shutdown) = (&ctx.cfg, &ctx.shutdown);
+    // Moved by every `auth.refresh`.
+    let expiry = tokio::time::sleep_until(expiry_instant(ctx.user.exp));
     tokio::pin!(expiry);
+    let mut inbox = Inbox::new(std::time::Instant::now());
     let mut ping = tokio::time::interval(cfg.ping_interval);
     ping.tick().await;
     // Pushed back by every frame from the client.
@@ -257,9 +293,23 @@ async fn run_socket(
                 // tungstenite has queued its reply (1002 for a close code
                 // that is not allowed).
                 Some(Ok(Message::Close(_))) => return Ending::Replied,
-                // Pongs, pings (answered by the library) and anything else a
-                // client sends: proof of life, content ignored.
-                Some(Ok(_)) => idle.as_mut().reset(Instant::now() + cfg.idle_timeout),
+                // Pongs, pings (answered by the library) and data messages:
+                // proof of life; only `auth.refresh` means anything.
+                Some(Ok(msg)) => {
+                    idle.as_mut().reset(Instant::now() + cfg.idle_timeout);
+                    match inbox.on_message(&msg, std::time::Instant::now(), &ctx.verifier, &ctx.user) {
+                        Action::Ignore => {}
+                        Action::Close(ending) => return ending,
+                        Action::Refreshed(user, frame) => {
+                            ctx.user = user;
+                            expiry.as_mut().reset(expiry_instant(user.exp));
+                            // Never waits: the frame goes into the outlet.
+                            if socket.send(Message::Text(frame.into())).await.is_err() {
+                                return Ending::Gone("write_failed");
+                            }
+                        }
+                    }
+                }
                 Some(Err(e)) => return Ending::from_error(&e),
                 None => return Ending::Gone("client_closed"),
             },

@@ -31,6 +31,10 @@ pub struct State {
     pub jwt_secret: String,
     #[serde(default)]
     pub api_url: Option<String>,
+    /// The user of the console link `serve` prints (kept across restarts,
+    /// so the console shows the same documents).
+    #[serde(default)]
+    pub console_user: Option<uuid::Uuid>,
 }
 
 impl State {
@@ -85,6 +89,7 @@ mod tests {
             database_url: "postgres://x".into(),
             jwt_secret: "s".into(),
             api_url: Some("http://127.0.0.1:1".into()),
+            console_user: Some(uuid::Uuid::new_v4()),
         };
         s.save(dir.path()).unwrap();
         assert_eq!(State::load(dir.path()).unwrap(), Some(s));

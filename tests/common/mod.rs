@@ -6,6 +6,7 @@
 //! started under `target/`.
 #![allow(dead_code)]
 
+pub mod chrome;
 pub mod holding;
 
 use std::io::{BufRead, BufReader};
@@ -276,10 +277,26 @@ impl Api {
         env: &[(&str, &str)],
         configure: impl FnOnce(&mut Command),
     ) -> Api {
+        Self::launch(db_url, 0, extra, env, configure).await
+    }
+
+    /// `start`, on a given port (e.g. to restart an API where it was).
+    pub async fn start_port(db: &TestDb, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Api {
+        Self::launch(&db.url, port, extra, env, |_| {}).await
+    }
+
+    async fn launch(
+        db_url: &str,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Api {
+        let port = port.to_string();
         let ready_dir = tempfile::tempdir().expect("a folder for the ready file");
         let ready_path = ready_dir.path().join("ready.json");
         let ready_arg = ready_path.to_str().expect("a UTF-8 temporary path");
-        let mut args = vec!["serve", "--port", "0", "--no-workers"];
+        let mut args = vec!["serve", "--port", &port, "--no-workers"];
         args.extend_from_slice(&["--ready-file", ready_arg]);
         args.extend_from_slice(extra);
         let mut proc = Proc::spawn_with("api", db_url, &args, env, configure);

@@ -86,6 +86,10 @@ pub struct ServeArgs {
         hide = true
     )]
     pub heal_delay_ms: u64,
+    /// Serve the console page at `/` (always on with the embedded database;
+    /// off by default with DATABASE_URL).
+    #[arg(long, env = "RAG_CONSOLE")]
+    pub console: bool,
     #[command(flatten)]
     pub runtime: RuntimeOpts,
     #[command(flatten)]
@@ -164,7 +168,7 @@ pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle
     Some(handle)
 }
 
-pub async fn run(connect: ConnectOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(connect: ConnectOpts, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.runtime.check()?;
     args.limits.check(args.runtime.max_upload_bytes)?;
     api::limits::return_big_buffers_to_the_os();
@@ -180,6 +184,8 @@ pub async fn run(connect: ConnectOpts, args: ServeArgs) -> anyhow::Result<ExitCo
             (e.url.clone(), Some(e))
         }
     };
+    // A local database is a local user's: the console is on.
+    args.console |= embedded.is_some();
     let secret = match connect.configured_jwt_secret() {
         Some(s) => s,
         None => match State::load(&connect.state_dir)? {
@@ -227,9 +233,11 @@ async fn serve(
     let listener = bind_api(args)?;
     let bound = listener.local_addr()?;
     let api_url = format!("http://{bound}");
-    if site.embedded {
-        site.save_state(&api_url)?;
-    }
+    let console_user = if site.embedded {
+        Some(site.save_state(&api_url)?)
+    } else {
+        None
+    };
     let metrics_listener = match &args.metrics_addr {
         Some(addr) => Some(bind_metrics(addr).await?),
         None => None,
@@ -251,6 +259,7 @@ async fn serve(
     let metrics_task = metrics_listener.map(|l| tokio::spawn(api::serve_metrics(l, state.clone())));
     // Before the children: a ready file that cannot be written stops here.
     announce(args, &api_url, bound.port())?;
+    announce_console(args, &api_url, console_user, site.secret)?;
     let children = (!args.no_workers)
         .then(|| supervise::start(site.url, site.channel, &args.runtime, &shutdown));
 
@@ -264,15 +273,21 @@ async fn serve(
 }
 
 impl Site<'_> {
-    /// Records the embedded cluster and the API for the other subcommands.
-    fn save_state(&self, api_url: &str) -> anyhow::Result<()> {
+    /// Records the embedded cluster and the API for the other subcommands;
+    /// returns the console's user (the recorded one, else a new one).
+    fn save_state(&self, api_url: &str) -> anyhow::Result<uuid::Uuid> {
+        let previous = State::load(&self.connect.state_dir)?;
+        let console_user = previous
+            .and_then(|s| s.console_user)
+            .unwrap_or_else(uuid::Uuid::new_v4);
         State {
             database_url: self.url.to_string(),
             jwt_secret: self.secret.to_string(),
             api_url: Some(api_url.to_string()),
+            console_user: Some(console_user),
         }
         .save(&self.connect.state_dir)?;
-        Ok(())
+        Ok(console_user)
     }
 }
 
@@ -333,6 +348,33 @@ fn announce(args: &ServeArgs, api_url: &str, port: u16) -> anyhow::Result<()> {
         ready
             .write(path)
             .with_context(|| format!("cannot write the ready file {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// How long the console link's token lasts.
+const CONSOLE_TOKEN_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Says where the console is. With a local user (embedded database) the
+/// link carries a token in its fragment, as Jupyter does: a fragment never
+/// reaches a server or a log, and the page moves it out of the address bar.
+fn announce_console(
+    args: &ServeArgs,
+    api_url: &str,
+    user: Option<uuid::Uuid>,
+    secret: &str,
+) -> anyhow::Result<()> {
+    if !args.console {
+        return Ok(());
+    }
+    match user {
+        Some(user) => {
+            let token = crate::auth::mint(secret, user, CONSOLE_TOKEN_TTL)?;
+            eprintln!("ragctl: console on {api_url}/#token={token}");
+        }
+        None => eprintln!(
+            "ragctl: console on {api_url}/ (sign in with a token: `ragctl token --user UUID`)"
+        ),
     }
     Ok(())
 }

@@ -76,6 +76,7 @@ pub fn build(
         },
         shutdown: parts.shutdown,
         pool: parts.pool,
+        console: args.console,
     }));
     Ok((state, bridge_task))
 }
