@@ -11,7 +11,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::chrome::{Browser, Page, chromium};
@@ -22,12 +21,15 @@ use uuid::Uuid;
 /// One browser at a time: the machine running the suite may be small.
 static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn chrome_or_skip() -> Option<PathBuf> {
-    let found = chromium();
-    if found.is_none() {
+/// Chromium, launched for this test alone (holding the one-browser lock),
+/// or `None`: the test is skipped, saying why.
+async fn browser_or_skip() -> Option<(tokio::sync::MutexGuard<'static, ()>, Browser)> {
+    let Some(chrome) = chromium() else {
         eprintln!("skipping: no Chromium found (set CHROMIUM or install chromium)");
-    }
-    found
+        return None;
+    };
+    let one = BROWSER.lock().await;
+    Some((one, Browser::launch(&chrome).await))
 }
 
 const MARKER: &str = "window.__notReloaded";
@@ -128,15 +130,13 @@ fn handbook() -> String {
 
 #[tokio::test]
 async fn an_upload_through_the_console_shows_every_status_live_and_a_cited_answer() {
-    let Some(chrome) = chrome_or_skip() else {
+    let Some((_one, browser)) = browser_or_skip().await else {
         return;
     };
-    let _one = BROWSER.lock().await;
     let db = TestDb::new();
     let api = Api::start(&db, &["--console"], &[]).await;
     let _workers = workers(&db);
     let user = Uuid::new_v4();
-    let browser = Browser::launch(&chrome).await;
     let mut page = open_console(&browser, &api, user).await;
     assert_eq!(
         page.eval("location.hash").await,
@@ -177,15 +177,13 @@ async fn an_upload_through_the_console_shows_every_status_live_and_a_cited_answe
 /// (or the bridge heals) and ends on REST's statuses.
 #[tokio::test]
 async fn the_console_ends_equal_to_rest_when_the_listener_is_killed_mid_upload() {
-    let Some(chrome) = chrome_or_skip() else {
+    let Some((_one, browser)) = browser_or_skip().await else {
         return;
     };
-    let _one = BROWSER.lock().await;
     let db = TestDb::new();
     let api = Api::start(&db, &["--console"], &[]).await;
     let _parse = worker(&db, "parse", &FAST_RETRIES);
     let user = Uuid::new_v4();
-    let browser = Browser::launch(&chrome).await;
     let mut page = open_console(&browser, &api, user).await;
     let id = upload_through_page(&mut page, "handbook.md", &handbook()).await;
     // Parsed, and its ingest job waits for a worker.
@@ -214,16 +212,14 @@ fn free_port() -> u16 {
 /// the page reconnects by itself and resumes from its cursor.
 #[tokio::test]
 async fn the_console_resumes_after_the_api_restarts_mid_upload() {
-    let Some(chrome) = chrome_or_skip() else {
+    let Some((_one, browser)) = browser_or_skip().await else {
         return;
     };
-    let _one = BROWSER.lock().await;
     let db = TestDb::new();
     let port = free_port();
     let api = Api::start_port(&db, port, &["--console"], &[]).await;
     let _parse = worker(&db, "parse", &FAST_RETRIES);
     let user = Uuid::new_v4();
-    let browser = Browser::launch(&chrome).await;
     let mut page = open_console(&browser, &api, user).await;
     let id = upload_through_page(&mut page, "handbook.md", &handbook()).await;
     wait_status(&api, user, &id, "parsed").await;
@@ -288,14 +284,12 @@ fn statuses(state: &Value) -> Vec<&str> {
 
 #[tokio::test]
 async fn a_ten_second_token_is_refreshed_in_band_twice_and_a_foreign_one_closes_4004() {
-    let Some(chrome) = chrome_or_skip() else {
+    let Some((_one, browser)) = browser_or_skip().await else {
         return;
     };
-    let _one = BROWSER.lock().await;
     let db = TestDb::new();
     let api = Api::start(&db, &[], &[]).await;
     let user = Uuid::new_v4();
-    let browser = Browser::launch(&chrome).await;
     let mut page = browser.page(&format!("{}/healthz", api.url)).await;
     harness(&mut page, 100).await;
     let publisher = publisher(&db).await;
@@ -345,13 +339,11 @@ fn now_secs() -> i64 {
 
 #[tokio::test]
 async fn a_token_signed_with_another_secret_stops_realtime_js_without_a_loop() {
-    let Some(chrome) = chrome_or_skip() else {
+    let Some((_one, browser)) = browser_or_skip().await else {
         return;
     };
-    let _one = BROWSER.lock().await;
     let db = TestDb::new();
     let api = Api::start(&db, &[], &[]).await;
-    let browser = Browser::launch(&chrome).await;
     let mut page = browser.page(&format!("{}/healthz", api.url)).await;
     harness(&mut page, 100).await;
     let revoked =
@@ -408,15 +400,13 @@ async fn wait_status_is(page: &mut Page, user: Uuid, status: &str) {
 /// made visible, can bring the socket back.
 #[tokio::test]
 async fn online_and_a_visible_tab_reconnect_at_once() {
-    let Some(chrome) = chrome_or_skip() else {
+    let Some((_one, browser)) = browser_or_skip().await else {
         return;
     };
-    let _one = BROWSER.lock().await;
     let db = TestDb::new();
     let port = free_port();
     let mut api = Api::start_port(&db, port, &[], &[]).await;
     let user = Uuid::new_v4();
-    let browser = Browser::launch(&chrome).await;
     let mut page = browser.page(&format!("{}/healthz", api.url)).await;
     harness(&mut page, 1_000_000_000).await;
     wait_status_is(&mut page, user, "live").await;
@@ -442,14 +432,12 @@ async fn online_and_a_visible_tab_reconnect_at_once() {
 /// reconnects at once, no backoff, with the token it fetches then.
 #[tokio::test]
 async fn an_expired_token_reconnects_at_once_with_a_fresh_one() {
-    let Some(chrome) = chrome_or_skip() else {
+    let Some((_one, browser)) = browser_or_skip().await else {
         return;
     };
-    let _one = BROWSER.lock().await;
     let db = TestDb::new();
     let api = Api::start(&db, &[], &[]).await;
     let user = Uuid::new_v4();
-    let browser = Browser::launch(&chrome).await;
     let mut page = browser.page(&format!("{}/healthz", api.url)).await;
     // A backoff days long: only the 4001 policy reconnects in time.
     harness(&mut page, 1_000_000_000).await;

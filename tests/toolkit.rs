@@ -29,23 +29,29 @@ async fn wait_for_backend(db: &TestDb, app: &str) {
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
-/// The TUI in a pseudo-terminal (util-linux `script`): it draws, shows the
-/// event, exits after `--count`, and restores the terminal.
-#[tokio::test]
-async fn tap_runs_in_a_pseudo_terminal() {
-    let db = TestDb::new();
+/// `ragctl tap --count 1` in a 120×30 pseudo-terminal (util-linux
+/// `script`). stdin stays open like an idle keyboard (EOF would be typed
+/// into the pty).
+fn tap_in_pty(db: &TestDb, stderr: Stdio) -> std::process::Child {
     let cmd = format!("stty cols 120 rows 30; exec {} tap --count 1", bin());
-    // stdin stays open like an idle keyboard (EOF would be typed into the pty).
-    let mut child = Command::new("script")
+    Command::new("script")
         .args(["-qfec", &cmd, "/dev/null"])
         .env("DATABASE_URL", &db.url)
         .env("TERM", "xterm-256color")
         .env("NO_COLOR", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
-        .expect("util-linux script is installed");
+        .expect("util-linux script is installed")
+}
+
+/// The TUI in a pseudo-terminal (util-linux `script`): it draws, shows the
+/// event, exits after `--count`, and restores the terminal.
+#[tokio::test]
+async fn tap_runs_in_a_pseudo_terminal() {
+    let db = TestDb::new();
+    let mut child = tap_in_pty(&db, Stdio::piped());
     wait_for_backend(&db, "ragctl-tap").await;
     let user = Uuid::new_v4();
     publish(&db, doc_status(user, Uuid::new_v4(), "parsed")).await;
@@ -201,17 +207,7 @@ async fn tap_prints_heal_runs_of_its_own_channel_only() {
 #[tokio::test]
 async fn tap_shows_heal_runs_in_a_pseudo_terminal() {
     let db = TestDb::new();
-    let cmd = format!("stty cols 120 rows 30; exec {} tap --count 1", bin());
-    let mut child = Command::new("script")
-        .args(["-qfec", &cmd, "/dev/null"])
-        .env("DATABASE_URL", &db.url)
-        .env("TERM", "xterm-256color")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("util-linux script is installed");
+    let mut child = tap_in_pty(&db, Stdio::null());
     // The screen is read as it is drawn, so the pipe never fills.
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
