@@ -160,7 +160,26 @@ impl Proc {
         env: &[(&str, &str)],
         configure: impl FnOnce(&mut Command),
     ) -> Proc {
-        let mut cmd = Command::new(bin());
+        Self::spawn_exe(
+            std::path::Path::new(bin()),
+            name,
+            db_url,
+            args,
+            env,
+            configure,
+        )
+    }
+
+    /// `spawn_with`, running the ragctl binary at `exe` (a copy of it).
+    pub fn spawn_exe(
+        exe: &std::path::Path,
+        name: &str,
+        db_url: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Proc {
+        let mut cmd = Command::new(exe);
         cmd.args(args)
             .env("DATABASE_URL", db_url)
             .env("RAG_JWT_SECRET", SECRET)
