@@ -55,7 +55,9 @@ pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitC
     let url = connect.database_url()?;
     let channel = connect.channel()?;
     let rt = &args.runtime;
-    let pool = crate::db::pool(&url, 4, &format!("ragctl-worker-{}", kind)).await?;
+    // Pools open connections as they are needed: `--pool-size` is a cap (a
+    // worker uses about three: its job, the lease renewal, a publish).
+    let pool = crate::db::pool(&url, rt.pool_size, &format!("ragctl-worker-{}", kind)).await?;
     crate::db::migrate(&pool).await?;
     let events = Publisher::new(
         pool.clone(),

@@ -14,8 +14,8 @@ use crate::config::RuntimeOpts;
 
 /// Pool size passed to the worker children: a worker holds a connection
 /// for its job, one to renew the lease and one to publish, so it needs far
-/// fewer than the API's `--pool-size` (it sizes its pool at 4 itself today,
-/// in `cli/worker.rs`; the cap keeps the flag it receives truthful).
+/// fewer than the API's `--pool-size`; the cap bounds what the children
+/// could open beside the API's pool.
 const WORKER_CHILD_POOL_SIZE: usize = 4;
 
 fn worker_child_opts(rt: &RuntimeOpts) -> RuntimeOpts {
