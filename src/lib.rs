@@ -18,6 +18,7 @@
 //! - [`rag`]: text extraction, chunking and answering.
 //! - [`auth`]: Supabase-style JWTs.
 //! - [`backoff`]: exponential backoff with jitter, for every reconnect loop.
+//! - [`own_exe`]: the running binary, for the processes it re-executes.
 //! - [`cli`]: the `ragctl` subcommands and the error handler at the edge.
 //! - [`harness`]: the `serve --ready-file` line and scratch databases, for
 //!   tests, `ragctl bench` and scripts that start a server.
@@ -31,5 +32,6 @@ pub mod config;
 pub mod db;
 pub mod events;
 pub mod harness;
+pub mod own_exe;
 pub mod rag;
 pub mod workers;

@@ -192,7 +192,11 @@ pub struct RuntimeOpts {
     pub pool_size: usize,
     /// Direct or session-mode URL for LISTEN, when DATABASE_URL goes through a
     /// transaction-mode pooler (Supabase port 6543), where LISTEN does not work.
+    /// Not in `to_args`: it may hold a password, and a command line is
+    /// visible to every local user (`ps`); `serve` hands it to its workers
+    /// in their environment.
     #[arg(long, env = "RAG_LISTEN_DATABASE_URL", hide_env_values = true)]
+    #[serde(skip)]
     pub listen_database_url: Option<String>,
     /// Memory limit of the parser child process (MiB of address space).
     #[arg(long, env = "RAG_PARSE_MEMORY_MIB", default_value_t = 512)]
@@ -452,8 +456,12 @@ mod tests {
             !args.iter().any(|a| a.starts_with("--llm")),
             "the LLM knobs stay with the API: {args:?}"
         );
+        assert!(
+            !args.iter().any(|a| a.contains("postgres://")),
+            "no URL (password) on a command line: {args:?}"
+        );
         let back = parse_runtime(&args);
-        (rt.llm_url, rt.llm_api_key) = (None, None);
+        (rt.llm_url, rt.llm_api_key, rt.listen_database_url) = (None, None, None);
         assert_eq!(
             serde_json::to_value(&back).unwrap(),
             serde_json::to_value(&rt).unwrap()

@@ -128,20 +128,8 @@ pub async fn extract(bytes: &[u8], mime: &str, limits: &Limits) -> Result<String
     outcome(ended, limits, mime == APPLICATION_PDF)
 }
 
-/// The binary this process runs. On Linux `/proc/self/exe`, which the
-/// kernel resolves to the running image even after a deploy replaced or
-/// deleted the file at its path (the child then runs the same version as
-/// its worker); elsewhere the path it was started from.
-fn own_binary() -> Result<std::path::PathBuf, SandboxError> {
-    let proc_exe = std::path::Path::new("/proc/self/exe");
-    if proc_exe.exists() {
-        return Ok(proc_exe.to_path_buf());
-    }
-    std::env::current_exe().map_err(SandboxError::Spawn)
-}
-
 fn spawn(mime: &str, limits: &Limits) -> Result<Child, SandboxError> {
-    let mut cmd = Command::new(own_binary()?);
+    let mut cmd = Command::new(crate::own_exe::path().map_err(SandboxError::Spawn)?);
     cmd.arg("__extract")
         .arg(format!("--mime={mime}"))
         .arg(format!(

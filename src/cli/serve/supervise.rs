@@ -57,7 +57,7 @@ async fn supervise(
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    let exe = match std::env::current_exe() {
+    let exe = match crate::own_exe::path() {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(error = %e, "cannot find the ragctl executable to start workers");
@@ -72,6 +72,11 @@ async fn supervise(
             .args(&args)
             .env("DATABASE_URL", &url)
             .env("RAG_EVENTS_CHANNEL", &channel);
+        // URLs may hold passwords: environment, not command line.
+        match &rt.listen_database_url {
+            Some(listen) => cmd.env("RAG_LISTEN_DATABASE_URL", listen),
+            None => cmd.env_remove("RAG_LISTEN_DATABASE_URL"),
+        };
         let mut child = match spawn_piped(cmd) {
             Ok(c) => c,
             Err(e) => {
