@@ -32,6 +32,7 @@
 //! `sample` (CPU, RSS, the server's metrics), `phase`, `server`, `machine`,
 //! `render`, and `run`, which ties them together.
 
+mod capacity;
 mod fleet;
 mod heal;
 mod machine;
@@ -112,6 +113,25 @@ pub struct BenchArgs {
     /// database; a --server-url server needs --max-catchup ≥ 10000).
     #[arg(long)]
     pub resume: bool,
+    /// Also measure the capacity across API instances: the raw NOTIFY
+    /// ceiling, the CPU per event of an instance with no socket for it, and
+    /// the ceiling with 1, 2 and 4 instances (`serve --no-workers` on the
+    /// same database) sharing --capacity-sockets sockets.
+    #[arg(long, conflicts_with = "server_url")]
+    pub capacity: bool,
+    /// Sockets of the --capacity phase, spread over the instances.
+    #[arg(long, default_value_t = 10_000, value_parser = parse_positive)]
+    pub capacity_sockets: usize,
+    /// Users of the --capacity phase (each event goes to one user's sockets).
+    #[arg(long, default_value_t = 1_000, value_parser = parse_positive)]
+    pub capacity_users: usize,
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("expected a positive integer, got {s:?}")),
+    }
 }
 
 pub(super) fn progress(line: &str) {
