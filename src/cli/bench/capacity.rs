@@ -53,8 +53,10 @@ pub struct DropCost {
 #[derive(Debug, Clone, Serialize)]
 pub struct Spread {
     pub instances: usize,
-    /// At `--rate`: every instance's CPU, in % of one core.
-    pub cpu_pct: Vec<f64>,
+    /// At `--rate`: every instance's CPU time per event published, µs
+    /// (`/proc/<pid>/task/*/schedstat`; the first instance is the one the
+    /// benchmark started first).
+    pub us_per_event: Vec<f64>,
     pub fixed: PhaseResult,
     pub ceiling: Ceiling,
 }
@@ -190,19 +192,17 @@ async fn spread(
     bench.fleet = start_fleet_on(&eps, &tokens, args.capacity_sockets, bench.clock).await?;
     bench.users = users;
     bench.server_pids = pids.to_vec();
+    bench.settle(Kind::Bridge).await?;
     let before: Vec<Option<u64>> = pids.iter().map(|&p| cpu_ns(p)).collect();
-    let started = std::time::Instant::now();
     let fixed = bench
         .phase(Kind::Bridge, args.rate, FIXED, Duration::from_secs(10))
         .await?;
-    let secs = started.elapsed().as_secs_f64();
-    let cpu_pct = pids
+    let events = fixed.events.max(1) as f64;
+    let us_per_event = pids
         .iter()
         .zip(&before)
         .map(|(&p, b)| match (b, cpu_ns(p)) {
-            (Some(b), Some(a)) => {
-                (a.saturating_sub(*b) as f64 / 1e9 / secs * 1000.0).round() / 10.0
-            }
+            (Some(b), Some(a)) => round2(a.saturating_sub(*b) as f64 / 1e3 / events),
             _ => f64::NAN,
         })
         .collect();
@@ -214,7 +214,7 @@ async fn spread(
     ));
     Ok(Spread {
         instances: n,
-        cpu_pct,
+        us_per_event,
         fixed,
         ceiling,
     })
@@ -246,21 +246,24 @@ pub(super) fn render(c: &CapacityReport) -> String {
     );
     let _ = writeln!(
         s,
-        "{:>9} {:>14} {:>14} {:>22} {:>18}",
-        "instances", "ceiling ev/s", "frames/s", "CPU% each at the rate", "µs/frame (all)"
+        "{:>9} {:>12} {:>9} | at {}/s: {:>6} {:>8} {:>10}  µs/event each, µs/frame all",
+        "instances", "ceiling ev/s", "frames/s", c.drop.rate, "lost", "p99 µs", "postgres%"
     );
+    let fan = c.sockets as f64 / c.users as f64;
     for sp in &c.spreads {
-        let each: Vec<String> = sp.cpu_pct.iter().map(|v| format!("{v:.0}")).collect();
-        let fan = c.sockets as f64 / c.users as f64;
+        let each: Vec<String> = sp.us_per_event.iter().map(|v| format!("{v:.1}")).collect();
+        let f = &sp.fixed;
         let _ = writeln!(
             s,
-            "{:>9} {:>14} {:>14.0} {:>22} {:>18}",
+            "{:>9} {:>12} {:>9.0} | {:>14} {:>8} {:>10}  {}, {}",
             sp.instances,
             sp.ceiling.events_per_s,
             sp.ceiling.events_per_s as f64 * fan,
+            f.lost,
+            f.latency.map_or("-".into(), |l| l.p99_us.to_string()),
+            f.cpu.map_or("?".into(), |c| format!("{:.0}", c.postgres)),
             each.join("/"),
-            sp.fixed
-                .server_us_per_frame
+            f.server_us_per_frame
                 .map_or("?".into(), |v| format!("{v:.1}"))
         );
     }
