@@ -15,7 +15,11 @@
 //! 5. with `--resume` only, the catch-up of a socket resuming with
 //!    `/ws?since=` on 10,000 documents of its user (`resume`), then the
 //!    bridge's heal of 10 rows for each of 1,000 connected users after
-//!    its listener backend is killed (`heal`).
+//!    its listener backend is killed (`heal`);
+//! 6. with `--capacity` only, the capacity across API instances (see
+//!    `capacity.rs` and docs/capacity.md).
+//!
+//! The bridge phase also reports the server's CPU per delivered frame.
 //!
 //! Each phase also records the CPU used by this process, the server and
 //! PostgreSQL (from `/proc`), and the server's own delivery histogram and
@@ -30,7 +34,7 @@
 //! One file per concern: `report` (what is reported and judged), `record`
 //! (deliveries and statistics), `publish`, `fleet` (the receivers),
 //! `sample` (CPU, RSS, the server's metrics), `phase`, `server`, `machine`,
-//! `render`, and `run`, which ties them together.
+//! `render`, `capacity`, and `run`, which ties them together.
 
 mod capacity;
 mod fleet;
