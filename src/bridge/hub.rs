@@ -214,6 +214,15 @@ impl Hub {
         }
     }
 
+    /// Whether `user` has a socket in this process.
+    pub fn has_sockets(&self, user: Uuid) -> bool {
+        self.inner
+            .users
+            .read()
+            .expect("hub lock")
+            .contains_key(&user)
+    }
+
     pub fn stats(&self) -> HubStats {
         let users = self.inner.users.read().expect("hub lock");
         HubStats {

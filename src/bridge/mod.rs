@@ -40,8 +40,10 @@ pub const ROUTE_BATCH: usize = 2048;
 
 use heal::Healer;
 
-use crate::db::listener::{self, API_LISTENER_NAME, ListenItem, ListenerConfig, ListenerHandle};
-use crate::events::{self, DropReason, Reassembler, WireMessage};
+use crate::db::listener::{
+    self, API_LISTENER_NAME, ListenItem, ListenerConfig, ListenerHandle, Notification,
+};
+use crate::events::{self, DropReason, Envelope, Reassembler, Scanned, WireMessage};
 
 #[derive(Debug, Clone)]
 pub struct BridgeConfig {
@@ -115,21 +117,78 @@ impl DropLog {
     }
 }
 
-async fn route(mut rx: mpsc::Receiver<ListenItem>, hub: Hub, mut healer: Healer) {
-    let mut frags = Reassembler::default();
-    let mut log = DropLog {
-        last: HashMap::new(),
-        every: Duration::from_secs(10),
-    };
-    let dropped: HashMap<DropReason, metrics::Counter> = DropReason::ALL
-        .into_iter()
-        .map(|r| {
-            (
-                r,
-                metrics::counter!("ragctl_events_dropped_total", "reason" => r.as_str()),
-            )
+/// Reads notifications into envelopes to deliver here, counting (and
+/// logging, rate-limited) every one it drops.
+struct Reader {
+    frags: Reassembler,
+    log: DropLog,
+    dropped: HashMap<DropReason, metrics::Counter>,
+    no_recipient: metrics::Counter,
+}
+
+impl Reader {
+    fn new() -> Reader {
+        Reader {
+            frags: Reassembler::default(),
+            log: DropLog {
+                last: HashMap::new(),
+                every: Duration::from_secs(10),
+            },
+            dropped: DropReason::ALL
+                .into_iter()
+                .map(|r| {
+                    let c =
+                        metrics::counter!("ragctl_events_dropped_total", "reason" => r.as_str());
+                    (r, c)
+                })
+                .collect(),
+            no_recipient: metrics::counter!("ragctl_events_no_recipient_total"),
+        }
+    }
+
+    /// The envelope `n` carries, if it is valid, complete, and for a user
+    /// with a socket here.
+    fn read(&mut self, n: &Notification, hub: &Hub) -> Option<Envelope> {
+        let env = match events::scan(&n.payload) {
+            // Most events on a bus with several instances are for users
+            // with no socket here: checked, counted, never built.
+            Ok(Scanned::Envelope { user_id }) if !hub.has_sockets(user_id) => {
+                self.no_recipient.increment(1);
+                return None;
+            }
+            Ok(Scanned::Envelope { .. }) => events::envelope(&n.payload),
+            Ok(Scanned::Fragment) => self.fragment(n).transpose()?,
+            Err(reason) => Err(reason),
+        };
+        env.inspect_err(|&reason| {
+            self.dropped[&reason].increment(1);
+            self.log.note(reason, &n.payload, Instant::now());
         })
-        .collect();
+        .ok()
+    }
+
+    /// Adds a fragment; the envelope once its group is complete.
+    fn fragment(&mut self, n: &Notification) -> Result<Option<Envelope>, DropReason> {
+        let WireMessage::Fragment(f) = events::decode(&n.payload)? else {
+            return Err(DropReason::BadFragment);
+        };
+        let (res, evicted) = self.frags.push(f, n.received_at);
+        if evicted > 0 {
+            self.dropped[&DropReason::BadFragment].increment(evicted as u64);
+        }
+        res
+    }
+
+    fn expire(&mut self) {
+        let n = self.frags.expire(Instant::now());
+        if n > 0 {
+            self.dropped[&DropReason::FragmentExpired].increment(n as u64);
+        }
+    }
+}
+
+async fn route(mut rx: mpsc::Receiver<ListenItem>, hub: Hub, mut healer: Healer) {
+    let mut reader = Reader::new();
     let mut expire = tokio::time::interval(Duration::from_secs(5));
     let mut items = Vec::with_capacity(ROUTE_BATCH);
     let mut envs = Vec::with_capacity(ROUTE_BATCH);
@@ -137,10 +196,7 @@ async fn route(mut rx: mpsc::Receiver<ListenItem>, hub: Hub, mut healer: Healer)
         tokio::select! {
             n = rx.recv_many(&mut items, ROUTE_BATCH) => if n == 0 { return },
             _ = expire.tick() => {
-                let n = frags.expire(Instant::now());
-                if n > 0 {
-                    dropped[&DropReason::FragmentExpired].increment(n as u64);
-                }
+                reader.expire();
                 continue;
             }
         }
@@ -156,28 +212,9 @@ async fn route(mut rx: mpsc::Receiver<ListenItem>, hub: Hub, mut healer: Healer)
                 }
                 ListenItem::Notification(n) => n,
             };
-            let env = match events::decode(&n.payload) {
-                Ok(WireMessage::Envelope(env)) => Ok(*env),
-                Ok(WireMessage::Fragment(f)) => {
-                    let (res, evicted) = frags.push(f, n.received_at);
-                    if evicted > 0 {
-                        dropped[&DropReason::BadFragment].increment(evicted as u64);
-                    }
-                    match res {
-                        Ok(Some(env)) => Ok(env),
-                        Ok(None) => continue,
-                        Err(reason) => Err(reason),
-                    }
-                }
-                Err(reason) => Err(reason),
-            };
-            match env {
-                Ok(env) if healer.superseded(&env) => {}
-                Ok(env) => envs.push(env),
-                Err(reason) => {
-                    dropped[&reason].increment(1);
-                    log.note(reason, &n.payload, Instant::now());
-                }
+            match reader.read(&n, &hub) {
+                Some(env) if !healer.superseded(&env) => envs.push(env),
+                _ => {}
             }
         }
         if !envs.is_empty() {

@@ -77,6 +77,9 @@ struct State {
     broken: bool,
     /// The close frame is queued or written: it has a slot of its own.
     close_sent: bool,
+    /// `Outlet::slow` was cancelled, read here under the lock we hold
+    /// anyway (the token's own check takes a second lock per frame).
+    slow: bool,
 }
 
 pub struct Outlet {
@@ -101,6 +104,7 @@ impl Outlet {
                 closing: false,
                 broken: false,
                 close_sent: false,
+                slow: false,
             }),
             wake: Notify::new(),
             slow: CancellationToken::new(),
@@ -117,7 +121,7 @@ impl Outlet {
     pub fn push(&self, chunk: Chunk) -> Pushed {
         let mut st = self.lock();
         // A slow socket is being closed: it takes no more events.
-        if st.closing || st.broken || self.slow.is_cancelled() {
+        if st.closing || st.broken || st.slow {
             return Pushed::Closed;
         }
         self.enqueue(&mut st, chunk, self.limit)
@@ -146,6 +150,7 @@ impl Outlet {
     fn enqueue(&self, st: &mut State, chunk: Chunk, limit: usize) -> Pushed {
         if !st.queue.is_empty() {
             if st.frames + chunk.frames > limit {
+                st.slow = true;
                 self.slow.cancel();
                 return Pushed::Slow;
             }

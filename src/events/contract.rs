@@ -121,31 +121,44 @@ pub enum ContractError {
     },
 }
 
+/// What a payload field looks like, as far as the checks care: read from a
+/// parsed [`Value`], or straight off the wire by `scan` without building one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shape<'a> {
+    Str(std::borrow::Cow<'a, str>),
+    Null,
+    /// A number; `Some` if it is a non-negative integer that fits a `u64`.
+    Num(Option<u64>),
+    /// A boolean, array or object.
+    Other,
+}
+
+impl<'a> From<&'a Value> for Shape<'a> {
+    fn from(v: &'a Value) -> Shape<'a> {
+        match v {
+            Value::String(s) => Shape::Str(s.as_str().into()),
+            Value::Null => Shape::Null,
+            Value::Number(n) => Shape::Num(n.as_u64()),
+            _ => Shape::Other,
+        }
+    }
+}
+
 /// Checks that `payload` carries every field `kind` requires, each of the
 /// right shape. Extra fields are allowed (the contract may grow).
 pub fn validate_payload(kind: EventType, payload: &Value) -> Result<(), ContractError> {
     let map: &Map<String, Value> = payload.as_object().ok_or(ContractError::NotObject)?;
+    validate_fields(kind, |field| map.get(field).map(Shape::from))
+}
+
+/// The checks of [`validate_payload`] over fields looked up by `get`.
+pub fn validate_fields<'a>(
+    kind: EventType,
+    get: impl Fn(&str) -> Option<Shape<'a>>,
+) -> Result<(), ContractError> {
     for &(field, check) in kind.fields() {
-        let value = map
-            .get(field)
-            .ok_or(ContractError::Missing { kind, field })?;
-        let problem = match (check, value) {
-            (Field::Uuid, Value::String(s)) if uuid::Uuid::parse_str(s).is_ok() => None,
-            (Field::Uuid, _) => Some("must be a UUID string".to_string()),
-            (Field::Text, Value::String(_)) => None,
-            (Field::Text, _) => Some("must be a string".to_string()),
-            (Field::OptText, Value::String(_) | Value::Null) => None,
-            (Field::OptText, _) => Some("must be a string or null".to_string()),
-            (Field::Count, Value::Number(n)) if n.as_u64().is_some() => None,
-            (Field::Count, _) => Some("must be a non-negative integer".to_string()),
-            (Field::Time, Value::String(s)) if chrono::DateTime::parse_from_rfc3339(s).is_ok() => {
-                None
-            }
-            (Field::Time, _) => Some("must be an RFC 3339 timestamp".to_string()),
-            (Field::OneOf(values), Value::String(s)) if values.contains(&s.as_str()) => None,
-            (Field::OneOf(values), _) => Some(format!("must be one of {}", values.join(", "))),
-        };
-        if let Some(problem) = problem {
+        let value = get(field).ok_or(ContractError::Missing { kind, field })?;
+        if let Some(problem) = problem(check, &value) {
             return Err(ContractError::Invalid {
                 kind,
                 field,
@@ -154,6 +167,24 @@ pub fn validate_payload(kind: EventType, payload: &Value) -> Result<(), Contract
         }
     }
     Ok(())
+}
+
+/// What is wrong with `value` for `check`, if anything.
+fn problem(check: Field, value: &Shape<'_>) -> Option<String> {
+    match (check, value) {
+        (Field::Uuid, Shape::Str(s)) if uuid::Uuid::parse_str(s).is_ok() => None,
+        (Field::Uuid, _) => Some("must be a UUID string".to_string()),
+        (Field::Text, Shape::Str(_)) => None,
+        (Field::Text, _) => Some("must be a string".to_string()),
+        (Field::OptText, Shape::Str(_) | Shape::Null) => None,
+        (Field::OptText, _) => Some("must be a string or null".to_string()),
+        (Field::Count, Shape::Num(Some(_))) => None,
+        (Field::Count, _) => Some("must be a non-negative integer".to_string()),
+        (Field::Time, Shape::Str(s)) if chrono::DateTime::parse_from_rfc3339(s).is_ok() => None,
+        (Field::Time, _) => Some("must be an RFC 3339 timestamp".to_string()),
+        (Field::OneOf(values), Shape::Str(s)) if values.contains(&s.as_ref()) => None,
+        (Field::OneOf(values), _) => Some(format!("must be one of {}", values.join(", "))),
+    }
 }
 
 #[cfg(test)]

@@ -10,19 +10,21 @@ pub mod ops;
 mod payloads;
 mod publish;
 pub mod resume;
+mod scan;
 mod wire;
 
-pub use contract::{ContractError, EventType, Field, validate_payload};
+pub use contract::{ContractError, EventType, Field, Shape, validate_fields, validate_payload};
 pub use payloads::{
     DocumentCreated, DocumentStatusUpdated, JobStatusUpdated, MessageCreated, MessageStatusUpdated,
     Outgoing, Payload,
 };
 pub use publish::{LocalDelivery, PublishError, Publisher};
+pub use scan::{Scanned, scan};
 #[cfg(test)]
 pub(crate) use wire::malformed_variants;
 pub use wire::{
     DropReason, Envelope, FRAGMENT_CHUNK_BYTES, Frame, GroupProgress, MAX_ENVELOPE_BYTES,
-    MAX_NOTIFY_BYTES, Reassembler, WireMessage, decode, encode_notifications,
+    MAX_NOTIFY_BYTES, Reassembler, WireMessage, decode, encode_notifications, envelope,
 };
 
 /// Current envelope version; any other `v` is rejected.

@@ -105,7 +105,8 @@ pub(super) struct Fleet {
 /// What the fleet's clients share: where to connect, where to record,
 /// the counters, and the gate that bounds concurrent handshakes.
 struct Crew {
-    ep: Endpoint,
+    /// The servers; a user's clients all go to one of them.
+    eps: Vec<Endpoint>,
     sink: Arc<Sink>,
     connected: Arc<AtomicUsize>,
     disconnects: Arc<AtomicU64>,
@@ -114,11 +115,11 @@ struct Crew {
 }
 
 /// Client `idx`: connects (again after a close), records every frame.
-async fn fleet_client(idx: usize, token: Arc<str>, crew: Arc<Crew>) {
+async fn fleet_client(idx: usize, ep: usize, token: Arc<str>, crew: Arc<Crew>) {
     loop {
         let ws = {
             let _permit = crew.gate.acquire().await;
-            ws_connect(&crew.ep, &token).await
+            ws_connect(&crew.eps[ep], &token).await
         };
         let mut ws = match ws {
             Ok(ws) => ws,
@@ -146,8 +147,19 @@ pub(super) async fn start_fleet(
     clients: usize,
     clock: Clock,
 ) -> anyhow::Result<Fleet> {
+    start_fleet_on(std::slice::from_ref(ep), tokens, clients, clock).await
+}
+
+/// A fleet spread over several servers: the clients of user `u` (client
+/// `c` is for user `c % tokens.len()`) all connect to server `u % eps.len()`.
+pub(super) async fn start_fleet_on(
+    eps: &[Endpoint],
+    tokens: &[Arc<str>],
+    clients: usize,
+    clock: Clock,
+) -> anyhow::Result<Fleet> {
     let crew = Arc::new(Crew {
-        ep: ep.clone(),
+        eps: eps.to_vec(),
         sink: Arc::new(Sink::new(clients)),
         connected: Arc::new(AtomicUsize::new(0)),
         disconnects: Arc::new(AtomicU64::new(0)),
@@ -156,8 +168,9 @@ pub(super) async fn start_fleet(
     });
     let mut tasks = JoinSet::new();
     for idx in 0..clients {
-        let token = tokens[idx % tokens.len()].clone();
-        tasks.spawn(fleet_client(idx, token, crew.clone()));
+        let user = idx % tokens.len();
+        let token = tokens[user].clone();
+        tasks.spawn(fleet_client(idx, user % eps.len(), token, crew.clone()));
     }
     let fleet = Fleet {
         sink: crew.sink.clone(),
@@ -171,6 +184,11 @@ pub(super) async fn start_fleet(
 }
 
 impl Fleet {
+    /// Closes every client (their tasks end, their sockets drop).
+    pub(super) fn stop(&mut self) {
+        self._tasks.abort_all();
+    }
+
     pub(super) async fn wait_connected(&self, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         loop {

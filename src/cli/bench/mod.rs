@@ -15,7 +15,11 @@
 //! 5. with `--resume` only, the catch-up of a socket resuming with
 //!    `/ws?since=` on 10,000 documents of its user (`resume`), then the
 //!    bridge's heal of 10 rows for each of 1,000 connected users after
-//!    its listener backend is killed (`heal`).
+//!    its listener backend is killed (`heal`);
+//! 6. with `--capacity` only, the capacity across API instances (see
+//!    `capacity.rs` and docs/capacity.md).
+//!
+//! The bridge phase also reports the server's CPU per delivered frame.
 //!
 //! Each phase also records the CPU used by this process, the server and
 //! PostgreSQL (from `/proc`), and the server's own delivery histogram and
@@ -30,8 +34,9 @@
 //! One file per concern: `report` (what is reported and judged), `record`
 //! (deliveries and statistics), `publish`, `fleet` (the receivers),
 //! `sample` (CPU, RSS, the server's metrics), `phase`, `server`, `machine`,
-//! `render`, and `run`, which ties them together.
+//! `render`, `capacity`, and `run`, which ties them together.
 
+mod capacity;
 mod fleet;
 mod heal;
 mod machine;
@@ -112,6 +117,25 @@ pub struct BenchArgs {
     /// database; a --server-url server needs --max-catchup ≥ 10000).
     #[arg(long)]
     pub resume: bool,
+    /// Also measure the capacity across API instances: the raw NOTIFY
+    /// ceiling, the CPU per event of an instance with no socket for it, and
+    /// the ceiling with 1, 2 and 4 instances (`serve --no-workers` on the
+    /// same database) sharing --capacity-sockets sockets.
+    #[arg(long, conflicts_with = "server_url")]
+    pub capacity: bool,
+    /// Sockets of the --capacity phase, spread over the instances.
+    #[arg(long, default_value_t = 10_000, value_parser = parse_positive)]
+    pub capacity_sockets: usize,
+    /// Users of the --capacity phase (each event goes to one user's sockets).
+    #[arg(long, default_value_t = 1_000, value_parser = parse_positive)]
+    pub capacity_users: usize,
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("expected a positive integer, got {s:?}")),
+    }
 }
 
 pub(super) fn progress(line: &str) {

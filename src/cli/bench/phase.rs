@@ -50,7 +50,8 @@ pub(super) struct Bench {
     pub(super) fleet: Fleet,
     pub(super) users: Vec<Uuid>,
     pub(super) next_phase: u32,
-    pub(super) server_pid: Option<u32>,
+    /// The server processes whose CPU is sampled (summed).
+    pub(super) server_pids: Vec<u32>,
     pub(super) http: reqwest::Client,
     pub(super) api: String,
 }
@@ -97,7 +98,7 @@ impl Bench {
         let n = ((rate as f64 * length.as_secs_f64()).round() as usize).max(1);
         let m = self.measure(kind, rate, n, drain).await?;
         let tally = analyse(&m, kind, self.users.len());
-        Ok(verdict(rate, m, tally))
+        Ok(verdict(kind, rate, m, tally))
     }
 
     /// Where a phase's events go: the sink that records them, the channel
@@ -139,7 +140,7 @@ impl Bench {
             Kind::Bridge => scrape(&self.http, &self.api).await,
             Kind::Raw => None,
         };
-        let cpu_before = CpuSnap::take(self.server_pid);
+        let cpu_before = CpuSnap::take(&self.server_pids);
         sink.begin(phase);
         let published = publish(
             &self.publish_rt.handle,
@@ -158,7 +159,7 @@ impl Bench {
         }
         let last_ns = sink.last_ns.load(Ordering::Relaxed);
         let slots = sink.end();
-        let cpu = cpu_before.and_then(|b| Some(b.share(&CpuSnap::take(self.server_pid)?)));
+        let cpu = cpu_before.and_then(|b| Some(b.share(&CpuSnap::take(&self.server_pids)?)));
         let (server_side, server_counters) = self.server_view(scrape_before.as_ref()).await;
         Ok(Measured {
             n,
@@ -368,7 +369,7 @@ fn analyse(m: &Measured, kind: Kind, users: usize) -> Tally {
 
 /// The phase's result, judged: sustained (nothing lost, no drops, no
 /// disconnects, backlog drained in time) and publisher-bound or not.
-fn verdict(rate: u32, m: Measured, t: Tally) -> PhaseResult {
+fn verdict(kind: Kind, rate: u32, m: Measured, t: Tally) -> PhaseResult {
     let p = &m.published;
     let window_s = (p.last_commit_ns.saturating_sub(p.first_ns)) as f64 / 1e9;
     let published_rate = if window_s > 0.0 {
@@ -409,6 +410,7 @@ fn verdict(rate: u32, m: Measured, t: Tally) -> PhaseResult {
         backlog_ms: (backlog_ms.max(0.0) * 100.0).round() / 100.0,
         disconnects: m.disconnects,
         latency: stats(t.latencies_us),
+        server_us_per_frame: per_frame(kind, m.cpu.as_ref(), t.received),
         cpu: m.cpu,
         server_side: m.server_side,
         server_counters: m.server_counters,
@@ -450,6 +452,15 @@ fn problems(m: &Measured, t: &Tally, lost: u64, backlog_ms: f64) -> Vec<String> 
 /// Events of `0..n` that go to user `u` when event `i` goes to `i % users`.
 pub(super) fn per_user_events(n: usize, users: usize, u: usize) -> u64 {
     (n / users + usize::from(u < n % users)) as u64
+}
+
+/// The server's CPU per delivered frame, µs: all of its CPU over the phase
+/// (the listener, the router, the writes, its idle sockets) over the frames
+/// the clients received.
+pub(super) fn per_frame(kind: Kind, cpu: Option<&CpuShare>, frames: u64) -> Option<f64> {
+    let ms = cpu?.server_ms?;
+    (kind == Kind::Bridge && frames > 0)
+        .then(|| (ms * 1000.0 / frames as f64 * 100.0).round() / 100.0)
 }
 
 #[cfg(test)]

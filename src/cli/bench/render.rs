@@ -27,6 +27,9 @@ pub(super) fn render(r: &Report) -> String {
     if let Some(rr) = &r.resume {
         super::resume::render(&mut s, rr);
     }
+    if let Some(c) = &r.capacity {
+        s.push_str(&super::capacity::render(c));
+    }
     targets(&mut s, r);
     s
 }
@@ -142,6 +145,16 @@ fn explain_latency(s: &mut String, r: &Report) {
                 cpu_text(cpu)
             );
         }
+    }
+    if let (Some(us), Some(ms)) = (
+        r.bridge.server_us_per_frame,
+        r.bridge.cpu.as_ref().and_then(|c| c.server_ms),
+    ) {
+        let _ = writeln!(
+            s,
+            "server CPU per delivered frame: {us:.1} µs ({ms:.0} ms of CPU for {} frames)",
+            r.bridge.received
+        );
     }
 }
 
@@ -290,12 +303,14 @@ mod tests {
             cpu: Some(CpuShare {
                 bench: 30.0,
                 server: Some(25.0),
+                server_ms: Some(2500.0),
                 postgres: 40.0,
                 irq: 10.0,
                 steal: 0.0,
                 other: 7.0,
                 idle: 95.0,
             }),
+            server_us_per_frame: Some(12.5),
             server_side: Some(ServerSide {
                 frames: 100,
                 p50_le_ms: Some(1.0),
@@ -364,6 +379,7 @@ mod tests {
                 ratio: 0.5,
             }),
             resume: None,
+            capacity: None,
             targets: vec![
                 TargetCheck {
                     key: "latency_p50",

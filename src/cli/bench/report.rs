@@ -63,6 +63,9 @@ pub struct PhaseResult {
     /// The server's own view (bridge only): envelope `ts` → frame written
     /// to the socket, from its `ragctl_bridge_delivery_seconds` histogram.
     pub server_side: Option<ServerSide>,
+    /// The server's CPU time per frame delivered to a client, µs (bridge
+    /// only): the cost of a frame, all of the server's work included.
+    pub server_us_per_frame: Option<f64>,
     /// The server's counters that moved during the phase (forwarded,
     /// listener overflow, slow consumers, drops).
     pub server_counters: std::collections::BTreeMap<String, f64>,
@@ -123,6 +126,9 @@ pub struct Report {
     /// The `--resume` phase; absent unless selected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resume: Option<ResumeReport>,
+    /// The `--capacity` phase; absent unless selected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<super::capacity::CapacityReport>,
     pub targets: Vec<TargetCheck>,
     pub ok: bool,
     /// Latency phases during which the hypervisor or other processes took
@@ -147,6 +153,9 @@ pub struct ServerSide {
 pub struct CpuShare {
     pub bench: f64,
     pub server: Option<f64>,
+    /// The server's CPU time (user + system, from `/proc`, in clock ticks
+    /// of 10 ms) over the phase, ms.
+    pub server_ms: Option<f64>,
     pub postgres: f64,
     /// Interrupt and softirq time (loopback TCP is mostly processed here).
     pub irq: f64,
@@ -220,6 +229,7 @@ impl Report {
             bridge,
             ceiling,
             resume,
+            capacity: None,
             targets,
             ok,
             disturbed,
@@ -346,6 +356,7 @@ mod tests {
         let cpu = |steal, other| CpuShare {
             bench: 30.0,
             server: Some(25.0),
+            server_ms: Some(2500.0),
             postgres: 40.0,
             irq: 10.0,
             steal,

@@ -9,6 +9,7 @@ use anyhow::anyhow;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::capacity;
 use super::fleet::{Endpoint, open_idle, raw_listener, start_fleet};
 use super::machine::machine;
 use super::phase::{Bench, Kind};
@@ -88,7 +89,12 @@ async fn bench(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<R
         true => None,
         false => Some(bench.ceilings(args.step).await?),
     };
-    Ok(Report::new(
+    let raw_ceiling = ceiling.as_ref().map(|c| c.raw.events_per_s);
+    let capacity = match args.capacity {
+        true => Some(capacity::measure(&mut bench, args, site, channel, raw_ceiling).await?),
+        false => None,
+    };
+    let mut report = Report::new(
         machine,
         Config::new(args),
         idle,
@@ -96,11 +102,13 @@ async fn bench(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<R
         bridge,
         ceiling,
         resume,
-    ))
+    );
+    report.capacity = capacity;
+    Ok(report)
 }
 
 /// A token for `user`, good for longer than any run.
-fn token(secret: &str, user: Uuid) -> anyhow::Result<Arc<str>> {
+pub(super) fn token(secret: &str, user: Uuid) -> anyhow::Result<Arc<str>> {
     let jwt = crate::auth::mint(secret, user, Duration::from_secs(6 * 3600))?;
     Ok(Arc::from(jwt))
 }
@@ -187,7 +195,7 @@ impl Bench {
             fleet,
             users,
             next_phase: 0,
-            server_pid: site.pid,
+            server_pids: site.pid.into_iter().collect(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
                 .build()?,

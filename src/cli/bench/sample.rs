@@ -124,7 +124,7 @@ pub(super) fn proc_ticks(pid: &str) -> Option<u64> {
 }
 
 impl CpuSnap {
-    pub(super) fn take(server: Option<u32>) -> Option<CpuSnap> {
+    pub(super) fn take(servers: &[u32]) -> Option<CpuSnap> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
         let cpu: Vec<u64> = stat
             .lines()
@@ -160,7 +160,9 @@ impl CpuSnap {
             irq,
             steal,
             bench: proc_ticks("self")?,
-            server: server.and_then(|p| proc_ticks(&p.to_string())),
+            server: (!servers.is_empty())
+                .then(|| servers.iter().map(|p| proc_ticks(&p.to_string())).sum())
+                .flatten(),
             postgres,
         })
     }
@@ -180,9 +182,14 @@ impl CpuSnap {
         let irq = pct(end.irq.saturating_sub(self.irq));
         let steal = pct(end.steal.saturating_sub(self.steal));
         let other = busy - bench - server.unwrap_or(0.0) - postgres - irq - steal;
+        let server_ms = end
+            .server
+            .zip(self.server)
+            .map(|(e, b)| e.saturating_sub(b) as f64 / hz * 1000.0);
         CpuShare {
             bench,
             server,
+            server_ms,
             postgres,
             irq,
             steal,
@@ -190,6 +197,18 @@ impl CpuSnap {
             idle: pct(end.idle.saturating_sub(self.idle)),
         }
     }
+}
+
+/// CPU time of every thread of a process, ns (`/proc/<pid>/task/*/schedstat`:
+/// finer than the 10-ms ticks of `/proc/<pid>/stat`).
+pub(super) fn cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let ns = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Some(ns)
 }
 
 pub(super) fn rss_kib(pid: u32) -> Option<u64> {

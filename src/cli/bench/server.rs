@@ -157,15 +157,39 @@ pub(super) async fn start_server(
     channel: &str,
     args: &BenchArgs,
 ) -> anyhow::Result<OwnServer> {
-    let ready_path = std::env::temp_dir().join(format!("{}.ready", db.name));
-    let spawned = spawn_serve(&db.url, &ready_path, secret, channel, args);
-    let mut child = match spawned {
-        Ok(c) => c,
+    match launch(&db.url, &db.name, secret, channel, args).await {
+        Ok(i) => Ok(OwnServer {
+            child: i.child,
+            pid: i.pid,
+            api: i.api,
+            db,
+        }),
         Err(e) => {
             let _ = db.drop_now().await;
-            return Err(e);
+            Err(e)
         }
-    };
+    }
+}
+
+/// One more `ragctl serve --no-workers` on the same database (the
+/// capacity phase's extra API instances).
+pub(super) struct Instance {
+    pub(super) child: tokio::process::Child,
+    pub(super) pid: u32,
+    pub(super) api: String,
+}
+
+/// Starts a server on `db_url` and waits for its ready file (`name` names
+/// the file); on failure stops it and returns its last log lines.
+pub(super) async fn launch(
+    db_url: &str,
+    name: &str,
+    secret: &str,
+    channel: &str,
+    args: &BenchArgs,
+) -> anyhow::Result<Instance> {
+    let ready_path = std::env::temp_dir().join(format!("{name}.{}.ready", random_hex(4)));
+    let mut child = spawn_serve(db_url, &ready_path, secret, channel, args)?;
     let pid = child.id().unwrap_or_default();
     let tail = watch_log(child.stderr.take().expect("piped"), args.server_log);
     let ready = Ready::wait(&ready_path, Duration::from_secs(60), || {
@@ -173,20 +197,19 @@ pub(super) async fn start_server(
     })
     .await;
     let _ = std::fs::remove_file(&ready_path);
-    let mut server = OwnServer {
+    let mut instance = Instance {
         child,
         pid,
         api: String::new(),
-        db,
     };
     match ready {
         Ok(Some(ready)) => {
-            server.api = ready.url;
-            Ok(server)
+            instance.api = ready.url;
+            Ok(instance)
         }
         _ => {
             let log: Vec<String> = tail.lock().expect("tail").iter().cloned().collect();
-            server.stop().await;
+            instance.stop().await;
             bail!(
                 "the server did not start; its last log lines:\n{}",
                 log.join("\n")
@@ -195,16 +218,27 @@ pub(super) async fn start_server(
     }
 }
 
+impl Instance {
+    pub(super) async fn stop(mut self) {
+        terminate(self.pid, &mut self.child).await;
+    }
+}
+
+/// SIGTERM, then SIGKILL if it has not exited within 10 s.
+async fn terminate(pid: u32, child: &mut tokio::process::Child) {
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
 impl OwnServer {
     pub(super) async fn stop(mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        terminate(self.pid, &mut self.child).await;
         if let Err(e) = self.db.drop_now().await {
             eprintln!(
                 "bench: warning: could not drop database {}: {e:#}",

@@ -1,0 +1,107 @@
+//! The drop path of an API instance with no socket for an event's user:
+//! every instance reads every event, and one that has nobody to give it to
+//! must forward nothing, count it, and still refuse a malformed envelope
+//! for the same reason as the instance that would have delivered it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// One malformed payload per drop reason, built from `good`.
+fn malformed(good: &Value) -> Vec<(&'static str, String)> {
+    let with = |k: &str, v: Value| {
+        let mut g = good.clone();
+        g[k] = v;
+        g.to_string()
+    };
+    vec![
+        ("not_json", "{this is not json".to_string()),
+        ("unknown_version", with("v", json!(7))),
+        ("bad_user_id", with("user_id", json!("not-a-uuid"))),
+        ("unknown_type", with("type", json!("document.exploded"))),
+        ("bad_payload", with("payload", json!({"document_id": "x"}))),
+        ("bad_envelope", with("ts", json!(12))),
+        (
+            "bad_fragment",
+            json!({"v": 1, "frag": {"id": Uuid::new_v4(), "seq": 5, "total": 2}, "data": "!!"})
+                .to_string(),
+        ),
+    ]
+}
+
+/// Waits (generous deadline, a failure guard only) until `metric` of `api`
+/// reaches `want`, and returns what it read last.
+async fn metric_reaches(api: &Api, metric: &str, want: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = api.metric(metric).await;
+        if v >= want || Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_instance_with_no_socket_for_the_user_forwards_nothing_counts_the_drop_and_the_same_reasons()
+ {
+    let db = TestDb::new();
+    let with_socket = Api::start(&db, &[], &[]).await;
+    let without = Api::start(&db, &[], &[]).await;
+    let user = Uuid::new_v4();
+    let mut client = Client::connect(&with_socket, user, "").await;
+
+    let good = serde_json::to_value(doc_status(user, Uuid::new_v4(), "parsed")).unwrap();
+    let bad = malformed(&good);
+    let pool = ragctl::db::pool(&db.url, 1, "ragctl-test-raw")
+        .await
+        .unwrap();
+    let c = pool.get().await.unwrap();
+    for (_, payload) in &bad {
+        c.execute("SELECT pg_notify('rag_events', $1)", &[payload])
+            .await
+            .unwrap();
+    }
+    let docs: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+    for d in &docs {
+        publish(&db, doc_status(user, *d, "parsed")).await;
+    }
+    let last = docs[2].to_string();
+    client
+        .expect("the last event", |f| {
+            f["payload"]["document_id"] == s(&last)
+        })
+        .await;
+    let got: Vec<Value> = client
+        .frames
+        .iter()
+        .map(|f| f["payload"]["document_id"].clone())
+        .collect();
+    let want: Vec<Value> = docs.iter().map(|d| s(&d.to_string())).collect();
+    assert_eq!(
+        got, want,
+        "the instance with the socket delivers each event once"
+    );
+
+    let dropped = metric_reaches(&without, "ragctl_events_no_recipient_total", 3.0).await;
+    assert_eq!(dropped, 3.0, "each valid event is counted once as dropped");
+    assert_eq!(without.metric("ragctl_events_forwarded_total").await, 0.0);
+    assert_eq!(
+        with_socket.metric("ragctl_events_no_recipient_total").await,
+        0.0
+    );
+    assert_eq!(
+        with_socket.metric("ragctl_events_forwarded_total").await,
+        3.0
+    );
+    for api in [&with_socket, &without] {
+        for (reason, _) in &bad {
+            let name = format!("ragctl_events_dropped_total{{reason=\"{reason}\"}}");
+            assert_eq!(api.metric(&name).await, 1.0, "{reason}");
+        }
+    }
+}
