@@ -29,6 +29,9 @@ pub struct Limits {
     pub nr_open: Option<u64>,
     /// `net.ipv4.ip_local_port_range`.
     pub port_range: Option<(u32, u32)>,
+    /// WebSockets the server takes at most (`ragctl_ws_connections_limit`,
+    /// from its open-file limit and --ws-max-connections).
+    pub server_ws_cap: Option<u64>,
 }
 
 impl Limits {
@@ -45,6 +48,7 @@ impl Limits {
                 .and_then(|t| open_files(&t, false)),
             nr_open: read("/proc/sys/fs/nr_open").and_then(|t| t.trim().parse().ok()),
             port_range: read("/proc/sys/net/ipv4/ip_local_port_range").and_then(|t| port_range(&t)),
+            server_ws_cap: None,
         }
     }
 
@@ -55,15 +59,22 @@ impl Limits {
         })
     }
 
+    /// Mass sockets the server can take beside `fleets` other sockets.
+    pub(super) fn server_room(&self, fleets: usize) -> usize {
+        self.server_ws_cap
+            .map_or(usize::MAX, |n| (n as usize).saturating_sub(fleets))
+    }
+
     /// One line for the progress log and the report.
     pub(super) fn describe(&self) -> String {
         let k = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
         format!(
-            "open files: bench {} (was {}, hard {}), server {}; fs.nr_open {}; ephemeral ports {}",
+            "open files: bench {} (was {}, hard {}), server {} (WebSockets at most {}); fs.nr_open {}; ephemeral ports {}",
             k(self.bench_nofile),
             k(self.bench_nofile_before),
             k(self.bench_nofile_hard),
             k(self.server_nofile),
+            k(self.server_ws_cap),
             k(self.nr_open),
             self.port_range.map_or("?".to_string(), |(a, b)| format!(
                 "{a}–{b} ({} per source address)",
@@ -71,6 +82,14 @@ impl Limits {
             )),
         )
     }
+}
+
+/// The value of an unlabelled metric in a Prometheus text page.
+pub(super) fn metric_value(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.trim().parse().ok())
 }
 
 /// "Max open files" from a `/proc/<pid>/limits` text: the soft or hard one.
@@ -121,6 +140,12 @@ mod tests {
         assert_eq!(open_files(text, false), Some(1024));
         assert_eq!(open_files(text, true), Some(20000));
         assert_eq!(open_files("nothing", true), None);
+        let page = "# TYPE ragctl_ws_connections_limit gauge\nragctl_ws_connections_limit 17913\nragctl_ws_connections_limit_x 1\n";
+        assert_eq!(
+            metric_value(page, "ragctl_ws_connections_limit"),
+            Some(17913.0)
+        );
+        assert_eq!(metric_value(page, "ragctl_ws_sockets"), None);
         assert_eq!(port_range("32768\t60999\n"), Some((32768, 60999)));
         assert_eq!(port_range("60999 32768"), None);
         assert_eq!(port_range(""), None);
@@ -135,8 +160,10 @@ mod tests {
             server_nofile: Some(20_000),
             nr_open: Some(1 << 20),
             port_range: Some((32768, 60999)),
+            server_ws_cap: Some(17_913),
         };
         assert_eq!(l.bench_room(2_000), 20_000 - BENCH_FD_RESERVE - 2_000);
+        assert_eq!(l.server_room(2_000), 15_913);
         assert!(l.describe().contains("28232 per source address"));
     }
 }

@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use uuid::Uuid;
 
 use super::fleet::{Endpoint, Ws, start_fleet};
-use super::limits::{Limits, source_addr};
+use super::limits::{Limits, metric_value, source_addr};
 use super::phase::{Bench, Kind};
 use super::report::{Machine, PhaseResult};
 use super::run::{Crowd, token};
@@ -204,18 +204,25 @@ pub(super) async fn run(
     ep: &Endpoint,
     machine: Machine,
 ) -> anyhow::Result<MassReport> {
-    let limits = Limits::take(site.pid);
+    let mut limits = Limits::take(site.pid);
+    limits.server_ws_cap = server_ws_cap(&site.api).await;
     progress(&limits.describe());
     let (sample, fan, room) = {
         let (s, f, _) = split(args.sockets, args.sample, usize::MAX);
-        (s, f, limits.bench_room(s + f))
+        (
+            s,
+            f,
+            limits.bench_room(s + f).min(limits.server_room(s + f)),
+        )
     };
     let (_, _, mass) = split(args.sockets, sample, room);
     if mass + sample + fan < args.sockets {
         progress(&format!(
-            "the bench's open-file limit allows {mass} mass sockets: {} of the {} asked",
+            "the open-file limits allow {} of the {} sockets asked (bench: {} beside the fleets, server: {} WebSockets)",
             mass + sample + fan,
-            args.sockets
+            args.sockets,
+            limits.bench_room(sample + fan),
+            limits.server_ws_cap.map_or("?".into(), |v| v.to_string()),
         ));
     }
     let crowd = Crowd {
@@ -282,6 +289,13 @@ pub(super) async fn run(
         sample: sample_result,
         fan_out: fan_result,
     })
+}
+
+/// The server's WebSocket cap, from its `/metrics`.
+async fn server_ws_cap(api: &str) -> Option<u64> {
+    let page = reqwest::get(format!("{api}/metrics")).await.ok()?;
+    let page = page.text().await.ok()?;
+    metric_value(&page, "ragctl_ws_connections_limit").map(|v| v as u64)
 }
 
 /// Events at `--rate` to the sample while every socket is held.
