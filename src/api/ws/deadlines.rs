@@ -2,6 +2,11 @@
 //! driven by one timer instead of three: each tokio `Sleep` is about 110
 //! bytes of the socket's task, and `Interval` boxes one more, which adds up
 //! over 100,000 idle sockets (see docs/capacity-memory.md).
+//!
+//! The first ping comes at a random point of the second half of the first
+//! interval: sockets that connected together (a reconnect storm, a
+//! benchmark) would otherwise be pinged together, every interval, in one
+//! burst that delays the events around it.
 
 use std::time::Duration;
 
@@ -28,10 +33,17 @@ pub struct Deadlines {
 }
 
 impl Deadlines {
-    /// The first ping goes one interval after `now`, as `Interval` would.
-    pub fn new(now: Instant, ping_every: Duration, idle_after: Duration, expiry: Instant) -> Self {
+    /// The first ping goes `first_ping` (of an interval, in (0, 1]) after
+    /// `now`, then one every interval.
+    pub fn new(
+        now: Instant,
+        ping_every: Duration,
+        idle_after: Duration,
+        expiry: Instant,
+        first_ping: f64,
+    ) -> Self {
         Deadlines {
-            ping: now + ping_every,
+            ping: now + ping_every.mul_f64(first_ping.clamp(f64::EPSILON, 1.0)),
             idle: now + idle_after,
             expiry,
             ping_every,
@@ -85,7 +97,7 @@ mod tests {
     #[test]
     fn pings_every_interval_until_the_idle_deadline() {
         let t0 = Instant::now();
-        let mut d = Deadlines::new(t0, PING, IDLE, t0 + Duration::from_secs(3600));
+        let mut d = Deadlines::new(t0, PING, IDLE, t0 + Duration::from_secs(3600), 1.0);
         assert_eq!(d.next(), t0 + PING);
         assert_eq!(d.due(t0 + PING / 2), None, "an early wake is nothing");
         assert_eq!(d.due(t0 + PING), Some(Due::Ping));
@@ -98,9 +110,18 @@ mod tests {
     }
 
     #[test]
+    fn the_first_ping_can_come_early_but_never_late() {
+        let t0 = Instant::now();
+        let early = Deadlines::new(t0, PING, IDLE, t0 + IDLE * 60, 0.5);
+        assert_eq!(early.next(), t0 + PING / 2);
+        let clamped = Deadlines::new(t0, PING, IDLE, t0 + IDLE * 60, 7.0);
+        assert_eq!(clamped.next(), t0 + PING);
+    }
+
+    #[test]
     fn a_frame_from_the_client_moves_only_the_idle_deadline() {
         let t0 = Instant::now();
-        let mut d = Deadlines::new(t0, PING, IDLE, t0 + Duration::from_secs(3600));
+        let mut d = Deadlines::new(t0, PING, IDLE, t0 + Duration::from_secs(3600), 1.0);
         d.heard(t0 + Duration::from_secs(50));
         assert_eq!(d.due(t0 + IDLE), Some(Due::Ping), "not idle any more");
         assert_eq!(d.due(t0 + Duration::from_secs(110)), Some(Due::Idle));
@@ -109,11 +130,11 @@ mod tests {
     #[test]
     fn expiry_wins_over_everything_and_a_refresh_can_bring_it_forward() {
         let t0 = Instant::now();
-        let mut d = Deadlines::new(t0, PING, IDLE, t0 + Duration::from_secs(3600));
+        let mut d = Deadlines::new(t0, PING, IDLE, t0 + Duration::from_secs(3600), 1.0);
         d.expire_at(t0 + Duration::from_secs(5));
         assert_eq!(d.next(), t0 + Duration::from_secs(5));
         assert_eq!(d.due(t0 + IDLE), Some(Due::Expiry));
-        let mut past = Deadlines::new(t0, PING, IDLE, t0);
+        let mut past = Deadlines::new(t0, PING, IDLE, t0, 1.0);
         assert_eq!(past.due(t0), Some(Due::Expiry));
     }
 }

@@ -153,7 +153,10 @@ async fn run_socket(socket: &mut Socket, outlet: &Outlet, ctx: &mut SocketCtx) -
     let mut inbox = Inbox::new(std::time::Instant::now());
     let exp = expiry_instant(ctx.user.exp);
     let cfg = &ctx.cfg;
-    let mut deadlines = Deadlines::new(Instant::now(), cfg.ping_interval, cfg.idle_timeout, exp);
+    // Spread over the first interval (see `deadlines`).
+    let first_ping = 1.0 - rand::random::<f64>() / 2.0;
+    let (ping, idle) = (cfg.ping_interval, cfg.idle_timeout);
+    let mut deadlines = Deadlines::new(Instant::now(), ping, idle, exp, first_ping);
     let timer = tokio::time::sleep_until(deadlines.next());
     tokio::pin!(timer);
     // Created once: each registers a waiter on a token shared by sockets.
