@@ -30,9 +30,9 @@ use uuid::Uuid;
 use super::fleet::{Endpoint, Ws, start_fleet};
 use super::limits::{Limits, metric_value, source_addr};
 use super::phase::{Bench, Kind};
-use super::report::{Machine, PhaseResult};
+use super::report::{CpuShare, Machine, PhaseResult};
 use super::run::{Crowd, token};
-use super::sample::rss_kib;
+use super::sample::{CpuSnap, rss_kib};
 use super::server::Site;
 use super::{BenchArgs, progress};
 
@@ -74,6 +74,9 @@ pub struct MassReport {
     /// Mass sockets closed while they were held (must be 0).
     pub dropped: usize,
     pub rss_base_kib: Option<u64>,
+    /// CPU while the first 10,000 opened, in % of one core: what the
+    /// accept rate was bound by.
+    pub open_cpu: Option<CpuShare>,
     pub checkpoints: Vec<Checkpoint>,
     pub sample: PhaseResult,
     pub fan_out: PhaseResult,
@@ -258,13 +261,19 @@ pub(super) async fn run(
     let mut held = JoinSet::new();
     let mut checkpoints = Vec::new();
     let mut opening = Duration::ZERO;
+    let mut open_cpu = None;
     let mut at = 0;
     for stop in [FIRST_CHECKPOINT.min(mass), mass] {
         if stop <= at {
             continue;
         }
         progress(&format!("opening mass sockets {at}..{stop}"));
+        let before = CpuSnap::take(site.pid);
         opening += open(site, ep, at..stop, &tally, &mut held).await?;
+        if at == 0 {
+            let end = CpuSnap::take(site.pid);
+            open_cpu = before.zip(end).map(|(b, e)| b.share(&e));
+        }
         let opened = tally.opened.load(Ordering::SeqCst);
         progress(&format!(
             "{opened} open, {} failed after {:.1} s",
@@ -305,6 +314,7 @@ pub(super) async fn run(
         held: opened - dropped + sample + fan,
         dropped,
         rss_base_kib: base,
+        open_cpu,
         checkpoints,
         sample: sample_result,
         fan_out: fan_result,

@@ -151,6 +151,13 @@ pub(super) fn render(j: &Judged) -> String {
     for (why, n) in &r.errors {
         let _ = writeln!(s, "  failed {n}×: {why}");
     }
+    if let Some(c) = &r.open_cpu {
+        let _ = writeln!(
+            s,
+            "  CPU while the first ones opened (% of one core): {}",
+            cpu_text(c)
+        );
+    }
     let base = r.rss_base_kib.map_or("?".into(), |v| v.to_string());
     let _ = writeln!(s, "server RSS with the fleets only: {base} KiB");
     for c in &r.checkpoints {
