@@ -9,6 +9,8 @@
 //! handled outside it, so no frame or error is held across an await.
 //! docs/capacity-memory.md has the accounting.
 
+use std::pin::Pin;
+
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
@@ -16,7 +18,7 @@ use tokio::io::Join;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{Duration, Instant};
+use tokio::time::{Duration, Instant, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -140,6 +142,27 @@ pub(super) async fn flush(
     }
 }
 
+/// What the timer calls for: the end, a ping, or nothing yet (the idle
+/// deadline moved since it was armed). Re-arms it.
+fn on_timer(d: &mut Deadlines, timer: Pin<&mut Sleep>) -> Result<Option<Message>, Ending> {
+    let due = d.due(Instant::now());
+    timer.reset(d.next());
+    match due {
+        Some(Due::Expiry) => Err(Ending::server(
+            CLOSE_TOKEN_EXPIRED,
+            "token expired",
+            "token_expired",
+        )),
+        Some(Due::Idle) => Err(Ending::server(
+            CLOSE_IDLE,
+            "nothing from the client within the idle timeout",
+            "idle",
+        )),
+        Some(Due::Ping) => Ok(Some(Message::Ping(Default::default()))),
+        None => Ok(None),
+    }
+}
+
 /// What woke the socket loop, small enough to hold across its awaits.
 enum Step {
     End(Ending),
@@ -189,26 +212,10 @@ async fn run_socket(socket: &mut Socket, outlet: &Outlet, ctx: &mut SocketCtx) -
         };
         let frame = match step {
             Step::End(ending) => return ending,
-            Step::Timer => match deadlines.due(Instant::now()) {
-                Some(Due::Expiry) => {
-                    return Ending::server(CLOSE_TOKEN_EXPIRED, "token expired", "token_expired");
-                }
-                Some(Due::Idle) => {
-                    return Ending::server(
-                        CLOSE_IDLE,
-                        "nothing from the client within the idle timeout",
-                        "idle",
-                    );
-                }
-                Some(Due::Ping) => {
-                    timer.as_mut().reset(deadlines.next());
-                    Message::Ping(Default::default())
-                }
-                // The idle deadline moved since the timer was armed.
-                None => {
-                    timer.as_mut().reset(deadlines.next());
-                    continue;
-                }
+            Step::Timer => match on_timer(&mut deadlines, timer.as_mut()) {
+                Err(ending) => return ending,
+                Ok(Some(ping)) => ping,
+                Ok(None) => continue,
             },
             Step::Wake => {
                 // Boxed: a backlog is rare, and its future is not small.

@@ -227,27 +227,7 @@ pub(super) async fn run(
     ep: &Endpoint,
     machine: Machine,
 ) -> anyhow::Result<MassReport> {
-    let mut limits = Limits::take(site.pid);
-    limits.server_ws_cap = server_ws_cap(&site.api).await;
-    progress(&limits.describe());
-    let (sample, fan, room) = {
-        let (s, f, _) = split(args.sockets, args.sample, usize::MAX);
-        (
-            s,
-            f,
-            limits.bench_room(s + f).min(limits.server_room(s + f)),
-        )
-    };
-    let (_, _, mass) = split(args.sockets, sample, room);
-    if mass + sample + fan < args.sockets {
-        progress(&format!(
-            "the open-file limits allow {} of the {} sockets asked (bench: {} beside the fleets, server: {} WebSockets)",
-            mass + sample + fan,
-            args.sockets,
-            limits.bench_room(sample + fan),
-            limits.server_ws_cap.map_or("?".into(), |v| v.to_string()),
-        ));
-    }
+    let (limits, sample, fan, mass) = plan(args, site).await;
     let crowd = Crowd {
         users: (0..sample).map(|_| Uuid::new_v4()).collect(),
         clients: sample,
@@ -259,44 +239,15 @@ pub(super) async fn run(
     let base = checkpoint(site.pid, None, 0).await.rss_kib;
     let tally = Arc::new(Tally::default());
     let mut held = JoinSet::new();
-    let mut checkpoints = Vec::new();
-    let mut opening = Duration::ZERO;
-    let mut open_cpu = None;
-    let mut at = 0;
-    for stop in [FIRST_CHECKPOINT.min(mass), mass] {
-        if stop <= at {
-            continue;
-        }
-        progress(&format!("opening mass sockets {at}..{stop}"));
-        let before = CpuSnap::take(site.pid);
-        opening += open(site, ep, at..stop, &tally, &mut held).await?;
-        if at == 0 {
-            let end = CpuSnap::take(site.pid);
-            open_cpu = before.zip(end).map(|(b, e)| b.share(&e));
-        }
-        let opened = tally.opened.load(Ordering::SeqCst);
-        progress(&format!(
-            "{opened} open, {} failed after {:.1} s",
-            tally.failed.load(Ordering::SeqCst),
-            opening.as_secs_f64()
-        ));
-        checkpoints.push(checkpoint(site.pid, base, opened).await);
-        at = stop;
-    }
+    let waves = open_waves(site, ep, mass, base, &tally, &mut held).await?;
     let sample_result = hold_latency(&mut bench, args).await?;
     bench.fleet = fan_fleet;
     bench.users = vec![fan_user];
     progress(&format!(
         "one event at a time to the user with {fan} sockets"
     ));
-    let fan_result = bench
-        .phase(
-            Kind::Bridge,
-            5,
-            Duration::from_secs(4),
-            Duration::from_secs(10),
-        )
-        .await?;
+    let (length, drain) = (Duration::from_secs(4), Duration::from_secs(10));
+    let fan_result = bench.phase(Kind::Bridge, 5, length, drain).await?;
     progress(&super::render::phase_line(&fan_result));
     let opened = tally.opened.load(Ordering::SeqCst);
     let dropped = tally.dropped.load(Ordering::SeqCst);
@@ -310,15 +261,86 @@ pub(super) async fn run(
         opened,
         failed: tally.failed.load(Ordering::SeqCst),
         errors,
-        accept_per_s: rate(opened, opening),
+        accept_per_s: rate(opened, waves.opening),
         held: opened - dropped + sample + fan,
         dropped,
         rss_base_kib: base,
-        open_cpu,
-        checkpoints,
+        open_cpu: waves.cpu,
+        checkpoints: waves.checkpoints,
         sample: sample_result,
         fan_out: fan_result,
     })
+}
+
+/// The limits, and how many sockets of each kind they allow.
+async fn plan(args: &BenchArgs, site: &Site) -> (Limits, usize, usize, usize) {
+    let mut limits = Limits::take(site.pid);
+    limits.server_ws_cap = server_ws_cap(&site.api).await;
+    progress(&limits.describe());
+    let (sample, fan, _) = split(args.sockets, args.sample, usize::MAX);
+    let room = limits
+        .bench_room(sample + fan)
+        .min(limits.server_room(sample + fan));
+    let (_, _, mass) = split(args.sockets, sample, room);
+    if mass + sample + fan < args.sockets {
+        progress(&format!(
+            "the open-file limits allow {} of the {} sockets asked (bench: {} beside the fleets, server: {} WebSockets)",
+            mass + sample + fan,
+            args.sockets,
+            limits.bench_room(sample + fan),
+            limits.server_ws_cap.map_or("?".into(), |v| v.to_string()),
+        ));
+    }
+    (limits, sample, fan, mass)
+}
+
+/// What opening the mass sockets measured.
+struct Waves {
+    /// Time spent opening (the settling for RSS readings excluded).
+    opening: Duration,
+    cpu: Option<CpuShare>,
+    checkpoints: Vec<Checkpoint>,
+}
+
+/// Opens `mass` sockets in two waves, up to 10,000 and up to all, reading
+/// the server's RSS after each.
+async fn open_waves(
+    site: &Site,
+    ep: &Endpoint,
+    mass: usize,
+    base: Option<u64>,
+    tally: &Arc<Tally>,
+    held: &mut JoinSet<()>,
+) -> anyhow::Result<Waves> {
+    let mut waves = Waves {
+        opening: Duration::ZERO,
+        cpu: None,
+        checkpoints: Vec::new(),
+    };
+    let mut at = 0;
+    for stop in [FIRST_CHECKPOINT.min(mass), mass] {
+        if stop <= at {
+            continue;
+        }
+        progress(&format!("opening mass sockets {at}..{stop}"));
+        let before = CpuSnap::take(site.pid);
+        waves.opening += open(site, ep, at..stop, tally, held).await?;
+        if at == 0 {
+            let end = CpuSnap::take(site.pid);
+            waves.cpu = before.zip(end).map(|(b, e)| b.share(&e));
+        }
+        let opened = tally.opened.load(Ordering::SeqCst);
+        progress(&format!(
+            "{opened} open, {} failed after {:.1} s",
+            tally.failed.load(Ordering::SeqCst),
+            waves.opening.as_secs_f64()
+        ));
+        waves
+            .checkpoints
+            .push(checkpoint(site.pid, base, opened).await);
+        at = stop;
+    }
+    Ok(waves)
 }
 
 /// The server's WebSocket cap, from its `/metrics`.
