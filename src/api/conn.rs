@@ -114,6 +114,8 @@ pub struct WsCount {
 
 impl WsCount {
     pub fn new(cap: usize) -> WsCount {
+        // What the open-file limit allows (the bench reads it to size a run).
+        metrics::gauge!("ragctl_ws_connections_limit").set(cap as f64);
         WsCount {
             permits: Arc::new(Semaphore::new(cap)),
             cap,

@@ -23,39 +23,31 @@
 //! interleave.
 
 mod close;
+mod deadlines;
 mod handshake;
 mod refresh;
 mod resume;
+mod socket;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::io::{Join, ReadHalf};
-use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::auth::{AuthUser, Verifier};
-use crate::bridge::{CLOSE_SLOW_CONSUMER, ConnGuard, ControlWriter, Outlet};
+use crate::auth::AuthUser;
 use crate::events::resume::Cursor;
-use close::Ending;
 pub use handshake::{Credentials, Upgrade, credentials};
-use refresh::{Action, Inbox};
 pub use refresh::{CLOSE_REFRESH_INVALID, CLOSE_REFRESH_OTHER_USER};
-use resume::HELD_EVENTS;
+pub use socket::READ_CHUNK;
+use socket::{SocketCtx, Start};
+// For the submodules.
+use socket::{Socket, flush};
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
@@ -150,58 +142,17 @@ pub async fn handler(
         verifier: state.verifier.clone(),
         shutdown: state.shutdown.clone(),
     };
-    let pool = state.pool.clone();
-    let socket = state.sockets.track_future(async move {
-        // Resolves once the 101 response below has been written.
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "WebSocket upgrade failed");
-                return;
-            }
-        };
-        let start = Start {
-            hub,
-            since,
-            resync,
-            pool,
-        };
-        start.run(upgraded, ctx).await;
-        drop(permit);
-    });
+    let start = Start {
+        hub,
+        since,
+        resync,
+        pool: state.pool.clone(),
+    };
+    let socket = state
+        .sockets
+        .track_future(socket::socket_task(on_upgrade, start, ctx, permit));
     tokio::spawn(socket);
     switching_protocols(&key, creds.protocol.as_deref())
-}
-
-/// What an upgraded socket starts with besides its context.
-struct Start {
-    hub: crate::bridge::Hub,
-    since: Option<Cursor>,
-    resync: bool,
-    pool: deadpool_postgres::Pool,
-}
-
-impl Start {
-    /// Registers the socket with the hub, catches up (`?since=`), serves it.
-    async fn run(self, upgraded: Upgraded, ctx: SocketCtx) {
-        let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-        let (user, hub) = (ctx.user.user_id, &self.hub);
-        let conn = match self.since {
-            Some(_) => hub.register_holding(user, self.resync, Box::pin(write), HELD_EVENTS),
-            None => hub.register(user, self.resync, Box::pin(write)),
-        };
-        let io = tokio::io::join(read, ControlWriter(conn.outlet.clone()));
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(ctx.cfg.max_client_frame))
-            .max_frame_size(Some(ctx.cfg.max_client_frame))
-            .read_buffer_size(4096)
-            .write_buffer_size(0);
-        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        if let Some(since) = self.since {
-            resume::catch_up(&self.pool, user, since, &conn, &ctx.cfg, &ctx.shutdown).await;
-        }
-        serve_socket(ws, conn, ctx).await;
-    }
 }
 
 /// The 101 response; `protocol` is echoed byte for byte.
@@ -220,105 +171,4 @@ fn switching_protocols(key: &HeaderValue, protocol: Option<&str>) -> Response {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
     response
-}
-
-/// When a token that expires at `exp` (seconds since the epoch) does.
-fn expiry_instant(exp: u64) -> Instant {
-    let now = chrono::Utc::now().timestamp().max(0) as u64;
-    Instant::now() + Duration::from_secs(exp.saturating_sub(now))
-}
-
-/// What tungstenite reads from (the socket's read half) and writes to (the
-/// outlet, for the protocol's own frames).
-type Socket = WebSocketStream<Join<ReadHalf<TokioIo<Upgraded>>, ControlWriter>>;
-
-/// Writes what is queued in the outlet, giving up when the socket is marked
-/// slow, the server shuts down, or no flush completes within `timeout`.
-async fn flush(outlet: &Outlet, shutdown: &CancellationToken, timeout: Duration) -> bool {
-    tokio::select! {
-        r = tokio::time::timeout(timeout, outlet.flush()) => matches!(r, Ok(Ok(()))),
-        // Both are handled by the socket loop, which closes the socket.
-        _ = outlet.slow.cancelled() => true,
-        _ = shutdown.cancelled() => true,
-    }
-}
-
-/// What a socket's task works with besides the socket.
-struct SocketCtx {
-    user: AuthUser,
-    cfg: WsConfig,
-    verifier: Verifier,
-    shutdown: CancellationToken,
-}
-
-async fn serve_socket(mut socket: Socket, conn: ConnGuard, mut ctx: SocketCtx) {
-    let outlet: Arc<Outlet> = conn.outlet.clone();
-    let ending = run_socket(&mut socket, &outlet, &mut ctx).await;
-    let reason = ending.finish(&mut socket, &outlet, &ctx.cfg).await;
-    drop(conn);
-    metrics::counter!("ragctl_ws_closed_total", "reason" => reason).increment(1);
-}
-
-/// Serves the socket until something ends it; says what.
-async fn run_socket(socket: &mut Socket, outlet: &Outlet, ctx: &mut SocketCtx) -> Ending {
-    let (cfg, shutdown) = (&ctx.cfg, &ctx.shutdown);
-    // Moved by every `auth.refresh`.
-    let expiry = tokio::time::sleep_until(expiry_instant(ctx.user.exp));
-    tokio::pin!(expiry);
-    let mut inbox = Inbox::new(std::time::Instant::now());
-    let mut ping = tokio::time::interval(cfg.ping_interval);
-    ping.tick().await;
-    // Pushed back by every frame from the client.
-    let idle = tokio::time::sleep(cfg.idle_timeout);
-    tokio::pin!(idle);
-    // Created once: each registers a waiter on a token shared by sockets.
-    let shutting_down = shutdown.cancelled();
-    tokio::pin!(shutting_down);
-    let slow = outlet.slow.cancelled();
-    tokio::pin!(slow);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut shutting_down => return Ending::server(CLOSE_GOING_AWAY, "server shutting down", "shutdown"),
-            // The queue is full: the client missed events.
-            _ = &mut slow => return Ending::slow(CLOSE_SLOW_CONSUMER, "slow consumer: resync via REST"),
-            _ = &mut expiry => return Ending::server(CLOSE_TOKEN_EXPIRED, "token expired", "token_expired"),
-            _ = &mut idle => return Ending::server(CLOSE_IDLE, "nothing from the client within the idle timeout", "idle"),
-            _ = outlet.wake.notified() => {
-                if !flush(outlet, shutdown, cfg.write_timeout).await {
-                    return Ending::Gone("write_failed");
-                }
-            }
-            incoming = socket.next() => match incoming {
-                // tungstenite has queued its reply (1002 for a close code
-                // that is not allowed).
-                Some(Ok(Message::Close(_))) => return Ending::Replied,
-                // Pongs, pings (answered by the library) and data messages:
-                // proof of life; only `auth.refresh` means anything.
-                Some(Ok(msg)) => {
-                    idle.as_mut().reset(Instant::now() + cfg.idle_timeout);
-                    match inbox.on_message(&msg, std::time::Instant::now(), &ctx.verifier, &ctx.user) {
-                        Action::Ignore => {}
-                        Action::Close(ending) => return ending,
-                        Action::Refreshed(user, frame) => {
-                            ctx.user = user;
-                            expiry.as_mut().reset(expiry_instant(user.exp));
-                            // Never waits: the frame goes into the outlet.
-                            if socket.send(Message::Text(frame.into())).await.is_err() {
-                                return Ending::Gone("write_failed");
-                            }
-                        }
-                    }
-                }
-                Some(Err(e)) => return Ending::from_error(&e),
-                None => return Ending::Gone("client_closed"),
-            },
-            _ = ping.tick() => {
-                // Never waits: the frame goes into the outlet.
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
-                    return Ending::Gone("write_failed");
-                }
-            }
-        }
-    }
 }

@@ -1,6 +1,7 @@
 //! Supabase-style JWTs: HS256 with a shared secret, `aud = authenticated`,
 //! and the user's UUID in `sub`. Tokens never reach a log line.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
@@ -56,8 +57,12 @@ pub struct AuthUser {
     pub exp: u64,
 }
 
+/// Cheap to clone (one `Arc`): every WebSocket keeps one for
+/// `auth.refresh`, and a deep copy costs a few hundred bytes per socket.
 #[derive(Clone)]
-pub struct Verifier {
+pub struct Verifier(Arc<Keys>);
+
+struct Keys {
     key: DecodingKey,
     validation: Validation,
 }
@@ -69,10 +74,10 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "aud"]);
         validation.validate_nbf = true;
         validation.leeway = 0;
-        Ok(Verifier {
+        Ok(Verifier(Arc::new(Keys {
             key: DecodingKey::from_secret(secret.as_bytes()).map_err(|_| EmptySecret)?,
             validation,
-        })
+        })))
     }
 
     pub fn verify(&self, token: &str) -> Result<AuthUser, AuthError> {
@@ -80,7 +85,7 @@ impl Verifier {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+        let data = jsonwebtoken::decode::<Claims>(token, &self.0.key, &self.0.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::ImmatureSignature => AuthError::NotYetValid,

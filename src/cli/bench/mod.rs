@@ -39,7 +39,10 @@
 mod capacity;
 mod fleet;
 mod heal;
+mod limits;
 mod machine;
+mod mass;
+mod mass_report;
 mod phase;
 mod publish;
 mod record;
@@ -70,7 +73,8 @@ Exit codes: 0 the benchmark ran and met its targets; 1 a target was missed \
 Examples:
   ragctl bench
   ragctl bench --rate 5000 --duration 30s --clients 2000 --users 200 --json
-  ragctl bench --server-url http://127.0.0.1:8080 --server-pid $(pgrep -n ragctl) --idle-sockets 0")]
+  ragctl bench --server-url http://127.0.0.1:8080 --server-pid $(pgrep -n ragctl) --idle-sockets 0
+  ragctl bench --sockets 100000 --rate 1000")]
 pub struct BenchArgs {
     /// Event rate of the latency runs, events/s.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -117,6 +121,16 @@ pub struct BenchArgs {
     /// database; a --server-url server needs --max-catchup ≥ 10000).
     #[arg(long)]
     pub resume: bool,
+    /// Instead of the phases above: hold this many WebSockets on the server
+    /// at once (spread over source addresses 127.0.0.2, 127.0.0.3, …), with
+    /// the server's RSS at 10,000 and at all of them, then measure `--rate`
+    /// events/s to a sample of them for `--duration` and one event at a
+    /// time to a user with 1,000 sockets, while all are held.
+    #[arg(long, default_value_t = 0)]
+    pub sockets: usize,
+    /// Sockets (one user each) of the --sockets run that receive events.
+    #[arg(long, default_value_t = 1000, requires = "sockets")]
+    pub sample: usize,
     /// Also measure the capacity across API instances: the raw NOTIFY
     /// ceiling, the CPU per event of an instance with no socket for it, and
     /// the ceiling with 1, 2 and 4 instances (`serve --no-workers` on the

@@ -2,7 +2,9 @@
 
 use std::fmt::Write as _;
 
-use super::report::{CeilingReport, Config, CpuShare, IdleReport, PhaseResult, Report};
+use super::report::{
+    CeilingReport, Config, CpuShare, IdleReport, PhaseResult, Report, TargetCheck,
+};
 
 pub(super) fn phase_line(r: &PhaseResult) -> String {
     match &r.latency {
@@ -234,9 +236,14 @@ fn idle(s: &mut String, i: &IdleReport) {
 
 /// Each target met, missed or not measured; then any disturbance.
 fn targets(s: &mut String, r: &Report) {
+    target_lines(s, &r.targets, &r.disturbed);
+}
+
+/// The verdicts, and why a phase's numbers may not be representative.
+pub(super) fn target_lines(s: &mut String, targets: &[TargetCheck], disturbed: &[String]) {
     let _ = writeln!(s);
     let _ = writeln!(s, "targets");
-    for t in &r.targets {
+    for t in targets {
         let mark = match t.met {
             Some(true) => "met   ",
             Some(false) => "MISSED",
@@ -248,12 +255,12 @@ fn targets(s: &mut String, r: &Report) {
             t.name, t.measured, t.target
         );
     }
-    for d in &r.disturbed {
+    for d in disturbed {
         let _ = writeln!(s, "warning: {d}");
     }
 }
 
-fn cpu_text(c: &CpuShare) -> String {
+pub(super) fn cpu_text(c: &CpuShare) -> String {
     format!(
         "bench {:.0}%, server {}, postgres {:.0}%, irq+softirq {:.0}%, steal {:.0}%, other {:.0}%, idle {:.0}%",
         c.bench,

@@ -172,7 +172,7 @@ const DISTURBED_PCT: f64 = 5.0;
 
 /// Why a phase's numbers are not representative, if they are not. The
 /// verdicts stand; this tells the reader to re-run on a quieter machine.
-fn disturbance(label: &str, cpu: &CpuShare) -> Option<String> {
+pub(super) fn disturbance(label: &str, cpu: &CpuShare) -> Option<String> {
     (cpu.steal > DISTURBED_PCT || cpu.other > DISTURBED_PCT).then(|| {
         format!(
             "the {label} latency phase was disturbed: steal {:.0}%, other processes {:.0}% of one core (over {DISTURBED_PCT:.0}%); re-run on a quiet machine before reading its latency",

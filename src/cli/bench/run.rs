@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::capacity;
 use super::fleet::{Endpoint, open_idle, raw_listener, start_fleet};
 use super::machine::machine;
+use super::mass_report::{Judged, judge, render as mass_render};
 use super::phase::{Bench, Kind};
 use super::publish::{PublishRuntime, connect_publisher};
 use super::record::{Clock, Sink};
@@ -30,7 +31,7 @@ pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCo
     crate::cli::cancel_on_signal(cancel.clone());
     let site = Site::open(&connect, &args, &channel).await?;
     let outcome = tokio::select! {
-        r = bench(&args, &site, &channel) => Some(r),
+        r = pick(&args, &site, &channel) => Some(r),
         _ = cancel.cancelled() => None,
     };
     if let Some(server) = site.own {
@@ -44,15 +45,35 @@ pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCo
     conclude(&args, &report?)
 }
 
-/// Prints the report; a missed target is a failed check.
-fn conclude(args: &BenchArgs, report: &Report) -> anyhow::Result<ExitCode> {
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(report)?);
-    } else {
-        print!("{}", render(report));
+/// What a run produced: the phases, or the `--sockets` run.
+enum Outcome {
+    Phases(Box<Report>),
+    Mass(Box<Judged>),
+}
+
+async fn pick(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<Outcome> {
+    if args.sockets == 0 {
+        return Ok(Outcome::Phases(Box::new(bench(args, site, channel).await?)));
     }
-    let missed: Vec<&str> = report
-        .targets
+    wait_ready(&site.api).await?;
+    let ep = endpoint(&site.api).await?;
+    let machine = machine(&site.db_url).await;
+    let report = super::mass::run(args, site, channel, &ep, machine).await?;
+    Ok(Outcome::Mass(Box::new(judge(report))))
+}
+
+/// Prints the report; a missed target is a failed check.
+fn conclude(args: &BenchArgs, outcome: &Outcome) -> anyhow::Result<ExitCode> {
+    let (json, text, targets) = match outcome {
+        Outcome::Phases(r) => (serde_json::to_string_pretty(r)?, render(r), &r.targets),
+        Outcome::Mass(j) => (serde_json::to_string_pretty(j)?, mass_render(j), &j.targets),
+    };
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{text}");
+    }
+    let missed: Vec<&str> = targets
         .iter()
         .filter(|t| t.met == Some(false))
         .map(|t| t.key)
@@ -105,6 +126,13 @@ async fn bench(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<R
     );
     report.capacity = capacity;
     Ok(report)
+}
+
+/// The bridge's receiving clients of a bench: `clients` sockets, client
+/// `c` for `users[c % users.len()]`.
+pub(super) struct Crowd {
+    pub(super) users: Vec<Uuid>,
+    pub(super) clients: usize,
 }
 
 /// A token for `user`, good for longer than any run.
@@ -161,39 +189,56 @@ impl Bench {
         channel: &str,
         ep: &Endpoint,
     ) -> anyhow::Result<Bench> {
+        let users: Vec<Uuid> = (0..args.users).map(|_| Uuid::new_v4()).collect();
+        let fleet = Crowd {
+            users,
+            clients: args.clients as usize,
+        };
+        Bench::connect(site, channel, ep, args.publishers, fleet).await
+    }
+
+    /// A bench whose fleet is `crowd`: client `c` for user `c % users`.
+    pub(super) async fn connect(
+        site: &Site,
+        channel: &str,
+        ep: &Endpoint,
+        publishers: u64,
+        crowd: Crowd,
+    ) -> anyhow::Result<Bench> {
         let clock = Clock(Instant::now());
         let publish_rt = PublishRuntime::start()?;
-        let mut publishers = Vec::new();
-        for _ in 0..args.publishers {
+        let mut conns = Vec::new();
+        for _ in 0..publishers {
             let url = site.db_url.clone();
             let connecting = publish_rt
                 .handle
                 .spawn(async move { connect_publisher(&url).await });
-            publishers.push(connecting.await??);
+            conns.push(connecting.await??);
         }
         let raw_channel = format!("bench_raw_{}", std::process::id());
         let raw_sink = Arc::new(Sink::new(1));
         let raw = raw_listener(&site.db_url, &raw_channel, raw_sink.clone(), clock).await?;
-        let users: Vec<Uuid> = (0..args.users).map(|_| Uuid::new_v4()).collect();
-        let tokens: Vec<Arc<str>> = users
+        let tokens: Vec<Arc<str>> = crowd
+            .users
             .iter()
             .map(|&u| token(&site.secret, u))
             .collect::<anyhow::Result<_>>()?;
         progress(&format!(
             "connecting {} clients for {} users",
-            args.clients, args.users
+            crowd.clients,
+            crowd.users.len()
         ));
-        let fleet = start_fleet(ep, &tokens, args.clients as usize, clock).await?;
+        let fleet = start_fleet(ep, &tokens, crowd.clients, clock).await?;
         Ok(Bench {
             clock,
             publish_rt,
-            publishers,
+            publishers: conns,
             channel: channel.to_string(),
             raw_channel,
             raw_sink,
             _raw: raw,
             fleet,
-            users,
+            users: crowd.users,
             next_phase: 0,
             server_pids: site.pid.into_iter().collect(),
             http: reqwest::Client::builder()

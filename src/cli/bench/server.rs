@@ -109,6 +109,9 @@ fn spawn_serve(
             args.resume
                 .then(|| format!("--max-catchup={}", super::resume::ROWS)),
         )
+        // Room for every socket of a --sockets run (the open-file limit
+        // still caps it; the server says so in its log).
+        .args((args.sockets > 0).then(|| format!("--ws-max-connections={}", args.sockets + 100)))
         .arg("--ready-file")
         .arg(ready)
         .env("DATABASE_URL", db_url)

@@ -96,8 +96,9 @@ pub struct ServeArgs {
     pub limits: ApiLimitOpts,
 }
 
-/// Raises the open-file limit to the hard limit (each socket is a file);
-/// returns the soft limit before and after.
+/// Raises the open-file limit (each socket is a file) to `fs.nr_open` when
+/// the process may raise its hard limit, else to the hard limit; returns
+/// the soft limit before and after.
 pub(crate) fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -109,6 +110,17 @@ pub(crate) fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
             return Err(std::io::Error::last_os_error());
         }
         let before = lim.rlim_cur;
+        // Past the hard limit, up to `fs.nr_open`, if privileged
+        // (CAP_SYS_RESOURCE); refused otherwise, and the hard limit stands.
+        if let Some(nr_open) = nr_open().filter(|&n| n > lim.rlim_max) {
+            let wide = libc::rlimit {
+                rlim_cur: nr_open,
+                rlim_max: nr_open,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wide) == 0 {
+                return Ok((before, nr_open));
+            }
+        }
         if lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
@@ -119,6 +131,15 @@ pub(crate) fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
         }
         Ok((before, lim.rlim_cur))
     }
+}
+
+/// `fs.nr_open`: the highest open-file limit the kernel allows.
+fn nr_open() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Raises the open-file limit and shares it out (logged: the numbers

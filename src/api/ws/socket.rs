@@ -1,0 +1,275 @@
+//! A socket's one task, from the upgrade to the close.
+//!
+//! Its future is what every idle socket keeps in memory (with 100,000
+//! sockets, each 100 bytes of it is 10 MB), so: the socket and its guard
+//! live in one place and the loops borrow them; the rarely taken paths
+//! (catch-up, the close handshake, flushing a backlog) are boxed where they
+//! are awaited; one timer serves pings, the idle timeout and the token's
+//! expiry (`deadlines`); and the select yields a small `Step` that is
+//! handled outside it, so no frame or error is held across an await.
+//! docs/capacity-memory.md has the accounting.
+
+use std::pin::Pin;
+
+use futures_util::{SinkExt, StreamExt};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use tokio::io::Join;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Duration, Instant, Sleep};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
+
+use super::close::Ending;
+use super::deadlines::{Deadlines, Due};
+use super::refresh::{Action, Inbox};
+use super::resume::{self, HELD_EVENTS};
+use super::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, WsConfig};
+use crate::auth::{AuthUser, Verifier};
+use crate::bridge::{CLOSE_SLOW_CONSUMER, ConnGuard, ControlWriter, Hub, Outlet};
+use crate::events::resume::Cursor;
+
+/// Bytes tungstenite reads from the socket at a time, and what its read
+/// buffer starts with. Clients send little (pongs, an `auth.refresh` now
+/// and then) and the buffer lives as long as the socket, so it is small:
+/// the 4 KiB it was made half of an idle socket's cost. A larger frame
+/// grows it to the frame's size (at most `max_client_frame`).
+pub const READ_CHUNK: usize = 256;
+
+/// What tungstenite reads from (the socket's read half) and writes to (the
+/// outlet, for the protocol's own frames).
+pub(super) type Socket = WebSocketStream<Join<OwnedReadHalf, ControlWriter>>;
+
+/// What an upgraded socket starts with besides its context.
+pub(super) struct Start {
+    pub(super) hub: Hub,
+    pub(super) since: Option<Cursor>,
+    pub(super) resync: bool,
+    pub(super) pool: deadpool_postgres::Pool,
+}
+
+/// What a socket's task works with besides the socket.
+pub(super) struct SocketCtx {
+    pub(super) user: AuthUser,
+    pub(super) cfg: WsConfig,
+    pub(super) verifier: Verifier,
+    pub(super) shutdown: CancellationToken,
+}
+
+/// The task: upgrade, register, catch up (`?since=`), serve, close.
+pub(super) async fn socket_task(
+    on_upgrade: OnUpgrade,
+    start: Start,
+    mut ctx: SocketCtx,
+    permit: OwnedSemaphorePermit,
+) {
+    // Resolves once the 101 response has been written.
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => return tracing::debug!(error = %e, "WebSocket upgrade failed"),
+    };
+    let Some((mut socket, conn)) = start.open(upgraded, &ctx).await else {
+        return;
+    };
+    if let Some(since) = start.since {
+        let (user, cfg) = (ctx.user.user_id, &ctx.cfg);
+        let catch_up = resume::catch_up(&start.pool, user, since, &conn, cfg, &ctx.shutdown);
+        Box::pin(catch_up).await;
+    }
+    let ending = run_socket(&mut socket, &conn.outlet, &mut ctx).await;
+    let reason = Box::pin(ending.finish(&mut socket, &conn.outlet, &ctx.cfg)).await;
+    drop((socket, conn, permit));
+    metrics::counter!("ragctl_ws_closed_total", "reason" => reason).increment(1);
+}
+
+impl Start {
+    /// Registers the socket with the hub and wraps it for tungstenite.
+    async fn open(&self, upgraded: Upgraded, ctx: &SocketCtx) -> Option<(Socket, ConnGuard)> {
+        // `conn::serve` hands hyper a `TokioIo<TcpStream>`: taken back, the
+        // stream splits into two `Arc` halves, without `Upgraded`'s boxed
+        // stream, its read-ahead buffer or `io::split`'s lock.
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            tracing::error!("an upgraded connection is not a TCP stream; closing it");
+            return None;
+        };
+        let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+        // What the client sent right behind its upgrade request, if any,
+        // copied out: `read_buf` shares hyper's 8 KiB read buffer, which
+        // must not live as long as the socket.
+        let early = read_buf.to_vec();
+        drop(read_buf);
+        let (read, write) = io.into_inner().into_split();
+        let (user, write) = (ctx.user.user_id, Box::pin(write));
+        let conn = match self.since {
+            Some(_) => self
+                .hub
+                .register_holding(user, self.resync, write, HELD_EVENTS),
+            None => self.hub.register(user, self.resync, write),
+        };
+        let io = tokio::io::join(read, ControlWriter(conn.outlet.clone()));
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(ctx.cfg.max_client_frame))
+            .max_frame_size(Some(ctx.cfg.max_client_frame))
+            .read_buffer_size(READ_CHUNK)
+            .write_buffer_size(0);
+        let socket = WebSocketStream::from_partially_read(io, early, Role::Server, Some(config));
+        Some((socket.await, conn))
+    }
+}
+
+/// When a token that expires at `exp` (seconds since the epoch) does.
+fn expiry_instant(exp: u64) -> Instant {
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    Instant::now() + Duration::from_secs(exp.saturating_sub(now))
+}
+
+/// Writes what is queued in the outlet, giving up when the socket is marked
+/// slow, the server shuts down, or no flush completes within `timeout`.
+pub(super) async fn flush(
+    outlet: &Outlet,
+    shutdown: &CancellationToken,
+    timeout: Duration,
+) -> bool {
+    tokio::select! {
+        r = tokio::time::timeout(timeout, outlet.flush()) => matches!(r, Ok(Ok(()))),
+        // Both are handled by the socket loop, which closes the socket.
+        _ = outlet.slow.cancelled() => true,
+        _ = shutdown.cancelled() => true,
+    }
+}
+
+/// What the timer calls for: the end, a ping, or nothing yet (the idle
+/// deadline moved since it was armed). Re-arms it.
+fn on_timer(d: &mut Deadlines, timer: Pin<&mut Sleep>) -> Result<Option<Message>, Ending> {
+    let due = d.due(Instant::now());
+    timer.reset(d.next());
+    match due {
+        Some(Due::Expiry) => Err(Ending::server(
+            CLOSE_TOKEN_EXPIRED,
+            "token expired",
+            "token_expired",
+        )),
+        Some(Due::Idle) => Err(Ending::server(
+            CLOSE_IDLE,
+            "nothing from the client within the idle timeout",
+            "idle",
+        )),
+        Some(Due::Ping) => Ok(Some(Message::Ping(Default::default()))),
+        None => Ok(None),
+    }
+}
+
+/// What woke the socket loop, small enough to hold across its awaits.
+enum Step {
+    End(Ending),
+    Timer,
+    Wake,
+    Heard(Action),
+}
+
+/// Serves the socket until something ends it; says what.
+async fn run_socket(socket: &mut Socket, outlet: &Outlet, ctx: &mut SocketCtx) -> Ending {
+    let mut inbox = Inbox::new(std::time::Instant::now());
+    let exp = expiry_instant(ctx.user.exp);
+    let cfg = &ctx.cfg;
+    // Spread over the first interval (see `deadlines`).
+    let first_ping = 1.0 - rand::random::<f64>() / 2.0;
+    let (ping, idle) = (cfg.ping_interval, cfg.idle_timeout);
+    let mut deadlines = Deadlines::new(Instant::now(), ping, idle, exp, first_ping);
+    let timer = tokio::time::sleep_until(deadlines.next());
+    tokio::pin!(timer);
+    // Created once: each registers a waiter on a token shared by sockets.
+    let shutting_down = ctx.shutdown.cancelled();
+    tokio::pin!(shutting_down);
+    let slow = outlet.slow.cancelled();
+    tokio::pin!(slow);
+    loop {
+        let step = tokio::select! {
+            biased;
+            _ = &mut shutting_down => Step::End(Ending::server(CLOSE_GOING_AWAY, "server shutting down", "shutdown")),
+            // The queue is full: the client missed events.
+            _ = &mut slow => Step::End(Ending::slow(CLOSE_SLOW_CONSUMER, "slow consumer: resync via REST")),
+            _ = &mut timer => Step::Timer,
+            _ = outlet.wake.notified() => Step::Wake,
+            incoming = socket.next() => match incoming {
+                // tungstenite has queued its reply (1002 for a close code
+                // that is not allowed).
+                Some(Ok(Message::Close(_))) => Step::End(Ending::Replied),
+                // Pongs, pings (answered by the library) and data messages:
+                // proof of life; only `auth.refresh` means anything.
+                Some(Ok(msg)) => {
+                    deadlines.heard(Instant::now());
+                    let now = std::time::Instant::now();
+                    Step::Heard(inbox.on_message(&msg, now, &ctx.verifier, &ctx.user))
+                }
+                Some(Err(e)) => Step::End(Ending::from_error(&e)),
+                None => Step::End(Ending::Gone("client_closed")),
+            },
+        };
+        let frame = match step {
+            Step::End(ending) => return ending,
+            Step::Timer => match on_timer(&mut deadlines, timer.as_mut()) {
+                Err(ending) => return ending,
+                Ok(Some(ping)) => ping,
+                Ok(None) => continue,
+            },
+            Step::Wake => {
+                // Boxed: a backlog is rare, and its future is not small.
+                let flushing = flush(outlet, &ctx.shutdown, ctx.cfg.write_timeout);
+                if !Box::pin(flushing).await {
+                    return Ending::Gone("write_failed");
+                }
+                continue;
+            }
+            Step::Heard(Action::Ignore) => continue,
+            Step::Heard(Action::Close(ending)) => return ending,
+            Step::Heard(Action::Refreshed(user, frame)) => {
+                ctx.user = user;
+                deadlines.expire_at(expiry_instant(user.exp));
+                timer.as_mut().reset(deadlines.next());
+                Message::Text(frame.into())
+            }
+        };
+        // Never waits: the frame goes into the outlet.
+        if socket.send(frame).await.is_err() {
+            return Ending::Gone("write_failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an async fn of three arguments returns.
+    fn future_size<F, A, B, C, Fut>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    fn task_size<F, A, B, C, D, Fut>(_: F) -> usize
+    where
+        F: FnOnce(A, B, C, D) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// The socket task's future is what an idle socket costs most; this
+    /// keeps it from growing back unnoticed (a cold path left unboxed,
+    /// a frame held across an await). The bound holds in debug builds,
+    /// whose futures are the larger.
+    #[test]
+    fn an_idle_sockets_task_stays_small() {
+        let task = task_size(socket_task);
+        let serving = future_size(run_socket);
+        eprintln!("socket task {task} bytes, of which the loop {serving}");
+        assert!(serving < task, "the loop is part of the task");
+        assert!(task <= 1536, "the socket task's future is {task} bytes");
+    }
+}
