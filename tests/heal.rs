@@ -154,9 +154,16 @@ async fn a_heal_over_the_bound_ends_in_resync() {
     assert_eq!(resync["payload"]["reason"], "listener_reconnected");
     let before: Vec<_> = opted.frames.iter().rev().skip(1).take(3).collect();
     assert!(before.iter().all(|f| f["type"] != "realtime.resync"));
-    // The plain client gets the 3 states and nothing else.
+    // The plain client gets the 3 states, and nothing else while the
+    // resyncing one got its resync after them.
     let mut got = vec![];
-    while let Some(Next::Frame(f)) = plain.next(Duration::from_secs(2)).await {
+    while got.len() < 3 {
+        match plain.next(PATIENCE).await {
+            Some(Next::Frame(f)) => got.push(f),
+            other => panic!("3 healed states expected, got {got:#?} then {other:?}"),
+        }
+    }
+    while let Some(Next::Frame(f)) = plain.next(Duration::from_secs(1)).await {
         got.push(f);
     }
     assert_eq!(got.len(), 3, "{got:#?}");
@@ -299,7 +306,9 @@ async fn clients_of_a_stopped_instance_resume_on_the_other() {
 #[tokio::test]
 async fn a_transaction_committed_during_a_heal_is_not_missed() {
     let db = TestDb::new();
-    let api = Api::start(&db, &["--heal-delay-ms", "4000"], &[]).await;
+    // The heal reads 8 s after it starts; the commit comes 2.5 s after
+    // the listener is back: seconds of margin on both sides.
+    let api = Api::start(&db, &["--heal-delay-ms", "8000"], &[]).await;
     let mut ops = Ops::listen(&db).await;
     let user = Uuid::new_v4();
     let (plain_doc, evented_doc) = (

@@ -481,6 +481,7 @@ pub struct Client {
     pub frames: Vec<Value>,
 }
 
+#[derive(Debug)]
 pub enum Next {
     Frame(Value),
     Closed(Option<u16>),
