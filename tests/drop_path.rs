@@ -57,15 +57,7 @@ async fn an_instance_with_no_socket_for_the_user_forwards_nothing_counts_the_dro
 
     let good = serde_json::to_value(doc_status(user, Uuid::new_v4(), "parsed")).unwrap();
     let bad = malformed(&good);
-    let pool = ragctl::db::pool(&db.url, 1, "ragctl-test-raw")
-        .await
-        .unwrap();
-    let c = pool.get().await.unwrap();
-    for (_, payload) in &bad {
-        c.execute("SELECT pg_notify('rag_events', $1)", &[payload])
-            .await
-            .unwrap();
-    }
+    notify_raw(&db, bad.iter().map(|(_, p)| p)).await;
     let docs: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
     for d in &docs {
         publish(&db, doc_status(user, *d, "parsed")).await;

@@ -387,15 +387,7 @@ async fn malformed_payloads_are_counted_and_the_bridge_survives() {
                 .to_string(),
         ),
     ];
-    let pool = ragctl::db::pool(&db.url, 1, "ragctl-test-raw")
-        .await
-        .unwrap();
-    let c = pool.get().await.unwrap();
-    for (_, payload) in &bad {
-        c.execute("SELECT pg_notify('rag_events', $1)", &[payload])
-            .await
-            .unwrap();
-    }
+    notify_raw(&db, bad.iter().map(|(_, p)| p)).await;
     let after = Uuid::new_v4();
     publish(&db, doc_status(user, after, "ingested")).await;
     let got = client

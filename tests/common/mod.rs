@@ -578,6 +578,20 @@ pub async fn publish(db: &TestDb, env: ragctl::events::Envelope) {
 }
 
 /// A `document.status_updated` envelope for `user`.
+/// Publishes raw payloads on the event channel, as they are (no envelope
+/// checks): for malformed-input tests.
+pub async fn notify_raw<'a>(db: &TestDb, payloads: impl IntoIterator<Item = &'a String>) {
+    let pool = ragctl::db::pool(&db.url, 1, "ragctl-test-raw")
+        .await
+        .unwrap();
+    let c = pool.get().await.unwrap();
+    for payload in payloads {
+        c.execute("SELECT pg_notify('rag_events', $1)", &[payload])
+            .await
+            .unwrap();
+    }
+}
+
 pub fn doc_status(user: Uuid, doc: Uuid, status: &str) -> ragctl::events::Envelope {
     ragctl::events::Envelope::new(
         user,

@@ -32,3 +32,17 @@ pub(super) async fn machine(url: &str) -> Machine {
         postgres,
     }
 }
+
+impl Machine {
+    /// The `machine:` line of the text reports.
+    pub(super) fn describe(&self) -> String {
+        format!(
+            "{} CPUs ({}), {} MiB RAM, Linux {}, PostgreSQL {}",
+            self.cpus,
+            self.cpu_model.as_deref().unwrap_or("?"),
+            self.mem_total_mib.map_or("?".into(), |v| v.to_string()),
+            self.kernel.as_deref().unwrap_or("?"),
+            self.postgres.as_deref().unwrap_or("?"),
+        )
+    }
+}

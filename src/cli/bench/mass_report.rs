@@ -133,15 +133,7 @@ pub(super) fn render(j: &Judged) -> String {
         "ragctl bench --sockets {}: {} sockets on one server",
         r.asked, r.asked
     );
-    let _ = writeln!(
-        s,
-        "machine: {} CPUs ({}), {} MiB RAM, Linux {}, PostgreSQL {}",
-        m.cpus,
-        m.cpu_model.as_deref().unwrap_or("?"),
-        m.mem_total_mib.map_or("?".into(), |v| v.to_string()),
-        m.kernel.as_deref().unwrap_or("?"),
-        m.postgres.as_deref().unwrap_or("?"),
-    );
+    let _ = writeln!(s, "machine: {}", m.describe());
     let _ = writeln!(s, "limits: {}", r.limits.describe());
     let _ = writeln!(
         s,

@@ -44,15 +44,7 @@ fn header(s: &mut String, r: &Report) {
         "ragctl bench: {} events/s for {}s, {} clients over {} users, {} publishers",
         c.rate, c.duration_s, c.clients, c.users, c.publishers
     );
-    let _ = writeln!(
-        s,
-        "machine: {} CPUs ({}), {} MiB RAM, Linux {}, PostgreSQL {}",
-        m.cpus,
-        m.cpu_model.as_deref().unwrap_or("?"),
-        m.mem_total_mib.map_or("?".into(), |v| v.to_string()),
-        m.kernel.as_deref().unwrap_or("?"),
-        m.postgres.as_deref().unwrap_or("?"),
-    );
+    let _ = writeln!(s, "machine: {}", m.describe());
     let _ = writeln!(s, "server: {}", c.server);
     let _ = writeln!(s);
 }
