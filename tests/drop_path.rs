@@ -8,30 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
-
-/// One malformed payload per drop reason, built from `good`.
-fn malformed(good: &Value) -> Vec<(&'static str, String)> {
-    let with = |k: &str, v: Value| {
-        let mut g = good.clone();
-        g[k] = v;
-        g.to_string()
-    };
-    vec![
-        ("not_json", "{this is not json".to_string()),
-        ("unknown_version", with("v", json!(7))),
-        ("bad_user_id", with("user_id", json!("not-a-uuid"))),
-        ("unknown_type", with("type", json!("document.exploded"))),
-        ("bad_payload", with("payload", json!({"document_id": "x"}))),
-        ("bad_envelope", with("ts", json!(12))),
-        (
-            "bad_fragment",
-            json!({"v": 1, "frag": {"id": Uuid::new_v4(), "seq": 5, "total": 2}, "data": "!!"})
-                .to_string(),
-        ),
-    ]
-}
 
 /// Waits (generous deadline, a failure guard only) until `metric` of `api`
 /// reaches `want`, and returns what it read last.

@@ -366,27 +366,7 @@ async fn malformed_payloads_are_counted_and_the_bridge_survives() {
     let user = Uuid::new_v4();
     let mut client = Client::connect(&api, user, "").await;
     let good = serde_json::to_value(doc_status(user, Uuid::new_v4(), "parsed")).unwrap();
-    let with = |k: &str, v: Value| {
-        let mut g = good.clone();
-        g[k] = v;
-        g.to_string()
-    };
-    let bad = [
-        ("not_json", "{this is not json".to_string()),
-        ("unknown_version", with("v", json!(7))),
-        (
-            "bad_user_id",
-            with("user_id", json!("robert'); DROP TABLE users;--")),
-        ),
-        ("unknown_type", with("type", json!("document.exploded"))),
-        ("bad_payload", with("payload", json!({"document_id": "x"}))),
-        ("bad_envelope", with("ts", json!(12))),
-        (
-            "bad_fragment",
-            json!({"v": 1, "frag": {"id": Uuid::new_v4(), "seq": 5, "total": 2}, "data": "!!"})
-                .to_string(),
-        ),
-    ];
+    let bad = malformed(&good);
     notify_raw(&db, bad.iter().map(|(_, p)| p)).await;
     let after = Uuid::new_v4();
     publish(&db, doc_status(user, after, "ingested")).await;

@@ -126,6 +126,35 @@ pub fn frame_text(kind: EventType, payload: &Value) -> String {
     .expect("a JSON value always serialises")
 }
 
+/// Who a row with a `created` and a `status_updated` event belongs to, and
+/// its stamps.
+struct Stamps {
+    user: Uuid,
+    id: Uuid,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl Stamps {
+    /// The `created` state if the row was created at or after `since`, and
+    /// the `status_updated` one if it changed before `since` or after it
+    /// was created.
+    fn push<C: Payload, U: Payload>(
+        &self,
+        out: &mut Vec<State>,
+        since: DateTime<Utc>,
+        created: &C,
+        updated: &U,
+    ) {
+        if self.created_at >= since {
+            out.push(state(self.user, self.id, self.created_at, created));
+        }
+        if self.created_at < since || self.updated_at > self.created_at {
+            out.push(state(self.user, self.id, self.updated_at, updated));
+        }
+    }
+}
+
 /// The states that bring a client holding everything before `since` up to
 /// date, oldest first: `*.created` for rows created at or after it, and
 /// `*.status_updated` for rows changed after they were created. Rows of
@@ -133,22 +162,18 @@ pub fn frame_text(kind: EventType, payload: &Value) -> String {
 pub fn catch_up_states(changes: &Changes, since: DateTime<Utc>) -> Vec<State> {
     let mut out = Vec::new();
     for d in &changes.documents {
-        if d.created_at >= since {
-            out.push(state(
-                d.user_id,
-                d.id,
-                d.created_at,
-                &DocumentCreated::from(d),
-            ));
-        }
-        if d.created_at < since || d.updated_at > d.created_at {
-            out.push(state(
-                d.user_id,
-                d.id,
-                d.updated_at,
-                &DocumentStatusUpdated::from(d),
-            ));
-        }
+        let row = Stamps {
+            user: d.user_id,
+            id: d.id,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+        };
+        row.push(
+            &mut out,
+            since,
+            &DocumentCreated::from(d),
+            &DocumentStatusUpdated::from(d),
+        );
     }
     for j in &changes.jobs {
         out.push(state(
@@ -159,22 +184,18 @@ pub fn catch_up_states(changes: &Changes, since: DateTime<Utc>) -> Vec<State> {
         ));
     }
     for m in &changes.messages {
-        if m.created_at >= since {
-            out.push(state(
-                m.user_id,
-                m.id,
-                m.created_at,
-                &MessageCreated::from(m),
-            ));
-        }
-        if m.created_at < since || m.updated_at > m.created_at {
-            out.push(state(
-                m.user_id,
-                m.id,
-                m.updated_at,
-                &MessageStatusUpdated::from(m),
-            ));
-        }
+        let row = Stamps {
+            user: m.user_id,
+            id: m.id,
+            created_at: m.created_at,
+            updated_at: m.updated_at,
+        };
+        row.push(
+            &mut out,
+            since,
+            &MessageCreated::from(m),
+            &MessageStatusUpdated::from(m),
+        );
     }
     // Stable: a row's created frame stays before its status frame.
     out.sort_by_key(|f| f.at);

@@ -592,6 +592,28 @@ pub async fn notify_raw<'a>(db: &TestDb, payloads: impl IntoIterator<Item = &'a 
     }
 }
 
+/// One malformed payload per drop reason, built from `good`.
+pub fn malformed(good: &serde_json::Value) -> Vec<(&'static str, String)> {
+    let with = |k: &str, v: serde_json::Value| {
+        let mut g = good.clone();
+        g[k] = v;
+        g.to_string()
+    };
+    vec![
+        ("not_json", "{this is not json".to_string()),
+        ("unknown_version", with("v", serde_json::json!(7))),
+        ("bad_user_id", with("user_id", serde_json::json!("robert'); DROP TABLE users;--"))),
+        ("unknown_type", with("type", serde_json::json!("document.exploded"))),
+        ("bad_payload", with("payload", serde_json::json!({"document_id": "x"}))),
+        ("bad_envelope", with("ts", serde_json::json!(12))),
+        (
+            "bad_fragment",
+            serde_json::json!({"v": 1, "frag": {"id": Uuid::new_v4(), "seq": 5, "total": 2}, "data": "!!"})
+                .to_string(),
+        ),
+    ]
+}
+
 pub fn doc_status(user: Uuid, doc: Uuid, status: &str) -> ragctl::events::Envelope {
     ragctl::events::Envelope::new(
         user,
