@@ -12,7 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use ragctl::bridge::{Hub, ROUTE_BATCH};
+use ragctl::bridge::{Hub, ROUTE_BATCH, Sink};
 use ragctl::events::{self, Envelope, EventType, WireMessage};
 use serde_json::json;
 use uuid::Uuid;
@@ -139,7 +139,7 @@ fn main() {
         let _guards: Vec<_> = ids
             .iter()
             .flat_map(|&u| (0..per_user).map(move |_| u))
-            .map(|u| hub.register(u, false, Box::pin(tokio::io::sink())))
+            .map(|u| hub.register(u, false, Sink::stream(tokio::io::sink())))
             .collect();
         let mut events: Vec<Envelope> = (0..ROUTE_BATCH)
             .map(|i| envelope(ids[i % users], i))

@@ -25,6 +25,12 @@ static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// or `None`: the test is skipped, saying why.
 async fn browser_or_skip() -> Option<(tokio::sync::MutexGuard<'static, ()>, Browser)> {
     let Some(chrome) = chromium() else {
+        // CI installs Chromium (.ci/run): there, a missing browser is a
+        // failure, not a silent pass.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no Chromium found under CI (set CHROMIUM or install chromium)"
+        );
         eprintln!("skipping: no Chromium found (set CHROMIUM or install chromium)");
         return None;
     };

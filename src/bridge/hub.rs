@@ -2,6 +2,7 @@
 
 use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -13,7 +14,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use uuid::Uuid;
 
 use super::hold::{Held, Hold};
-use super::outlet::{Chunk, Outlet, Pushed, Sink};
+use super::outlet::{Begun, Chunk, Outlet, Pushed, Sink, delivery_histogram, record_latency};
+use super::uring::Sender;
 use crate::events::{Envelope, Frame, LocalDelivery};
 
 /// Close code for a socket whose queue overflowed: the client fell behind,
@@ -75,6 +77,7 @@ struct Counters {
     no_recipient: metrics::Counter,
     duplicate: metrics::Counter,
     local: metrics::Counter,
+    latency: metrics::Histogram,
 }
 
 struct Inner {
@@ -167,6 +170,7 @@ impl Hub {
                     no_recipient: metrics::counter!("ragctl_events_no_recipient_total"),
                     duplicate: metrics::counter!("ragctl_events_dropped_total", "reason" => "duplicate"),
                     local: metrics::counter!("ragctl_events_local_fallback_total"),
+                    latency: delivery_histogram(),
                 },
             }),
         }
@@ -236,6 +240,11 @@ impl Hub {
     /// user's frames in the batch (or a queued chunk), and a socket whose
     /// queue is full is marked slow (it gets closed).
     pub fn deliver(&self, envs: &[Envelope]) {
+        self.deliver_with(envs, &mut Sender::plain());
+    }
+
+    /// [`Hub::deliver`], sending through `sender` (the router's ring).
+    pub fn deliver_with(&self, envs: &[Envelope], sender: &mut Sender) {
         let fresh: Vec<&Envelope> = {
             let mut recent = self.inner.recent.lock().expect("recent lock");
             envs.iter().filter(|e| recent.insert(e.id)).collect()
@@ -244,7 +253,7 @@ impl Hub {
         if duplicates > 0 {
             self.inner.counters.duplicate.increment(duplicates as u64);
         }
-        self.fan_out(fresh, false);
+        self.fan_out(fresh, false, sender);
     }
 
     /// Hands a heal's states (built here, so never duplicates) to the
@@ -253,10 +262,10 @@ impl Hub {
     /// a whole (`--max-heal`), and must not close a socket as slow for
     /// catching it up.
     pub fn deliver_heal(&self, envs: &[Envelope]) {
-        self.fan_out(envs.iter().collect(), true);
+        self.fan_out(envs.iter().collect(), true, &mut Sender::plain());
     }
 
-    fn fan_out(&self, envs: Vec<&Envelope>, heal: bool) {
+    fn fan_out(&self, envs: Vec<&Envelope>, heal: bool, sender: &mut Sender) {
         // Serialised once per user, shared by every socket of the user.
         let mut batches: HashMap<Uuid, UserBatch> = HashMap::new();
         {
@@ -284,13 +293,44 @@ impl Hub {
                 frames: if heal { 1 } else { frames },
                 stamps: batch.stamps.into(),
             };
+            let mut pushed = Vec::with_capacity(batch.sockets.len());
+            let mut direct = Vec::new();
             for entry in batch.sockets.iter() {
                 if let (Some(hold), Some(envs)) = (&entry.hold, &batch.envs)
                     && hold.take(envs.iter().map(|e| Held::Event((*e).clone())))
                 {
                     continue;
                 }
-                self.push(entry, chunk.clone(), frames);
+                match entry.outlet.begin(&chunk) {
+                    Begun::Done(p) => pushed.push(p),
+                    Begun::Direct(d) => direct.push(d),
+                }
+            }
+            // The sockets that take the chunk straight away get it in one
+            // go (one system call with io_uring); their outlets stay
+            // locked until then.
+            let fds: Vec<RawFd> = direct.iter().map(|d| d.fd).collect();
+            let mut results = Vec::with_capacity(fds.len());
+            sender.send_all(&fds, &chunk.bytes, &mut results);
+            for (d, r) in direct.into_iter().zip(results) {
+                pushed.push(d.finish(&chunk, r));
+            }
+            let (mut written, mut queued) = (0, 0);
+            for p in pushed {
+                match p {
+                    Pushed::Written => written += 1,
+                    Pushed::Queued => queued += 1,
+                    Pushed::Slow => self.inner.counters.slow.increment(1),
+                    Pushed::Closed => {}
+                }
+            }
+            let c = &self.inner.counters;
+            c.forwarded.increment((frames * (written + queued)) as u64);
+            // One sample per event for all the sockets that took it at
+            // once (their writes are microseconds apart); a queued chunk
+            // is timed per socket when its task flushes it.
+            if written > 0 {
+                record_latency(&c.latency, &chunk.stamps);
             }
         }
     }
@@ -300,16 +340,6 @@ impl Hub {
         let users = self.inner.users.read().expect("hub lock");
         let sockets = users.values().map(|l| l.len()).sum();
         (users.keys().copied().collect(), sockets)
-    }
-
-    fn push(&self, entry: &Entry, chunk: Chunk, frames: usize) {
-        match entry.outlet.push(chunk) {
-            Pushed::Written | Pushed::Queued => {
-                self.inner.counters.forwarded.increment(frames as u64)
-            }
-            Pushed::Slow => self.inner.counters.slow.increment(1),
-            Pushed::Closed => {}
-        }
     }
 
     /// Tells every socket that opted in (`?resync=1`) that events may have
@@ -337,7 +367,7 @@ impl Hub {
             {
                 continue;
             }
-            if entry.outlet.push(chunk.clone()) == Pushed::Slow {
+            if entry.outlet.push(&chunk) == Pushed::Slow {
                 self.inner.counters.slow.increment(1);
             }
         }
@@ -350,6 +380,10 @@ impl LocalDelivery for Hub {
         self.deliver(std::slice::from_ref(env));
     }
 }
+
+#[cfg(test)]
+#[path = "tcp_tests.rs"]
+mod tcp_tests;
 
 #[cfg(test)]
 mod tests {
@@ -379,7 +413,7 @@ mod tests {
     ) -> (ConnGuard, WebSocketStream<DuplexStream>) {
         let (server, client) = tokio::io::duplex(buffer);
         let (_read, write) = tokio::io::split(server);
-        let guard = hub.register(user, resync, Box::pin(write));
+        let guard = hub.register(user, resync, Sink::stream(write));
         let ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
         (guard, ws)
     }
@@ -484,7 +518,7 @@ mod tests {
         let u = Uuid::new_v4();
         let (server, client) = tokio::io::duplex(4096);
         let (_read, write) = tokio::io::split(server);
-        let guard = hub.register_holding(u, true, Box::pin(write), 2);
+        let guard = hub.register_holding(u, true, Sink::stream(write), 2);
         let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
         let hold = guard.hold.clone().expect("holding");
         let (e1, e2) = (env(u), env(u));

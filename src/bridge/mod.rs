@@ -20,6 +20,7 @@ mod heal;
 mod hold;
 mod hub;
 mod outlet;
+mod uring;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -30,7 +31,8 @@ use tokio_util::sync::CancellationToken;
 pub use heal::{HealConfig, instance_name};
 pub use hold::{Held, Hold, Step};
 pub use hub::{CLOSE_SLOW_CONSUMER, ConnGuard, Hub, HubStats, put_text_frame};
-pub use outlet::{Chunk, ControlWriter, Outlet, Pushed, Sink};
+pub use outlet::{Begun, Chunk, ControlWriter, Direct, Outlet, Pushed, Sink, TcpSink};
+pub use uring::Sender;
 
 /// Most notifications the router takes from its queue at once. Only what is
 /// already queued is taken, so a quiet bridge routes one event at a time;
@@ -51,6 +53,8 @@ pub struct BridgeConfig {
     pub channel: String,
     /// Capacity of the queue between the Postgres socket and the router.
     pub queue: usize,
+    /// Send an event's frames in one io_uring submission (`uring.rs`).
+    pub io_uring: bool,
     /// Where gaps are healed from; `None` makes every gap a resync.
     pub heal: Option<HealConfig>,
 }
@@ -86,7 +90,7 @@ pub fn start(
         .name("ragctl-bridge".into())
         .spawn(move || {
             runtime.block_on(async move {
-                route(rx, hub, healer).await;
+                route(rx, hub, healer, Sender::new(cfg.io_uring)).await;
                 let _ = listen_task.await;
             });
             let _ = done_tx.send(());
@@ -187,7 +191,12 @@ impl Reader {
     }
 }
 
-async fn route(mut rx: mpsc::Receiver<ListenItem>, hub: Hub, mut healer: Healer) {
+async fn route(
+    mut rx: mpsc::Receiver<ListenItem>,
+    hub: Hub,
+    mut healer: Healer,
+    mut sender: Sender,
+) {
     let mut reader = Reader::new();
     let mut expire = tokio::time::interval(Duration::from_secs(5));
     let mut items = Vec::with_capacity(ROUTE_BATCH);
@@ -205,7 +214,7 @@ async fn route(mut rx: mpsc::Receiver<ListenItem>, hub: Hub, mut healer: Healer)
                 ListenItem::Gap(gap) => {
                     // Events before the gap go out before the healed states,
                     // and nothing after it goes out until they have.
-                    hub.deliver(&envs);
+                    hub.deliver_with(&envs, &mut sender);
                     envs.clear();
                     healer.heal(gap).await;
                     continue;
@@ -218,7 +227,7 @@ async fn route(mut rx: mpsc::Receiver<ListenItem>, hub: Hub, mut healer: Healer)
             }
         }
         if !envs.is_empty() {
-            hub.deliver(&envs);
+            hub.deliver_with(&envs, &mut sender);
             envs.clear();
         }
     }

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -16,6 +17,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::io::AsyncWrite;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -26,8 +28,90 @@ const CONTROL_HEADROOM: usize = 8;
 const CLOSE_FRAME: u8 = 0x88;
 
 /// Where an outlet writes: the raw byte stream of the socket. It must not
-/// buffer (a successful `poll_write` means the bytes are with the kernel).
-pub type Sink = Pin<Box<dyn AsyncWrite + Send>>;
+/// buffer (a successful write means the bytes are with the kernel).
+pub enum Sink {
+    /// A TCP socket, written by the router with one `send(2)`.
+    Tcp(TcpSink),
+    /// Any other byte stream (in-memory pipes in tests).
+    Stream(Pin<Box<dyn AsyncWrite + Send>>),
+}
+
+/// A TCP socket's write half, with its descriptor kept beside it: the
+/// router's direct write is a plain `send(2)`, without tokio's readiness
+/// bookkeeping or a pointer chase to the descriptor through the stream
+/// (each a cache miss per socket at 1,000 sockets). A `WouldBlock` seen
+/// here leaves tokio's cached readiness set; the socket task's next write
+/// finds it out again, clears it and waits for the edge, so no wake-up is
+/// lost.
+pub struct TcpSink {
+    fd: RawFd,
+    half: OwnedWriteHalf,
+}
+
+impl Sink {
+    pub fn tcp(half: OwnedWriteHalf) -> Sink {
+        let fd = half.as_ref().as_raw_fd();
+        Sink::Tcp(TcpSink { fd, half })
+    }
+
+    pub fn stream(w: impl AsyncWrite + Send + 'static) -> Sink {
+        Sink::Stream(Box::pin(w))
+    }
+
+    /// Writes what the kernel takes now, never waiting: `Pending` when it
+    /// takes nothing.
+    fn write_now(&mut self, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Sink::Tcp(t) => send_now(t.fd, buf),
+            // The no-op waker is fine because on `Pending` the socket's
+            // task is woken and polls with its own.
+            Sink::Stream(s) => s
+                .as_mut()
+                .poll_write(&mut Context::from_waker(Waker::noop()), buf),
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Sink::Tcp(t) => Pin::new(&mut t.half).poll_write(cx, buf),
+            Sink::Stream(s) => s.as_mut().poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Sink::Tcp(t) => Pin::new(&mut t.half).poll_flush(cx),
+            Sink::Stream(s) => s.as_mut().poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Sink::Tcp(t) => Pin::new(&mut t.half).poll_shutdown(cx),
+            Sink::Stream(s) => s.as_mut().poll_shutdown(cx),
+        }
+    }
+}
+
+/// One non-blocking `send(2)` of `buf` on `fd`: `Pending` when the kernel
+/// takes nothing now.
+pub(super) fn send_now(fd: RawFd, buf: &[u8]) -> Poll<io::Result<usize>> {
+    // SAFETY: `buf` is valid for its length; a closed `fd` is an error
+    // return, and callers pass the descriptor of a sink they hold.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+    match n {
+        0.. => Poll::Ready(Ok(n as usize)),
+        _ => sent(io::Error::last_os_error()),
+    }
+}
+
+/// What a failed send means here: `Pending` for "not now".
+pub(super) fn sent(e: io::Error) -> Poll<io::Result<usize>> {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Poll::Pending,
+        _ => Poll::Ready(Err(e)),
+    }
+}
 
 /// Bytes to write: one or more complete WebSocket frames.
 #[derive(Clone, Debug)]
@@ -48,6 +132,23 @@ impl Chunk {
             frames: 1,
             stamps: Arc::from([]),
         }
+    }
+}
+
+/// Envelope `ts` → the event's frame handed to the kernel.
+pub(super) fn delivery_histogram() -> metrics::Histogram {
+    metrics::histogram!("ragctl_bridge_delivery_seconds")
+}
+
+/// Records, now, the delivery latency of the events stamped `stamps`.
+pub(super) fn record_latency(latency: &metrics::Histogram, stamps: &[DateTime<Utc>]) {
+    if stamps.is_empty() {
+        return;
+    }
+    let now = Utc::now();
+    for ts in stamps {
+        let lag = (now - *ts).num_microseconds().unwrap_or(0).max(0);
+        latency.record(lag as f64 / 1e6);
     }
 }
 
@@ -109,7 +210,7 @@ impl Outlet {
             wake: Notify::new(),
             slow: CancellationToken::new(),
             limit: limit.max(1),
-            latency: metrics::histogram!("ragctl_bridge_delivery_seconds"),
+            latency: delivery_histogram(),
         }
     }
 
@@ -118,13 +219,34 @@ impl Outlet {
     }
 
     /// An event (or resync) frame. Refused once the socket is closing.
-    pub fn push(&self, chunk: Chunk) -> Pushed {
+    /// Copied only if it has to wait in the queue. A chunk written at once
+    /// is not timed here: the hub times an event once for all the sockets
+    /// that took it at once (`record_latency`).
+    pub fn push(&self, chunk: &Chunk) -> Pushed {
         let mut st = self.lock();
         // A slow socket is being closed: it takes no more events.
         if st.closing || st.broken || st.slow {
             return Pushed::Closed;
         }
         self.enqueue(&mut st, chunk, self.limit)
+    }
+
+    /// A push whose write may be batched with other sockets' (`Direct`):
+    /// the outlet stays locked until `Direct::finish` takes the outcome.
+    /// Anything that needs no write of the caller's is done here.
+    pub fn begin(&self, chunk: &Chunk) -> Begun<'_> {
+        let mut st = self.lock();
+        if st.closing || st.broken || st.slow {
+            return Begun::Done(Pushed::Closed);
+        }
+        match &st.sink {
+            Sink::Tcp(t) if st.queue.is_empty() => Begun::Direct(Direct {
+                fd: t.fd,
+                outlet: self,
+                st,
+            }),
+            _ => Begun::Done(self.enqueue(&mut st, chunk, self.limit)),
+        }
     }
 
     /// A frame written on behalf of the WebSocket protocol (pong, ping,
@@ -144,10 +266,10 @@ impl Outlet {
         } else {
             self.limit + CONTROL_HEADROOM
         };
-        self.enqueue(&mut st, Chunk::control(bytes), limit)
+        self.enqueue(&mut st, &Chunk::control(bytes), limit)
     }
 
-    fn enqueue(&self, st: &mut State, chunk: Chunk, limit: usize) -> Pushed {
+    fn enqueue(&self, st: &mut State, chunk: &Chunk, limit: usize) -> Pushed {
         if !st.queue.is_empty() {
             if st.frames + chunk.frames > limit {
                 st.slow = true;
@@ -155,27 +277,29 @@ impl Outlet {
                 return Pushed::Slow;
             }
             st.frames += chunk.frames;
-            st.queue.push_back(chunk);
+            st.queue.push_back(chunk.clone());
             return Pushed::Queued;
         }
-        // Nothing queued: write now. The no-op waker is fine because on
-        // `Pending` the socket's task is woken and polls with its own.
-        let mut cx = Context::from_waker(Waker::noop());
-        let written = match st.sink.as_mut().poll_write(&mut cx, &chunk.bytes) {
+        // Nothing queued: write now.
+        let result = st.sink.write_now(&chunk.bytes);
+        self.wrote(st, chunk, result)
+    }
+
+    /// Takes the outcome of writing `chunk` straight to the socket: the
+    /// rest is queued for the socket's task, a failure breaks the outlet.
+    fn wrote(&self, st: &mut State, chunk: &Chunk, result: Poll<io::Result<usize>>) -> Pushed {
+        let written = match result {
             Poll::Ready(Ok(0)) => Err(()),
             Poll::Ready(Ok(n)) => Ok(n),
             Poll::Pending => Ok(0),
             Poll::Ready(Err(_)) => Err(()),
         };
         match written {
-            Ok(n) if n == chunk.bytes.len() => {
-                self.record(&chunk);
-                Pushed::Written
-            }
+            Ok(n) if n == chunk.bytes.len() => Pushed::Written,
             Ok(n) => {
                 st.offset = n;
                 st.frames += chunk.frames;
-                st.queue.push_back(chunk);
+                st.queue.push_back(chunk.clone());
                 self.wake.notify_one();
                 Pushed::Queued
             }
@@ -184,17 +308,6 @@ impl Outlet {
                 self.wake.notify_one();
                 Pushed::Closed
             }
-        }
-    }
-
-    fn record(&self, chunk: &Chunk) {
-        if chunk.stamps.is_empty() {
-            return;
-        }
-        let now = Utc::now();
-        for ts in chunk.stamps.iter() {
-            let lag = (now - *ts).num_microseconds().unwrap_or(0).max(0);
-            self.latency.record(lag as f64 / 1e6);
         }
     }
 
@@ -211,10 +324,10 @@ impl Outlet {
                 return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
             }
             let Some(front) = st.queue.front().cloned() else {
-                return st.sink.as_mut().poll_flush(cx);
+                return st.sink.poll_flush(cx);
             };
             let offset = st.offset;
-            match st.sink.as_mut().poll_write(cx, &front.bytes[offset..]) {
+            match st.sink.poll_write(cx, &front.bytes[offset..]) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(n)) if n > 0 => {
                     st.offset += n;
@@ -222,7 +335,7 @@ impl Outlet {
                         st.queue.pop_front();
                         st.offset = 0;
                         st.frames -= front.frames;
-                        self.record(&front);
+                        record_latency(&self.latency, &front.stamps);
                     }
                 }
                 Poll::Ready(Ok(_)) => {
@@ -257,12 +370,33 @@ impl Outlet {
     /// Half-closes the socket (TCP FIN) once the queue is written.
     pub async fn shutdown(&self) -> io::Result<()> {
         self.flush().await?;
-        std::future::poll_fn(|cx| self.lock().sink.as_mut().poll_shutdown(cx)).await
+        std::future::poll_fn(|cx| self.lock().sink.poll_shutdown(cx)).await
     }
 
     /// Frames waiting in the queue.
     pub fn queued(&self) -> usize {
         self.lock().frames
+    }
+}
+
+/// See [`Outlet::begin`].
+pub enum Begun<'a> {
+    Done(Pushed),
+    /// The caller writes the chunk to `fd`, then calls `finish`.
+    Direct(Direct<'a>),
+}
+
+/// A locked outlet whose socket takes the chunk straight away.
+pub struct Direct<'a> {
+    pub fd: RawFd,
+    outlet: &'a Outlet,
+    st: std::sync::MutexGuard<'a, State>,
+}
+
+impl Direct<'_> {
+    /// Takes the outcome of the caller's write of `chunk` to `fd`.
+    pub fn finish(mut self, chunk: &Chunk, result: Poll<io::Result<usize>>) -> Pushed {
+        self.outlet.wrote(&mut self.st, chunk, result)
     }
 }
 
@@ -312,8 +446,8 @@ mod tests {
     #[tokio::test]
     async fn writes_at_once_when_nothing_is_queued() {
         let (w, mut r) = tokio::io::duplex(64);
-        let out = Outlet::new(Box::pin(w), 4);
-        assert_eq!(out.push(chunk("hello")), Pushed::Written);
+        let out = Outlet::new(Sink::stream(w), 4);
+        assert_eq!(out.push(&chunk("hello")), Pushed::Written);
         assert_eq!(out.queued(), 0);
         let mut buf = [0u8; 5];
         r.read_exact(&mut buf).await.unwrap();
@@ -323,9 +457,9 @@ mod tests {
     #[tokio::test]
     async fn queues_what_the_peer_cannot_take_and_flushes_in_order() {
         let (w, mut r) = tokio::io::duplex(4);
-        let out = Arc::new(Outlet::new(Box::pin(w), 8));
-        assert_eq!(out.push(chunk("abcdef")), Pushed::Queued); // 4 written, 2 left
-        assert_eq!(out.push(chunk("gh")), Pushed::Queued);
+        let out = Arc::new(Outlet::new(Sink::stream(w), 8));
+        assert_eq!(out.push(&chunk("abcdef")), Pushed::Queued); // 4 written, 2 left
+        assert_eq!(out.push(&chunk("gh")), Pushed::Queued);
         assert_eq!(out.push_control(Bytes::from_static(b"ij")), Pushed::Queued);
         assert_eq!(out.queued(), 3);
         let flusher = {
@@ -342,14 +476,14 @@ mod tests {
     #[tokio::test]
     async fn overflow_marks_slow_and_close_keeps_the_partial_frame() {
         let (w, mut r) = tokio::io::duplex(2);
-        let out = Outlet::new(Box::pin(w), 2);
-        assert_eq!(out.push(chunk("abcd")), Pushed::Queued); // "ab" written
-        assert_eq!(out.push(chunk("ef")), Pushed::Queued);
-        assert_eq!(out.push(chunk("gh")), Pushed::Slow);
+        let out = Outlet::new(Sink::stream(w), 2);
+        assert_eq!(out.push(&chunk("abcd")), Pushed::Queued); // "ab" written
+        assert_eq!(out.push(&chunk("ef")), Pushed::Queued);
+        assert_eq!(out.push(&chunk("gh")), Pushed::Slow);
         assert!(out.slow.is_cancelled());
         out.close(true);
         assert_eq!(
-            out.push(chunk("ij")),
+            out.push(&chunk("ij")),
             Pushed::Closed,
             "events refused while closing"
         );
@@ -367,8 +501,8 @@ mod tests {
     #[tokio::test]
     async fn a_close_frame_fits_behind_a_queue_full_of_pongs() {
         let (w, mut r) = tokio::io::duplex(2);
-        let out = Outlet::new(Box::pin(w), 2);
-        assert_eq!(out.push(chunk("abcd")), Pushed::Queued); // "ab" written
+        let out = Outlet::new(Sink::stream(w), 2);
+        assert_eq!(out.push(&chunk("abcd")), Pushed::Queued); // "ab" written
         let mut pongs = 0;
         while out.push_control(Bytes::from_static(b"\x8a\x00")) == Pushed::Queued {
             pongs += 1;
@@ -393,9 +527,9 @@ mod tests {
     async fn a_dead_peer_breaks_the_outlet() {
         let (w, r) = tokio::io::duplex(8);
         drop(r);
-        let out = Outlet::new(Box::pin(w), 2);
-        assert_eq!(out.push(chunk("abc")), Pushed::Closed);
+        let out = Outlet::new(Sink::stream(w), 2);
+        assert_eq!(out.push(&chunk("abc")), Pushed::Closed);
         assert!(out.flush().await.is_err());
-        assert_eq!(out.push(chunk("abc")), Pushed::Closed);
+        assert_eq!(out.push(&chunk("abc")), Pushed::Closed);
     }
 }

@@ -50,7 +50,7 @@ async fn send(
         }
         let mut chunk = crate::bridge::Chunk::control(bytes.freeze());
         chunk.frames = group.len();
-        match outlet.push(chunk) {
+        match outlet.push(&chunk) {
             crate::bridge::Pushed::Written => {}
             crate::bridge::Pushed::Queued => {
                 if !flush(outlet, shutdown, cfg.write_timeout).await {
@@ -160,7 +160,7 @@ async fn release(
             if let Some(text) = &last {
                 let mut bytes = BytesMut::new();
                 put_text_frame(&mut bytes, text);
-                outlet.push(crate::bridge::Chunk::control(bytes.freeze()));
+                outlet.push(&crate::bridge::Chunk::control(bytes.freeze()));
             }
         });
         let texts: Vec<String> = match step {

@@ -30,7 +30,7 @@ use super::refresh::{Action, Inbox};
 use super::resume::{self, HELD_EVENTS};
 use super::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, WsConfig};
 use crate::auth::{AuthUser, Verifier};
-use crate::bridge::{CLOSE_SLOW_CONSUMER, ConnGuard, ControlWriter, Hub, Outlet};
+use crate::bridge::{CLOSE_SLOW_CONSUMER, ConnGuard, ControlWriter, Hub, Outlet, Sink};
 use crate::events::resume::Cursor;
 
 /// Bytes tungstenite reads from the socket at a time, and what its read
@@ -103,7 +103,7 @@ impl Start {
         let early = read_buf.to_vec();
         drop(read_buf);
         let (read, write) = io.into_inner().into_split();
-        let (user, write) = (ctx.user.user_id, Box::pin(write));
+        let (user, write) = (ctx.user.user_id, Sink::tcp(write));
         let conn = match self.since {
             Some(_) => self
                 .hub

@@ -86,6 +86,12 @@ pub struct ServeArgs {
         hide = true
     )]
     pub heal_delay_ms: u64,
+    /// Send each event's frames to its user's sockets one system call per
+    /// frame, not in one io_uring submission (for hosts whose sandbox
+    /// forbids io_uring, and for comparisons; without io_uring the bridge
+    /// falls back to this by itself).
+    #[arg(long, env = "RAG_NO_IO_URING")]
+    pub no_io_uring: bool,
     /// Serve the console page at `/` (always on with the embedded database;
     /// off by default with DATABASE_URL).
     #[arg(long, env = "RAG_CONSOLE")]

@@ -106,6 +106,7 @@ fn realtime(args: &ServeArgs, parts: &Parts<'_>, events: &Publisher) -> anyhow::
             listen_url: args.runtime.listen_url(parts.url),
             channel: parts.channel.to_string(),
             queue: args.bridge_queue,
+            io_uring: !args.no_io_uring,
             heal: Some(bridge::HealConfig {
                 pool: parts.pool.clone(),
                 max_rows: args.max_heal,
