@@ -124,11 +124,11 @@ fn explain_latency(s: &mut String, r: &Report) {
         let le = |v: Option<f64>| v.map_or("> 5000".into(), |v| format!("≤ {v}"));
         let _ = writeln!(
             s,
-            "server's own histogram (envelope ts → frame written, ms): p50 {}, p90 {}, p99 {} ({} frames)",
+            "server's own histogram (envelope ts → frame written, ms): p50 {}, p90 {}, p99 {} ({} samples)",
             le(ss.p50_le_ms),
             le(ss.p90_le_ms),
             le(ss.p99_le_ms),
-            ss.frames
+            ss.samples
         );
     }
     for (label, p) in [("raw", &r.raw), ("bridge", &r.bridge)] {
@@ -311,7 +311,7 @@ mod tests {
             }),
             server_us_per_frame: Some(12.5),
             server_side: Some(ServerSide {
-                frames: 100,
+                samples: 100,
                 p50_le_ms: Some(1.0),
                 p90_le_ms: Some(2.5),
                 p99_le_ms: None,
@@ -412,7 +412,7 @@ mod tests {
             lines[7],
             "bridge − raw                                             +390     +380    +1200    +5000     +300"
         );
-        assert!(text.contains("p99 > 5000 (100 frames)"), "{text}");
+        assert!(text.contains("p99 > 5000 (100 samples)"), "{text}");
         assert!(
             text.contains(
                 "ceiling: raw 8000 events/s, bridge 4000 events/s (40000 frames/s), ratio 50.0%"

@@ -140,7 +140,9 @@ pub struct Report {
 /// the bucket it falls in, in ms (`None` past the last bucket).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct ServerSide {
-    pub frames: u64,
+    /// One per event written at once to its user's sockets, one per frame
+    /// that waited in a socket's queue (`ragctl_bridge_delivery_seconds`).
+    pub samples: u64,
     pub p50_le_ms: Option<f64>,
     pub p90_le_ms: Option<f64>,
     pub p99_le_ms: Option<f64>,

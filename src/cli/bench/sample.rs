@@ -85,12 +85,12 @@ pub(super) fn server_side(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option
             (le, n.saturating_sub(b))
         })
         .collect();
-    let frames = delta.last()?.1;
-    if frames == 0 {
+    let samples = delta.last()?.1;
+    if samples == 0 {
         return None;
     }
     let pct = |p: f64| {
-        let want = (p * frames as f64).ceil() as u64;
+        let want = (p * samples as f64).ceil() as u64;
         delta
             .iter()
             .find(|(_, n)| *n >= want)
@@ -98,7 +98,7 @@ pub(super) fn server_side(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option
             .filter(|v| v.is_finite())
     };
     Some(ServerSide {
-        frames,
+        samples,
         p50_le_ms: pct(0.50),
         p90_le_ms: pct(0.90),
         p99_le_ms: pct(0.99),
@@ -239,7 +239,7 @@ mod tests {
         let before = histogram(&text([10, 10, 10, 10]));
         let after = histogram(&text([60, 108, 109, 110]));
         let s = server_side(&before, &after).unwrap();
-        assert_eq!(s.frames, 100);
+        assert_eq!(s.samples, 100);
         assert_eq!(
             (s.p50_le_ms, s.p90_le_ms, s.p99_le_ms),
             (Some(1.0), Some(2.5), Some(5.0))
