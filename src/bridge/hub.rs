@@ -287,51 +287,58 @@ impl Hub {
             }
         }
         for batch in batches.into_values() {
-            let frames = batch.frames;
-            let chunk = Chunk {
-                bytes: batch.bytes.freeze(),
-                frames: if heal { 1 } else { frames },
-                stamps: batch.stamps.into(),
-            };
-            let mut pushed = Vec::with_capacity(batch.sockets.len());
-            let mut direct = Vec::new();
-            for entry in batch.sockets.iter() {
-                if let (Some(hold), Some(envs)) = (&entry.hold, &batch.envs)
-                    && hold.take(envs.iter().map(|e| Held::Event((*e).clone())))
-                {
-                    continue;
-                }
-                match entry.outlet.begin(&chunk) {
-                    Begun::Done(p) => pushed.push(p),
-                    Begun::Direct(d) => direct.push(d),
-                }
+            self.send_batch(batch, heal, sender);
+        }
+    }
+
+    /// Writes one user's chunk to each of the user's sockets here (or to
+    /// its hold); the sockets that take it straight away get it in one go
+    /// (one system call with io_uring), their outlets locked until then.
+    fn send_batch(&self, batch: UserBatch, heal: bool, sender: &mut Sender) {
+        let frames = batch.frames;
+        let chunk = Chunk {
+            bytes: batch.bytes.freeze(),
+            frames: if heal { 1 } else { frames },
+            stamps: batch.stamps.into(),
+        };
+        let mut pushed = Vec::with_capacity(batch.sockets.len());
+        let mut direct = Vec::new();
+        for entry in batch.sockets.iter() {
+            if let (Some(hold), Some(envs)) = (&entry.hold, &batch.envs)
+                && hold.take(envs.iter().map(|e| Held::Event((*e).clone())))
+            {
+                continue;
             }
-            // The sockets that take the chunk straight away get it in one
-            // go (one system call with io_uring); their outlets stay
-            // locked until then.
-            let fds: Vec<RawFd> = direct.iter().map(|d| d.fd).collect();
-            let mut results = Vec::with_capacity(fds.len());
-            sender.send_all(&fds, &chunk.bytes, &mut results);
-            for (d, r) in direct.into_iter().zip(results) {
-                pushed.push(d.finish(&chunk, r));
+            match entry.outlet.begin(&chunk) {
+                Begun::Done(p) => pushed.push(p),
+                Begun::Direct(d) => direct.push(d),
             }
-            let (mut written, mut queued) = (0, 0);
-            for p in pushed {
-                match p {
-                    Pushed::Written => written += 1,
-                    Pushed::Queued => queued += 1,
-                    Pushed::Slow => self.inner.counters.slow.increment(1),
-                    Pushed::Closed => {}
-                }
+        }
+        let fds: Vec<RawFd> = direct.iter().map(|d| d.fd).collect();
+        let mut results = Vec::with_capacity(fds.len());
+        sender.send_all(&fds, &chunk.bytes, &mut results);
+        pushed.extend(
+            direct
+                .into_iter()
+                .zip(results)
+                .map(|(d, r)| d.finish(&chunk, r)),
+        );
+        let c = &self.inner.counters;
+        let (mut written, mut queued) = (0, 0);
+        for p in pushed {
+            match p {
+                Pushed::Written => written += 1,
+                Pushed::Queued => queued += 1,
+                Pushed::Slow => c.slow.increment(1),
+                Pushed::Closed => {}
             }
-            let c = &self.inner.counters;
-            c.forwarded.increment((frames * (written + queued)) as u64);
-            // One sample per event for all the sockets that took it at
-            // once (their writes are microseconds apart); a queued chunk
-            // is timed per socket when its task flushes it.
-            if written > 0 {
-                record_latency(&c.latency, &chunk.stamps);
-            }
+        }
+        c.forwarded.increment((frames * (written + queued)) as u64);
+        // One sample per event for all the sockets that took it at once
+        // (their writes are microseconds apart); a queued chunk is timed
+        // per socket when its task flushes it.
+        if written > 0 {
+            record_latency(&c.latency, &chunk.stamps);
         }
     }
 

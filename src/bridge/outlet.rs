@@ -96,8 +96,9 @@ impl Sink {
 /// One non-blocking `send(2)` of `buf` on `fd`: `Pending` when the kernel
 /// takes nothing now.
 pub(super) fn send_now(fd: RawFd, buf: &[u8]) -> Poll<io::Result<usize>> {
-    // SAFETY: `buf` is valid for its length; a closed `fd` is an error
-    // return, and callers pass the descriptor of a sink they hold.
+    // SAFETY: `buf` is valid for its length, and `fd` is the descriptor of
+    // a `TcpSink` the caller holds (locked in its outlet), whose write half
+    // keeps it open: it cannot be closed and reused meanwhile.
     let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
     match n {
         0.. => Poll::Ready(Ok(n as usize)),
