@@ -17,7 +17,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::task::Poll;
 
-use io_uring::{IoUring, opcode, types};
+use io_uring::{IoUring, Probe, opcode, types};
 
 use super::outlet::{send_now, sent};
 
@@ -42,7 +42,7 @@ impl Sender {
             tracing::info!("io_uring off: the bridge sends one system call per frame");
             Sender::plain()
         } else {
-            match IoUring::new(RING_ENTRIES) {
+            match ring_with_send() {
                 Ok(ring) => Sender { ring: Some(ring) },
                 Err(e) => {
                     tracing::warn!(error = %e, "io_uring unavailable: the bridge sends one system call per frame");
@@ -88,6 +88,20 @@ impl Sender {
             }
         }
     }
+}
+
+/// A ring whose kernel has the send operation (5.6 and later): on an older
+/// one every send would fail with EINVAL and close its socket.
+fn ring_with_send() -> io::Result<IoUring> {
+    let ring = IoUring::new(RING_ENTRIES)?;
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    if !probe.is_supported(opcode::Send::CODE) {
+        return Err(io::Error::other(
+            "this kernel's io_uring has no send operation",
+        ));
+    }
+    Ok(ring)
 }
 
 /// Submits one send per fd and waits for every completion (each is
