@@ -13,30 +13,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::chrome::{Browser, Page, chromium};
+use common::chrome::{Browser, Page, browser_or_skip};
+use common::realtime_page::{STATE, harness, refuse_until_unauthorized, statuses};
 use common::*;
-use serde_json::Value;
 use uuid::Uuid;
-
-/// One browser at a time: the machine running the suite may be small.
-static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Chromium, launched for this test alone (holding the one-browser lock),
-/// or `None`: the test is skipped, saying why.
-async fn browser_or_skip() -> Option<(tokio::sync::MutexGuard<'static, ()>, Browser)> {
-    let Some(chrome) = chromium() else {
-        // CI installs Chromium (.ci/run): there, a missing browser is a
-        // failure, not a silent pass.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "no Chromium found under CI (set CHROMIUM or install chromium)"
-        );
-        eprintln!("skipping: no Chromium found (set CHROMIUM or install chromium)");
-        return None;
-    };
-    let one = BROWSER.lock().await;
-    Some((one, Browser::launch(&chrome).await))
-}
 
 const MARKER: &str = "window.__notReloaded";
 
@@ -256,38 +236,6 @@ async fn the_console_resumes_after_the_api_restarts_mid_upload() {
 /// A page at the API's origin running `realtime.js` with `getToken`
 /// answered by the test (`__t.give`), and what it saw in `__t`; backoff
 /// from `BACKOFF_MS`.
-const HARNESS: &str = "(async (BACKOFF_MS) => {
-  const { connect } = await import('/realtime.js');
-  const t = window.__t = { wanted: 0, waiters: [], statuses: [], frames: 0, lastFrameAt: 0 };
-  t.give = (token) => { t.waiters.shift()(token); return true; };
-  t.client = connect({
-    url: location.origin.replace(/^http/, 'ws') + '/ws',
-    getToken: () => new Promise((r) => { t.wanted += 1; t.waiters.push(r); }),
-    onEvent: () => { t.frames += 1; t.lastFrameAt = Date.now() / 1000; },
-    onStatus: (s) => t.statuses.push(s),
-    backoffBaseMs: BACKOFF_MS,
-    backoffMaxMs: Math.max(30000, BACKOFF_MS),
-  });
-  return true;
-})";
-
-/// Starts `HARNESS` with a backoff base of `backoff_ms`.
-async fn harness(page: &mut Page, backoff_ms: u64) {
-    page.eval(&format!("{HARNESS}({backoff_ms})")).await;
-}
-
-const STATE: &str =
-    "({wanted: __t.wanted, statuses: __t.statuses, frames: __t.frames, last: __t.lastFrameAt})";
-
-fn statuses(state: &Value) -> Vec<&str> {
-    state["statuses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["status"].as_str().unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn a_ten_second_token_is_refreshed_in_band_twice_and_a_foreign_one_closes_4004() {
     let Some((_one, browser)) = browser_or_skip().await else {
@@ -352,22 +300,7 @@ async fn a_token_signed_with_another_secret_stops_realtime_js_without_a_loop() {
     let api = Api::start(&db, &[], &[]).await;
     let mut page = browser.page(&format!("{}/healthz", api.url)).await;
     harness(&mut page, 100).await;
-    let revoked =
-        ragctl::auth::mint("another-secret", Uuid::new_v4(), Duration::from_secs(600)).unwrap();
-    let give = format!(
-        "__t.waiters.length > 0 && __t.give({})",
-        serde_json::to_string(&revoked).unwrap()
-    );
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        page.eval(&give).await;
-        let state = page.eval(STATE).await;
-        if statuses(&state).contains(&"unauthorized") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never stopped: {state}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let give = refuse_until_unauthorized(&mut page).await;
     // Many backoff periods (100 ms base) later, still nothing new.
     tokio::time::sleep(Duration::from_secs(3)).await;
     page.eval(&give).await;

@@ -7,6 +7,7 @@
 mod chat;
 pub mod conn;
 mod console;
+pub mod cors;
 mod documents;
 pub mod error;
 pub mod limits;
@@ -60,6 +61,8 @@ pub struct Shared {
     pub http: HttpConfig,
     /// Serve the console page at `/` (`--console`, or the embedded database).
     pub console: bool,
+    /// Origins a browser may call the API from (`--cors-origin`).
+    pub cors: Option<cors::Cors>,
 }
 
 #[derive(Clone)]
@@ -98,11 +101,12 @@ pub(crate) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
 
 pub fn router(state: AppState) -> Router {
     let upload_limit = state.max_upload_bytes + 64 * 1024;
+    let cors = state.cors.clone();
     let mut app = console::routes(state.console);
     if !state.http.metrics_separate {
         app = app.route("/metrics", get(ops::metrics));
     }
-    app
+    let app = app
         .route(
             "/documents",
             post(documents::upload)
@@ -131,7 +135,13 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
         }))
-        .with_state(state)
+        .with_state(state);
+    // Outermost, so that every answer (errors too) carries the headers and
+    // a preflight is answered before routing.
+    match cors {
+        Some(c) => app.layer(c.layer()),
+        None => app,
+    }
 }
 
 /// Serves until `state.shutdown` is cancelled, then closes every socket

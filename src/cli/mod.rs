@@ -41,7 +41,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the API (REST + /ws), the realtime bridge and, by default, the workers.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run one worker process.
     Worker(worker::WorkerArgs),
     /// Database maintenance.
@@ -169,7 +169,7 @@ pub fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let connect = cli.connect;
     match cli.command {
-        Command::Serve(args) => serve::run(connect, args).await,
+        Command::Serve(args) => serve::run(connect, *args).await,
         Command::Worker(args) => worker::run(connect, args).await,
         Command::Db {
             command: DbCommand::Migrate,

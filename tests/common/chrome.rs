@@ -209,3 +209,23 @@ impl Page {
             .expect("base64 PNG")
     }
 }
+
+/// One browser at a time: the machine running the suite may be small.
+static BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Chromium, launched for this test alone (holding the one-browser lock),
+/// or `None`: the test is skipped, saying why.
+pub async fn browser_or_skip() -> Option<(tokio::sync::MutexGuard<'static, ()>, Browser)> {
+    let Some(chrome) = chromium() else {
+        // CI installs Chromium (.ci/run): there, a missing browser is a
+        // failure, not a silent pass.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no Chromium found under CI (set CHROMIUM or install chromium)"
+        );
+        eprintln!("skipping: no Chromium found (set CHROMIUM or install chromium)");
+        return None;
+    };
+    let one = BROWSER.lock().await;
+    Some((one, Browser::launch(&chrome).await))
+}

@@ -92,6 +92,11 @@ pub struct ServeArgs {
     /// falls back to this by itself).
     #[arg(long, env = "RAG_NO_IO_URING")]
     pub no_io_uring: bool,
+    /// An origin (scheme://host[:port]) whose pages may call the API from a
+    /// browser, e.g. a frontend on http://localhost:5173; repeat the flag or
+    /// separate origins with commas; `*` allows any. Off by default.
+    #[arg(long = "cors-origin", env = "RAG_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     /// Serve the console page at `/` (always on with the embedded database;
     /// off by default with DATABASE_URL).
     #[arg(long, env = "RAG_CONSOLE")]
@@ -198,6 +203,8 @@ pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle
 pub async fn run(connect: ConnectOpts, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.runtime.check()?;
     args.limits.check(args.runtime.max_upload_bytes)?;
+    // Checked before anything starts; the state reads it again.
+    api::cors::Cors::parse(&args.cors_origins)?;
     api::limits::return_big_buffers_to_the_os();
     let budget = fd_budget(&args)?;
     let channel = connect.channel()?;

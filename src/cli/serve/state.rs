@@ -77,6 +77,7 @@ pub fn build(
         shutdown: parts.shutdown,
         pool: parts.pool,
         console: args.console,
+        cors: api::cors::Cors::parse(&args.cors_origins)?,
     }));
     Ok((state, bridge_task))
 }
