@@ -109,17 +109,10 @@ async fn fake_llm(
     (url, seen)
 }
 
-async fn ask(api: &Api, user: Uuid, question: &str) -> Value {
+/// Asks in a new conversation; the assistant's message.
+async fn ask_anew(api: &Api, user: Uuid, question: &str) -> Value {
     let conv = new_conversation(api, user, None).await;
-    let r = http()
-        .post(format!("{}/conversations/{conv}/messages", api.url))
-        .bearer_auth(token(user))
-        .json(&json!({"content": question}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    r.json::<Value>().await.unwrap()["assistant_message"].clone()
+    common::holding::ask(api, user, &conv, question).await["assistant_message"].clone()
 }
 
 #[tokio::test]
@@ -141,7 +134,7 @@ async fn chat_uses_the_llm_endpoint_when_configured() {
     let d = upload(&api, user, "handbook.pdf").await;
     wait_status(&api, user, d["id"].as_str().unwrap(), "ingested").await;
 
-    let answer = ask(&api, user, "How does reimbursement work?").await;
+    let answer = ask_anew(&api, user, "How does reimbursement work?").await;
     assert_eq!(answer["status"], "completed", "{answer}");
     let text = answer["content"].as_str().unwrap();
     assert!(
@@ -164,7 +157,7 @@ async fn chat_uses_the_llm_endpoint_when_configured() {
     // A failing endpoint marks the message `error`, with the reason.
     let (bad_url, _) = fake_llm(None).await;
     let api2 = Api::start(&db, &[], &[("RAG_LLM_URL", &bad_url)]).await;
-    let answer = ask(&api2, user, "How does reimbursement work?").await;
+    let answer = ask_anew(&api2, user, "How does reimbursement work?").await;
     assert_eq!(answer["status"], "error", "{answer}");
     assert!(
         answer["error_message"]

@@ -175,7 +175,7 @@ pub async fn upload_text(api: &Api, user: Uuid, i: usize) -> String {
     body["id"].as_str().unwrap().to_string()
 }
 
-pub async fn ask(api: &Api, user: Uuid, conv: &str, content: &str) {
+pub async fn ask(api: &Api, user: Uuid, conv: &str, content: &str) -> Value {
     let r = http()
         .post(format!("{}/conversations/{conv}/messages", api.url))
         .bearer_auth(token(user))
@@ -183,7 +183,10 @@ pub async fn ask(api: &Api, user: Uuid, conv: &str, content: &str) {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    serde_json::from_str(&body).unwrap()
 }
 
 /// Sets documents' and their jobs' states as workers would (each write
