@@ -17,9 +17,13 @@ use std::io;
 use std::os::fd::RawFd;
 use std::task::Poll;
 
+use bytes::Bytes;
 use io_uring::{IoUring, Probe, opcode, types};
 
 use super::outlet::{send_now, sent};
+
+/// Done inline or failed at once, never waiting; no SIGPIPE.
+const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
 
 /// Sends submitted at once at most (larger batches go in several calls).
 const RING_ENTRIES: u32 = 256;
@@ -65,7 +69,7 @@ impl Sender {
 
     /// Sends `buf` to each of `fds` without waiting; the outcome of each,
     /// in order, is appended to `out` (`Pending`: the kernel took nothing).
-    pub fn send_all(&mut self, fds: &[RawFd], buf: &[u8], out: &mut Vec<Poll<io::Result<usize>>>) {
+    pub fn send_all(&mut self, fds: &[RawFd], buf: &Bytes, out: &mut Vec<Poll<io::Result<usize>>>) {
         for part in fds.chunks(RING_ENTRIES as usize) {
             let start = out.len();
             let Some(ring) = &mut self.ring else {
@@ -73,7 +77,7 @@ impl Sender {
                 continue;
             };
             out.extend(part.iter().map(|_| Poll::Pending));
-            if let Err(e) = submit(ring, part, buf, &mut out[start..]) {
+            if let Err(e) = submit(ring, part, buf, &mut out[start..], SEND_FLAGS) {
                 // The ring itself failed: it is dropped, and every send of
                 // this part that took nothing (`Pending`: failed with
                 // EAGAIN, or never submitted) is done the plain way.
@@ -104,22 +108,27 @@ fn ring_with_send() -> io::Result<IoUring> {
     Ok(ring)
 }
 
-/// Submits one send per fd and waits for every completion (each is
-/// immediate: `MSG_DONTWAIT`), writing each outcome into `out`. On an
-/// error the caller drops the ring before `buf` is released: what was not
-/// submitted is discarded with it, and nothing was left in flight.
+/// Submits one send per fd, writing each outcome into `out`. Each send
+/// completes during the submission (`MSG_DONTWAIT`: done inline, or failed
+/// with EAGAIN). Should a kernel park one instead (wait for the socket),
+/// the router must not wait with it: what is left is cancelled, its
+/// outcome taken (cancelled = nothing sent), and an error returned so that
+/// the caller stops using the ring. On any error the caller drops the ring
+/// before `buf` is released: nothing is left in flight, and what was not
+/// submitted is discarded with the ring.
 fn submit(
     ring: &mut IoUring,
     fds: &[RawFd],
-    buf: &[u8],
+    buf: &Bytes,
     out: &mut [Poll<io::Result<usize>>],
+    flags: i32,
 ) -> io::Result<()> {
     let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
     {
         let mut sq = ring.submission();
         for (i, &fd) in fds.iter().enumerate() {
             let send = opcode::Send::new(types::Fd(fd), buf.as_ptr(), len)
-                .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
+                .flags(flags)
                 .build()
                 .user_data(i as u64);
             // SAFETY: `buf` outlives the operation: it is borrowed until
@@ -128,27 +137,60 @@ fn submit(
             unsafe { sq.push(&send) }.map_err(|_| io::Error::other("submission queue full"))?;
         }
     }
-    let mut done = 0;
-    while done < fds.len() {
-        let waited = ring.submit_and_wait(fds.len() - done);
-        drain(ring, out, &mut done);
-        match waited {
-            Err(e) if e.kind() != io::ErrorKind::Interrupted => return Err(e),
-            _ => {}
+    let mut done = vec![false; fds.len()];
+    retry_interrupted(|| ring.submit())?;
+    drain(ring, out, &mut done);
+    let parked: Vec<usize> = (0..fds.len()).filter(|&i| !done[i]).collect();
+    if parked.is_empty() {
+        return Ok(());
+    }
+    {
+        let mut sq = ring.submission();
+        for &i in &parked {
+            let cancel = opcode::AsyncCancel::new(i as u64).build().user_data(CANCEL);
+            // SAFETY: a cancel refers to no buffer.
+            unsafe { sq.push(&cancel) }.map_err(|_| io::Error::other("submission queue full"))?;
         }
     }
-    Ok(())
+    while done.iter().any(|d| !d) {
+        if let Err(e) = retry_interrupted(|| ring.submit_and_wait(1)) {
+            // A send may still be in flight: its buffer must outlive it.
+            std::mem::forget(buf.clone());
+            return Err(e);
+        }
+        drain(ring, out, &mut done);
+    }
+    Err(io::Error::other(
+        "the kernel parked a MSG_DONTWAIT send instead of failing it with EAGAIN",
+    ))
 }
 
-/// Moves the completions that arrived into `out`.
-fn drain(ring: &mut IoUring, out: &mut [Poll<io::Result<usize>>], done: &mut usize) {
+/// The user data of cancel requests (sends use their index).
+const CANCEL: u64 = u64::MAX;
+
+fn retry_interrupted(mut f: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Moves the completions that arrived into `out` (a cancelled send sent
+/// nothing: `Pending`).
+fn drain(ring: &mut IoUring, out: &mut [Poll<io::Result<usize>>], done: &mut [bool]) {
     for cqe in ring.completion() {
-        let res = cqe.result();
-        out[cqe.user_data() as usize] = match res {
+        let (i, res) = (cqe.user_data(), cqe.result());
+        if i == CANCEL {
+            continue;
+        }
+        out[i as usize] = match res {
             0.. => Poll::Ready(Ok(res as usize)),
+            _ if -res == libc::ECANCELED => Poll::Pending,
             _ => sent(io::Error::from_raw_os_error(-res)),
         };
-        *done += 1;
+        done[i as usize] = true;
     }
 }
 
@@ -172,11 +214,11 @@ mod tests {
             .collect()
     }
 
-    fn check(mut sender: Sender) {
+    fn check(sender: &mut Sender) {
         let mut socks = pairs(3);
         let fds: Vec<RawFd> = socks.iter().map(|(s, _)| s.as_raw_fd()).collect();
         let mut out = Vec::new();
-        sender.send_all(&fds, b"hello", &mut out);
+        sender.send_all(&fds, &Bytes::from_static(b"hello"), &mut out);
         assert_eq!(out.len(), 3);
         for (r, (_, c)) in out.iter().zip(&mut socks) {
             assert!(matches!(r, Poll::Ready(Ok(5))), "{r:?}");
@@ -186,7 +228,7 @@ mod tests {
         }
         // A peer that never reads: its socket fills up and then takes
         // nothing (`Pending`), while the other socket still gets its bytes.
-        let big = vec![7u8; 1 << 20];
+        let big = Bytes::from(vec![7u8; 1 << 20]);
         let stuck = [fds[0]];
         let mut outcome = Poll::Ready(Ok(0));
         for _ in 0..256 {
@@ -207,7 +249,7 @@ mod tests {
         let mut failed = false;
         for _ in 0..16 {
             out.clear();
-            sender.send_all(&dead, b"x", &mut out);
+            sender.send_all(&dead, &Bytes::from_static(b"x"), &mut out);
             if matches!(out[0], Poll::Ready(Err(_))) {
                 failed = true;
                 break;
@@ -220,17 +262,50 @@ mod tests {
 
     #[test]
     fn plain_sends_report_written_full_and_failed() {
-        check(Sender::plain());
+        check(&mut Sender::plain());
     }
 
     #[test]
     fn batched_sends_report_the_same_outcomes() {
-        let sender = Sender::new(true);
-        if !sender.batched() {
+        let mut sender = Sender::new(true);
+        let batched = sender.batched();
+        if !batched {
             // Still a real test: of the fallback that such a host uses.
             eprintln!("io_uring is unavailable here: the plain sends were tested");
         }
-        check(sender);
+        check(&mut sender);
+        // A full socket failed its send with EAGAIN during the submission
+        // (not parked in the ring, which would have made the sender give
+        // the ring up).
+        assert_eq!(sender.batched(), batched, "the ring was given up");
+    }
+
+    #[test]
+    fn a_send_the_kernel_parks_is_cancelled_not_waited_for() {
+        // Without MSG_DONTWAIT the kernel parks a send to a full socket
+        // until it drains: what `submit` must never wait for.
+        let Ok(mut ring) = ring_with_send() else {
+            return eprintln!("io_uring is unavailable here: nothing to park");
+        };
+        let socks = pairs(1);
+        let fd = [socks[0].0.as_raw_fd()];
+        let big = Bytes::from(vec![7u8; 1 << 20]);
+        let mut out = vec![Poll::Pending];
+        let mut parked = false;
+        for _ in 0..256 {
+            out[0] = Poll::Pending;
+            if let Err(e) = submit(&mut ring, &fd, &big, &mut out, libc::MSG_NOSIGNAL) {
+                assert!(e.to_string().contains("parked"), "{e}");
+                parked = true;
+                break;
+            }
+        }
+        assert!(parked, "the socket never filled up");
+        assert!(
+            out[0].is_pending(),
+            "a cancelled send sent nothing: {:?}",
+            out[0]
+        );
     }
 
     #[test]
@@ -240,7 +315,7 @@ mod tests {
         let mut socks = pairs(n);
         let fds: Vec<RawFd> = socks.iter().map(|(s, _)| s.as_raw_fd()).collect();
         let mut out = Vec::new();
-        sender.send_all(&fds, b"ab", &mut out);
+        sender.send_all(&fds, &Bytes::from_static(b"ab"), &mut out);
         assert_eq!(out.len(), n);
         assert!(out.iter().all(|r| matches!(r, Poll::Ready(Ok(2)))));
         let mut got = [0u8; 2];
