@@ -301,7 +301,14 @@ impl Hub {
             frames: if heal { 1 } else { frames },
             stamps: batch.stamps.into(),
         };
-        let mut pushed = Vec::with_capacity(batch.sockets.len());
+        let c = &self.inner.counters;
+        let (mut written, mut queued) = (0, 0);
+        let mut count = |p: Pushed| match p {
+            Pushed::Written => written += 1,
+            Pushed::Queued => queued += 1,
+            Pushed::Slow => c.slow.increment(1),
+            Pushed::Closed => {}
+        };
         let mut direct = Vec::new();
         for entry in batch.sockets.iter() {
             if let (Some(hold), Some(envs)) = (&entry.hold, &batch.envs)
@@ -310,28 +317,15 @@ impl Hub {
                 continue;
             }
             match entry.outlet.begin(&chunk) {
-                Begun::Done(p) => pushed.push(p),
+                Begun::Done(p) => count(p),
                 Begun::Direct(d) => direct.push(d),
             }
         }
         let fds: Vec<RawFd> = direct.iter().map(|d| d.fd).collect();
         let mut results = Vec::with_capacity(fds.len());
         sender.send_all(&fds, &chunk.bytes, &mut results);
-        pushed.extend(
-            direct
-                .into_iter()
-                .zip(results)
-                .map(|(d, r)| d.finish(&chunk, r)),
-        );
-        let c = &self.inner.counters;
-        let (mut written, mut queued) = (0, 0);
-        for p in pushed {
-            match p {
-                Pushed::Written => written += 1,
-                Pushed::Queued => queued += 1,
-                Pushed::Slow => c.slow.increment(1),
-                Pushed::Closed => {}
-            }
+        for (d, r) in direct.into_iter().zip(results) {
+            count(d.finish(&chunk, r));
         }
         c.forwarded.increment((frames * (written + queued)) as u64);
         // One sample per event for all the sockets that took it at once

@@ -224,12 +224,13 @@ impl Outlet {
     /// is not timed here: the hub times an event once for all the sockets
     /// that took it at once (`record_latency`).
     pub fn push(&self, chunk: &Chunk) -> Pushed {
-        let mut st = self.lock();
-        // A slow socket is being closed: it takes no more events.
-        if st.closing || st.broken || st.slow {
-            return Pushed::Closed;
+        match self.begin(chunk) {
+            Begun::Done(p) => p,
+            Begun::Direct(d) => {
+                let sent = send_now(d.fd, &chunk.bytes);
+                d.finish(chunk, sent)
+            }
         }
-        self.enqueue(&mut st, chunk, self.limit)
     }
 
     /// A push whose write may be batched with other sockets' (`Direct`):
@@ -237,6 +238,7 @@ impl Outlet {
     /// Anything that needs no write of the caller's is done here.
     pub fn begin(&self, chunk: &Chunk) -> Begun<'_> {
         let mut st = self.lock();
+        // A slow socket is being closed: it takes no more events.
         if st.closing || st.broken || st.slow {
             return Begun::Done(Pushed::Closed);
         }
