@@ -370,6 +370,27 @@ pub struct ApiLimitOpts {
     /// statement_timeout of the API's database connections (ms; 0 = none).
     #[arg(long, env = "RAG_STATEMENT_TIMEOUT_MS", default_value_t = 15_000)]
     pub statement_timeout_ms: u64,
+    // Per-user shares: WebSockets, chat searches, the upload floor.
+    /// Most WebSockets one user holds on this process (429 beyond it):
+    /// tabs × devices, with room to spare.
+    #[arg(long, env = "RAG_WS_MAX_PER_USER", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ws_max_per_user: u64,
+    /// Most chat questions one user may have being answered at once (429
+    /// beyond it).
+    #[arg(long, env = "RAG_MAX_SEARCHES_PER_USER", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_searches_per_user: u64,
+    /// Connections of the API's pool chat searches may hold at once, all
+    /// users together; REST keeps the rest [default: a third of
+    /// --pool-size, at least 1].
+    #[arg(long, env = "RAG_SEARCH_POOL_SIZE")]
+    pub search_pool_size: Option<usize>,
+    /// Upload bytes each user can always reserve while few users upload: a
+    /// quarter of the upload budget is kept for every user's first this
+    /// many bytes (0: no floor, no reserve).
+    #[arg(long, env = "RAG_UPLOAD_FLOOR_BYTES", default_value_t = 1024 * 1024)]
+    pub upload_floor_bytes: usize,
 }
 
 impl ApiLimitOpts {
@@ -381,6 +402,27 @@ impl ApiLimitOpts {
         self.upload_user_budget_bytes
             .unwrap_or((self.upload_budget_bytes / 2).max(max_upload_bytes))
             .min(self.upload_budget_bytes)
+    }
+
+    /// The search pool: the flag, or a third of the pool, at least 1.
+    pub fn search_pool_size(&self, pool_size: usize) -> usize {
+        self.search_pool_size.unwrap_or((pool_size / 3).max(1))
+    }
+
+    /// The search pool must leave REST at least one connection.
+    pub fn check_search_pool(&self, pool_size: usize) -> Result<(), ConfigError> {
+        let size = self.search_pool_size(pool_size);
+        if size == 0 || size >= pool_size {
+            return Err(ConfigError::Invalid {
+                flag: "--search-pool-size",
+                var: "RAG_SEARCH_POOL_SIZE",
+                problem: format!(
+                    "must be at least 1 and less than --pool-size ({pool_size}), \
+                     so that REST keeps connections searches cannot take"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// `max_upload_bytes` is the runtime's: an upload of the largest
