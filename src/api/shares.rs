@@ -120,6 +120,12 @@ pub struct SearchPermit {
     _pool: OwnedSemaphorePermit,
 }
 
+impl Drop for SearchPermit {
+    fn drop(&mut self) {
+        metrics::gauge!("ragctl_searches_in_flight").decrement(1.0);
+    }
+}
+
 impl SearchGate {
     pub fn new(per_user: usize, size: usize, wait: Duration) -> SearchGate {
         metrics::gauge!("ragctl_search_pool_size").set(size as f64);
@@ -159,7 +165,7 @@ impl SearchGate {
         let acquire = self.pool.clone().acquire_owned();
         match tokio::time::timeout(self.wait, acquire).await {
             Ok(Ok(permit)) => {
-                metrics::gauge!("ragctl_searches_in_flight").set(self.in_flight() as f64);
+                metrics::gauge!("ragctl_searches_in_flight").increment(1.0);
                 Ok(SearchPermit {
                     _user: slot,
                     _pool: permit,
