@@ -166,7 +166,8 @@ fn take_slots(state: &AppState, user: &AuthUser) -> Result<socket::Slots, ApiErr
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_connections",
             "this server holds its maximum of WebSocket connections",
-        ));
+        )
+        .retry_after(super::shares::RETRY_AFTER_SECS));
     };
     Ok((permit, mine))
 }

@@ -451,6 +451,41 @@ impl ApiLimitOpts {
 mod tests {
     use super::*;
 
+    #[derive(clap::Parser)]
+    struct Limits {
+        #[command(flatten)]
+        limits: ApiLimitOpts,
+    }
+
+    #[test]
+    fn the_search_pool_leaves_rest_connections() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            let argv = std::iter::once("ragctl").chain(args.iter().copied());
+            Limits::try_parse_from(argv).unwrap().limits
+        };
+        let default = parse(&[]);
+        assert_eq!(default.search_pool_size(16), 5);
+        assert_eq!(default.search_pool_size(2), 1);
+        assert!(default.check_search_pool(2).is_ok());
+        let e = parse(&["--search-pool-size", "4"]).check_search_pool(4);
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("--search-pool-size / RAG_SEARCH_POOL_SIZE"),
+            "{e}"
+        );
+        assert!(
+            parse(&["--search-pool-size", "0"])
+                .check_search_pool(4)
+                .is_err()
+        );
+        let zero = ["ragctl", "--ws-max-per-user", "0"];
+        assert!(
+            Limits::try_parse_from(zero).is_err(),
+            "a cap of 0 is refused"
+        );
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
