@@ -335,6 +335,44 @@ async fn wait_status_is(page: &mut Page, user: Uuid, status: &str) {
     }
 }
 
+/// A user at their cap of sockets (here 1, held by another tab): the
+/// handshake fails, the probe answers 429 `too_many_sockets`, and
+/// `realtime.js` waits out `Retry-After` and goes on retrying instead of
+/// stopping; once the other socket closes, it connects.
+#[tokio::test]
+async fn realtime_js_waits_out_a_429_and_connects_once_a_socket_is_free() {
+    let Some((_one, browser)) = browser_or_skip().await else {
+        return;
+    };
+    let db = TestDb::new();
+    let api = Api::start(&db, &[], &[("RAG_WS_MAX_PER_USER", "1")]).await;
+    let user = Uuid::new_v4();
+    let other_tab = Client::connect(&api, user, "").await;
+    let mut page = browser.page(&format!("{}/healthz", api.url)).await;
+    harness(&mut page, 100).await;
+    let deadline = Instant::now() + PATIENCE;
+    let refused = loop {
+        give_tokens(&mut page, user).await;
+        let state = page.eval(STATE).await;
+        let offline = state["statuses"].as_array().unwrap().iter().find(|s| {
+            s["status"] == "offline" && s["reason"].as_str().unwrap_or("").contains("HTTP 429")
+        });
+        if let Some(s) = offline {
+            break s.clone();
+        }
+        assert!(Instant::now() < deadline, "no 429 seen: {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        refused["retryInMs"].as_f64().unwrap() >= 2000.0,
+        "{refused}"
+    );
+    drop(other_tab);
+    wait_status_is(&mut page, user, "live").await;
+    let state = page.eval(STATE).await;
+    assert!(!statuses(&state).contains(&"unauthorized"), "{state}");
+}
+
 /// The backoff is days long, so only the `online` event, then a hidden tab
 /// made visible, can bring the socket back.
 #[tokio::test]

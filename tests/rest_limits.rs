@@ -11,159 +11,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::raw::*;
 use common::*;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use uuid::Uuid;
-
-const MIB: usize = 1024 * 1024;
-
-/// An HTTP/1.1 request written by hand, so that a test controls when the
-/// body is sent and when the connection goes away.
-struct Raw {
-    stream: TcpStream,
-}
-
-struct RawResponse {
-    status: u16,
-    head: String,
-    body: Value,
-}
-
-impl Raw {
-    /// Sends the head and the first `body.len()` bytes of a `length`-byte body.
-    async fn start(
-        base: &str,
-        method: &str,
-        path: &str,
-        user: Uuid,
-        ctype: &str,
-        length: usize,
-        body: &[u8],
-    ) -> Raw {
-        let addr = base.trim_start_matches("http://");
-        let mut stream = TcpStream::connect(addr).await.expect("connect to the API");
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
-             Content-Type: {ctype}\r\nContent-Length: {length}\r\n\r\n",
-            token(user)
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        stream.write_all(body).await.unwrap();
-        Raw { stream }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    /// Reads the whole response (the server answers with a Content-Length).
-    async fn response(mut self) -> RawResponse {
-        let mut buf = Vec::new();
-        let read = async {
-            loop {
-                let mut chunk = [0u8; 8192];
-                let n = self
-                    .stream
-                    .read(&mut chunk)
-                    .await
-                    .expect("read the response");
-                assert!(
-                    n > 0,
-                    "connection closed before a whole response: {:?}",
-                    String::from_utf8_lossy(&buf)
-                );
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(end) = find(&buf, b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                    let length = header(&head, "content-length").map_or(0, |v| v.parse().unwrap());
-                    if buf.len() >= end + 4 + length {
-                        let body = serde_json::from_slice(&buf[end + 4..end + 4 + length])
-                            .unwrap_or(Value::Null);
-                        let status = head[9..12].parse().unwrap();
-                        return RawResponse { status, head, body };
-                    }
-                }
-            }
-        };
-        tokio::time::timeout(PATIENCE, read)
-            .await
-            .expect("a response in time")
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-/// A multipart body holding one `file` field of `size` bytes of text,
-/// split as (everything before the file's last byte, the rest).
-fn multipart(size: usize) -> (Vec<u8>, Vec<u8>, String) {
-    let boundary = "ragctlboundary";
-    let mut body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.txt\"\r\n\
-         Content-Type: text/plain\r\n\r\n"
-    )
-    .into_bytes();
-    body.extend(std::iter::repeat_n(b'a', size));
-    let tail = format!("\r\n--{boundary}--\r\n").into_bytes();
-    let split = body.len() - 1;
-    let rest = [&body[split..], &tail[..]].concat();
-    body.truncate(split);
-    (
-        body,
-        rest,
-        format!("multipart/form-data; boundary={boundary}"),
-    )
-}
-
-/// An upload whose body stops one byte short, holding its reservation.
-async fn held_upload(base: &str, user: Uuid, size: usize) -> (Raw, Vec<u8>) {
-    let (first, rest, ctype) = multipart(size);
-    let raw = Raw::start(
-        base,
-        "POST",
-        "/documents",
-        user,
-        &ctype,
-        first.len() + rest.len(),
-        &first,
-    )
-    .await;
-    (raw, rest)
-}
-
-async fn full_upload(base: &str, user: Uuid, size: usize) -> RawResponse {
-    let (mut raw, rest) = held_upload(base, user, size).await;
-    raw.send(&rest).await;
-    raw.response().await
-}
-
-async fn wait_metric(api: &Api, line: &str, want: f64) {
-    let deadline = Instant::now() + PATIENCE;
-    while api.metric(line).await != want {
-        assert!(
-            Instant::now() < deadline,
-            "{line} never reached {want}:\n{}",
-            api.metrics().await
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn assert_refused(r: &RawResponse, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{}\n{}", r.head, r.body);
-    assert_eq!(r.body["error"]["code"], code, "{}", r.body);
-    assert_eq!(header(&r.head, "retry-after"), Some("2"), "{}", r.head);
-}
 
 #[tokio::test]
 async fn uploads_beyond_the_budget_are_refused_at_once_and_the_budget_comes_back() {
@@ -183,20 +34,25 @@ async fn uploads_beyond_the_budget_are_refused_at_once_and_the_budget_comes_back
     )
     .await;
     let users: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
-    // Three uploads of 1 MiB hold the whole budget while their bodies wait.
+    // Three uploads of 1 MiB, sent but for their last byte, hold the whole
+    // budget (reserved as their bytes arrived).
     let mut held = Vec::new();
     for user in &users[..3] {
         held.push(held_upload(&api.url, *user, MIB).await);
     }
     wait_metric(&api, "ragctl_upload_bytes_in_flight", budget as f64).await;
 
-    // A fourth user finds no room: 503 at once. The first user's second
-    // upload would exceed their share: 429.
+    // A fourth user finds no room: 503 at once.
     assert_refused(
         &full_upload(&api.url, users[3], MIB).await,
         503,
         "server_busy",
     );
+    // With room again, the first user's second upload grows past their
+    // share as its bytes arrive: 429.
+    let (mut raw, rest) = held.pop().unwrap();
+    raw.send(&rest).await;
+    assert_eq!(raw.response().await.status, 201);
     assert_refused(
         &full_upload(&api.url, users[0], MIB).await,
         429,
@@ -225,15 +81,6 @@ async fn uploads_beyond_the_budget_are_refused_at_once_and_the_budget_comes_back
         (rows[0].get::<_, i32>(0), rows[0].get::<_, bool>(1)),
         (MIB as i32, true)
     );
-}
-
-fn vm_hwm_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status")
 }
 
 #[tokio::test]
@@ -289,74 +136,6 @@ async fn a_flood_of_big_uploads_stays_within_the_memory_bound() {
     );
 }
 
-/// Holds ACCESS EXCLUSIVE on `chunks` until dropped or released: every
-/// search waits on it.
-struct ChunksLock {
-    client: tokio_postgres::Client,
-}
-
-impl ChunksLock {
-    async fn take(db: &TestDb) -> ChunksLock {
-        let (client, conn) = ragctl::db::connect(&db.url, "ragctl-test-lock")
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client
-            .batch_execute("BEGIN; LOCK TABLE chunks IN ACCESS EXCLUSIVE MODE")
-            .await
-            .unwrap();
-        ChunksLock { client }
-    }
-
-    async fn release(self) {
-        self.client.batch_execute("COMMIT").await.unwrap();
-    }
-}
-
-/// Backend pids of the API's searches running now.
-async fn running_searches(db: &TestDb) -> Vec<i32> {
-    db.query(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()
-           AND application_name = 'ragctl-api' AND state = 'active' AND query LIKE '%ts_rank_cd%'",
-    )
-    .await
-    .iter()
-    .map(|r| r.get(0))
-    .collect()
-}
-
-async fn wait_searches(db: &TestDb, n: usize) -> Vec<i32> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let pids = running_searches(db).await;
-        if pids.len() == n {
-            return pids;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} searches running, waited for {n}",
-            pids.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Starts `POST /conversations/{id}/messages`; the answer is read later.
-async fn ask(api: &Api, user: Uuid, conv: &str, question: &str) -> Raw {
-    let body = serde_json::to_vec(&json!({ "content": question })).unwrap();
-    let path = format!("/conversations/{conv}/messages");
-    Raw::start(
-        &api.url,
-        "POST",
-        &path,
-        user,
-        "application/json",
-        body.len(),
-        &body,
-    )
-    .await
-}
-
 async fn assistant_message(api: &Api, user: Uuid, conv: &str) -> Value {
     let (code, body) = get_json(api, user, &format!("/conversations/{conv}/messages")).await;
     assert_eq!(code, 200, "{body}");
@@ -375,7 +154,7 @@ async fn a_search_over_the_statement_timeout_answers_query_timeout() {
     let api = Api::start(&db, &["--statement-timeout-ms", "300"], &[]).await;
     let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
     let conv = new_conversation(&api, user, None).await;
-    let lock = ChunksLock::take(&db).await;
+    let lock = TableLock::chunks(&db).await;
 
     let r = ask(&api, user, &conv, "reimbursement rules")
         .await
@@ -406,7 +185,7 @@ async fn a_search_whose_client_leaves_is_cancelled_on_the_server() {
     let api = Api::start(&db, &["--statement-timeout-ms", "600000"], &[]).await;
     let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
     let conv = new_conversation(&api, user, None).await;
-    let lock = ChunksLock::take(&db).await;
+    let lock = TableLock::chunks(&db).await;
 
     let raw = ask(&api, user, &conv, "reimbursement rules").await;
     let pids = wait_searches(&db, 1).await;
@@ -451,17 +230,16 @@ async fn readyz_is_not_ready_while_the_pool_is_exhausted() {
         &[],
     )
     .await;
-    let users = [Uuid::new_v4(), Uuid::new_v4()];
-    let mut convs = vec![];
-    for u in users {
-        convs.push(new_conversation(&api, u, None).await);
+    // Two uploads wait on a lock on `documents`, each holding a connection
+    // (searches cannot: they have a share of the pool, --search-pool-size).
+    let lock = TableLock::take(&db, "documents").await;
+    let mut uploads = vec![];
+    for _ in 0..2 {
+        let (mut raw, rest) = held_upload(&api.url, Uuid::new_v4(), 1024).await;
+        raw.send(&rest).await;
+        uploads.push(raw);
     }
-    let lock = ChunksLock::take(&db).await;
-    let mut asks = vec![];
-    for (u, c) in users.iter().zip(&convs) {
-        asks.push(ask(&api, *u, c, "anything at all").await);
-    }
-    wait_searches(&db, 2).await;
+    wait_blocked(&db, 2).await;
 
     let (status, body) = api.readyz().await;
     assert_eq!(status, 503);
@@ -478,7 +256,7 @@ async fn readyz_is_not_ready_while_the_pool_is_exhausted() {
     assert_eq!(r.status(), 200);
 
     lock.release().await;
-    for raw in asks {
+    for raw in uploads {
         let r = raw.response().await;
         assert_eq!(r.status, 201, "{}", r.body);
     }

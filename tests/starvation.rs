@@ -223,17 +223,21 @@ async fn a_full_websocket_cap_answers_503_and_health_still_answers() {
     );
     assert!(cap < limit(&api, "max_connections").await);
 
-    let user = Uuid::new_v4();
-    let url = format!("{}?token={}", api.ws_url(), token(user));
+    // Many users, 32 sockets each: one user alone stops at their share
+    // (--ws-max-per-user, tests/abuse_shares.rs).
+    let url = |i: usize| {
+        let user = Uuid::from_u128(1 + i as u128 / 32);
+        format!("{}?token={}", api.ws_url(), token(user))
+    };
     let mut sockets = Vec::with_capacity(cap);
-    for _ in 0..cap {
+    for i in 0..cap {
         sockets.push(
-            Client::connect_url(&url)
+            Client::connect_url(&url(i))
                 .await
                 .expect("a socket under the cap"),
         );
     }
-    match Client::connect_url(&url).await {
+    match Client::connect_url(&url(cap + 32)).await {
         Err(tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 503);
             let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());

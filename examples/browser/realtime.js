@@ -267,7 +267,8 @@ export class Realtime {
   /**
    * The socket failed before opening. A browser tells nothing (1006), so
    * ask the same URL over plain HTTP: the server answers 401/403 for a bad
-   * token and 400 `invalid_cursor` for a cursor it cannot use.
+   * token, 400 `invalid_cursor` for a cursor it cannot use, and 429 / 503
+   * with `Retry-After` for a user or a server at its cap of sockets.
    * @param {string} token
    */
   async #onRefused(token) {
@@ -292,7 +293,14 @@ export class Realtime {
         this.#everOpened = true; // so that the next socket asks for a refetch
       }
     }
-    this.#retry(undefined, res ? 'upgrade refused: HTTP ' + res.status : 'network error');
+    // 429 `too_many_sockets` (this user holds their share of sockets, e.g.
+    // many tabs) or 503 (the server is full): not a reason to stop; wait at
+    // least what `Retry-After` asks, then go on backing off.
+    let waitMs = 0;
+    if (res && (res.status === 429 || res.status === 503)) {
+      waitMs = (Number(res.headers.get('Retry-After')) || 0) * 1000;
+    }
+    this.#retry(undefined, res ? 'upgrade refused: HTTP ' + res.status : 'network error', waitMs);
   }
 
   /** @param {string} token @returns {Promise<Response|null>} */
@@ -306,10 +314,14 @@ export class Realtime {
     }
   }
 
-  /** @param {number|undefined} code @param {string} reason */
-  #retry(code, reason) {
+  /**
+   * @param {number|undefined} code @param {string} reason
+   * @param {number} [atLeastMs] what the server asked for (`Retry-After`)
+   */
+  #retry(code, reason, atLeastMs = 0) {
     if (this.#stopped) return;
-    const retryInMs = backoffDelay(this.#attempt, this.#o.backoffBaseMs, this.#o.backoffMaxMs);
+    const backoff = backoffDelay(this.#attempt, this.#o.backoffBaseMs, this.#o.backoffMaxMs);
+    const retryInMs = Math.max(atLeastMs, backoff);
     this.#attempt += 1;
     this.#report('offline', { code, reason, retryInMs, attempt: this.#attempt });
     this.#retryTimer = setTimeout(() => this.#open(), retryInMs);

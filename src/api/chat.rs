@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::shares::SearchPermit;
 use super::{AppState, parse_id};
 use crate::auth::AuthUser;
 use crate::db::status::{MessageRole, MessageStatus};
@@ -114,6 +115,9 @@ pub async fn post_message(
     check_text("content", content, MAX_CONTENT_CHARS)?;
     let conv = owned(&state, user.user_id, &id).await?;
     let uid = user.user_id;
+    // Before any connection is taken: the search pool bounds how many of
+    // them chat holds, so REST keeps the rest.
+    let permit = state.limits.searches.enter(uid).await?;
 
     let client = state.pool.get().await?;
     let question = chat::insert_message(
@@ -141,7 +145,9 @@ pub async fn post_message(
     // If the client leaves from here on, the search is cancelled on the
     // server and the pending answer marked `error`.
     let mut guard = state.limits.canceller.guard(client);
-    guard.on_abandon(mark_abandoned(&state, uid, pending.id));
+    // The permit goes with the connection: given back once the connection
+    // is back, after the cancel if the client leaves.
+    guard.on_abandon(mark_abandoned(&state, uid, pending.id, permit));
     state
         .events
         .emit_payload(uid, &MessageCreated::from(&pending))
@@ -215,11 +221,13 @@ async fn answer(
     Ok(done)
 }
 
-/// Marks the pending answer of an abandoned request `error`, and says so.
-fn mark_abandoned(state: &AppState, uid: Uuid, pending: Uuid) -> Aftermath {
+/// Marks the pending answer of an abandoned request `error`, and says so;
+/// holds the search's permit until then.
+fn mark_abandoned(state: &AppState, uid: Uuid, pending: Uuid, permit: SearchPermit) -> Aftermath {
     let events = state.events.clone();
     Box::new(move |client| {
         Box::pin(async move {
+            let _permit = permit;
             let why = "the request ended (the client went away) before the answer was ready";
             match chat::finish_message(
                 client,

@@ -40,8 +40,18 @@ fn clean_filename(raw: Option<&str>) -> String {
 
 /// Bytes a multipart body may add around the file (boundaries, headers).
 const MULTIPART_OVERHEAD: usize = 64 * 1024;
-/// First step of a reservation when the request's length is unknown.
-const FIRST_STEP: usize = 1024 * 1024;
+/// How far ahead of the bytes that arrived a reservation may grow: twice
+/// what arrived, at least `STEP_MIN` and at most `STEP_MAX` more. A client
+/// holds budget only for bytes it sent (at most about twice, and `STEP_MAX`
+/// more), never for a length it declared.
+const STEP_MIN: usize = 64 * 1024;
+const STEP_MAX: usize = 4 * 1024 * 1024;
+
+/// The buffer (and reservation) for `needed` bytes, capped at `cap`.
+fn next_capacity(needed: usize, cap: usize) -> usize {
+    let ahead = needed.clamp(STEP_MIN, STEP_MAX);
+    needed.saturating_add(ahead).min(cap).max(needed)
+}
 
 pub async fn upload(
     State(state): State<AppState>,
@@ -118,18 +128,16 @@ async fn read_file(
     budget: &mut Reservation<'_>,
     limit: usize,
 ) -> Result<(String, Option<String>, Vec<u8>), ApiError> {
-    // The request's length bounds the file's: reserve it before reading, so
-    // that a refused upload is answered at once.
+    // The request's length bounds the file's: a larger one is refused at
+    // once, and the buffer never grows past it. Nothing is reserved from it:
+    // the budget is taken as bytes arrive.
     let hint = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if hint.is_some_and(|n| n > limit + MULTIPART_OVERHEAD) {
         return Err(ApiError::too_large(limit));
     }
-    let hint = hint.map(|n| n.min(limit));
-    if let Some(n) = hint {
-        budget.grow_to(n)?;
-    }
+    let cap = hint.map_or(limit, |n| n.min(limit));
     let mut file = None;
     while let Some(mut field) = multipart
         .next_field()
@@ -144,7 +152,7 @@ async fn read_file(
         }
         let name = clean_filename(field.file_name());
         let declared = field.content_type().map(str::to_string);
-        let mut bytes = Vec::with_capacity(hint.unwrap_or(0));
+        let mut bytes = Vec::new();
         while let Some(chunk) = field
             .chunk()
             .await
@@ -155,7 +163,7 @@ async fn read_file(
                 return Err(ApiError::too_large(limit));
             }
             if needed > bytes.capacity() {
-                let want = needed.max(2 * bytes.capacity()).max(FIRST_STEP).min(limit);
+                let want = next_capacity(needed, cap);
                 budget.grow_to(want)?;
                 bytes.reserve_exact(want - bytes.len());
             }
@@ -220,7 +228,18 @@ pub async fn jobs(
 
 #[cfg(test)]
 mod tests {
-    use super::clean_filename;
+    use super::{STEP_MAX, STEP_MIN, clean_filename, next_capacity};
+
+    #[test]
+    fn reservations_grow_in_bounded_steps_ahead_of_the_bytes() {
+        assert_eq!(next_capacity(1, 10 << 20), 1 + STEP_MIN);
+        assert_eq!(next_capacity(1 << 20, 10 << 20), 2 << 20);
+        assert_eq!(next_capacity(8 << 20, 100 << 20), (8 << 20) + STEP_MAX);
+        // Never past the cap (the declared length, the limit), never below
+        // what arrived.
+        assert_eq!(next_capacity(5 << 20, 6 << 20), 6 << 20);
+        assert_eq!(next_capacity(7, 5), 7);
+    }
 
     #[test]
     fn filenames_are_cleaned() {

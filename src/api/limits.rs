@@ -1,6 +1,7 @@
 //! What the API holds back against hostile load: the in-flight upload byte
-//! budget (for the whole process and per user) and the canceller of queries
-//! whose request was abandoned.
+//! budget (for the whole process and per user, with a reserve that keeps a
+//! floor for users holding little), the per-user shares (`shares`) and the
+//! canceller of queries whose request was abandoned.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,37 +10,64 @@ use axum::http::StatusCode;
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::shares::{PerUser, RETRY_AFTER_SECS, SearchGate};
 use crate::db::Canceller;
-
-/// Seconds a refused upload is told to wait.
-const RETRY_AFTER_SECS: u64 = 2;
 
 pub struct Limits {
     pub uploads: UploadBudget,
     pub canceller: Canceller,
+    /// Chat searches: per user, and the search pool.
+    pub searches: SearchGate,
+    /// WebSockets per user (`--ws-max-per-user`).
+    pub ws_per_user: PerUser,
 }
 
 /// Upload bytes held in memory, bounded for the process and for each user.
 /// Reservations never wait: an upload that finds no room is refused at once,
 /// so a flood cannot queue up memory or connections.
+///
+/// Fairness: each user's first `floor` bytes are *floor bytes*; the bytes
+/// above their floor, all users together, may take at most
+/// `total - reserve`. So the floor bytes always have `reserve` to
+/// themselves: while fewer than `reserve / floor` other users hold bytes,
+/// a user holding nothing can always reserve `floor` bytes, however much
+/// the others hold or declare.
 pub struct UploadBudget {
     total: usize,
     per_user: usize,
+    floor: usize,
+    reserve: usize,
     held: Mutex<Held>,
 }
 
 #[derive(Default)]
 struct Held {
     total: usize,
+    /// Bytes above their holder's floor, all users together.
+    above_floor: usize,
     /// Only users with bytes in flight: at most one entry per upload.
     users: HashMap<Uuid, usize>,
 }
 
+/// The part of the budget kept for floor bytes: a quarter.
+pub const RESERVE_DIVISOR: usize = 4;
+
 impl UploadBudget {
-    pub fn new(total: usize, per_user: usize) -> UploadBudget {
+    /// `floor` is capped by the reserve (a quarter of `total`; none when
+    /// `floor` is 0) and the user's share.
+    pub fn new(total: usize, per_user: usize, floor: usize) -> UploadBudget {
+        let per_user = per_user.min(total);
+        // No floor, no reserve: the budget is all common.
+        let reserve = if floor == 0 {
+            0
+        } else {
+            total / RESERVE_DIVISOR
+        };
         UploadBudget {
             total,
-            per_user: per_user.min(total),
+            per_user,
+            floor: floor.min(reserve).min(per_user),
+            reserve,
             held: Mutex::default(),
         }
     }
@@ -58,51 +86,68 @@ impl UploadBudget {
         self.held.lock().expect("budget lock").total
     }
 
+    fn above(&self, bytes: usize) -> usize {
+        bytes.saturating_sub(self.floor)
+    }
+
     fn take(&self, user: Uuid, extra: usize) -> Result<(), ApiError> {
         let mut held = self.held.lock().expect("budget lock");
         let mine = held.users.get(&user).copied().unwrap_or(0);
-        if mine + extra > self.per_user {
+        let after = mine + extra;
+        if after > self.per_user {
             drop(held);
-            metrics::counter!("ragctl_uploads_refused_total", "reason" => "user_share")
-                .increment(1);
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_uploads",
-                format!(
-                    "your uploads in progress would exceed your {}-byte share of the upload \
-                     budget (RAG_UPLOAD_USER_BUDGET_BYTES); wait for one to finish",
-                    self.per_user
-                ),
-            )
-            .retry_after(RETRY_AFTER_SECS));
+            return Err(self.refuse_share());
         }
-        if held.total + extra > self.total {
+        let above_floor = held.above_floor - self.above(mine) + self.above(after);
+        if held.total + extra > self.total || above_floor > self.total - self.reserve {
             drop(held);
-            metrics::counter!("ragctl_uploads_refused_total", "reason" => "busy").increment(1);
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_busy",
-                format!(
-                    "the server is receiving as many uploads as its {}-byte budget allows \
-                     (RAG_UPLOAD_BUDGET_BYTES); try again shortly",
-                    self.total
-                ),
-            )
-            .retry_after(RETRY_AFTER_SECS));
+            return Err(self.refuse_busy());
         }
         held.total += extra;
-        *held.users.entry(user).or_insert(0) += extra;
+        held.above_floor = above_floor;
+        held.users.insert(user, after);
         metrics::gauge!("ragctl_upload_bytes_in_flight").set(held.total as f64);
         Ok(())
+    }
+
+    fn refuse_share(&self) -> ApiError {
+        metrics::counter!("ragctl_uploads_refused_total", "reason" => "user_share").increment(1);
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_uploads",
+            format!(
+                "your uploads in progress would exceed your {}-byte share of the upload \
+                 budget (RAG_UPLOAD_USER_BUDGET_BYTES); wait for one to finish",
+                self.per_user
+            ),
+        )
+        .retry_after(RETRY_AFTER_SECS)
+    }
+
+    fn refuse_busy(&self) -> ApiError {
+        metrics::counter!("ragctl_uploads_refused_total", "reason" => "busy").increment(1);
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_busy",
+            format!(
+                "the server is receiving as many uploads as its {}-byte budget allows \
+                 (RAG_UPLOAD_BUDGET_BYTES); try again shortly",
+                self.total
+            ),
+        )
+        .retry_after(RETRY_AFTER_SECS)
     }
 
     fn give_back(&self, user: Uuid, bytes: usize) {
         let mut held = self.held.lock().expect("budget lock");
         held.total -= bytes;
-        if let Some(mine) = held.users.get_mut(&user) {
-            *mine -= bytes;
-            if *mine == 0 {
+        if let Some(mine) = held.users.get(&user).copied() {
+            let after = mine - bytes;
+            held.above_floor = held.above_floor - self.above(mine) + self.above(after);
+            if after == 0 {
                 held.users.remove(&user);
+            } else {
+                held.users.insert(user, after);
             }
         }
         metrics::gauge!("ragctl_upload_bytes_in_flight").set(held.total as f64);
@@ -158,7 +203,7 @@ mod tests {
 
     #[test]
     fn shares_and_total_are_bounded_and_given_back() {
-        let budget = UploadBudget::new(100, 60);
+        let budget = UploadBudget::new(100, 60, 0);
         let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let mut ra = budget.reserve(a);
         ra.grow_to(50).unwrap();
@@ -174,5 +219,76 @@ mod tests {
         assert_eq!(budget.in_flight(), 0);
         assert!(budget.held.lock().unwrap().users.is_empty());
         budget.reserve(c).grow_to(60).unwrap();
+    }
+
+    #[test]
+    fn hogs_cannot_take_the_floor_of_a_newcomer() {
+        // Reserve 25: five floors of 5; at most 75 above the floors.
+        let budget = UploadBudget::new(100, 60, 5);
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut ra = budget.reserve(a);
+        ra.grow_to(60).unwrap();
+        let mut rb = budget.reserve(b);
+        let e = rb.grow_to(30).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (503, "server_busy"));
+        rb.grow_to(25).unwrap(); // 5 of floor and the last 20 above floors
+        assert_eq!(budget.in_flight(), 85);
+        // Two users hold bytes: three newcomers (2 + 3 < 25 / 5) get their floor.
+        let newcomers: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+        let mut held: Vec<_> = newcomers[..3].iter().map(|u| budget.reserve(*u)).collect();
+        for r in &mut held {
+            r.grow_to(5).unwrap();
+            assert_eq!(r.grow_to(6).unwrap_err().code, "server_busy");
+        }
+        // Five hold bytes now: the guarantee is spent, and said so.
+        let e = budget.reserve(newcomers[3]).grow_to(1).unwrap_err();
+        assert_eq!(e.code, "server_busy");
+        // Whatever is given back is counted back, above the floor too.
+        drop(ra);
+        budget.reserve(newcomers[3]).grow_to(60).unwrap();
+        drop((rb, held));
+        assert_eq!(budget.in_flight(), 0);
+        let h = budget.held.lock().unwrap();
+        assert_eq!((h.above_floor, h.users.len()), (0, 0));
+    }
+
+    /// The guarantee, checked after every step of a long random mix of
+    /// grows and drops by a few users: whenever fewer than reserve / floor
+    /// users hold bytes, a user holding nothing can reserve the floor.
+    #[test]
+    fn a_user_holding_nothing_always_gets_the_floor_while_few_users_hold_bytes() {
+        let (total, share, floor) = (1000, 600, 40);
+        let budget = UploadBudget::new(total, share, floor);
+        let room = (total / RESERVE_DIVISOR) / floor; // 6 users
+        let users: Vec<Uuid> = (0..room).map(|_| Uuid::new_v4()).collect();
+        let mut held: Vec<Reservation<'_>> = Vec::new();
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n) as usize
+        };
+        let (mut granted, mut checked) = (0, 0);
+        for _ in 0..20_000 {
+            let user = users[next(users.len() as u64 - 1)];
+            let mut r = budget.reserve(user);
+            if r.grow_to(1 + next(400)).is_ok() {
+                granted += 1;
+                held.push(r);
+            } else if !held.is_empty() {
+                // Refused: something finishes, as uploads do.
+                let i = next(held.len() as u64);
+                held.swap_remove(i);
+            }
+            let holders = budget.held.lock().unwrap().users.len();
+            if holders < room {
+                checked += 1;
+                let newcomer = users[room - 1]; // never picked above
+                budget.reserve(newcomer).grow_to(floor).expect("the floor");
+            }
+            assert!(budget.in_flight() <= total);
+        }
+        assert!(granted > 5000 && checked > 5000, "{granted} {checked}");
     }
 }

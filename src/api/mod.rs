@@ -12,6 +12,7 @@ mod documents;
 pub mod error;
 pub mod limits;
 mod ops;
+pub mod shares;
 pub mod ws;
 
 use std::ops::Deref;

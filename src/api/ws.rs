@@ -120,17 +120,15 @@ pub async fn handler(
                 .into_response();
         }
     };
+    // The caps come before the upgrade's own checks, so that a plain GET
+    // (realtime.js probes with one after a failed handshake) learns of them.
+    let slots = match take_slots(&state, &user) {
+        Ok(slots) => slots,
+        Err(e) => return e.into_response(),
+    };
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(rejection) => return rejection.into_response(),
-    };
-    let Ok(permit) = state.ws_slots.permits.clone().try_acquire_owned() else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_connections",
-            "this server holds its maximum of WebSocket connections",
-        )
-        .into_response();
     };
     // A resuming client reads `realtime.*` frames already: it is told of
     // gaps the bridge cannot heal without asking twice.
@@ -150,9 +148,28 @@ pub async fn handler(
     };
     let socket = state
         .sockets
-        .track_future(socket::socket_task(on_upgrade, start, ctx, permit));
+        .track_future(socket::socket_task(on_upgrade, start, ctx, slots));
     tokio::spawn(socket);
     switching_protocols(&key, creds.protocol.as_deref())
+}
+
+/// The socket's slot of its user's share (checked first: a user at their
+/// cap is told so even when the process is full), then of the process's.
+fn take_slots(state: &AppState, user: &AuthUser) -> Result<socket::Slots, ApiError> {
+    let per_user = &state.limits.ws_per_user;
+    let mine = per_user
+        .try_take(user.user_id)
+        .ok_or_else(|| super::shares::too_many_sockets(per_user.cap()))?;
+    let Ok(permit) = state.ws_slots.permits.clone().try_acquire_owned() else {
+        metrics::counter!("ragctl_ws_refused_total", "reason" => "server_full").increment(1);
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "this server holds its maximum of WebSocket connections",
+        )
+        .retry_after(super::shares::RETRY_AFTER_SECS));
+    };
+    Ok((permit, mine))
 }
 
 /// The 101 response; `protocol` is echoed byte for byte.

@@ -370,6 +370,27 @@ pub struct ApiLimitOpts {
     /// statement_timeout of the API's database connections (ms; 0 = none).
     #[arg(long, env = "RAG_STATEMENT_TIMEOUT_MS", default_value_t = 15_000)]
     pub statement_timeout_ms: u64,
+    // Per-user shares: WebSockets, chat searches, the upload floor.
+    /// Most WebSockets one user holds on this process (429 beyond it):
+    /// tabs × devices, with room to spare.
+    #[arg(long, env = "RAG_WS_MAX_PER_USER", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ws_max_per_user: u64,
+    /// Most chat questions one user may have being answered at once (429
+    /// beyond it).
+    #[arg(long, env = "RAG_MAX_SEARCHES_PER_USER", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_searches_per_user: u64,
+    /// Connections of the API's pool chat searches may hold at once, all
+    /// users together; REST keeps the rest [default: a third of
+    /// --pool-size, at least 1].
+    #[arg(long, env = "RAG_SEARCH_POOL_SIZE")]
+    pub search_pool_size: Option<usize>,
+    /// Upload bytes each user can always reserve while few users upload: a
+    /// quarter of the upload budget is kept for every user's first this
+    /// many bytes (0: no floor, no reserve).
+    #[arg(long, env = "RAG_UPLOAD_FLOOR_BYTES", default_value_t = 1024 * 1024)]
+    pub upload_floor_bytes: usize,
 }
 
 impl ApiLimitOpts {
@@ -381,6 +402,27 @@ impl ApiLimitOpts {
         self.upload_user_budget_bytes
             .unwrap_or((self.upload_budget_bytes / 2).max(max_upload_bytes))
             .min(self.upload_budget_bytes)
+    }
+
+    /// The search pool: the flag, or a third of the pool, at least 1.
+    pub fn search_pool_size(&self, pool_size: usize) -> usize {
+        self.search_pool_size.unwrap_or((pool_size / 3).max(1))
+    }
+
+    /// The search pool must leave REST at least one connection.
+    pub fn check_search_pool(&self, pool_size: usize) -> Result<(), ConfigError> {
+        let size = self.search_pool_size(pool_size);
+        if size == 0 || size >= pool_size {
+            return Err(ConfigError::Invalid {
+                flag: "--search-pool-size",
+                var: "RAG_SEARCH_POOL_SIZE",
+                problem: format!(
+                    "must be at least 1 and less than --pool-size ({pool_size}), \
+                     so that REST keeps connections searches cannot take"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// `max_upload_bytes` is the runtime's: an upload of the largest
@@ -408,6 +450,41 @@ impl ApiLimitOpts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Limits {
+        #[command(flatten)]
+        limits: ApiLimitOpts,
+    }
+
+    #[test]
+    fn the_search_pool_leaves_rest_connections() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            let argv = std::iter::once("ragctl").chain(args.iter().copied());
+            Limits::try_parse_from(argv).unwrap().limits
+        };
+        let default = parse(&[]);
+        assert_eq!(default.search_pool_size(16), 5);
+        assert_eq!(default.search_pool_size(2), 1);
+        assert!(default.check_search_pool(2).is_ok());
+        let e = parse(&["--search-pool-size", "4"]).check_search_pool(4);
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("--search-pool-size / RAG_SEARCH_POOL_SIZE"),
+            "{e}"
+        );
+        assert!(
+            parse(&["--search-pool-size", "0"])
+                .check_search_pool(4)
+                .is_err()
+        );
+        let zero = ["ragctl", "--ws-max-per-user", "0"];
+        assert!(
+            Limits::try_parse_from(zero).is_err(),
+            "a cap of 0 is refused"
+        );
+    }
 
     #[test]
     fn durations() {

@@ -8,6 +8,7 @@
 
 pub mod chrome;
 pub mod holding;
+pub mod raw;
 pub mod realtime_page;
 
 use std::io::{BufRead, BufReader};

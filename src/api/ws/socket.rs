@@ -29,6 +29,7 @@ use super::deadlines::{Deadlines, Due};
 use super::refresh::{Action, Inbox};
 use super::resume::{self, HELD_EVENTS};
 use super::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, WsConfig};
+use crate::api::shares::UserSlot;
 use crate::auth::{AuthUser, Verifier};
 use crate::bridge::{CLOSE_SLOW_CONSUMER, ConnGuard, ControlWriter, Hub, Outlet, Sink};
 use crate::events::resume::Cursor;
@@ -43,6 +44,10 @@ pub const READ_CHUNK: usize = 256;
 /// What tungstenite reads from (the socket's read half) and writes to (the
 /// outlet, for the protocol's own frames).
 pub(super) type Socket = WebSocketStream<Join<OwnedReadHalf, ControlWriter>>;
+
+/// The socket's slot of the process's WebSockets and of its user's share;
+/// given back when the task ends.
+pub(super) type Slots = (OwnedSemaphorePermit, UserSlot);
 
 /// What an upgraded socket starts with besides its context.
 pub(super) struct Start {
@@ -65,7 +70,7 @@ pub(super) async fn socket_task(
     on_upgrade: OnUpgrade,
     start: Start,
     mut ctx: SocketCtx,
-    permit: OwnedSemaphorePermit,
+    slots: Slots,
 ) {
     // Resolves once the 101 response has been written.
     let upgraded = match on_upgrade.await {
@@ -82,7 +87,7 @@ pub(super) async fn socket_task(
     }
     let ending = run_socket(&mut socket, &conn.outlet, &mut ctx).await;
     let reason = Box::pin(ending.finish(&mut socket, &conn.outlet, &ctx.cfg)).await;
-    drop((socket, conn, permit));
+    drop((socket, conn, slots));
     metrics::counter!("ragctl_ws_closed_total", "reason" => reason).increment(1);
 }
 

@@ -112,6 +112,9 @@ fn spawn_serve(
         // Room for every socket of a --sockets run (the open-file limit
         // still caps it; the server says so in its log).
         .args((args.sockets > 0).then(|| format!("--ws-max-connections={}", args.sockets + 100)))
+        // The fan-out fleets are one user's many sockets on purpose (1,000
+        // with --sockets), past the default per-user share of 64.
+        .arg("--ws-max-per-user=1000000")
         .arg("--ready-file")
         .arg(ready)
         .env("DATABASE_URL", db_url)

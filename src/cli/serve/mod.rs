@@ -203,6 +203,7 @@ pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle
 pub async fn run(connect: ConnectOpts, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.runtime.check()?;
     args.limits.check(args.runtime.max_upload_bytes)?;
+    args.limits.check_search_pool(args.runtime.pool_size)?;
     // Checked before anything starts; the state reads it again.
     api::cors::Cors::parse(&args.cors_origins)?;
     api::limits::return_big_buffers_to_the_os();

@@ -66,8 +66,15 @@ pub fn build(
             uploads: api::limits::UploadBudget::new(
                 args.limits.upload_budget_bytes,
                 args.limits.user_upload_budget(rt.max_upload_bytes),
+                args.limits.upload_floor_bytes,
             ),
             canceller: crate::db::Canceller::new(parts.url)?,
+            searches: api::shares::SearchGate::new(
+                args.limits.max_searches_per_user as usize,
+                args.limits.search_pool_size(rt.pool_size),
+                api::shares::SEARCH_WAIT,
+            ),
+            ws_per_user: api::shares::PerUser::new(args.limits.ws_max_per_user as usize),
         },
         http: HttpConfig {
             max_connections: parts.budget.connections,
