@@ -12,6 +12,7 @@ mod documents;
 pub mod error;
 pub mod limits;
 mod ops;
+mod pages;
 pub mod ws;
 
 use std::ops::Deref;
