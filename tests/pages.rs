@@ -323,3 +323,42 @@ async fn bad_page_parameters_are_refused_naming_the_parameter() {
         serde_json::json!({"documents": [], "next_cursor": null})
     );
 }
+
+/// `ragctl docs` follows the pages: it prints every document, more than
+/// one page's worth, each once.
+#[tokio::test]
+async fn ragctl_docs_prints_every_page() {
+    let db = TestDb::new();
+    let api = Api::start(&db, &[], &[]).await;
+    let user = Uuid::new_v4();
+    insert_documents(&db, user, 450, "2026-01-01").await;
+    let (url, user_arg) = (api.url.clone(), user.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(bin())
+            .args([
+                "docs", "--url", &url, "--user", &user_arg, "--format", "json",
+            ])
+            .env("RAG_JWT_SECRET", SECRET)
+            .output()
+            .expect("run ragctl docs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 450);
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 450);
+}
