@@ -2,15 +2,17 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection};
-use axum::extract::{Path, State};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::error::ApiError;
 use super::shares::SearchPermit;
+use super::pages::{List, PageParams, PageRequest};
 use super::{AppState, parse_id};
 use crate::auth::AuthUser;
 use crate::db::status::{MessageRole, MessageStatus};
@@ -52,10 +54,15 @@ pub async fn create(
     ))
 }
 
-pub async fn list(State(state): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    query: Result<Query<PageParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let page = PageRequest::parse(List::Conversations, user.user_id, query)?;
     let client = state.pool.get().await?;
-    let convs = chat::list_conversations(&client, user.user_id).await?;
-    Ok(Json(json!({ "conversations": convs })))
+    let convs = chat::list_conversations(&client, user.user_id, &page.keyset).await?;
+    Ok(page.answer(&convs, |c| (c.created_at, c.id)))
 }
 
 async fn owned(state: &AppState, user: uuid::Uuid, id: &str) -> Result<uuid::Uuid, ApiError> {
@@ -72,11 +79,13 @@ pub async fn messages(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    query: Result<Query<PageParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
     let id = owned(&state, user.user_id, &id).await?;
+    let page = PageRequest::parse(List::Messages, id, query)?;
     let client = state.pool.get().await?;
-    let msgs = chat::messages(&client, user.user_id, id).await?;
-    Ok(Json(json!({ "messages": msgs })))
+    let msgs = chat::messages(&client, user.user_id, id, &page.keyset).await?;
+    Ok(page.answer(&msgs, |m| (m.created_at, m.id)))
 }
 
 /// PostgreSQL text cannot hold NUL, so it is refused here, with a reason.

@@ -2,7 +2,9 @@
 
 use axum::Json;
 use axum::extract::multipart::{Multipart, MultipartRejection};
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode, header};
@@ -11,6 +13,7 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::limits::Reservation;
+use super::pages::{List, PageParams, PageRequest};
 use super::{AppState, parse_id};
 use crate::auth::AuthUser;
 use crate::db::documents;
@@ -192,10 +195,15 @@ async fn drain(mut multipart: Multipart, max: usize) {
     let _ = tokio::time::timeout(Duration::from_secs(30), read_all).await;
 }
 
-pub async fn list(State(state): State<AppState>, user: AuthUser) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    query: Result<Query<PageParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let page = PageRequest::parse(List::Documents, user.user_id, query)?;
     let client = state.pool.get().await?;
-    let docs = documents::list(&client, user.user_id).await?;
-    Ok(Json(json!({ "documents": docs })))
+    let docs = documents::list(&client, user.user_id, &page.keyset).await?;
+    Ok(page.answer(&docs, |d| (d.created_at, d.id)))
 }
 
 async fn owned(state: &AppState, user: Uuid, id: &str) -> Result<documents::Document, ApiError> {

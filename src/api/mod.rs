@@ -13,6 +13,7 @@ pub mod error;
 pub mod limits;
 mod ops;
 pub mod shares;
+mod pages;
 pub mod ws;
 
 use std::ops::Deref;

@@ -192,6 +192,26 @@ impl Api {
         self.send(self.http.get(&url), &url).await
     }
 
+    /// Every row of a paginated list (docs/api.md, "Pages"): follows
+    /// `next_cursor` from the first page to the last, at the largest page.
+    async fn get_all(&self, path: &str, key: &str) -> Result<Value, RestError> {
+        let mut rows = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = match &cursor {
+                Some(c) => self.get(&format!("{path}?limit=200&cursor={c}")).await?,
+                None => self.get(&format!("{path}?limit=200")).await?,
+            };
+            if let Some(items) = page.get(key).and_then(Value::as_array) {
+                rows.extend(items.iter().cloned());
+            }
+            match page.get("next_cursor").and_then(Value::as_str) {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return Ok(serde_json::json!({ key: rows })),
+            }
+        }
+    }
+
     /// A multipart body with the one `file` field the API reads, built by
     /// hand: it is a few lines, and spares a dependency feature.
     async fn upload(&self, filename: &str, content: Vec<u8>) -> Result<Value, RestError> {
@@ -356,7 +376,7 @@ pub async fn docs(connect: ConnectOpts, args: DocsArgs) -> anyhow::Result<ExitCo
     let mut out = std::io::stdout().lock();
     match (&args.id, args.jobs) {
         (None, _) => {
-            let body = api.get("/documents").await?;
+            let body = api.get_all("/documents", "documents").await?;
             let headers = ["ID", "STATUS", "BYTES", "UPDATED", "FILENAME", "ERROR"];
             print_list(&mut out, &body, "documents", format, &headers, |d| {
                 vec![

@@ -10,6 +10,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::DbError;
+use super::page::Keyset;
 use super::status::{MessageRole, MessageStatus};
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,25 +74,27 @@ pub async fn create_conversation(
     })
 }
 
+/// One page of the user's conversations, newest first unless `page` says
+/// otherwise.
 pub async fn list_conversations(
     client: &impl GenericClient,
     user_id: Uuid,
+    page: &Keyset,
 ) -> Result<Vec<Conversation>, DbError> {
-    let rows = client
-        .query(
-            "SELECT id, title, created_at FROM conversations WHERE user_id = $1
-             ORDER BY created_at DESC, id",
-            &[&user_id],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|row| Conversation {
+    super::query_all(
+        client,
+        &format!(
+            "SELECT id, title, created_at FROM conversations WHERE user_id = $1 {}",
+            page.clause(2)
+        ),
+        &page.params(vec![&user_id]),
+        |row| Conversation {
             id: row.get(0),
             title: row.get(1),
             created_at: row.get(2),
-        })
-        .collect())
+        },
+    )
+    .await
 }
 
 pub async fn conversation_exists(
@@ -150,18 +153,21 @@ pub async fn finish_message(
     Ok(Message::from_row(&row))
 }
 
+/// One page of a conversation's messages, oldest first unless `page` says
+/// otherwise.
 pub async fn messages(
     client: &impl GenericClient,
     user_id: Uuid,
     conversation_id: Uuid,
+    page: &Keyset,
 ) -> Result<Vec<Message>, DbError> {
     super::query_all(
         client,
         &format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND user_id = $2
-             ORDER BY created_at, id"
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation_id = $1 AND user_id = $2 {}",
+            page.clause(3)
         ),
-        &[&conversation_id, &user_id],
+        &page.params(vec![&conversation_id, &user_id]),
         Message::from_row,
     )
     .await

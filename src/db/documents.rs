@@ -10,6 +10,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::DbError;
+use super::page::Keyset;
 use super::status::DocumentStatus;
 
 #[derive(Debug, Clone, Serialize)]
@@ -73,11 +74,20 @@ pub(crate) async fn insert(
     Ok(Document::from_row(&row))
 }
 
-pub async fn list(client: &impl GenericClient, user_id: Uuid) -> Result<Vec<Document>, DbError> {
+/// One page of the user's documents, newest first unless `page` says
+/// otherwise.
+pub async fn list(
+    client: &impl GenericClient,
+    user_id: Uuid,
+    page: &Keyset,
+) -> Result<Vec<Document>, DbError> {
     super::query_all(
         client,
-        &format!("SELECT {COLUMNS} FROM documents WHERE user_id = $1 ORDER BY created_at DESC, id"),
-        &[&user_id],
+        &format!(
+            "SELECT {COLUMNS} FROM documents WHERE user_id = $1 {}",
+            page.clause(2)
+        ),
+        &page.params(vec![&user_id]),
         Document::from_row,
     )
     .await

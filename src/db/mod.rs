@@ -11,6 +11,7 @@ pub mod embedded;
 mod error;
 pub mod jobs;
 pub mod listener;
+pub mod page;
 pub mod status;
 pub mod texts;
 mod tls;

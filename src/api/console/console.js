@@ -9,16 +9,58 @@ const TOKEN_KEY = 'ragctl.console.token';
 const CONV_KEY = 'ragctl.console.conversation';
 const LOG_MAX = 100;
 
-/** The token: from the link's fragment (then out of the address bar), else this tab's storage. */
+/** The claims of a JWT, or null if it is not one. */
+function claimsOf(token) {
+  try {
+    return JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/')));
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The token: this tab's, else the link's (the embedded database's first-run
+ * link). A link's token for another user never replaces the tab's silently:
+ * anyone can send a link, and signing a victim in as the sender (login CSRF)
+ * would show them the sender's documents and keep what they upload. The
+ * page asks instead, and keeps the tab's token until the user accepts.
+ */
 function takeToken() {
-  const hash = new URLSearchParams(location.hash.slice(1));
-  const fromLink = hash.get('token');
-  if (fromLink) {
-    sessionStorage.setItem(TOKEN_KEY, fromLink);
-    history.replaceState(null, '', location.pathname + location.search);
+  const fromLink = new URLSearchParams(location.hash.slice(1)).get('token');
+  if (fromLink) history.replaceState(null, '', location.pathname + location.search);
+  const stored = sessionStorage.getItem(TOKEN_KEY);
+  if (fromLink && fromLink !== stored) {
+    // The same user's newer token is no switch of identity.
+    const sub = claimsOf(fromLink)?.sub;
+    const same = stored && sub && sub === claimsOf(stored)?.sub;
+    if (!stored || same) sessionStorage.setItem(TOKEN_KEY, fromLink);
+    else offerSwitch(fromLink, stored);
   }
   return sessionStorage.getItem(TOKEN_KEY);
 }
+
+/** Shows the link's user next to the tab's and switches only on a click. */
+function offerSwitch(fromLink, stored) {
+  const box = $('#switch');
+  const who = (t) => claimsOf(t)?.sub || '(not a JWT)';
+  $('#switch-to').textContent = who(fromLink);
+  $('#switch-from').textContent = who(stored);
+  box.hidden = false;
+  $('#switch-accept').onclick = () => {
+    sessionStorage.setItem(TOKEN_KEY, fromLink);
+    // The conversation shown was the other user's.
+    sessionStorage.removeItem(CONV_KEY);
+    location.reload();
+  };
+  $('#switch-keep').onclick = () => {
+    box.hidden = true;
+  };
+}
+
+// A link followed from this page changes only the fragment: read it anew.
+window.addEventListener('hashchange', () => {
+  if (new URLSearchParams(location.hash.slice(1)).has('token')) location.reload();
+});
 
 /** An RFC 3339 time in microseconds (Date.parse keeps only milliseconds). */
 function micros(ts) {
@@ -46,6 +88,43 @@ function makeApi(token) {
   };
 }
 
+// ---- lists -----------------------------------------------------------------
+
+/** Rows of a list fetched at once before the page offers "load more". */
+const LOAD_AT_ONCE = 1000;
+const PAGE = 100;
+
+/**
+ * Up to `max` rows of a paginated list (docs/api.md, "Pages"), following
+ * `next_cursor` from `cursor` (or the first page); `rows`, and the cursor
+ * to go on from, null at the end.
+ */
+async function fetchPages(api, path, key, cursor = null, max = LOAD_AT_ONCE) {
+  const rows = [];
+  const sep = path.includes('?') ? '&' : '?';
+  do {
+    const page = await api(`${path}${sep}limit=${PAGE}` + (cursor ? `&cursor=${cursor}` : ''));
+    rows.push(...page[key]);
+    cursor = page.next_cursor;
+  } while (cursor && rows.length < max);
+  return { rows, cursor };
+}
+
+/**
+ * Puts a new `el` among `parent`'s children by (`at`, id): newest first if
+ * `desc`. Rows arrive by pages and by events, in any order.
+ */
+function place(parent, el, at, desc) {
+  el.dataset.at = at;
+  const id = el.dataset.id;
+  const goesAfter = (x) => {
+    const xa = Number(x.dataset.at);
+    return desc ? xa < at || (xa === at && x.dataset.id < id) : xa > at || (xa === at && x.dataset.id > id);
+  };
+  const next = [...parent.children].find((x) => x !== el && goesAfter(x));
+  parent.insertBefore(el, next || null);
+}
+
 // ---- documents -------------------------------------------------------
 
 const docs = new Map();
@@ -68,7 +147,7 @@ function renderDoc(d) {
     row = document.createElement('tr');
     row.dataset.id = d.id;
     for (let i = 0; i < 4; i++) row.append(document.createElement('td'));
-    $('#docs').prepend(row);
+    place($('#docs'), row, micros(d.created_at || d.ts), true);
   }
   row.dataset.status = d.status;
   row.dataset.history = d.history.join(' ');
@@ -88,12 +167,28 @@ function renderDoc(d) {
   $('#no-docs').hidden = docs.size > 0;
 }
 
+/** The first documents (newest first), and a button for the older ones. */
 async function loadDocuments(api) {
-  const { documents } = await api('/documents');
-  // Newest first from REST; each new row goes on top.
-  for (const d of documents.slice().reverse()) applyDoc(d.id, d, d.updated_at);
+  const { rows, cursor } = await fetchPages(api, '/documents', 'documents');
+  showMoreDocs(api, cursor);
+  for (const d of rows) applyDoc(d.id, d, d.updated_at);
   $('#no-docs').hidden = docs.size > 0;
-  return documents.map((d) => d.updated_at);
+  return rows.map((d) => d.updated_at);
+}
+
+function showMoreDocs(api, cursor) {
+  const more = $('#more-docs');
+  more.hidden = !cursor;
+  more.onclick = async () => {
+    more.disabled = true;
+    try {
+      const next = await fetchPages(api, '/documents', 'documents', cursor);
+      for (const d of next.rows) applyDoc(d.id, d, d.updated_at);
+      showMoreDocs(api, next.cursor);
+    } finally {
+      more.disabled = false;
+    }
+  };
 }
 
 // ---- chat --------------------------------------------------------------
@@ -112,7 +207,7 @@ function applyMessage(m, ts) {
   if (!li) {
     li = document.createElement('li');
     li.dataset.id = m.id;
-    $('#messages').append(li);
+    place($('#messages'), li, micros(m.created_at || ts), false);
   }
   li.className = `${msg.role} ${msg.status}`;
   li.dataset.status = msg.status;
@@ -133,18 +228,23 @@ function applyMessage(m, ts) {
   li.scrollIntoView({ block: 'nearest' });
 }
 
+/** Messages of the latest page of a conversation (the chat's view). */
+const LATEST = 50;
+
 async function loadMessages(api) {
   if (!conversation) {
     // Continue the newest conversation, if any.
-    const { conversations } = await api('/conversations');
+    const { conversations } = await api('/conversations?limit=1');
     if (!conversations.length) return [];
     conversation = conversations[0].id;
     sessionStorage.setItem(CONV_KEY, conversation);
   }
+  const path = `/conversations/${conversation}/messages?order=desc`;
   try {
-    const { messages: list } = await api(`/conversations/${conversation}/messages`);
-    for (const m of list) applyMessage(m, m.updated_at);
-    return list.map((m) => m.updated_at);
+    const page = await api(`${path}&limit=${LATEST}`);
+    for (const m of page.messages) applyMessage(m, m.updated_at);
+    showOlder(api, path, page.next_cursor);
+    return page.messages.map((m) => m.updated_at);
   } catch (e) {
     if (e.status === 404) {
       conversation = null;
@@ -153,6 +253,22 @@ async function loadMessages(api) {
     }
     throw e;
   }
+}
+
+/** "Older messages": the next page back, newest first, on a click. */
+function showOlder(api, path, cursor) {
+  const older = $('#older');
+  older.hidden = !cursor;
+  older.onclick = async () => {
+    older.disabled = true;
+    try {
+      const page = await api(`${path}&limit=${LATEST}&cursor=${cursor}`);
+      for (const m of page.messages) applyMessage(m, m.updated_at);
+      showOlder(api, path, page.next_cursor);
+    } finally {
+      older.disabled = false;
+    }
+  };
 }
 
 async function ask(api, question) {
@@ -242,12 +358,11 @@ async function main() {
   const token = takeToken();
   if (!token) return signIn();
   const exp = tokenExpiry(token);
-  try {
-    const sub = JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/'))).sub;
-    $('#user').textContent = `user ${sub}` + (exp ? `, token until ${new Date(exp * 1000).toLocaleString()}` : '');
-  } catch {
-    return signIn('That is not a JWT: paste an access token.');
-  }
+  const sub = claimsOf(token)?.sub;
+  if (!sub) return signIn('That is not a JWT with a user (`sub`): paste an access token.');
+  // Whose documents these are, always on screen.
+  $('#user').dataset.sub = sub;
+  $('#user').textContent = `signed in as user ${sub}` + (exp ? `, token until ${new Date(exp * 1000).toLocaleString()}` : '');
   const api = makeApi(token);
   let since;
   try {
