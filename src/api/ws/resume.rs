@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::{WsConfig, flush};
 use crate::bridge::{ConnGuard, Held, Outlet, Step, put_text_frame};
-use crate::db::changes::{self, Changes, Table};
+use crate::db::changes::{self, Changes, PageKey, Table};
 use crate::events::resume::{Cursor, Sent, State, catch_up_states};
 
 /// Live events held per socket while it catches up; past this the held
@@ -33,8 +33,14 @@ pub const HELD_EVENTS: usize = 4096;
 /// Frames written to the socket per chunk during a catch-up.
 const CHUNK_FRAMES: usize = 64;
 
-/// Rows read per query: a page is at most 2 frames a row.
-pub const PAGE_ROWS: i64 = 32;
+/// Rows read per query: a page is at most 2 frames a row. Messages carry
+/// up to `CONTENT_CHARS` of text, documents and jobs a few hundred bytes.
+pub fn page_rows(table: Table) -> i64 {
+    match table {
+        Table::Messages => 32,
+        Table::Documents | Table::Jobs => 256,
+    }
+}
 
 /// Characters of a message's `content` a catch-up frame carries (6 bytes
 /// each at most in JSON): a page's frames stay under ~1.6 MB.
@@ -130,6 +136,15 @@ enum Paged {
     Gone,
 }
 
+/// What a page left to do.
+enum PageEnd {
+    /// A full page: the next one starts after this key.
+    Next(PageKey),
+    TableDone,
+    Overflow,
+    Gone,
+}
+
 /// How the catch-up ends once the held events are out.
 enum End {
     CaughtUp(String),
@@ -155,45 +170,59 @@ impl Pages<'_> {
         for table in Table::ALL {
             let mut after = None;
             loop {
-                let (page, last) = self.read(table, after).await?;
-                let rows = page.rows();
-                let states = states(page, self.since);
-                let room = self.cfg.max_catchup - count;
-                let overflow = states.len() > room;
-                let states = &states[..states.len().min(room)];
-                for f in states {
-                    sent.note(f.key, f.at);
+                match self.send_page(table, after, sent, &mut count).await? {
+                    PageEnd::Next(last) => after = Some(last),
+                    PageEnd::TableDone => break,
+                    PageEnd::Overflow => return Ok(Paged::Overflow),
+                    PageEnd::Gone => return Ok(Paged::Gone),
                 }
-                let texts: Vec<String> = states.iter().map(State::text).collect();
-                if !send(self.outlet, &texts, self.cfg, self.shutdown).await {
-                    return Ok(Paged::Gone);
-                }
-                count += states.len();
-                metrics::counter!("ragctl_ws_catchup_rows_total").increment(states.len() as u64);
-                if overflow {
-                    return Ok(Paged::Overflow);
-                }
-                if (rows as i64) < PAGE_ROWS {
-                    break;
-                }
-                after = last;
             }
         }
         let cursor = horizon.at;
         Ok(Paged::Done { cursor, count })
     }
 
+    /// Reads the page after `after` and sends its states, once the
+    /// previous page is in the kernel (`send` returned).
+    async fn send_page(
+        &self,
+        table: Table,
+        after: Option<PageKey>,
+        sent: &mut Sent,
+        count: &mut usize,
+    ) -> anyhow::Result<PageEnd> {
+        let (page, last) = self.read(table, after).await?;
+        let full = page.rows() as i64 == page_rows(table);
+        let states = states(page, self.since);
+        let room = self.cfg.max_catchup - *count;
+        let overflow = states.len() > room;
+        let states = &states[..states.len().min(room)];
+        for f in states {
+            sent.note(f.key, f.at);
+        }
+        let texts: Vec<String> = states.iter().map(State::text).collect();
+        if !send(self.outlet, &texts, self.cfg, self.shutdown).await {
+            return Ok(PageEnd::Gone);
+        }
+        *count += states.len();
+        metrics::counter!("ragctl_ws_catchup_rows_total").increment(states.len() as u64);
+        Ok(match last {
+            _ if overflow => PageEnd::Overflow,
+            Some(last) if full => PageEnd::Next(last),
+            _ => PageEnd::TableDone,
+        })
+    }
+
     async fn read(
         &self,
         table: Table,
-        after: Option<changes::PageKey>,
-    ) -> anyhow::Result<(Changes, Option<changes::PageKey>)> {
+        after: Option<PageKey>,
+    ) -> anyhow::Result<(Changes, Option<PageKey>)> {
         let client = self.pool.get().await?;
         // One character more than is sent tells a cut.
         let chars = CONTENT_CHARS as i64 + 1;
-        let read = changes::page(
-            &client, self.user, table, self.since, after, PAGE_ROWS, chars,
-        );
+        let limit = page_rows(table);
+        let read = changes::page(&client, self.user, table, self.since, after, limit, chars);
         Ok(read.await?)
     }
 }
