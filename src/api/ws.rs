@@ -48,7 +48,7 @@ pub use catchups::Catchups;
 pub use handshake::{Credentials, Upgrade, credentials};
 pub use refresh::{CLOSE_REFRESH_INVALID, CLOSE_REFRESH_OTHER_USER};
 pub use socket::READ_CHUNK;
-use socket::{SocketCtx, Start};
+use socket::{Resume, SocketCtx, Start};
 // For the submodules.
 use socket::{Socket, flush};
 
@@ -128,10 +128,10 @@ pub async fn handler(
     };
     // Before the upgrade is checked: realtime.js probes a refused upgrade
     // with a plain GET, and should see why.
-    let slot = match since.map(|_| state.ws.catchups.try_acquire(user.user_id)) {
+    let since = match since.map(|c| (c, state.ws.catchups.try_acquire(user.user_id))) {
         None => None,
-        Some(Ok(slot)) => Some(slot),
-        Some(Err(refused)) => return refused.into_error().into_response(),
+        Some((cursor, Ok(slot))) => Some(Box::new(Resume { cursor, slot })),
+        Some((_, Err(refused))) => return refused.into_error().into_response(),
     };
     let upgrade = match upgrade {
         Ok(u) => u,
@@ -160,7 +160,6 @@ pub async fn handler(
         since,
         resync,
         pool: state.pool.clone(),
-        slot,
     };
     let socket = state
         .sockets

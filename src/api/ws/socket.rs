@@ -48,11 +48,17 @@ pub(super) type Socket = WebSocketStream<Join<OwnedReadHalf, ControlWriter>>;
 /// What an upgraded socket starts with besides its context.
 pub(super) struct Start {
     pub(super) hub: Hub,
-    pub(super) since: Option<Cursor>,
+    /// `?since=`: boxed, as most sockets do not resume.
+    pub(super) since: Option<Box<Resume>>,
     pub(super) resync: bool,
     pub(super) pool: deadpool_postgres::Pool,
-    /// The catch-up's slot (with `since`), held until it ends.
-    pub(super) slot: Option<Slot>,
+}
+
+/// Where a resuming socket catches up from, and its catch-up slot, held
+/// until the catch-up ends.
+pub(super) struct Resume {
+    pub(super) cursor: Cursor,
+    pub(super) slot: Slot,
 }
 
 /// What a socket's task works with besides the socket.
@@ -78,16 +84,13 @@ pub(super) async fn socket_task(
     let Some((mut socket, conn)) = start.open(upgraded, &ctx).await else {
         return;
     };
-    // Fixed before the catch-up: the token's expiry bounds it too.
-    let expiry = token_expiry(ctx.user.exp);
-    let cut = match start.since {
-        Some(since) => Box::pin(catch_up(&start, since, &conn, &ctx, expiry)).await,
+    let cut = match start.since.take() {
+        Some(resume) => Box::pin(catch_up(&start.pool, *resume, &conn, &ctx)).await,
         None => None,
     };
-    drop(start.slot.take());
     let ending = match cut {
         Some(ending) => ending,
-        None => run_socket(&mut socket, &conn.outlet, &mut ctx, expiry).await,
+        None => run_socket(&mut socket, &conn.outlet, &mut ctx).await,
     };
     let reason = Box::pin(ending.finish(&mut socket, &conn.outlet, &ctx.cfg)).await;
     drop((socket, conn, permit));
@@ -134,14 +137,19 @@ impl Start {
 /// not go live. Idle clients: a write that makes no progress within the
 /// write timeout ends the catch-up.
 async fn catch_up(
-    start: &Start,
-    since: Cursor,
+    pool: &deadpool_postgres::Pool,
+    resume: Resume,
     conn: &ConnGuard,
     ctx: &SocketCtx,
-    expiry: Instant,
 ) -> Option<Ending> {
+    // Held until the catch-up ends, then freed.
+    let Resume {
+        cursor,
+        slot: _slot,
+    } = resume;
+    let expiry = token_expiry(ctx.user.exp);
     let (user, cfg, shutdown) = (ctx.user.user_id, &ctx.cfg, &ctx.shutdown);
-    let catching_up = resume::catch_up(&start.pool, user, since, conn, cfg, shutdown);
+    let catching_up = resume::catch_up(pool, user, cursor, conn, cfg, shutdown);
     tokio::select! {
         live = catching_up => {
             // Shutdown and a slow socket are the socket loop's to close.
@@ -208,13 +216,9 @@ enum Step {
 }
 
 /// Serves the socket until something ends it; says what.
-async fn run_socket(
-    socket: &mut Socket,
-    outlet: &Outlet,
-    ctx: &mut SocketCtx,
-    exp: Instant,
-) -> Ending {
+async fn run_socket(socket: &mut Socket, outlet: &Outlet, ctx: &mut SocketCtx) -> Ending {
     let mut inbox = Inbox::new(std::time::Instant::now());
+    let exp = token_expiry(ctx.user.exp);
     let cfg = &ctx.cfg;
     // Spread over the first interval (see `deadlines`).
     let first_ping = 1.0 - rand::random::<f64>() / 2.0;
@@ -285,10 +289,10 @@ async fn run_socket(
 mod tests {
     use super::*;
 
-    /// The size of the future an async fn of four arguments returns.
-    fn future_size<F, A, B, C, D, Fut>(_: F) -> usize
+    /// The size of the future an async fn of three arguments returns.
+    fn future_size<F, A, B, C, Fut>(_: F) -> usize
     where
-        F: FnOnce(A, B, C, D) -> Fut,
+        F: FnOnce(A, B, C) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }
