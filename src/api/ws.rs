@@ -13,7 +13,8 @@
 //! 1009 for a client that breaks the protocol (see `close`).
 //!
 //! `?since=<cursor>` resumes: the socket catches up on what changed since
-//! the cursor before it goes live (see `resume`).
+//! the cursor before it goes live (see `resume`), within the token's
+//! expiry, and within the caps on concurrent catch-ups (`catchups`).
 //!
 //! The upgrade is done here rather than through axum's `WebSocketUpgrade`
 //! because the bridge needs the socket's raw write half: the router writes
@@ -22,6 +23,7 @@
 //! close), which go through the same outlet so that frames never
 //! interleave.
 
+mod catchups;
 mod close;
 mod deadlines;
 mod handshake;
@@ -42,10 +44,11 @@ use super::AppState;
 use super::error::ApiError;
 use crate::auth::AuthUser;
 use crate::events::resume::Cursor;
+pub use catchups::Catchups;
 pub use handshake::{Credentials, Upgrade, credentials};
 pub use refresh::{CLOSE_REFRESH_INVALID, CLOSE_REFRESH_OTHER_USER};
 pub use socket::READ_CHUNK;
-use socket::{SocketCtx, Start};
+use socket::{Resume, SocketCtx, Start};
 // For the submodules.
 use socket::{Socket, flush};
 
@@ -67,6 +70,8 @@ pub struct WsConfig {
     /// Most state frames a resuming socket (`?since=`) is sent before
     /// `realtime.resync` replaces the rest.
     pub max_catchup: usize,
+    /// Catch-ups running at once, per process and per user.
+    pub catchups: Catchups,
 }
 
 impl Default for WsConfig {
@@ -77,6 +82,7 @@ impl Default for WsConfig {
             write_timeout: Duration::from_secs(10),
             max_client_frame: 4096,
             max_catchup: 10_000,
+            catchups: Catchups::new(32, 2),
         }
     }
 }
@@ -125,6 +131,11 @@ pub async fn handler(
     let slots = match take_slots(&state, &user) {
         Ok(slots) => slots,
         Err(e) => return e.into_response(),
+    };
+    let since = match since.map(|c| (c, state.ws.catchups.try_acquire(user.user_id))) {
+        None => None,
+        Some((cursor, Ok(slot))) => Some(Box::new(Resume { cursor, slot })),
+        Some((_, Err(refused))) => return refused.into_error().into_response(),
     };
     let upgrade = match upgrade {
         Ok(u) => u,

@@ -11,6 +11,12 @@
 //! `updated_at >= its xact_start >= horizon`) or started after it (so
 //! `updated_at >= horizon`). Reading from the horizon (`>=`) again next time
 //! finds it; rows seen twice are re-sent, which is harmless.
+//!
+//! A catch-up reads in pages (`page`), each its own statement, all after
+//! the horizon: a row version no page saw was either committed after the
+//! horizon read (so `updated_at >=` horizon, as above) or replaced, while
+//! the pages went on, by such a version. Keyset order on `(updated_at, id)`
+//! sees every other row exactly once.
 
 use std::time::Duration;
 
@@ -101,19 +107,69 @@ pub async fn horizon(client: &Client) -> Result<Horizon, DbError> {
     })
 }
 
-/// Everything of `user` changed at or after `since`, in one snapshot taken
-/// after the horizon was read; at most `limit` rows per table.
-pub async fn since(
-    client: &mut Client,
-    user: Uuid,
-    since: DateTime<Utc>,
-    limit: i64,
-) -> Result<Changes, DbError> {
-    for_users(client, &[user], since, limit).await
+/// The tables a catch-up reads, in its order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Documents,
+    Jobs,
+    Messages,
 }
 
-/// The same for several users in one snapshot and one query per table
-/// (the bridge's heal: every user with a socket on this process).
+impl Table {
+    pub const ALL: [Table; 3] = [Table::Documents, Table::Jobs, Table::Messages];
+}
+
+/// Where a page ended: its last row's `(updated_at, id)`.
+pub type PageKey = (DateTime<Utc>, Uuid);
+
+/// One page of `user`'s rows of `table` changed at or after `since`, after
+/// `after` in `(updated_at, id)` order, at most `limit` rows; message
+/// `content` is read up to `content_chars` characters. Also returns the
+/// page's last key.
+pub async fn page(
+    client: &Client,
+    user: Uuid,
+    table: Table,
+    since: DateTime<Utc>,
+    after: Option<PageKey>,
+    limit: i64,
+    content_chars: i64,
+) -> Result<(Changes, Option<PageKey>), DbError> {
+    let message_cols = MESSAGE_COLUMNS.replace(
+        "content,",
+        &format!("substr(content, 1, {content_chars}) AS content,"),
+    );
+    let (name, cols) = match table {
+        Table::Documents => ("documents", documents::COLUMNS),
+        Table::Jobs => ("jobs", jobs::COLUMNS),
+        Table::Messages => ("messages", message_cols.as_str()),
+    };
+    // The first page from `since` itself (`>=` the nil id, the least),
+    // the next ones after the key they got to: one index range each.
+    let (op, key) = match after {
+        Some(key) => (">", key),
+        None => (">=", (since, Uuid::nil())),
+    };
+    let sql = format!(
+        "SELECT {cols} FROM {name} WHERE user_id = $1 AND updated_at >= $2
+         AND (updated_at, id) {op} ($3, $4) ORDER BY updated_at, id LIMIT $5"
+    );
+    let rows = client
+        .query(&sql, &[&user, &since, &key.0, &key.1, &limit])
+        .await?;
+    let last = rows.last().map(|r| (r.get("updated_at"), r.get("id")));
+    let mut changes = Changes::default();
+    match table {
+        Table::Documents => changes.documents = rows.iter().map(Document::from_row).collect(),
+        Table::Jobs => changes.jobs = rows.iter().map(Job::from_row).collect(),
+        Table::Messages => changes.messages = rows.iter().map(Message::from_row).collect(),
+    }
+    Ok((changes, last))
+}
+
+/// Everything of `users` changed at or after `since`, in one snapshot
+/// taken after the horizon was read, one query per table, at most `limit`
+/// rows per table (the bridge's heal: every user with a socket here).
 pub async fn for_users(
     client: &mut Client,
     users: &[Uuid],

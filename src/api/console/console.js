@@ -201,6 +201,12 @@ function applyMessage(m, ts) {
   const t = micros(ts);
   const cur = messages.get(m.id);
   if (cur && t < cur.t) return;
+  // A catch-up frame carries the first 4,096 characters only
+  // (docs/events.md): keep the whole text if held, else mark the cut.
+  if (m.content_truncated) {
+    const held = cur && cur.content && cur.content.startsWith(m.content);
+    m = { ...m, content: held ? cur.content : m.content + '…' };
+  }
   const msg = { ...(cur || {}), ...m, t };
   messages.set(m.id, msg);
   let li = $('#messages').querySelector(`li[data-id="${m.id}"]`);

@@ -12,6 +12,29 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// A token's expiry is honoured at most this far ahead: any `exp` up to
+/// u64::MAX is a valid claim, and `Instant + Duration` panics on overflow.
+/// A socket whose token claims more closes with 4001 after this (the client
+/// refreshes or reconnects, as for any expiry).
+pub const MAX_TOKEN_LIFE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// When a token that expires at `exp` (seconds since the epoch) does, given
+/// the wall clock `now_ms` (milliseconds since the epoch) at the instant
+/// `now`: never past `MAX_TOKEN_LIFE`, never a panic.
+pub fn expiry_instant(exp: u64, now_ms: u64, now: Instant) -> Instant {
+    let left_ms = exp.saturating_mul(1000).saturating_sub(now_ms);
+    let left = Duration::from_millis(left_ms).min(MAX_TOKEN_LIFE);
+    // A year past any monotonic clock reading fits; `now` (expired at
+    // once) is a refusal, not a panic, if it ever did not.
+    now.checked_add(left).unwrap_or(now)
+}
+
+/// The effective expiry of a token claiming `exp`, in seconds since the
+/// epoch (what `auth.refreshed` reports).
+pub fn capped_exp(exp: u64, now_secs: u64) -> u64 {
+    exp.min(now_secs.saturating_add(MAX_TOKEN_LIFE.as_secs()))
+}
+
 /// What is due when the socket's timer fires, most urgent first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Due {
@@ -125,6 +148,23 @@ mod tests {
         d.heard(t0 + Duration::from_secs(50));
         assert_eq!(d.due(t0 + IDLE), Some(Due::Ping), "not idle any more");
         assert_eq!(d.due(t0 + Duration::from_secs(110)), Some(Due::Idle));
+    }
+
+    #[test]
+    fn a_far_future_expiry_is_capped_not_a_panic() {
+        let t0 = Instant::now();
+        let now_ms = 1_795_000_000_000;
+        assert_eq!(expiry_instant(u64::MAX, now_ms, t0), t0 + MAX_TOKEN_LIFE);
+        assert_eq!(expiry_instant(0, now_ms, t0), t0, "long expired");
+        let in_3s = expiry_instant(now_ms / 1000 + 3, now_ms + 500, t0);
+        assert_eq!(
+            in_3s,
+            t0 + Duration::from_millis(2500),
+            "to the millisecond"
+        );
+        assert_eq!(capped_exp(u64::MAX, 100), 100 + MAX_TOKEN_LIFE.as_secs());
+        assert_eq!(capped_exp(150, 100), 150);
+        assert_eq!(capped_exp(u64::MAX, u64::MAX), u64::MAX);
     }
 
     #[test]

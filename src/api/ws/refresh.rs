@@ -128,8 +128,12 @@ fn refresh(payload: &Value, verifier: &Verifier, user: &AuthUser) -> Action {
     action
 }
 
-/// `{"type":"auth.refreshed","payload":{"expires_at":"<RFC 3339>"}}`.
+/// `{"type":"auth.refreshed","payload":{"expires_at":"<RFC 3339>"}}`: the
+/// expiry the socket enforces (a far-future `exp` is capped, see
+/// `deadlines::MAX_TOKEN_LIFE`), so the client refreshes before it.
 fn refreshed_frame(exp: u64) -> String {
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    let exp = super::deadlines::capped_exp(exp, now);
     let at = chrono::DateTime::from_timestamp(exp.min(i64::MAX as u64) as i64, 0)
         .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
     json!({"type": "auth.refreshed", "payload": {"expires_at": at}}).to_string()

@@ -24,8 +24,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
+use super::catchups::Slot;
 use super::close::Ending;
-use super::deadlines::{Deadlines, Due};
+use super::deadlines::{Deadlines, Due, expiry_instant};
 use super::refresh::{Action, Inbox};
 use super::resume::{self, HELD_EVENTS};
 use super::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, WsConfig};
@@ -52,9 +53,17 @@ pub(super) type Slots = (OwnedSemaphorePermit, UserSlot);
 /// What an upgraded socket starts with besides its context.
 pub(super) struct Start {
     pub(super) hub: Hub,
-    pub(super) since: Option<Cursor>,
+    /// `?since=`: boxed, as most sockets do not resume.
+    pub(super) since: Option<Box<Resume>>,
     pub(super) resync: bool,
     pub(super) pool: deadpool_postgres::Pool,
+}
+
+/// Where a resuming socket catches up from, and its catch-up slot, held
+/// until the catch-up ends.
+pub(super) struct Resume {
+    pub(super) cursor: Cursor,
+    pub(super) slot: Slot,
 }
 
 /// What a socket's task works with besides the socket.
@@ -68,7 +77,7 @@ pub(super) struct SocketCtx {
 /// The task: upgrade, register, catch up (`?since=`), serve, close.
 pub(super) async fn socket_task(
     on_upgrade: OnUpgrade,
-    start: Start,
+    mut start: Start,
     mut ctx: SocketCtx,
     slots: Slots,
 ) {
@@ -80,12 +89,14 @@ pub(super) async fn socket_task(
     let Some((mut socket, conn)) = start.open(upgraded, &ctx).await else {
         return;
     };
-    if let Some(since) = start.since {
-        let (user, cfg) = (ctx.user.user_id, &ctx.cfg);
-        let catch_up = resume::catch_up(&start.pool, user, since, &conn, cfg, &ctx.shutdown);
-        Box::pin(catch_up).await;
-    }
-    let ending = run_socket(&mut socket, &conn.outlet, &mut ctx).await;
+    let cut = match start.since.take() {
+        Some(resume) => Box::pin(catch_up(&start.pool, *resume, &conn, &ctx)).await,
+        None => None,
+    };
+    let ending = match cut {
+        Some(ending) => ending,
+        None => run_socket(&mut socket, &conn.outlet, &mut ctx).await,
+    };
     let reason = Box::pin(ending.finish(&mut socket, &conn.outlet, &ctx.cfg)).await;
     drop((socket, conn, slots));
     metrics::counter!("ragctl_ws_closed_total", "reason" => reason).increment(1);
@@ -126,10 +137,43 @@ impl Start {
     }
 }
 
-/// When a token that expires at `exp` (seconds since the epoch) does.
-fn expiry_instant(exp: u64) -> Instant {
-    let now = chrono::Utc::now().timestamp().max(0) as u64;
-    Instant::now() + Duration::from_secs(exp.saturating_sub(now))
+/// Runs the catch-up unless the token expires first (a client that reads
+/// slowly is not served past its token); what ends the socket if it does
+/// not go live. Idle clients: a write that makes no progress within the
+/// write timeout ends the catch-up.
+async fn catch_up(
+    pool: &deadpool_postgres::Pool,
+    resume: Resume,
+    conn: &ConnGuard,
+    ctx: &SocketCtx,
+) -> Option<Ending> {
+    // Held until the catch-up ends, then freed.
+    let Resume {
+        cursor,
+        slot: _slot,
+    } = resume;
+    let expiry = token_expiry(ctx.user.exp);
+    let (user, cfg, shutdown) = (ctx.user.user_id, &ctx.cfg, &ctx.shutdown);
+    let catching_up = resume::catch_up(pool, user, cursor, conn, cfg, shutdown);
+    tokio::select! {
+        live = catching_up => {
+            // Shutdown and a slow socket are the socket loop's to close.
+            let other = shutdown.is_cancelled() || conn.outlet.slow.is_cancelled();
+            (!live && !other).then_some(Ending::Gone("write_failed"))
+        }
+        _ = tokio::time::sleep_until(expiry) => {
+            metrics::counter!("ragctl_ws_catchup_cut_total", "reason" => "token_expired")
+                .increment(1);
+            Some(Ending::server(CLOSE_TOKEN_EXPIRED, "token expired", "token_expired"))
+        }
+    }
+}
+
+/// When a token that expires at `exp` (seconds since the epoch) does:
+/// checked and capped (`deadlines::MAX_TOKEN_LIFE`).
+fn token_expiry(exp: u64) -> Instant {
+    let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    expiry_instant(exp, now_ms, Instant::now())
 }
 
 /// Writes what is queued in the outlet, giving up when the socket is marked
@@ -179,7 +223,7 @@ enum Step {
 /// Serves the socket until something ends it; says what.
 async fn run_socket(socket: &mut Socket, outlet: &Outlet, ctx: &mut SocketCtx) -> Ending {
     let mut inbox = Inbox::new(std::time::Instant::now());
-    let exp = expiry_instant(ctx.user.exp);
+    let exp = token_expiry(ctx.user.exp);
     let cfg = &ctx.cfg;
     // Spread over the first interval (see `deadlines`).
     let first_ping = 1.0 - rand::random::<f64>() / 2.0;
@@ -234,7 +278,7 @@ async fn run_socket(socket: &mut Socket, outlet: &Outlet, ctx: &mut SocketCtx) -
             Step::Heard(Action::Close(ending)) => return ending,
             Step::Heard(Action::Refreshed(user, frame)) => {
                 ctx.user = user;
-                deadlines.expire_at(expiry_instant(user.exp));
+                deadlines.expire_at(token_expiry(user.exp));
                 timer.as_mut().reset(deadlines.next());
                 Message::Text(frame.into())
             }

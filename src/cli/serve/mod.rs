@@ -105,6 +105,17 @@ pub struct ServeArgs {
     pub runtime: RuntimeOpts,
     #[command(flatten)]
     pub limits: ApiLimitOpts,
+    // Concurrent catch-ups (`/ws?since=`), issue #17.
+    /// Most catch-ups (`/ws?since=`) this process runs at once; past it a
+    /// resuming upgrade gets 503 `too_many_catchups` with Retry-After.
+    #[arg(long, env = "RAG_MAX_CATCHUPS", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_catchups: u64,
+    /// Most catch-ups one user runs at once; past it a resuming upgrade
+    /// gets 429 `too_many_catchups` with Retry-After.
+    #[arg(long, env = "RAG_MAX_CATCHUPS_PER_USER", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_catchups_per_user: u64,
 }
 
 /// Raises the open-file limit (each socket is a file) to `fs.nr_open` when

@@ -95,6 +95,10 @@ fn ws_config(args: &ServeArgs) -> WsConfig {
         ping_interval: Duration::from_secs(ping),
         idle_timeout: Duration::from_secs(args.ws_idle_secs.unwrap_or(ping * 3).max(1)),
         max_catchup: args.max_catchup,
+        catchups: api::ws::Catchups::new(
+            args.max_catchups as usize,
+            args.max_catchups_per_user as usize,
+        ),
         ..WsConfig::default()
     }
 }
