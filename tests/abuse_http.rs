@@ -172,7 +172,12 @@ async fn slow_bodies_from_one_user_do_not_lock_out_the_others() {
     let stop = CancellationToken::new();
     let tasks: Vec<_> = (0..BUDGET)
         .map(|_| {
-            let run = slow_body_loop(api.url.clone(), token(attacker), tally.clone(), stop.clone());
+            let run = slow_body_loop(
+                api.url.clone(),
+                token(attacker),
+                tally.clone(),
+                stop.clone(),
+            );
             tokio::spawn(run)
         })
         .collect();
@@ -228,11 +233,17 @@ async fn slow_bodies_from_one_user_do_not_lock_out_the_others() {
     let slow = api
         .metric(r#"ragctl_http_slow_clients_total{listener="api",reason="body_rate"}"#)
         .await;
-    assert!(slow >= s408 as f64, "{slow} body timeouts counted, {s408} seen");
+    assert!(
+        slow >= s408 as f64,
+        "{slow} body timeouts counted, {s408} seen"
+    );
     let refused = api
         .metric(r#"ragctl_http_requests_refused_total{reason="user_in_flight"}"#)
         .await;
-    assert!(refused >= s429 as f64, "{refused} refusals counted, {s429} seen");
+    assert!(
+        refused >= s429 as f64,
+        "{refused} refusals counted, {s429} seen"
+    );
     let hwm = vm_hwm_kib(api.proc.pid());
     assert!(hwm < 256 * 1024, "VmHWM {hwm} kB");
 }
@@ -306,7 +317,10 @@ async fn clients_that_never_read_a_large_response_are_given_up() {
         tokio::time::timeout(PATIENCE, read_all)
             .await
             .expect("the server closed the connection");
-        assert!(got < MESSAGES * SIZE, "a whole response ({got} bytes) was sent");
+        assert!(
+            got < MESSAGES * SIZE,
+            "a whole response ({got} bytes) was sent"
+        );
     }
     let (status, body) = get_json(&api, victim, "/documents").await;
     assert_eq!(status, 200, "{body}");
@@ -340,7 +354,9 @@ async fn one_users_requests_in_flight_are_capped() {
     let api = Api::start(&db, &[], &env).await;
     let (heavy, other) = (Uuid::new_v4(), Uuid::new_v4());
     // `GET /documents` waits on this lock for as long as the test holds it.
-    let (locker, conn) = ragctl::db::connect(&db.url, "ragctl-test-lock").await.unwrap();
+    let (locker, conn) = ragctl::db::connect(&db.url, "ragctl-test-lock")
+        .await
+        .unwrap();
     let conn_task = tokio::spawn(conn);
     locker
         .batch_execute("BEGIN; LOCK TABLE documents IN ACCESS EXCLUSIVE MODE")
@@ -354,7 +370,10 @@ async fn one_users_requests_in_flight_are_capped() {
         .collect();
     let deadline = Instant::now() + PATIENCE;
     while lock_waiters(&db).await < CAP as i64 {
-        assert!(Instant::now() < deadline, "the requests never queued on the lock");
+        assert!(
+            Instant::now() < deadline,
+            "the requests never queued on the lock"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
@@ -407,7 +426,10 @@ async fn metrics_are_not_public() {
     .await;
     let text = get_fresh(&api.url, "/metrics", None).await.unwrap();
     assert_eq!(status_of(&text), 404, "{text}");
-    assert!(text.contains("--metrics-token"), "says how to enable: {text}");
+    assert!(
+        text.contains("--metrics-token"),
+        "says how to enable: {text}"
+    );
     assert!(!text.contains("ragctl_http"), "{text}");
     drop(api);
 
