@@ -245,6 +245,7 @@ async fn slow_bodies_from_one_user_do_not_lock_out_the_others() {
         "{refused} refusals counted, {s429} seen"
     );
     let hwm = vm_hwm_kib(api.proc.pid());
+    eprintln!("server VmHWM {hwm} kB");
     assert!(hwm < 256 * 1024, "VmHWM {hwm} kB");
 }
 
@@ -325,6 +326,10 @@ async fn clients_that_never_read_a_large_response_are_given_up() {
     let (status, body) = get_json(&api, victim, "/documents").await;
     assert_eq!(status, 200, "{body}");
     let hwm = vm_hwm_kib(api.proc.pid());
+    eprintln!(
+        "server VmHWM {hwm} kB with {CLIENTS} unread {} MB responses",
+        MESSAGES * SIZE / 1_000_000
+    );
     assert!(hwm < 512 * 1024, "VmHWM {hwm} kB");
 }
 

@@ -10,6 +10,7 @@ mod console;
 pub mod cors;
 mod documents;
 pub mod error;
+mod guard_body;
 pub mod limits;
 mod ops;
 pub mod per_user;

@@ -11,7 +11,6 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
 use uuid::Uuid;
 
 use super::error::ApiError;
@@ -105,13 +104,7 @@ pub async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -
         Err(e) => return e.into_response(),
     };
     req.extensions_mut().insert::<AuthUser>(user);
-    let response = next.run(req).await;
-    response.map(|body| {
-        axum::body::Body::new(body.map_frame(move |frame| {
-            let _ = &permit;
-            frame
-        }))
-    })
+    super::guard_body::hold(next.run(req).await, permit)
 }
 
 #[cfg(test)]

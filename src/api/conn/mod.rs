@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use http_body_util::BodyExt;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -280,12 +279,7 @@ impl hyper::service::Service<Request> for Service {
         Box::pin(async move {
             let response = response.await?;
             let response = too_slow.answer().unwrap_or(response);
-            Ok(response.map(|body| {
-                axum::body::Body::new(body.map_frame(move |frame| {
-                    let _ = &in_flight;
-                    frame
-                }))
-            }))
+            Ok(crate::api::guard_body::hold(response, in_flight))
         })
     }
 }
