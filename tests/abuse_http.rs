@@ -85,6 +85,16 @@ fn vm_hwm_kib(pid: i32) -> u64 {
         .expect("VmHWM in /proc/<pid>/status")
 }
 
+/// A metric of the separate metrics listener at `url` (0 if absent).
+async fn metric_at(url: &str, prefix: &str) -> f64 {
+    let text = get_fresh(url, "/metrics", None).await.unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 async fn wait_metric_at_least(api: &Api, line: &str, want: f64) {
     let deadline = Instant::now() + PATIENCE;
     while api.metric(line).await < want {
@@ -164,13 +174,65 @@ async fn slow_body_once(url: &str, token: &str, tally: &Tally) -> Option<u16> {
 /// 408 (too slow a body).
 #[tokio::test]
 async fn slow_bodies_from_one_user_do_not_lock_out_the_others() {
-    const BUDGET: usize = 64;
     let db = TestDb::new();
-    let api = Api::start(&db, &["--max-connections", &BUDGET.to_string()], &[]).await;
+    let (api, tally) = slow_body_attack(&db, &[], false).await;
+    let (s408, s429) = (tally.count(408), tally.count(429));
+    let slow = api
+        .metric(r#"ragctl_http_slow_clients_total{listener="api",reason="body_rate"}"#)
+        .await;
+    assert!(s408 > 0, "no slow body was answered 408");
+    assert!(
+        slow >= s408 as f64,
+        "{slow} body timeouts counted, {s408} seen"
+    );
+    let refused = api
+        .metric(r#"ragctl_http_requests_refused_total{reason="user_in_flight"}"#)
+        .await;
+    assert!(
+        refused >= s429 as f64,
+        "{refused} refusals counted, {s429} seen"
+    );
+}
+
+/// The same with the per-user cap and the body rate out of the way: only
+/// shedding the connections stalled on their client lets the others in.
+#[tokio::test]
+async fn stalled_requests_are_shed_at_the_connection_budget() {
+    let env = [
+        ("RAG_MAX_REQUESTS_PER_USER", "100000"),
+        ("RAG_BODY_TIMEOUT_SECS", "100000"),
+    ];
+    let db = TestDb::new();
+    let (api, tally) = slow_body_attack(&db, &env, true).await;
+    assert_eq!(tally.count(408) + tally.count(429), 0);
+    let shed = api
+        .metric(r#"ragctl_http_stalled_shed_total{listener="api"}"#)
+        .await;
+    assert!(shed > 0.0, "no stalled connection was shed");
+}
+
+/// Runs the slow-body attack from one user against a 64-connection budget
+/// (with `settle`, from when every slot serves an attacker's request)
+/// until another user has had `/healthz`, REST and `/ws` answered; returns
+/// the server (for its metrics) and what the attacker saw.
+async fn slow_body_attack(db: &TestDb, env: &[(&str, &str)], settle: bool) -> (Api, Arc<Tally>) {
+    const BUDGET: usize = 64;
+    let budget = BUDGET.to_string();
+    let args = [
+        "--max-connections",
+        &budget,
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ];
+    let api = Api::start(db, &args, env).await;
+    let line = api.proc.wait_line("ragctl: metrics on ").await;
+    let metrics_url = line.rsplit("metrics on ").next().unwrap().trim();
+    let metrics_url = metrics_url.trim_end_matches("/metrics").to_string();
     let (attacker, victim) = (Uuid::new_v4(), Uuid::new_v4());
     let tally = Arc::new(Tally::default());
     let stop = CancellationToken::new();
-    let tasks: Vec<_> = (0..BUDGET)
+    // More than the budget: every slot the server frees, the attacker takes.
+    let tasks: Vec<_> = (0..BUDGET + 8)
         .map(|_| {
             let run = slow_body_loop(
                 api.url.clone(),
@@ -188,6 +250,20 @@ async fn slow_bodies_from_one_user_do_not_lock_out_the_others() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // Settled: every slot serves an attacker's request, so a newcomer that
+    // finds nothing fresh or idle to shed is refused.
+    let deadline = Instant::now() + PATIENCE;
+    let refused = r#"ragctl_http_connections_refused_total{listener="api"}"#;
+    while settle && metric_at(&metrics_url, refused).await == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the budget never filled: {}",
+            get_fresh(&metrics_url, "/metrics", None)
+                .await
+                .unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let url = api.url.clone();
     let healthz = until_ok("/healthz", &api, || async {
         get_fresh(&url, "/healthz", None)
@@ -207,9 +283,9 @@ async fn slow_bodies_from_one_user_do_not_lock_out_the_others() {
         Client::connect_url(&ws_url).await.is_ok()
     })
     .await;
-    // The attack is still on: wait until its bodies have been timed out too.
+    // With the body rate on, the attack goes on until bodies were timed out.
     let deadline = Instant::now() + PATIENCE;
-    while tally.count(408) == 0 {
+    while env.is_empty() && tally.count(408) == 0 {
         assert!(
             Instant::now() < deadline,
             "no slow body was answered 408; log:\n{}",
@@ -230,23 +306,10 @@ async fn slow_bodies_from_one_user_do_not_lock_out_the_others() {
         tally.started.load(Ordering::Relaxed),
         tally.cut.load(Ordering::Relaxed)
     );
-    let slow = api
-        .metric(r#"ragctl_http_slow_clients_total{listener="api",reason="body_rate"}"#)
-        .await;
-    assert!(
-        slow >= s408 as f64,
-        "{slow} body timeouts counted, {s408} seen"
-    );
-    let refused = api
-        .metric(r#"ragctl_http_requests_refused_total{reason="user_in_flight"}"#)
-        .await;
-    assert!(
-        refused >= s429 as f64,
-        "{refused} refusals counted, {s429} seen"
-    );
     let hwm = vm_hwm_kib(api.proc.pid());
     eprintln!("server VmHWM {hwm} kB");
     assert!(hwm < 256 * 1024, "VmHWM {hwm} kB");
+    (api, tally)
 }
 
 /// A conversation of `n` messages of `size` bytes each, by SQL.

@@ -163,10 +163,16 @@ where
         if this.too_slow.flag.load(Ordering::Relaxed) {
             return Poll::Ready(Some(Err(Box::new(BodyTooSlow))));
         }
+        let started = *this.started.get_or_insert_with(Instant::now);
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
-            this.progress.moved();
             if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
                 this.received += data.map_or(0, |d| d.len() as u64);
+            }
+            // A body dribbled below the minimum rate stays "waiting on its
+            // client" (sheddable) even though bytes trickle in.
+            let due = started.elapsed().as_secs_f64() * this.rate.min_bytes_per_sec as f64;
+            if frame.is_none() || this.received as f64 >= due {
+                this.progress.moved();
             }
             return Poll::Ready(frame.map(|r| r.map_err(Into::into)));
         }
