@@ -112,13 +112,16 @@ finish() {
     wait "$1" || RC=$?
 }
 
+# /metrics on the API port wants a bearer token (--metrics-token).
+METRICS_TOKEN=e2e-metrics-$$
+
 # start_api NAME ARGS...: starts `ragctl serve --no-workers` on a free port
 # (the kernel picks it) and sets API_PID and API_URL once it is ready.
 start_api() {
     local name=$1
     shift
     local ready=$WORK/$name.ready
-    RAG_LOG=info start "$name" serve --no-workers --host 127.0.0.1 --port 0 --ready-file "$ready" "$@"
+    RAG_LOG=info RAG_METRICS_TOKEN=$METRICS_TOKEN start "$name" serve --no-workers --host 127.0.0.1 --port 0 --ready-file "$ready" "$@"
     API_PID=$LAST_PID
     wait_for "the API to bind ($name)" 60 test -s "$ready" || return 1
     # One JSON line {"url","port","pid"}, written whole (rename) by serve.
@@ -143,7 +146,7 @@ ws_client() {
 
 # The sum of ragctl_events_dropped_total{reason="$1"} in the API's metrics.
 dropped() {
-    curl -fsS "$API_URL/metrics" | awk -v r="reason=\"$1\"" \
+    curl -fsS -H "Authorization: Bearer $METRICS_TOKEN" "$API_URL/metrics" | awk -v r="reason=\"$1\"" \
         '/^ragctl_events_dropped_total\{/ && index($0, r) { s += $NF } END { print s + 0 }'
 }
 

@@ -61,9 +61,15 @@ fn addr(url: &str) -> String {
 /// `GET path` on a connection of its own, as a health checker does; the
 /// status and body. Fails the test if no answer comes within `PATIENCE`.
 async fn get_fresh(url: &str, path: &str) -> (u16, String) {
+    get_fresh_as(url, path, "").await
+}
+
+/// `get_fresh` with `headers` (each line ending in CRLF) in the request.
+async fn get_fresh_as(url: &str, path: &str, headers: &str) -> (u16, String) {
     let exchange = async {
         let mut tcp = TcpStream::connect(addr(url)).await?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\n{headers}Connection: close\r\n\r\n");
         tcp.write_all(req.as_bytes()).await?;
         let mut out = Vec::new();
         tcp.read_to_end(&mut out).await?;
@@ -87,7 +93,8 @@ async fn get_fresh(url: &str, path: &str) -> (u16, String) {
 
 /// The value of the metric line starting with `prefix` (0 if absent).
 async fn metric(url: &str, prefix: &str) -> f64 {
-    let (status, body) = get_fresh(url, "/metrics").await;
+    let auth = format!("Authorization: Bearer {METRICS_TOKEN}\r\n");
+    let (status, body) = get_fresh_as(url, "/metrics", &auth).await;
     assert_eq!(status, 200, "{body}");
     body.lines()
         .find(|l| l.starts_with(prefix))
@@ -254,7 +261,10 @@ async fn a_full_websocket_cap_answers_503_and_health_still_answers() {
 #[tokio::test]
 async fn metrics_can_move_to_their_own_listener() {
     let db = TestDb::new();
-    let api = Api::start(&db, &["--metrics-addr", "127.0.0.1:0"], &[]).await;
+    let api = Api::start_with(&db.url, &["--metrics-addr", "127.0.0.1:0"], &[], |cmd| {
+        cmd.env_remove("RAG_METRICS_TOKEN");
+    })
+    .await;
     let line = api.proc.wait_line("ragctl: metrics on ").await;
     let metrics_url = line
         .rsplit("metrics on ")

@@ -10,10 +10,12 @@ mod console;
 pub mod cors;
 mod documents;
 pub mod error;
+mod guard_body;
 pub mod limits;
 mod ops;
 pub mod shares;
 mod pages;
+pub mod per_user;
 pub mod ws;
 
 use std::ops::Deref;
@@ -24,6 +26,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, Request, header};
+use axum::middleware;
 use axum::routing::{get, post};
 use deadpool_postgres::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -65,6 +68,8 @@ pub struct Shared {
     pub console: bool,
     /// Origins a browser may call the API from (`--cors-origin`).
     pub cors: Option<cors::Cors>,
+    /// Requests in flight per user (`--max-requests-per-user`).
+    pub requests: Arc<per_user::UserRequests>,
 }
 
 #[derive(Clone)]
@@ -91,6 +96,10 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        // Verified once already by `per_user::gate`, when valid.
+        if let Some(user) = parts.extensions.get::<AuthUser>() {
+            return Ok(*user);
+        }
         let token = bearer(&parts.headers).ok_or(AuthError::Missing)?;
         Ok(state.verifier.verify(token)?)
     }
@@ -104,11 +113,7 @@ pub(crate) fn parse_id(raw: &str, what: &str) -> Result<Uuid, ApiError> {
 pub fn router(state: AppState) -> Router {
     let upload_limit = state.max_upload_bytes + 64 * 1024;
     let cors = state.cors.clone();
-    let mut app = console::routes(state.console);
-    if !state.http.metrics_separate {
-        app = app.route("/metrics", get(ops::metrics));
-    }
-    let app = app
+    let app = console::routes(state.console)
         .route(
             "/documents",
             post(documents::upload)
@@ -133,17 +138,26 @@ pub fn router(state: AppState) -> Router {
                 "this route does not take that method",
             )
         })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            per_user::gate,
+        ))
         // Only the path is logged: `/ws?token=` must never reach a log line.
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
         }))
-        .with_state(state);
+        .with_state(state.clone());
     // Outermost, so that every answer (errors too) carries the headers and
     // a preflight is answered before routing.
-    match cors {
+    let app = match cors {
         Some(c) => app.layer(c.layer()),
         None => app,
-    }
+    };
+    // Added after CORS, so never under it: no page may read the metrics.
+    let metrics = Router::new()
+        .route("/metrics", get(ops::metrics_on_api))
+        .with_state(state);
+    app.merge(metrics)
 }
 
 /// Serves until `state.shutdown` is cancelled, then closes every socket
@@ -152,10 +166,10 @@ pub async fn run(listener: TcpListener, state: AppState, drain: Duration) -> std
     let shutdown = state.shutdown.clone();
     let sockets = state.sockets.clone();
     let ws = state.ws_slots.clone();
-    let limiter = conn::Limiter::new("api", state.http.max_connections, Some(ws));
-    let header_timeout = state.http.header_timeout;
+    let http = state.http.clone();
+    let limiter = conn::Limiter::new("api", http.max_connections, Some(ws), http.stall);
     let app = router(state);
-    conn::serve(listener, app, limiter, header_timeout, shutdown).await;
+    conn::serve(listener, app, limiter, &http, shutdown).await;
     sockets.close();
     if tokio::time::timeout(drain, sockets.wait()).await.is_err() {
         tracing::warn!(

@@ -1,22 +1,23 @@
 //! `/healthz` (liveness: the process is up), `/readyz` (readiness: a pool
 //! connection can be had and answers and, with realtime on, the listener is
-//! connected) and `/metrics` (Prometheus), on the API port or on a listener
-//! of its own (`--metrics-addr`).
+//! connected) and `/metrics` (Prometheus): on a listener of its own
+//! (`--metrics-addr`), and on the API port only to the bearer of
+//! `--metrics-token` (not served there otherwise).
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use super::AppState;
 use super::conn::{self, METRICS_MAX_CONNECTIONS};
 use super::error::ApiError;
+use super::{AppState, bearer};
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
@@ -113,14 +114,49 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// `/metrics` on the API port: for the bearer of `--metrics-token` only.
+pub async fn metrics_on_api(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let refuse = |reason: &'static str| {
+        metrics::counter!("ragctl_metrics_refused_total", "reason" => reason).increment(1);
+    };
+    let Some(want) = &state.http.metrics_token else {
+        refuse("disabled");
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "/metrics is not served on the API port: set --metrics-token / RAG_METRICS_TOKEN \
+             to read it here with `Authorization: Bearer <token>`, or --metrics-addr / \
+             RAG_METRICS_ADDR for a listener of its own",
+        )
+        .into_response();
+    };
+    let given = bearer(&headers).unwrap_or("");
+    if !same_secret(given.as_bytes(), want.as_bytes()) {
+        refuse("bad_token");
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "/metrics wants `Authorization: Bearer` with the --metrics-token (RAG_METRICS_TOKEN)",
+        )
+        .into_response();
+    }
+    metrics(State(state)).await
+}
+
+/// Compares in time that depends on the lengths only, not on where the
+/// first difference is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Serves `/metrics` alone on its own listener until `state.shutdown`.
 pub async fn serve_metrics(listener: TcpListener, state: AppState) {
     let shutdown = state.shutdown.clone();
-    let header_timeout = state.http.header_timeout;
+    let http = state.http.clone();
     let app = Router::new()
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state);
-    let limiter = conn::Limiter::new("metrics", METRICS_MAX_CONNECTIONS, None);
-    conn::serve(listener, app, limiter, header_timeout, shutdown).await;
+    let limiter = conn::Limiter::new("metrics", METRICS_MAX_CONNECTIONS, None, http.stall);
+    conn::serve(listener, app, limiter, &http, shutdown).await;
 }

@@ -23,6 +23,10 @@ use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 pub const SECRET: &str = "test-secret-for-ragctl";
+/// The bearer token every server the harness starts wants for `/metrics`
+/// on its API port (`RAG_METRICS_TOKEN`); a test that wants the default
+/// removes the variable.
+pub const METRICS_TOKEN: &str = "test-metrics-token";
 /// How long a test waits for something that should happen; a deadline to
 /// fail instead of hanging, not a speed requirement.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -185,6 +189,7 @@ impl Proc {
         cmd.args(args)
             .env("DATABASE_URL", db_url)
             .env("RAG_JWT_SECRET", SECRET)
+            .env("RAG_METRICS_TOKEN", METRICS_TOKEN)
             .env("RAG_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("PORT")
@@ -641,6 +646,7 @@ impl Api {
     pub async fn metrics(&self) -> String {
         http()
             .get(format!("{}/metrics", self.url))
+            .bearer_auth(METRICS_TOKEN)
             .send()
             .await
             .unwrap()

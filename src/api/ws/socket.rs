@@ -31,6 +31,7 @@ use super::refresh::{Action, Inbox};
 use super::resume::{self, HELD_EVENTS};
 use super::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, WsConfig};
 use crate::api::shares::UserSlot;
+use crate::api::conn::WatchedIo;
 use crate::auth::{AuthUser, Verifier};
 use crate::bridge::{CLOSE_SLOW_CONSUMER, ConnGuard, ControlWriter, Hub, Outlet, Sink};
 use crate::events::resume::Cursor;
@@ -105,10 +106,11 @@ pub(super) async fn socket_task(
 impl Start {
     /// Registers the socket with the hub and wraps it for tungstenite.
     async fn open(&self, upgraded: Upgraded, ctx: &SocketCtx) -> Option<(Socket, ConnGuard)> {
-        // `conn::serve` hands hyper a `TokioIo<TcpStream>`: taken back, the
-        // stream splits into two `Arc` halves, without `Upgraded`'s boxed
-        // stream, its read-ahead buffer or `io::split`'s lock.
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        // `conn::serve` hands hyper a `TokioIo<WatchedIo<TcpStream>>`: taken
+        // back, the stream splits into two `Arc` halves, without
+        // `Upgraded`'s boxed stream, its read-ahead buffer or `io::split`'s
+        // lock (and without the write timeout of HTTP responses).
+        let Ok(parts) = upgraded.downcast::<TokioIo<WatchedIo<TcpStream>>>() else {
             tracing::error!("an upgraded connection is not a TCP stream; closing it");
             return None;
         };
@@ -118,7 +120,7 @@ impl Start {
         // must not live as long as the socket.
         let early = read_buf.to_vec();
         drop(read_buf);
-        let (read, write) = io.into_inner().into_split();
+        let (read, write) = io.into_inner().into_inner().into_split();
         let (user, write) = (ctx.user.user_id, Sink::tcp(write));
         let conn = match self.since {
             Some(_) => self

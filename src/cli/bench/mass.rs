@@ -345,7 +345,11 @@ async fn open_waves(
 
 /// The server's WebSocket cap, from its `/metrics`.
 async fn server_ws_cap(api: &str) -> Option<u64> {
-    let page = reqwest::get(format!("{api}/metrics")).await.ok()?;
+    let http = reqwest::Client::new();
+    let page = super::sample::metrics_request(&http, api)
+        .send()
+        .await
+        .ok()?;
     let page = page.text().await.ok()?;
     metric_value(&page, "ragctl_ws_connections_limit").map(|v| v as u64)
 }

@@ -12,9 +12,27 @@ pub(super) struct Scrape {
     pub(super) counters: Vec<(String, f64)>,
 }
 
+/// The bearer token for `/metrics` on the API port: `RAG_METRICS_TOKEN`
+/// (the server's own variable, for a server started elsewhere), else one
+/// made up for the server the benchmark starts.
+pub(super) fn metrics_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        std::env::var("RAG_METRICS_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .unwrap_or_else(|| crate::harness::random_hex(16))
+    })
+}
+
+/// `GET /metrics` on the API port, with the token.
+pub(super) fn metrics_request(http: &reqwest::Client, api: &str) -> reqwest::RequestBuilder {
+    http.get(format!("{api}/metrics"))
+        .bearer_auth(metrics_token())
+}
+
 pub(super) async fn scrape(http: &reqwest::Client, api: &str) -> Option<Scrape> {
-    let text = http
-        .get(format!("{api}/metrics"))
+    let text = metrics_request(http, api)
         .send()
         .await
         .ok()?

@@ -120,6 +120,7 @@ fn spawn_serve(
         .env("DATABASE_URL", db_url)
         .env("RAG_JWT_SECRET", secret)
         .env("RAG_EVENTS_CHANNEL", channel)
+        .env("RAG_METRICS_TOKEN", super::sample::metrics_token())
         .env("RAG_LOG", if args.server_log { "info" } else { "warn" })
         .env_remove("RAG_LISTEN_DATABASE_URL")
         .env_remove("RAG_NO_REALTIME")

@@ -116,6 +116,36 @@ pub struct ServeArgs {
     #[arg(long, env = "RAG_MAX_CATCHUPS_PER_USER", default_value_t = 2,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_catchups_per_user: u64,
+    // Slow clients, requests in flight per user, access to /metrics (#17).
+    /// Seconds a request body has before the minimum rate applies: a body
+    /// must have arrived by this allowance plus its size over
+    /// --min-body-bytes-per-sec, counted from its first read (408 otherwise).
+    #[arg(long, env = "RAG_BODY_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_secs: u64,
+    /// The rate (bytes per second) a request body must keep up with.
+    #[arg(long, env = "RAG_MIN_BODY_BYTES_PER_SEC", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_body_bytes_per_sec: u64,
+    /// Seconds a response write may make no progress (the client reads
+    /// nothing) before the connection is closed.
+    #[arg(long, env = "RAG_WRITE_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_timeout_secs: u64,
+    /// Seconds a request may wait on its client (for body bytes, or for
+    /// room to write its response) before its connection may be shed when
+    /// the connection budget is full.
+    #[arg(long, env = "RAG_STALL_SECS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_secs: u64,
+    /// Requests one user may have in flight at once (429 beyond).
+    #[arg(long, env = "RAG_MAX_REQUESTS_PER_USER", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_requests_per_user: u64,
+    /// Serve `/metrics` on the API port to `Authorization: Bearer <token>`;
+    /// without it (use --metrics-addr) the API port does not serve it.
+    #[arg(long, env = "RAG_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
 }
 
 /// Raises the open-file limit (each socket is a file) to `fs.nr_open` when

@@ -80,11 +80,20 @@ pub fn build(
             max_connections: parts.budget.connections,
             header_timeout: Duration::from_secs(args.header_timeout_secs),
             metrics_separate: parts.metrics_separate,
+            body: api::conn::BodyRate {
+                grace: Duration::from_secs(args.body_timeout_secs),
+                min_bytes_per_sec: args.min_body_bytes_per_sec,
+            },
+            write_timeout: Duration::from_secs(args.write_timeout_secs),
+            stall: Duration::from_secs(args.stall_secs),
+            max_requests_per_user: args.max_requests_per_user as usize,
+            metrics_token: args.metrics_token.clone().filter(|t| !t.trim().is_empty()),
         },
         shutdown: parts.shutdown,
         pool: parts.pool,
         console: args.console,
         cors: api::cors::Cors::parse(&args.cors_origins)?,
+        requests: api::per_user::UserRequests::new(args.max_requests_per_user as usize),
     }));
     Ok((state, bridge_task))
 }
