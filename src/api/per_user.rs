@@ -4,8 +4,7 @@
 //! extensions for the handler's extractor. Requests without a valid token
 //! are not counted (they end at once with 401), nor are health checks.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -14,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::shares::{PerUser, UserSlot};
 use super::{AppState, bearer};
 use crate::auth::AuthUser;
 
@@ -21,66 +21,32 @@ use crate::auth::AuthUser;
 const RETRY_AFTER_SECS: u64 = 1;
 
 /// Requests in flight per user.
-pub struct UserRequests {
-    cap: usize,
-    /// Only users with a request in flight.
-    held: Mutex<HashMap<Uuid, usize>>,
-}
+pub struct UserRequests(PerUser);
+
+/// One request's slot; given back when dropped.
+pub type UserPermit = UserSlot;
 
 impl UserRequests {
     pub fn new(cap: usize) -> Arc<UserRequests> {
-        Arc::new(UserRequests {
-            cap: cap.max(1),
-            held: Mutex::default(),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, usize>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
+        Arc::new(UserRequests(PerUser::new(cap.max(1))))
     }
 
     /// A slot for one more request of `user`, without waiting.
-    pub fn try_acquire(self: &Arc<Self>, user: Uuid) -> Result<UserPermit, ApiError> {
-        let mut held = self.lock();
-        let mine = held.entry(user).or_insert(0);
-        if *mine >= self.cap {
-            drop(held);
+    pub fn try_acquire(&self, user: Uuid) -> Result<UserPermit, ApiError> {
+        self.0.try_take(user).ok_or_else(|| {
             metrics::counter!("ragctl_http_requests_refused_total", "reason" => "user_in_flight")
                 .increment(1);
-            return Err(ApiError::new(
+            ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_requests",
                 format!(
                     "you already have {} requests in progress (RAG_MAX_REQUESTS_PER_USER); \
                      wait for one to finish",
-                    self.cap
+                    self.0.cap()
                 ),
             )
-            .retry_after(RETRY_AFTER_SECS));
-        }
-        *mine += 1;
-        Ok(UserPermit {
-            owner: self.clone(),
-            user,
+            .retry_after(RETRY_AFTER_SECS)
         })
-    }
-}
-
-/// One request's slot; given back when dropped.
-pub struct UserPermit {
-    owner: Arc<UserRequests>,
-    user: Uuid,
-}
-
-impl Drop for UserPermit {
-    fn drop(&mut self) {
-        let mut held = self.owner.lock();
-        if let Some(mine) = held.get_mut(&self.user) {
-            *mine -= 1;
-            if *mine == 0 {
-                held.remove(&self.user);
-            }
-        }
     }
 }
 
@@ -123,6 +89,6 @@ mod tests {
         let _p3 = r.try_acquire(a).unwrap();
         drop(_p3);
         drop(_p2);
-        assert!(r.lock().is_empty());
+        assert_eq!(r.0.users(), 0);
     }
 }

@@ -23,13 +23,14 @@ type Counts = Arc<Mutex<HashMap<Uuid, usize>>>;
 
 /// How many of something each user holds, at most `cap` each. Only users
 /// holding something have an entry, so the map is bounded by what is held.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct PerUser {
     cap: usize,
     held: Counts,
 }
 
 /// One unit held by a user; given back on drop.
+#[derive(Debug)]
 pub struct UserSlot {
     held: Counts,
     user: Uuid,

@@ -8,7 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{Api, Client, Next, TestDb, get_json, http, token, upload_bytes};
+use super::{Api, Client, Next, TestDb, get_all, get_json, http, token, upload_bytes};
 
 /// The fields compared per entity kind.
 const DOC_FIELDS: [&str; 2] = ["status", "error_message"];
@@ -111,8 +111,7 @@ fn pick(v: &Value, fields: &[&str]) -> Value {
 /// shows them, in the shape of [`Holding::view`].
 pub async fn rest_view(api: &Api, user: Uuid, conv: Option<&str>) -> View {
     let mut out = View::new();
-    let (_, docs) = get_json(api, user, "/documents").await;
-    for d in docs["documents"].as_array().expect("documents") {
+    for d in &get_all(api, user, "/documents", "documents").await {
         let id = d["id"].as_str().unwrap();
         out.insert(format!("doc:{id}"), pick(d, &DOC_FIELDS));
         let (_, jobs) = get_json(api, user, &format!("/documents/{id}/jobs")).await;
@@ -122,8 +121,8 @@ pub async fn rest_view(api: &Api, user: Uuid, conv: Option<&str>) -> View {
         }
     }
     if let Some(conv) = conv {
-        let (_, msgs) = get_json(api, user, &format!("/conversations/{conv}/messages")).await;
-        for m in msgs["messages"].as_array().expect("messages") {
+        let path = format!("/conversations/{conv}/messages");
+        for m in &get_all(api, user, &path, "messages").await {
             let mid = m["id"].as_str().unwrap();
             out.insert(format!("msg:{mid}"), pick(m, &MSG_FIELDS));
         }

@@ -425,6 +425,27 @@ pub async fn get_json(api: &Api, user: Uuid, path: &str) -> (u16, Value) {
     get_json_at(&api.url, user, path).await
 }
 
+/// Every row of a paginated list (`/documents`, `/conversations`,
+/// `/conversations/{id}/messages`): follows `next_cursor` to the end.
+pub async fn get_all(api: &Api, user: Uuid, path: &str, key: &str) -> Vec<Value> {
+    let mut rows = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let page = match &cursor {
+            Some(c) => format!("{path}{sep}limit=200&cursor={c}"),
+            None => format!("{path}{sep}limit=200"),
+        };
+        let (status, body) = get_json(api, user, &page).await;
+        assert_eq!(status, 200, "GET {page}: {body}");
+        rows.extend(body[key].as_array().expect(key).iter().cloned());
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return rows,
+        }
+    }
+}
+
 /// `get_json` on the API at `base` (e.g. one run in the test's process).
 pub async fn get_json_at(base: &str, user: Uuid, path: &str) -> (u16, Value) {
     let r = http()

@@ -5,33 +5,25 @@
 //! process's, both with `Retry-After`), which realtime.js retries with its
 //! backoff, keeping its cursor.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::http::StatusCode;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::api::error::ApiError;
+use crate::api::shares::{PerUser, UserSlot};
 
 /// Seconds a refused client is asked to wait: a catch-up takes about that.
 pub const RETRY_AFTER_SECS: u64 = 2;
 
-#[derive(Debug, Default)]
-struct Running {
-    total: usize,
-    per_user: HashMap<Uuid, usize>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    max: usize,
-    per_user: usize,
-    running: Mutex<Running>,
-}
-
 /// The process's catch-up slots; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Catchups(Arc<Inner>);
+#[derive(Clone, Debug)]
+pub struct Catchups {
+    per_user: PerUser,
+    total: Arc<Semaphore>,
+    max: usize,
+}
 
 /// Why a catch-up was refused (the metric's `reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,56 +37,56 @@ pub enum Refused {
 /// A running catch-up's slot; freed on drop.
 #[derive(Debug)]
 pub struct Slot {
-    owner: Catchups,
-    user: Uuid,
+    _user: UserSlot,
+    _total: OwnedSemaphorePermit,
+    total: Arc<Semaphore>,
+    max: usize,
 }
 
 impl Catchups {
     pub fn new(max: usize, per_user: usize) -> Catchups {
-        Catchups(Arc::new(Inner {
+        Catchups {
+            per_user: PerUser::new(per_user),
+            total: Arc::new(Semaphore::new(max)),
             max,
-            per_user,
-            running: Mutex::new(Running::default()),
-        }))
+        }
     }
 
     /// A slot for `user`, or why not (counted).
     pub fn try_acquire(&self, user: Uuid) -> Result<Slot, Refused> {
-        let mut running = self.0.running.lock().expect("catch-up slots lock");
-        let mine = running.per_user.get(&user).copied().unwrap_or(0);
-        let refused = if mine >= self.0.per_user {
-            Some(Refused::User)
-        } else if running.total >= self.0.max {
-            Some(Refused::Server)
-        } else {
-            None
+        let taken = match self.per_user.try_take(user) {
+            None => Err(Refused::User),
+            Some(mine) => match self.total.clone().try_acquire_owned() {
+                Ok(permit) => Ok((mine, permit)),
+                Err(_) => Err(Refused::Server),
+            },
         };
-        if let Some(r) = refused {
-            let reason = if r == Refused::User { "user" } else { "server" };
+        let (mine, permit) = taken.inspect_err(|r| {
+            let reason = if *r == Refused::User { "user" } else { "server" };
             metrics::counter!("ragctl_ws_catchups_refused_total", "reason" => reason).increment(1);
-            return Err(r);
-        }
-        running.total += 1;
-        *running.per_user.entry(user).or_insert(0) += 1;
-        metrics::gauge!("ragctl_ws_catchups_running").set(running.total as f64);
-        Ok(Slot {
-            owner: self.clone(),
-            user,
-        })
+        })?;
+        let slot = Slot {
+            _user: mine,
+            _total: permit,
+            total: self.total.clone(),
+            max: self.max,
+        };
+        slot.gauge(0);
+        Ok(slot)
+    }
+}
+
+impl Slot {
+    /// Sets the running gauge, `leaving` slots about to be given back.
+    fn gauge(&self, leaving: usize) {
+        let running = self.max - self.total.available_permits() - leaving;
+        metrics::gauge!("ragctl_ws_catchups_running").set(running as f64);
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut running = self.owner.0.running.lock().expect("catch-up slots lock");
-        running.total -= 1;
-        if let Some(n) = running.per_user.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                running.per_user.remove(&self.user);
-            }
-        }
-        metrics::gauge!("ragctl_ws_catchups_running").set(running.total as f64);
+        self.gauge(1);
     }
 }
 
@@ -131,6 +123,6 @@ mod tests {
         drop(a1);
         let _b2 = c.try_acquire(b).unwrap();
         assert_eq!(c.try_acquire(a).unwrap_err(), Refused::Server);
-        assert_eq!(c.0.running.lock().unwrap().per_user.len(), 2);
+        assert_eq!(c.per_user.users(), 2);
     }
 }
