@@ -112,6 +112,7 @@ fn spawn_serve(
         // Room for every socket of a --sockets run (the open-file limit
         // still caps it; the server says so in its log).
         .args((args.sockets > 0).then(|| format!("--ws-max-connections={}", args.sockets + 100)))
+        .args(&args.abuse_serve_args)
         .arg("--ready-file")
         .arg(ready)
         .env("DATABASE_URL", db_url)
