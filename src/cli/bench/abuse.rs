@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::abuse_attack::{ATTACKS, Tally, Target};
+use super::abuse_attack::{ATTACKS, Target};
+use super::abuse_child::Attackers;
 use super::abuse_honest::{self as honest, Done, OPS_PER_S, User};
 use super::abuse_report::{AbuseConfig, AbusePhase, AbuseReport, judge};
 use super::abuse_seed as seed;
-use super::fleet::Endpoint;
 use super::machine::machine;
 use super::phase::{Bench, Kind};
 use super::record::stats;
@@ -107,7 +107,7 @@ async fn phase(
     wait_ready(&site.api).await?;
     let ep = endpoint(&site.api).await?;
     progress(&format!("phase {attack} ({}): seeding", name_of(attack)));
-    let (rows, target) = prepare(site, channel, &ep, attack).await?;
+    let (rows, target) = prepare(site, channel, attack).await?;
     let users: Vec<User> = rows
         .users
         .iter()
@@ -125,40 +125,45 @@ async fn phase(
     };
     let mut bench = Bench::connect(site, channel, &ep, 2, crowd).await?;
     let cancel = CancellationToken::new();
-    let tally = Arc::new(Tally::default());
     let guard = RssGuard::start(site.pid, args.abuse_rss_abort_mib * 1024, cancel.clone());
-    let attacking = (attack != 0).then(|| {
-        tokio::spawn(super::abuse_attack::run(
-            attack,
-            Arc::new(target),
-            tally.clone(),
-            cancel.clone(),
-        ))
-    });
-    if attacking.is_some() {
-        ramp(attack, &tally, &cancel).await;
+    let attackers = match attack {
+        0 => None,
+        n => Some(Attackers::start(n, &target)?),
+    };
+    if let Some(a) = &attackers {
+        ramp(attack, a, &cancel).await;
     }
     progress(&format!(
         "phase {attack}: honest load for {:?}",
         args.abuse_duration
     ));
-    let (done, delivered) = tokio::join!(
-        honest::run(&site.api, &ep, &users, args.abuse_duration),
-        bench.phase(
-            Kind::Bridge,
-            HONEST_EVENTS_PER_S,
-            args.abuse_duration,
-            DRAIN
-        )
-    );
-    cancel.cancel();
-    if let Some(task) = attacking {
-        let _ = task.await;
-    }
+    let measuring = async {
+        let measured = tokio::join!(
+            honest::run(&site.api, &ep, &users, args.abuse_duration),
+            bench.phase(
+                Kind::Bridge,
+                HONEST_EVENTS_PER_S,
+                args.abuse_duration,
+                DRAIN
+            )
+        );
+        cancel.cancel();
+        measured
+    };
+    // The attack stops when the honest load is done, or earlier if the
+    // RSS guard fires.
+    let stopping = async {
+        cancel.cancelled().await;
+        match attackers {
+            Some(a) => Some(a.stop().await),
+            None => None,
+        }
+    };
+    let ((done, delivered), attacker) = tokio::join!(measuring, stopping);
     let peak = site.pid.and_then(|p| status_kib(p, "VmHWM:"));
     let mut p = tally_phase(attack, &done?, peak.max(guard.peak()));
     p.aborted = guard.aborted();
-    p.attacker = (attack != 0).then(|| tally.report());
+    p.attacker = attacker;
     match delivered {
         Ok(r) => {
             p.delivery = r.latency;
@@ -175,7 +180,6 @@ async fn phase(
 async fn prepare(
     site: &Site,
     channel: &str,
-    ep: &Endpoint,
     attack: u8,
 ) -> anyhow::Result<(seed::HonestRows, Target)> {
     let started = Instant::now();
@@ -193,34 +197,31 @@ async fn prepare(
         started.elapsed().as_secs_f64()
     ));
     let target = Target {
-        ep: ep.clone(),
         api: site.api.clone(),
         secret: site.secret.clone(),
         db_url: site.db_url.clone(),
         channel: channel.to_string(),
         attacker,
         conversation,
+        first_slot: 0,
+        slots: 0,
+        ep: None,
     };
     Ok((rows, target))
 }
 
 /// Waits for the attack to reach full strength (or `RAMP_PATIENCE`), then
 /// a second more for its effect to take hold.
-async fn ramp(attack: u8, tally: &Tally, cancel: &CancellationToken) {
+async fn ramp(attack: u8, attackers: &Attackers, cancel: &CancellationToken) {
     let deadline = Instant::now() + RAMP_PATIENCE;
-    while !tally.is_ready() && !cancel.is_cancelled() && Instant::now() < deadline {
+    while !attackers.ready() && !cancel.is_cancelled() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let r = tally.report();
     progress(&format!(
-        "attack {attack}: {} attempts, {} opened, {} failed{}",
-        r.attempts,
-        r.opened,
-        r.failed,
-        if r.ready {
-            ""
-        } else {
-            " (not at full strength)"
+        "attack {attack}: {}",
+        match attackers.ready() {
+            true => "at full strength",
+            false => "NOT at full strength; measuring anyway",
         }
     ));
     tokio::time::sleep(Duration::from_secs(1)).await;

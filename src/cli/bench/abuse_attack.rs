@@ -1,27 +1,25 @@
 //! The attacks of issue #17, each from one attacker account (four for the
-//! upload pin), exactly as the issue describes them. Every loop is bounded
-//! in count (the constants below) and in time (it ends when the phase's
-//! `cancel` fires); everything goes to the loopback server.
+//! upload pin), exactly as the issue describes them; the many-connection
+//! ones are in `abuse_slots`. Every loop is bounded in count (the
+//! constants) and in time (it ends when `cancel` fires); everything goes
+//! to the loopback server. They run in attacker processes of their own
+//! (`abuse_child`), so that their descriptors are not the bench's.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::future::join_all;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::abuse_raw::{End, await_answer, drip, head, send_head};
+use super::abuse_raw::{End, head, send_head};
 use super::abuse_report::AttackerReport;
 use super::abuse_seed::ATTACKER_QUESTION;
+use super::abuse_slots::{Kind, slots};
 use super::fleet::{Endpoint, ws_connect_query};
-use super::limits::source_addr;
-use super::mass::connect_from;
 use super::publish::{Batch, PublishRuntime, connect_publisher, publish};
 use super::record::Clock;
 use super::run::token;
@@ -40,32 +38,17 @@ pub(super) const ATTACKS: [(u8, &str, &str); 7] = [
 /// Resuming sockets of attack 1, and GETs of attack 2.
 const CATCHUP_SOCKETS: usize = 8;
 const LIST_CLIENTS: usize = 4;
-/// Attack 3: most slow requests held at once, and their byte interval.
-const SLOW_MAX: usize = 50_000;
-const SLOW_EVERY: Duration = Duration::from_secs(5);
-const SLOW_BODY: usize = 100_000;
-/// Attack 4: declared uploads, over this many accounts; each declares the
-/// largest body the default server takes (25 MiB + 64 KiB of multipart).
-const PIN_UPLOADS: usize = 7;
-const PIN_ACCOUNTS: usize = 4;
-const PIN_DECLARED: usize = 25 * 1024 * 1024 + 64 * 1024;
-/// Attack 5: most sockets tried at once (the default cap is 50,000).
-const FLOOD_MAX: usize = 60_000;
 /// Attack 6: concurrent chat searches.
 const SEARCHES: usize = 20;
-/// Attack 7: the attacker's sockets, and its events per second.
-const FANOUT_SOCKETS: usize = 8_000;
+/// Attack 7: the attacker's events per second.
 const FANOUT_RATE: u32 = 100;
-/// Concurrent connects of the attacks that open many.
-const GATE: usize = 256;
-/// A slot whose connection ended waits this long before the next.
-const RETRY: Duration = Duration::from_secs(1);
 /// Phase tag of the attacker's events (never an honest phase's).
 const ATTACK_PHASE: u32 = u32::MAX - 1;
 
-/// Where an attack goes, and what it was given.
+/// Where an attack goes, and what it was given (passed to the attacker
+/// process as JSON).
+#[derive(Clone, Serialize, Deserialize)]
 pub(super) struct Target {
-    pub(super) ep: Endpoint,
     pub(super) api: String,
     pub(super) secret: String,
     pub(super) db_url: String,
@@ -73,6 +56,21 @@ pub(super) struct Target {
     pub(super) attacker: Uuid,
     /// Attacks 1-2: the long history; 6: the conversation to ask in.
     pub(super) conversation: Option<Uuid>,
+    /// This process's slots of a many-connection attack: `first_slot`,
+    /// `first_slot + 1`, … (the index also picks the source address).
+    pub(super) first_slot: usize,
+    pub(super) slots: usize,
+    /// Resolved from `api` in the attacker process.
+    #[serde(skip)]
+    pub(super) ep: Option<Endpoint>,
+}
+
+impl Target {
+    pub(super) fn ep(&self) -> &Endpoint {
+        self.ep
+            .as_ref()
+            .expect("the endpoint is resolved before attacking")
+    }
 }
 
 /// What the attacker achieved, counted as it happens.
@@ -90,29 +88,29 @@ pub(super) struct Tally {
 
 impl Tally {
     /// The attack is at full strength once it has made `n` attempts.
-    fn ready_after(&self, n: usize) {
+    pub(super) fn ready_after(&self, n: usize) {
         self.ready_after.store(n as u64, Ordering::SeqCst);
     }
 
-    fn attempt(&self) {
+    pub(super) fn attempt(&self) {
         let n = self.attempts.fetch_add(1, Ordering::SeqCst) + 1;
         if n >= self.ready_after.load(Ordering::SeqCst) {
             self.ready.store(true, Ordering::SeqCst);
         }
     }
 
-    fn open(&self) {
+    pub(super) fn open(&self) {
         self.opened.fetch_add(1, Ordering::SeqCst);
         let now = self.held.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
     }
 
-    fn end(&self, how: String) {
+    pub(super) fn end(&self, how: String) {
         self.held.fetch_sub(1, Ordering::SeqCst);
         *self.ends.lock().expect("tally").entry(how).or_default() += 1;
     }
 
-    fn fail(&self, why: String) {
+    pub(super) fn fail(&self, why: String) {
         self.failed.fetch_add(1, Ordering::SeqCst);
         *self.ends.lock().expect("tally").entry(why).or_default() += 1;
     }
@@ -140,7 +138,7 @@ impl Tally {
 }
 
 /// Why a connect failed, short enough to count by.
-fn reason(e: &anyhow::Error) -> String {
+pub(super) fn reason(e: &anyhow::Error) -> String {
     format!(
         "error: {}",
         e.to_string().chars().take(60).collect::<String>()
@@ -152,9 +150,9 @@ pub(super) async fn run(n: u8, t: Arc<Target>, tally: Arc<Tally>, cancel: Cancel
     let result = match n {
         1 => catchup(&t, &tally, &cancel).await,
         2 => unbounded_list(&t, &tally, &cancel).await,
-        3 => slots(&t, &tally, &cancel, SLOW_MAX, slow_body).await,
-        4 => slots(&t, &tally, &cancel, PIN_UPLOADS, pin_upload).await,
-        5 => slots(&t, &tally, &cancel, FLOOD_MAX, flood_socket).await,
+        3 => slots(&t, &tally, &cancel, Kind::SlowBody).await,
+        4 => slots(&t, &tally, &cancel, Kind::PinUpload).await,
+        5 => slots(&t, &tally, &cancel, Kind::Socket).await,
         6 => search_flood(&t, &tally, &cancel).await,
         7 => fan_out(&t, &tally, &cancel).await,
         _ => Ok(()),
@@ -172,7 +170,7 @@ async fn catchup(t: &Target, tally: &Tally, cancel: &CancellationToken) -> anyho
     let jwt = token(&t.secret, t.attacker)?;
     let query = format!("token={jwt}&since=1970-01-01T00:00:00Z");
     let opening = (0..CATCHUP_SOCKETS).map(|_| async {
-        let ws = tokio::time::timeout(Duration::from_secs(30), ws_connect_query(&t.ep, &query));
+        let ws = tokio::time::timeout(Duration::from_secs(30), ws_connect_query(t.ep(), &query));
         let ws = ws.await;
         tally.attempt();
         match ws {
@@ -211,14 +209,14 @@ async fn unbounded_list(
     let get = head(
         "GET",
         &format!("/conversations/{conv}/messages"),
-        &t.ep.host,
+        &t.ep().host,
         &jwt,
         None,
         None,
     );
     let mut held = Vec::new();
     for i in 0..LIST_CLIENTS {
-        let sent = send_head(&t.ep, i, &get).await;
+        let sent = send_head(t.ep(), i, &get).await;
         tally.attempt();
         match sent {
             Ok(tcp) => {
@@ -233,208 +231,6 @@ async fn unbounded_list(
         tally.end(End::Cancelled.label());
     }
     Ok(())
-}
-
-/// What one slot of a many-connection attack does with its connection.
-type Slot = fn(
-    usize,
-    Arc<Target>,
-    Arc<Tally>,
-    Arc<Semaphore>,
-    CancellationToken,
-) -> futures_util::future::BoxFuture<'static, ()>;
-
-/// `n` slots of an attack, each connecting (at most `GATE` at once),
-/// holding its connection until it ends, and connecting again `RETRY`
-/// later, until `cancel`.
-async fn slots(
-    t: &Arc<Target>,
-    tally: &Arc<Tally>,
-    cancel: &CancellationToken,
-    n: usize,
-    slot: Slot,
-) -> anyhow::Result<()> {
-    tally.ready_after(n);
-    let gate = Arc::new(Semaphore::new(GATE));
-    let mut set = JoinSet::new();
-    for i in 0..n {
-        set.spawn(slot(
-            i,
-            t.clone(),
-            tally.clone(),
-            gate.clone(),
-            cancel.clone(),
-        ));
-    }
-    cancel.cancelled().await;
-    // The slots see `cancel` too; give them a moment to count their ends.
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while set.join_next().await.is_some() {}
-    })
-    .await;
-    Ok(())
-}
-
-/// Waits `RETRY` unless the attack is over; false if it is.
-async fn pause(cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(RETRY) => true,
-        _ = cancel.cancelled() => false,
-    }
-}
-
-/// Attack 3's slot: a JSON request declaring `SLOW_BODY` bytes that come
-/// one every `SLOW_EVERY`.
-fn slow_body(
-    i: usize,
-    t: Arc<Target>,
-    tally: Arc<Tally>,
-    gate: Arc<Semaphore>,
-    cancel: CancellationToken,
-) -> futures_util::future::BoxFuture<'static, ()> {
-    Box::pin(async move {
-        let Ok(jwt) = token(&t.secret, t.attacker) else {
-            return;
-        };
-        let json = Some("application/json");
-        let post = head(
-            "POST",
-            "/conversations",
-            &t.ep.host,
-            &jwt,
-            json,
-            Some(SLOW_BODY),
-        );
-        raw_slot(i, &t, &tally, &gate, &cancel, &post, |tcp, c| {
-            Box::pin(drip(tcp, SLOW_EVERY, c))
-        })
-        .await;
-    })
-}
-
-/// Attack 4's slot: an upload declaring the largest body, sending none.
-fn pin_upload(
-    i: usize,
-    t: Arc<Target>,
-    tally: Arc<Tally>,
-    gate: Arc<Semaphore>,
-    cancel: CancellationToken,
-) -> futures_util::future::BoxFuture<'static, ()> {
-    Box::pin(async move {
-        // Account k of the attacker's four: the first is `t.attacker`.
-        let account = Uuid::from_u128(
-            t.attacker
-                .as_u128()
-                .wrapping_add((i % PIN_ACCOUNTS) as u128),
-        );
-        let Ok(jwt) = token(&t.secret, account) else {
-            return;
-        };
-        let multipart = Some("multipart/form-data; boundary=abuse");
-        let post = head(
-            "POST",
-            "/documents",
-            &t.ep.host,
-            &jwt,
-            multipart,
-            Some(PIN_DECLARED),
-        );
-        raw_slot(i, &t, &tally, &gate, &cancel, &post, |tcp, c| {
-            Box::pin(await_answer(tcp, c))
-        })
-        .await;
-    })
-}
-
-/// How a raw slot holds its connection once the head is sent.
-type Hold = for<'a> fn(
-    tokio::net::TcpStream,
-    &'a CancellationToken,
-) -> futures_util::future::BoxFuture<'a, End>;
-
-/// The loop of a raw-HTTP slot: send `head`, `hold`, count the end, again.
-async fn raw_slot(
-    i: usize,
-    t: &Target,
-    tally: &Tally,
-    gate: &Semaphore,
-    cancel: &CancellationToken,
-    head: &str,
-    hold: Hold,
-) {
-    while !cancel.is_cancelled() {
-        let sent = {
-            let _permit = gate.acquire().await;
-            tokio::select! {
-                r = send_head(&t.ep, i, head) => Some(r),
-                _ = cancel.cancelled() => None,
-            }
-        };
-        let Some(sent) = sent else { return };
-        tally.attempt();
-        match sent {
-            Ok(tcp) => {
-                tally.open();
-                tally.end(hold(tcp, cancel).await.label());
-            }
-            Err(e) => tally.fail(reason(&e)),
-        }
-        if !pause(cancel).await {
-            return;
-        }
-    }
-}
-
-/// Attack 5's slot: one more WebSocket of the attacker's one token, held
-/// (read, so pings are answered) until the server closes it.
-fn flood_socket(
-    i: usize,
-    t: Arc<Target>,
-    tally: Arc<Tally>,
-    gate: Arc<Semaphore>,
-    cancel: CancellationToken,
-) -> futures_util::future::BoxFuture<'static, ()> {
-    Box::pin(async move { socket_slot(i, &t, &tally, &gate, &cancel).await })
-}
-
-/// A WebSocket slot (attacks 5 and 7): connect, read until closed, again.
-async fn socket_slot(
-    i: usize,
-    t: &Target,
-    tally: &Tally,
-    gate: &Semaphore,
-    cancel: &CancellationToken,
-) {
-    let Ok(jwt) = token(&t.secret, t.attacker) else {
-        return;
-    };
-    while !cancel.is_cancelled() {
-        let ws = {
-            let _permit = gate.acquire().await;
-            let src = IpAddr::V4(source_addr(i));
-            tokio::select! {
-                r = tokio::time::timeout(Duration::from_secs(30), connect_from(&t.ep, src, &jwt)) => Some(r),
-                _ = cancel.cancelled() => None,
-            }
-        };
-        let Some(ws) = ws else { return };
-        tally.attempt();
-        match ws {
-            Ok(Ok(mut ws)) => {
-                tally.open();
-                let closed = async { while let Some(Ok(_)) = ws.next().await {} };
-                tokio::select! {
-                    _ = closed => tally.end(End::Closed.label()),
-                    _ = cancel.cancelled() => tally.end(End::Cancelled.label()),
-                }
-            }
-            Ok(Err(e)) => tally.fail(reason(&e)),
-            Err(_) => tally.fail("handshake timed out (30 s)".into()),
-        }
-        if !pause(cancel).await {
-            return;
-        }
-    }
 }
 
 /// Attack 6: `SEARCHES` chat questions at once, each asking again as soon
@@ -473,22 +269,14 @@ async fn search_flood(t: &Target, tally: &Tally, cancel: &CancellationToken) -> 
     Ok(())
 }
 
-/// Attack 7: `FANOUT_SOCKETS` sockets of the attacker (as many as the
+/// Attack 7: the attacker's sockets (8,000, or as many as the
 /// server lets it hold), then `FANOUT_RATE` events/s to them.
 async fn fan_out(
     t: &Arc<Target>,
     tally: &Arc<Tally>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let opening = slots(
-        t,
-        tally,
-        cancel,
-        FANOUT_SOCKETS,
-        |i, t, tally, gate, cancel| {
-            Box::pin(async move { socket_slot(i, &t, &tally, &gate, &cancel).await })
-        },
-    );
+    let opening = slots(t, tally, cancel, Kind::Socket);
     let events = async {
         while !tally.is_ready() && !cancel.is_cancelled() {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::abuse_attack::ATTACKS;
 use super::report::{Machine, Stats, TargetCheck};
@@ -20,7 +20,7 @@ pub(super) const PEAK_RSS_KIB: u64 = 1024 * 1024;
 
 /// What the attacker got: connections or requests opened and held, and
 /// how they ended (answers by status, closes, errors).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AttackerReport {
     /// It reached full strength before the honest load started.
     pub ready: bool,

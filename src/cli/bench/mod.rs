@@ -42,10 +42,12 @@
 
 mod abuse;
 mod abuse_attack;
+mod abuse_child;
 mod abuse_honest;
 mod abuse_raw;
 mod abuse_report;
 mod abuse_seed;
+mod abuse_slots;
 mod capacity;
 mod fleet;
 mod heal;
@@ -177,6 +179,9 @@ pub struct BenchArgs {
     /// the machine; the phase is then reported as aborted (a missed target).
     #[arg(long, default_value_t = 3072, requires = "abuse")]
     pub abuse_rss_abort_mib: u64,
+    /// Internal: run as an attacker process of --abuse (attack N).
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u8).range(1..=7))]
+    pub abuse_child: Option<u8>,
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {

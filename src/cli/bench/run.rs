@@ -29,6 +29,9 @@ pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCo
     let _ = crate::cli::serve::raise_nofile_limit();
     let channel = connect.channel()?;
     let cancel = CancellationToken::new();
+    if let Some(n) = args.abuse_child {
+        return super::abuse_child::child(n).await;
+    }
     crate::cli::cancel_on_signal(cancel.clone());
     if args.abuse {
         // A fresh server per phase: the abuse run starts (and stops) its own.
