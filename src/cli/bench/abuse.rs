@@ -23,6 +23,7 @@ use super::abuse_seed as seed;
 use super::machine::machine;
 use super::phase::{Bench, Kind};
 use super::record::stats;
+use super::report::PhaseResult;
 use super::run::{Crowd, token};
 use super::sample::{rss_kib, status_kib};
 use super::server::{Site, endpoint, wait_ready};
@@ -108,17 +109,7 @@ async fn phase(
     let ep = endpoint(&site.api).await?;
     progress(&format!("phase {attack} ({}): seeding", name_of(attack)));
     let (rows, target) = prepare(site, channel, attack).await?;
-    let users: Vec<User> = rows
-        .users
-        .iter()
-        .zip(&rows.conversations)
-        .map(|(&u, &conversation)| {
-            Ok(User {
-                token: token(&site.secret, u)?,
-                conversation,
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let users = honest_users(&site.secret, &rows)?;
     let crowd = Crowd {
         users: rows.users.clone(),
         clients: HONEST_USERS,
@@ -137,15 +128,11 @@ async fn phase(
         "phase {attack}: honest load for {:?}",
         args.abuse_duration
     ));
+    let length = args.abuse_duration;
     let measuring = async {
         let measured = tokio::join!(
-            honest::run(&site.api, &ep, &users, args.abuse_duration),
-            bench.phase(
-                Kind::Bridge,
-                HONEST_EVENTS_PER_S,
-                args.abuse_duration,
-                DRAIN
-            )
+            honest::run(&site.api, &ep, &users, length),
+            bench.phase(Kind::Bridge, HONEST_EVENTS_PER_S, length, DRAIN)
         );
         cancel.cancel();
         measured
@@ -164,6 +151,26 @@ async fn phase(
     let mut p = tally_phase(attack, &done?, peak.max(guard.peak()));
     p.aborted = guard.aborted();
     p.attacker = attacker;
+    add_delivery(&mut p, delivered);
+    Ok(p)
+}
+
+/// The honest users' tokens and conversations.
+fn honest_users(secret: &str, rows: &seed::HonestRows) -> anyhow::Result<Vec<User>> {
+    rows.users
+        .iter()
+        .zip(&rows.conversations)
+        .map(|(&u, &conversation)| {
+            Ok(User {
+                token: token(secret, u)?,
+                conversation,
+            })
+        })
+        .collect()
+}
+
+/// The honest deliveries' numbers, or why they could not be measured.
+fn add_delivery(p: &mut AbusePhase, delivered: anyhow::Result<PhaseResult>) {
     match delivered {
         Ok(r) => {
             p.delivery = r.latency;
@@ -172,7 +179,6 @@ async fn phase(
         }
         Err(e) => p.delivery_error = Some(format!("{e:#}")),
     }
-    Ok(p)
 }
 
 /// Seeds the honest users and what `attack` needs; returns the honest rows
