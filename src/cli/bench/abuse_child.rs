@@ -147,7 +147,9 @@ pub(super) async fn child(n: u8) -> anyhow::Result<ExitCode> {
     if tally.is_ready() {
         println!("ready");
     }
-    // A swamped attacker still reports what it counted.
+    // Attack until told to stop; a swamped attacker still reports what it
+    // counted.
+    cancel.cancelled().await;
     let _ = tokio::time::timeout(Duration::from_secs(15), attack).await;
     println!("{}", serde_json::to_string(&tally.report())?);
     Ok(ExitCode::SUCCESS)
