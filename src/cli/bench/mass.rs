@@ -100,7 +100,7 @@ impl Tally {
 
 /// A WebSocket from `src` (bound before connecting, so the kernel picks a
 /// port of that address), with a small read buffer.
-async fn connect_from(ep: &Endpoint, src: IpAddr, jwt: &str) -> anyhow::Result<Ws> {
+pub(super) async fn connect_from(ep: &Endpoint, src: IpAddr, jwt: &str) -> anyhow::Result<Ws> {
     let socket = match ep.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => bail!("--sockets needs an IPv4 loopback server"),
@@ -121,7 +121,7 @@ async fn connect_from(ep: &Endpoint, src: IpAddr, jwt: &str) -> anyhow::Result<W
 /// instead of at `bind` (which takes only every other port of the range,
 /// and gets slow as they run out). Best effort: without it the bench still
 /// works, as `PER_SOURCE` stays under half the range.
-fn no_port_at_bind(socket: &TcpSocket) {
+pub(super) fn no_port_at_bind(socket: &TcpSocket) {
     use std::os::fd::AsRawFd;
     let on: libc::c_int = 1;
     // SAFETY: a plain setsockopt on a socket we own, with a local int.

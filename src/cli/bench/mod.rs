@@ -19,6 +19,10 @@
 //! 6. with `--capacity` only, the capacity across API instances (see
 //!    `capacity.rs` and docs/capacity.md).
 //!
+//! `--abuse` runs instead the attacks of issue #17 against 50 honest users
+//! (`abuse*.rs`: the run, the attacks, the honest load, the seeding, the
+//! report).
+//!
 //! The bridge phase also reports the server's CPU per delivered frame.
 //!
 //! Each phase also records the CPU used by this process, the server and
@@ -36,6 +40,14 @@
 //! `sample` (CPU, RSS, the server's metrics), `phase`, `server`, `machine`,
 //! `render`, `capacity`, and `run`, which ties them together.
 
+mod abuse;
+mod abuse_attack;
+mod abuse_child;
+mod abuse_honest;
+mod abuse_raw;
+mod abuse_report;
+mod abuse_seed;
+mod abuse_slots;
 mod capacity;
 mod fleet;
 mod heal;
@@ -143,6 +155,33 @@ pub struct BenchArgs {
     /// Users of the --capacity phase (each event goes to one user's sockets).
     #[arg(long, default_value_t = 1_000, value_parser = parse_positive)]
     pub capacity_users: usize,
+    // Abuse benchmark (#17).
+    /// Instead of the phases above: each attack of issue #17 against 50
+    /// honest users, on a fresh server per phase (see docs/benchmarks.md).
+    #[arg(long, conflicts_with_all = ["server_url", "sockets", "capacity", "resume"])]
+    pub abuse: bool,
+    /// Length of the honest users' measurement in each --abuse phase.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, requires = "abuse")]
+    pub abuse_duration: Duration,
+    /// Run only these attacks (1-7, comma-separated); the baseline always runs.
+    #[arg(long, value_delimiter = ',', requires = "abuse",
+          value_parser = clap::value_parser!(u8).range(1..=7))]
+    pub abuse_only: Vec<u8>,
+    /// An argument for the `ragctl serve` of each --abuse phase (repeat it),
+    /// e.g. --abuse-serve-arg=--metrics-addr=127.0.0.1:0.
+    #[arg(
+        long = "abuse-serve-arg",
+        allow_hyphen_values = true,
+        requires = "abuse"
+    )]
+    pub abuse_serve_args: Vec<String>,
+    /// Stop an attack once the server's RSS passes this (MiB), to protect
+    /// the machine; the phase is then reported as aborted (a missed target).
+    #[arg(long, default_value_t = 3072, requires = "abuse")]
+    pub abuse_rss_abort_mib: u64,
+    /// Internal: run as an attacker process of --abuse (attack N).
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u8).range(1..=7))]
+    pub abuse_child: Option<u8>,
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {

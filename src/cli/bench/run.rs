@@ -9,6 +9,7 @@ use anyhow::anyhow;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::abuse_report::{AbuseReport, render as abuse_render};
 use super::capacity;
 use super::fleet::{Endpoint, open_idle, raw_listener, start_fleet};
 use super::machine::machine;
@@ -28,7 +29,21 @@ pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCo
     let _ = crate::cli::serve::raise_nofile_limit();
     let channel = connect.channel()?;
     let cancel = CancellationToken::new();
+    if let Some(n) = args.abuse_child {
+        return super::abuse_child::child(n).await;
+    }
     crate::cli::cancel_on_signal(cancel.clone());
+    if args.abuse {
+        // A fresh server per phase: the abuse run starts (and stops) its own.
+        let outcome = tokio::select! {
+            r = super::abuse::run(&connect, &args, &channel) => r,
+            _ = cancel.cancelled() => {
+                eprintln!("ragctl: interrupted");
+                return Ok(ExitCode::from(130));
+            }
+        };
+        return conclude(&args, &Outcome::Abuse(Box::new(outcome?)));
+    }
     let site = Site::open(&connect, &args, &channel).await?;
     let outcome = tokio::select! {
         r = pick(&args, &site, &channel) => Some(r),
@@ -49,6 +64,7 @@ pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCo
 enum Outcome {
     Phases(Box<Report>),
     Mass(Box<Judged>),
+    Abuse(Box<AbuseReport>),
 }
 
 async fn pick(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<Outcome> {
@@ -67,17 +83,23 @@ fn conclude(args: &BenchArgs, outcome: &Outcome) -> anyhow::Result<ExitCode> {
     let (json, text, targets) = match outcome {
         Outcome::Phases(r) => (serde_json::to_string_pretty(r)?, render(r), &r.targets),
         Outcome::Mass(j) => (serde_json::to_string_pretty(j)?, mass_render(j), &j.targets),
+        Outcome::Abuse(a) => (
+            serde_json::to_string_pretty(a)?,
+            abuse_render(a),
+            &a.targets,
+        ),
     };
     if args.json {
         println!("{json}");
     } else {
         print!("{text}");
     }
-    let missed: Vec<&str> = targets
+    let mut missed: Vec<&str> = targets
         .iter()
         .filter(|t| t.met == Some(false))
         .map(|t| t.key)
         .collect();
+    missed.dedup();
     if missed.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
