@@ -37,6 +37,7 @@
 //! `render`, `capacity`, and `run`, which ties them together.
 
 mod capacity;
+mod fanout;
 mod fleet;
 mod heal;
 mod limits;
@@ -143,6 +144,15 @@ pub struct BenchArgs {
     /// Users of the --capacity phase (each event goes to one user's sockets).
     #[arg(long, default_value_t = 1_000, value_parser = parse_positive)]
     pub capacity_users: usize,
+    /// Instead of the phases above: the fan-out attack. The victim fleet
+    /// (--clients over --users) gets --rate events/s for --duration alone,
+    /// then while one attacker user holds this many sockets and gets
+    /// --attack-rate events/s (compare a server with RAG_USER_FRAME_RATE=0).
+    #[arg(long, default_value_t = 0, conflicts_with = "sockets")]
+    pub fanout_attack: usize,
+    /// Events per second to the attacker of --fanout-attack.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub attack_rate: u32,
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {

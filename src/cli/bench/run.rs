@@ -49,15 +49,20 @@ pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCo
 enum Outcome {
     Phases(Box<Report>),
     Mass(Box<Judged>),
+    Fanout(Box<super::fanout::FanoutReport>),
 }
 
 async fn pick(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<Outcome> {
-    if args.sockets == 0 {
+    if args.sockets == 0 && args.fanout_attack == 0 {
         return Ok(Outcome::Phases(Box::new(bench(args, site, channel).await?)));
     }
     wait_ready(&site.api).await?;
     let ep = endpoint(&site.api).await?;
     let machine = machine(&site.db_url).await;
+    if args.fanout_attack > 0 {
+        let report = super::fanout::run(args, site, channel, &ep, machine).await?;
+        return Ok(Outcome::Fanout(Box::new(report)));
+    }
     let report = super::mass::run(args, site, channel, &ep, machine).await?;
     Ok(Outcome::Mass(Box::new(judge(report))))
 }
@@ -67,6 +72,11 @@ fn conclude(args: &BenchArgs, outcome: &Outcome) -> anyhow::Result<ExitCode> {
     let (json, text, targets) = match outcome {
         Outcome::Phases(r) => (serde_json::to_string_pretty(r)?, render(r), &r.targets),
         Outcome::Mass(j) => (serde_json::to_string_pretty(j)?, mass_render(j), &j.targets),
+        Outcome::Fanout(f) => (
+            serde_json::to_string_pretty(f)?,
+            super::fanout::render(f),
+            &f.targets,
+        ),
     };
     if args.json {
         println!("{json}");
