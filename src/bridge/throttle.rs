@@ -217,7 +217,6 @@ impl Throttle {
             return;
         }
         envs.retain(|env| self.keep_or_mark(env, &mut allowed));
-        self.c.dirty.set(self.dirty_users() as f64);
     }
 
     /// How many of `events` (each costing `sockets` frames) `user` pays for.
