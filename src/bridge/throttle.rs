@@ -462,6 +462,63 @@ mod tests {
         assert_eq!(b.afford(&CFG, 1, 1), 0, "still in debt a second later");
     }
 
+    fn env(user: Uuid, at: DateTime<Utc>) -> Envelope {
+        Envelope::new(
+            user,
+            crate::events::EventType::DocumentStatusUpdated,
+            serde_json::json!({"document_id": Uuid::new_v4(), "status": "parsed",
+                "error_message": null, "updated_at": at}),
+            "test",
+        )
+    }
+
+    #[tokio::test]
+    async fn a_user_over_budget_keeps_its_first_events_and_is_dirty_since_the_first_skipped() {
+        let hub = Hub::new(8);
+        let (many, one) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut guards = vec![];
+        for user in std::iter::repeat_n(many, 10).chain([one]) {
+            let (server, _client) = tokio::io::duplex(64);
+            let (_read, write) = tokio::io::split(server);
+            guards.push(hub.register(user, false, super::super::Sink::stream(write)));
+        }
+        let cfg = ThrottleConfig {
+            rate: 0.001,
+            burst: 25.0,
+        };
+        let mut t = Throttle::new(cfg, None);
+        // Rows stamped before their events (as commits always are).
+        let t0 = Utc::now() - chrono::Duration::seconds(60);
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        let batch = [
+            env(many, at(1)),
+            env(many, at(2)),
+            env(many, at(4)),
+            env(one, at(0)),
+            env(many, at(3)),
+        ];
+        let mut envs = batch.to_vec();
+        t.admit(&mut envs, &hub);
+        let kept: Vec<Uuid> = envs.iter().map(|e| e.id).collect();
+        assert_eq!(
+            kept,
+            [batch[0].id, batch[1].id, batch[3].id],
+            "25 tokens pay two events of 10 sockets"
+        );
+        assert!(t.waiting());
+        assert_eq!(
+            t.buckets[&many].dirty,
+            Some(at(3)),
+            "the oldest skipped row stamp"
+        );
+        // While dirty, everything of that user is coalesced; others go on.
+        let mut envs = vec![env(many, at(5)), env(one, at(5))];
+        t.admit(&mut envs, &hub);
+        assert_eq!(envs.len(), 1);
+        assert_eq!(envs[0].user_id, one);
+        assert_eq!(t.buckets[&many].dirty, Some(at(3)));
+    }
+
     #[test]
     fn dirty_keeps_the_oldest_stamp() {
         let mut b = Bucket::new(&CFG, Instant::now());

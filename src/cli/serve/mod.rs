@@ -109,10 +109,10 @@ pub struct ServeArgs {
     /// Frames (events × that user's sockets here) per second the bridge
     /// sends one user; past it, the user's events are coalesced into a heal
     /// from the rows once the budget refills. 0 turns the bound off.
-    #[arg(long, env = "RAG_USER_FRAME_RATE", default_value_t = 2_000)]
+    #[arg(long, env = "RAG_USER_FRAME_RATE", default_value_t = 500)]
     pub user_frame_rate: u32,
     /// Frames one user may be sent at once, over the rate (the bucket's size).
-    #[arg(long, env = "RAG_USER_FRAME_BURST", default_value_t = 4_000,
+    #[arg(long, env = "RAG_USER_FRAME_BURST", default_value_t = 1_000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub user_frame_burst: u32,
 }
