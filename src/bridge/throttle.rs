@@ -351,10 +351,15 @@ impl Throttle {
             };
             b.healing = None;
             b.refill(&self.cfg, now);
+            let mut states = 0;
             if let Some((sent, n)) = per_user.remove(user) {
-                b.tokens -= (n * hub.sockets_of(*user)) as f64;
                 b.sent = Some((sent, now + SUPERSEDE_FOR));
+                states = n;
             }
+            // A heal costs at least what one event does, even if it found
+            // nothing: a user whose events have no rows behind them cannot
+            // make the bridge read the database at every tick.
+            b.tokens -= (states.max(1) * hub.sockets_of(*user)) as f64;
             if b.dirty.is_some() {
                 self.pending.insert(*user);
             }
