@@ -27,7 +27,7 @@ use super::Hub;
 use super::heal::HealConfig;
 use crate::db::changes::{self, Changes};
 use crate::events::Envelope;
-use crate::events::resume::{Sent, catch_up_states, state_of};
+use crate::events::resume::{Sent, State, catch_up_states, state_of};
 
 /// How long a throttle heal's states supersede older live events: longer
 /// than any notification can sit in the listener's queue.
@@ -333,12 +333,7 @@ impl Throttle {
             }
         };
         let overflow = changes.rows() > max;
-        let since: HashMap<Uuid, DateTime<Utc>> = read.users.iter().copied().collect();
-        let oldest = read.users.iter().map(|(_, at)| *at).min();
-        let mut states = oldest.map_or_else(Vec::new, |o| catch_up_states(&changes, o));
-        states.retain(|s| since.get(&s.out.user_id).is_some_and(|at| s.at >= *at));
-        states.truncate(max);
-        let now = Instant::now();
+        let states = states_of(&changes, &read.users, max);
         let mut per_user: HashMap<Uuid, (Sent, usize)> = HashMap::new();
         for s in &states {
             let (sent, n) = per_user.entry(s.out.user_id).or_default();
@@ -346,23 +341,7 @@ impl Throttle {
             *n += 1;
         }
         for (user, _) in &read.users {
-            let Some(b) = self.buckets.get_mut(user) else {
-                continue;
-            };
-            b.healing = None;
-            b.refill(&self.cfg, now);
-            let mut states = 0;
-            if let Some((sent, n)) = per_user.remove(user) {
-                b.sent = Some((sent, now + SUPERSEDE_FOR));
-                states = n;
-            }
-            // A heal costs at least what one event does, even if it found
-            // nothing: a user whose events have no rows behind them cannot
-            // make the bridge read the database at every tick.
-            b.tokens -= (states.max(1) * hub.sockets_of(*user)) as f64;
-            if b.dirty.is_some() {
-                self.pending.insert(*user);
-            }
+            self.healed(*user, per_user.remove(user), hub.sockets_of(*user));
         }
         self.c.frames.increment(states.len() as u64);
         let envs: Vec<Envelope> = states
@@ -376,6 +355,30 @@ impl Throttle {
             self.outcome("healed");
         }
         self.c.dirty.set(self.dirty_users() as f64);
+    }
+
+    /// Charges `user` for its heal (`sent`: what it was sent, and how many
+    /// states) and makes it live again, or pending if it was skipped
+    /// meanwhile.
+    fn healed(&mut self, user: Uuid, sent: Option<(Sent, usize)>, sockets: usize) {
+        let Some(b) = self.buckets.get_mut(&user) else {
+            return;
+        };
+        let now = Instant::now();
+        b.healing = None;
+        b.refill(&self.cfg, now);
+        let mut states = 0;
+        if let Some((sent, n)) = sent {
+            b.sent = Some((sent, now + SUPERSEDE_FOR));
+            states = n;
+        }
+        // A heal costs at least what one event does, even if it found
+        // nothing: a user whose events have no rows behind them cannot
+        // make the bridge read the database at every tick.
+        b.tokens -= (states.max(1) * sockets) as f64;
+        if b.dirty.is_some() {
+            self.pending.insert(user);
+        }
     }
 
     /// A heal task that ended without an answer (it panicked): its users
@@ -426,6 +429,19 @@ impl Throttle {
         self.pending.retain(|u| buckets.contains_key(u));
         self.c.dirty.set(self.dirty_users() as f64);
     }
+}
+
+/// The states of `changes` each user is owed (rows changed at or after its
+/// own stamp), oldest first, at most `max`.
+fn states_of(changes: &Changes, users: &[(Uuid, DateTime<Utc>)], max: usize) -> Vec<State> {
+    let since: HashMap<Uuid, DateTime<Utc>> = users.iter().copied().collect();
+    let Some(oldest) = users.iter().map(|(_, at)| *at).min() else {
+        return Vec::new();
+    };
+    let mut states = catch_up_states(changes, oldest);
+    states.retain(|s| since.get(&s.out.user_id).is_some_and(|at| s.at >= *at));
+    states.truncate(max);
+    states
 }
 
 /// One snapshot of every row of `users` changed since the oldest of their

@@ -157,11 +157,41 @@ pub(super) async fn run(
         .await?;
     progress(&phase_line(&baseline));
     bench.settle(Kind::Bridge).await?;
+    let hit = under_attack(&mut bench, args, site, channel, ep).await?;
+    Ok(FanoutReport {
+        machine,
+        user_frame_rate_env: std::env::var("RAG_USER_FRAME_RATE").ok(),
+        attacker_sockets: args.fanout_attack,
+        attacker_opened: hit.opened,
+        attack_rate: args.attack_rate,
+        attack_events: hit.events,
+        attack_bytes: hit.bytes,
+        targets: vec![ratio_target(&baseline, &hit.victim)],
+        baseline,
+        attacked: hit.victim,
+    })
+}
 
+/// What the victim phase under attack measured, and the attacker's side.
+struct UnderAttack {
+    victim: PhaseResult,
+    opened: usize,
+    events: u64,
+    bytes: u64,
+}
+
+/// The attacker's sockets open and its flood running, the victim's phase.
+async fn under_attack(
+    bench: &mut Bench,
+    args: &BenchArgs,
+    site: &Site,
+    channel: &str,
+    ep: &Endpoint,
+) -> anyhow::Result<UnderAttack> {
     let n = args.fanout_attack;
-    let attacker_user = Uuid::new_v4();
+    let user = Uuid::new_v4();
     progress(&format!("attacker: opening {n} sockets of one user"));
-    let attacker = open_attacker(ep, token(&site.secret, attacker_user)?, n).await?;
+    let attacker = open_attacker(ep, token(&site.secret, user)?, n).await?;
     let opened = attacker.opened.load(Ordering::SeqCst);
     progress(&format!(
         "attacker: {opened} open; {} events/s to it",
@@ -171,7 +201,7 @@ pub(super) async fn run(
     let flood = attack(
         site.db_url.clone(),
         channel.to_string(),
-        attacker_user,
+        user,
         args.attack_rate,
         sent.clone(),
     );
@@ -181,23 +211,17 @@ pub(super) async fn run(
         "victim under attack: {} events/s for {:?}",
         args.rate, args.duration
     ));
-    let attacked = bench
+    let drain = Duration::from_secs(10);
+    let victim = bench
         .phase(Kind::Bridge, args.rate, args.duration, drain)
         .await?;
-    progress(&phase_line(&attacked));
+    progress(&phase_line(&victim));
     drop(flood);
-    let targets = vec![ratio_target(&baseline, &attacked)];
-    Ok(FanoutReport {
-        machine,
-        user_frame_rate_env: std::env::var("RAG_USER_FRAME_RATE").ok(),
-        attacker_sockets: n,
-        attacker_opened: opened,
-        attack_rate: args.attack_rate,
-        attack_events: sent.load(Ordering::Relaxed),
-        attack_bytes: attacker.bytes.load(Ordering::Relaxed),
-        baseline,
-        attacked,
-        targets,
+    Ok(UnderAttack {
+        victim,
+        opened,
+        events: sent.load(Ordering::Relaxed),
+        bytes: attacker.bytes.load(Ordering::Relaxed),
     })
 }
 
