@@ -227,6 +227,12 @@ impl Hub {
             .contains_key(&user)
     }
 
+    /// How many sockets `user` has in this process.
+    pub fn sockets_of(&self, user: Uuid) -> usize {
+        let users = self.inner.users.read().expect("hub lock");
+        users.get(&user).map_or(0, |l| l.len())
+    }
+
     pub fn stats(&self) -> HubStats {
         let users = self.inner.users.read().expect("hub lock");
         HubStats {
@@ -346,6 +352,15 @@ impl Hub {
     /// Tells every socket that opted in (`?resync=1`) that events may have
     /// been missed.
     pub fn resync(&self, reason: &str) {
+        self.resync_where(reason, |_| true);
+    }
+
+    /// [`Hub::resync`] for the sockets of `users` only.
+    pub fn resync_users(&self, users: &HashSet<Uuid>, reason: &str) {
+        self.resync_where(reason, |u| users.contains(u));
+    }
+
+    fn resync_where(&self, reason: &str, of: impl Fn(&Uuid) -> bool) {
         let payload = json!({ "reason": reason });
         let frame = Frame {
             kind: "realtime.resync",
@@ -359,7 +374,10 @@ impl Hub {
         let chunk = Chunk::control(bytes.freeze());
         let opted: Vec<Entry> = {
             let users = self.inner.users.read().expect("hub lock");
-            let all = users.values().flat_map(|l| l.iter());
+            let all = users
+                .iter()
+                .filter(|(u, _)| of(u))
+                .flat_map(|(_, l)| l.iter());
             all.filter(|e| e.resync).cloned().collect()
         };
         for entry in &opted {

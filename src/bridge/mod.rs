@@ -20,6 +20,7 @@ mod heal;
 mod hold;
 mod hub;
 mod outlet;
+mod throttle;
 mod uring;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ pub use heal::{HealConfig, instance_name};
 pub use hold::{Held, Hold, Step};
 pub use hub::{CLOSE_SLOW_CONSUMER, ConnGuard, Hub, HubStats, put_text_frame};
 pub use outlet::{Begun, Chunk, ControlWriter, Direct, Outlet, Pushed, Sink, TcpSink};
+pub use throttle::{RESYNC_THROTTLED, ThrottleConfig};
 pub use uring::Sender;
 
 /// Most notifications the router takes from its queue at once. Only what is
@@ -41,6 +43,10 @@ pub use uring::Sender;
 pub const ROUTE_BATCH: usize = 2048;
 
 use heal::Healer;
+use throttle::{HealRead, Throttle};
+
+/// How often the router looks for throttled users whose budget refilled.
+const THROTTLE_TICK: Duration = Duration::from_millis(100);
 
 use crate::db::listener::{
     self, API_LISTENER_NAME, ListenItem, ListenerConfig, ListenerHandle, Notification,
@@ -57,6 +63,8 @@ pub struct BridgeConfig {
     pub io_uring: bool,
     /// Where gaps are healed from; `None` makes every gap a resync.
     pub heal: Option<HealConfig>,
+    /// Each user's budget of frames on the router (`throttle.rs`).
+    pub throttle: ThrottleConfig,
 }
 
 /// A running bridge.
@@ -77,6 +85,7 @@ pub fn start(
         .build()?;
     let (tx, rx) = mpsc::channel(cfg.queue);
     let healer = Healer::new(cfg.heal.clone(), hub.clone());
+    let throttle = Throttle::new(cfg.throttle, cfg.heal.clone());
     let (handle, listen_task) = {
         let _on = runtime.enter();
         listener::spawn(
@@ -90,7 +99,8 @@ pub fn start(
         .name("ragctl-bridge".into())
         .spawn(move || {
             runtime.block_on(async move {
-                route(rx, hub, healer, Sender::new(cfg.io_uring)).await;
+                let sender = Sender::new(cfg.io_uring);
+                route(rx, hub, Steps { healer, throttle }, sender).await;
                 let _ = listen_task.await;
             });
             let _ = done_tx.send(());
@@ -191,14 +201,40 @@ impl Reader {
     }
 }
 
-async fn route(
-    mut rx: mpsc::Receiver<ListenItem>,
-    hub: Hub,
-    mut healer: Healer,
-    mut sender: Sender,
-) {
+/// What the router does to events besides reading them: gap heals and
+/// each user's frame budget.
+struct Steps {
+    healer: Healer,
+    throttle: Throttle,
+}
+
+impl Steps {
+    fn keep(&mut self, env: &Envelope) -> bool {
+        !self.healer.superseded(env) && !self.throttle.superseded(env)
+    }
+
+    /// Sends what the batch's users can pay for.
+    fn deliver(&mut self, envs: &mut Vec<Envelope>, hub: &Hub, sender: &mut Sender) {
+        self.throttle.admit(envs, hub);
+        hub.deliver_with(envs, sender);
+        envs.clear();
+    }
+}
+
+/// The throttle heal in flight, if any (pending forever otherwise).
+async fn finished(heal: &mut Option<tokio::task::JoinHandle<HealRead>>) -> Option<HealRead> {
+    match heal {
+        Some(task) => task.await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+async fn route(mut rx: mpsc::Receiver<ListenItem>, hub: Hub, mut steps: Steps, mut sender: Sender) {
     let mut reader = Reader::new();
     let mut expire = tokio::time::interval(Duration::from_secs(5));
+    let mut due = tokio::time::interval(THROTTLE_TICK);
+    due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut healing = None;
     let mut items = Vec::with_capacity(ROUTE_BATCH);
     let mut envs = Vec::with_capacity(ROUTE_BATCH);
     loop {
@@ -206,6 +242,19 @@ async fn route(
             n = rx.recv_many(&mut items, ROUTE_BATCH) => if n == 0 { return },
             _ = expire.tick() => {
                 reader.expire();
+                steps.throttle.prune(&hub);
+                continue;
+            }
+            _ = due.tick(), if healing.is_none() && steps.throttle.waiting() => {
+                healing = steps.throttle.start(&hub);
+                continue;
+            }
+            read = finished(&mut healing) => {
+                healing = None;
+                match read {
+                    Some(read) => steps.throttle.finish(read, &hub),
+                    None => steps.throttle.abandon(),
+                }
                 continue;
             }
         }
@@ -214,21 +263,19 @@ async fn route(
                 ListenItem::Gap(gap) => {
                     // Events before the gap go out before the healed states,
                     // and nothing after it goes out until they have.
-                    hub.deliver_with(&envs, &mut sender);
-                    envs.clear();
-                    healer.heal(gap).await;
+                    steps.deliver(&mut envs, &hub, &mut sender);
+                    steps.healer.heal(gap).await;
                     continue;
                 }
                 ListenItem::Notification(n) => n,
             };
             match reader.read(&n, &hub) {
-                Some(env) if !healer.superseded(&env) => envs.push(env),
+                Some(env) if steps.keep(&env) => envs.push(env),
                 _ => {}
             }
         }
         if !envs.is_empty() {
-            hub.deliver_with(&envs, &mut sender);
-            envs.clear();
+            steps.deliver(&mut envs, &hub, &mut sender);
         }
     }
 }

@@ -49,6 +49,7 @@ mod abuse_report;
 mod abuse_seed;
 mod abuse_slots;
 mod capacity;
+mod fanout;
 mod fleet;
 mod heal;
 mod limits;
@@ -182,6 +183,15 @@ pub struct BenchArgs {
     /// Internal: run as an attacker process of --abuse (attack N).
     #[arg(long, hide = true, value_parser = clap::value_parser!(u8).range(1..=7))]
     pub abuse_child: Option<u8>,
+    /// Instead of the phases above: the fan-out attack. The victim fleet
+    /// (--clients over --users) gets --rate events/s for --duration alone,
+    /// then while one attacker user holds this many sockets and gets
+    /// --attack-rate events/s (compare a server with RAG_USER_FRAME_RATE=0).
+    #[arg(long, default_value_t = 0, conflicts_with = "sockets")]
+    pub fanout_attack: usize,
+    /// Events per second to the attacker of --fanout-attack.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub attack_rate: u32,
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {

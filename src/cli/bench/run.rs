@@ -65,15 +65,20 @@ enum Outcome {
     Phases(Box<Report>),
     Mass(Box<Judged>),
     Abuse(Box<AbuseReport>),
+    Fanout(Box<super::fanout::FanoutReport>),
 }
 
 async fn pick(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<Outcome> {
-    if args.sockets == 0 {
+    if args.sockets == 0 && args.fanout_attack == 0 {
         return Ok(Outcome::Phases(Box::new(bench(args, site, channel).await?)));
     }
     wait_ready(&site.api).await?;
     let ep = endpoint(&site.api).await?;
     let machine = machine(&site.db_url).await;
+    if args.fanout_attack > 0 {
+        let report = super::fanout::run(args, site, channel, &ep, machine).await?;
+        return Ok(Outcome::Fanout(Box::new(report)));
+    }
     let report = super::mass::run(args, site, channel, &ep, machine).await?;
     Ok(Outcome::Mass(Box::new(judge(report))))
 }
@@ -87,6 +92,11 @@ fn conclude(args: &BenchArgs, outcome: &Outcome) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(a)?,
             abuse_render(a),
             &a.targets,
+        ),
+        Outcome::Fanout(f) => (
+            serde_json::to_string_pretty(f)?,
+            super::fanout::render(f),
+            &f.targets,
         ),
     };
     if args.json {

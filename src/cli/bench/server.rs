@@ -113,9 +113,11 @@ fn spawn_serve(
         // still caps it; the server says so in its log).
         .args((args.sockets > 0).then(|| format!("--ws-max-connections={}", args.sockets + 100)))
         // The fan-out fleets are one user's many sockets on purpose (1,000
-        // with --sockets), past the default per-user share of 64; the abuse
-        // run measures the server's own defaults.
+        // with --sockets), past the default per-user shares of sockets and
+        // router frames; the abuse and fan-out attack runs measure the
+        // server's own defaults (RAG_USER_FRAME_RATE still applies there).
         .args((!args.abuse).then_some("--ws-max-per-user=1000000"))
+        .args((!args.abuse && args.fanout_attack == 0).then_some("--user-frame-rate=0"))
         .args(&args.abuse_serve_args)
         .arg("--ready-file")
         .arg(ready)

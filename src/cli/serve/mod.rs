@@ -146,6 +146,16 @@ pub struct ServeArgs {
     /// without it (use --metrics-addr) the API port does not serve it.
     #[arg(long, env = "RAG_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    // One user's frame rate on the router (issue #17, attack 7).
+    /// Frames (events × that user's sockets here) per second the bridge
+    /// sends one user; past it, the user's events are coalesced into a heal
+    /// from the rows once the budget refills. 0 turns the bound off.
+    #[arg(long, env = "RAG_USER_FRAME_RATE", default_value_t = 500)]
+    pub user_frame_rate: u32,
+    /// Frames one user may be sent at once, over the rate (the bucket's size).
+    #[arg(long, env = "RAG_USER_FRAME_BURST", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub user_frame_burst: u32,
 }
 
 /// Raises the open-file limit (each socket is a file) to `fs.nr_open` when

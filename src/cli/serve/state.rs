@@ -135,6 +135,10 @@ fn realtime(args: &ServeArgs, parts: &Parts<'_>, events: &Publisher) -> anyhow::
                 instance: bridge::instance_name(),
                 delay: Duration::from_millis(args.heal_delay_ms),
             }),
+            throttle: bridge::ThrottleConfig {
+                rate: f64::from(args.user_frame_rate),
+                burst: f64::from(args.user_frame_burst),
+            },
         },
         hub.clone(),
         parts.shutdown.clone(),
