@@ -34,12 +34,6 @@ async fn seed_messages(db: &TestDb, user: Uuid, n: usize, chars: usize) -> Vec<U
     rows.iter().map(|r| r.get(0)).collect()
 }
 
-fn vm_hwm_kb(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// A token of `user` expiring at `exp` (seconds since the epoch).
 fn token_exp(user: Uuid, exp: u64) -> String {
     let claims = json!({"sub": user.to_string(), "exp": exp, "aud": "authenticated", "role": "authenticated"});
@@ -115,7 +109,7 @@ async fn eight_non_reading_resumes_keep_the_server_small() {
     let (attacker, honest) = (Uuid::new_v4(), Uuid::new_v4());
     seed_messages(&db, attacker, 10_000, 7_000).await;
     let pid = api.proc.pid();
-    let before = vm_hwm_kb(pid);
+    let before = vm_hwm_kib(pid);
 
     let path = format!("/ws?token={}&since={SINCE}", token(attacker));
     let mut held = vec![];
@@ -140,7 +134,7 @@ async fn eight_non_reading_resumes_keep_the_server_small() {
     let (code, _) = get_json(&api, honest, "/documents").await;
     assert_eq!(code, 200);
 
-    let after = vm_hwm_kb(pid);
+    let after = vm_hwm_kib(pid);
     let grown_mb = after.saturating_sub(before) / 1024;
     eprintln!("VmHWM {before} kB -> {after} kB (+{grown_mb} MB) with 8 stalled catch-ups");
     // Base: ~435 MB per socket (2.7 GB measured for 8); measured +5 MB with

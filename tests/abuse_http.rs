@@ -76,15 +76,6 @@ where
     failed
 }
 
-fn vm_hwm_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status")
-}
-
 /// A metric of the separate metrics listener at `url` (0 if absent).
 async fn metric_at(url: &str, prefix: &str) -> f64 {
     let text = get_fresh(url, "/metrics", None).await.unwrap_or_default();
@@ -343,7 +334,9 @@ async fn unread_get(url: &str, path: &str, user: Uuid) -> TcpStream {
         "GET {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\r\n",
         token(user)
     );
-    tcp.write_all(req.repeat(PIPELINED).as_bytes()).await.unwrap();
+    tcp.write_all(req.repeat(PIPELINED).as_bytes())
+        .await
+        .unwrap();
     tcp
 }
 
@@ -394,9 +387,7 @@ async fn clients_that_never_read_a_large_response_are_given_up() {
     let (status, body) = get_json(&api, victim, "/documents").await;
     assert_eq!(status, 200, "{body}");
     let hwm = vm_hwm_kib(api.proc.pid());
-    eprintln!(
-        "server VmHWM {hwm} kB with {CLIENTS} clients not reading {PIPELINED} pages"
-    );
+    eprintln!("server VmHWM {hwm} kB with {CLIENTS} clients not reading {PIPELINED} pages");
     assert!(hwm < 512 * 1024, "VmHWM {hwm} kB");
 }
 

@@ -24,13 +24,6 @@ const LIMITS: [(&str, &str); 5] = [
     ("RAG_WORKER_POLL_MS", "200"),
 ];
 
-/// Peak resident memory of a process, from /proc (KiB).
-fn vm_hwm_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 fn assert_alive(p: &mut Proc) {
     assert!(
         p.child.try_wait().unwrap().is_none(),

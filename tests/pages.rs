@@ -76,15 +76,6 @@ fn ids_of(rows: &[tokio_postgres::Row]) -> Vec<String> {
         .collect()
 }
 
-fn vm_hwm_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status")
-}
-
 /// `n` messages of 16,000 control characters (6 bytes each in JSON), three
 /// to a `created_at`.
 async fn insert_big_messages(db: &TestDb, user: Uuid, conv: &str, n: usize) {

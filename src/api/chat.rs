@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::error::ApiError;
-use super::shares::SearchPermit;
 use super::pages::{List, PageParams, PageRequest};
+use super::shares::SearchPermit;
 use super::{AppState, parse_id};
 use crate::auth::AuthUser;
 use crate::db::status::{MessageRole, MessageStatus};

@@ -13,9 +13,9 @@ pub mod error;
 mod guard_body;
 pub mod limits;
 mod ops;
-pub mod shares;
 mod pages;
 pub mod per_user;
+pub mod shares;
 pub mod ws;
 
 use std::ops::Deref;

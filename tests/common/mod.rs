@@ -425,6 +425,16 @@ pub async fn get_json(api: &Api, user: Uuid, path: &str) -> (u16, Value) {
     get_json_at(&api.url, user, path).await
 }
 
+/// Peak resident memory of a process (`VmHWM` in /proc), KiB.
+pub fn vm_hwm_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status")
+}
+
 /// Every row of a paginated list (`/documents`, `/conversations`,
 /// `/conversations/{id}/messages`): follows `next_cursor` to the end.
 pub async fn get_all(api: &Api, user: Uuid, path: &str, key: &str) -> Vec<Value> {

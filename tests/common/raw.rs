@@ -159,15 +159,6 @@ pub fn assert_refused(r: &RawResponse, status: u16, code: &str) {
     assert_eq!(header(&r.head, "retry-after"), Some("2"), "{}", r.head);
 }
 
-pub fn vm_hwm_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status")
-}
-
 /// Holds ACCESS EXCLUSIVE on a table until dropped or released: every
 /// query of it waits (on `chunks`: every search; on `documents`: every
 /// upload's insert), holding its pool connection, as a slow query would.

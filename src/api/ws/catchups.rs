@@ -62,7 +62,11 @@ impl Catchups {
             },
         };
         let (mine, permit) = taken.inspect_err(|r| {
-            let reason = if *r == Refused::User { "user" } else { "server" };
+            let reason = if *r == Refused::User {
+                "user"
+            } else {
+                "server"
+            };
             metrics::counter!("ragctl_ws_catchups_refused_total", "reason" => reason).increment(1);
         })?;
         let slot = Slot {
