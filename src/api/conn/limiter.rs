@@ -1,12 +1,13 @@
 //! The connection limiter: a budget of open sockets (HTTP connections and
 //! WebSockets) derived from the open-file limit, and which connection to
 //! shed when a newcomer finds it full: one that never sent a request, then
-//! one idle between requests, then one whose request has been waiting on
+//! one idle after a 429 for its user's share, then one idle between
+//! requests, then one whose request has been waiting on
 //! its client (body bytes, or room for its response) for `stall` or more.
 //! A request that waits on the server (a query, a lock) is never cut.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -91,6 +92,9 @@ struct Evictable {
     next_id: u64,
     /// Have not sent a request yet.
     fresh: BTreeMap<u64, CancellationToken>,
+    /// Between requests, after a 429 for its user's share: an account
+    /// hammering its caps must not push honest idle connections out first.
+    refused: BTreeMap<u64, CancellationToken>,
     /// Between requests (keep-alive).
     idle: BTreeMap<u64, CancellationToken>,
     /// Serving a request: shed only once stalled on its client.
@@ -202,6 +206,7 @@ impl Limiter {
             limiter: self.clone(),
             kill,
             requests: AtomicUsize::new(0),
+            refused: AtomicBool::new(false),
             progress: Arc::default(),
         })
     }
@@ -211,7 +216,9 @@ impl Limiter {
     pub(super) fn shed_oldest(&self) -> bool {
         let (victim, stalled) = {
             let mut ev = self.lock();
-            match ev.fresh.pop_first().or_else(|| ev.idle.pop_first()) {
+            let evictable = ev.fresh.pop_first();
+            let evictable = evictable.or_else(|| ev.refused.pop_first());
+            match evictable.or_else(|| ev.idle.pop_first()) {
                 Some((_, kill)) => (Some(kill), false),
                 None => (self.pop_stalled(&mut ev), true),
             }
@@ -267,6 +274,8 @@ pub(super) struct Slot {
     pub(super) limiter: Arc<Limiter>,
     pub(super) kill: CancellationToken,
     requests: AtomicUsize,
+    /// Its last answer was a 429 (see `Evictable::refused`).
+    refused: AtomicBool,
     /// Whether its request waits on the client (body, response writes).
     pub(super) progress: Arc<Progress>,
 }
@@ -275,6 +284,7 @@ impl Slot {
     fn remove(&self) {
         let mut ev = self.limiter.lock();
         ev.fresh.remove(&self.id);
+        ev.refused.remove(&self.id);
         ev.idle.remove(&self.id);
         ev.busy.remove(&self.id);
     }
@@ -296,11 +306,18 @@ pub(super) struct InFlight(Arc<Slot>);
 impl InFlight {
     pub(super) fn start(slot: &Arc<Slot>) -> InFlight {
         slot.requests.fetch_add(1, Ordering::Relaxed);
+        slot.refused.store(false, Ordering::Relaxed);
         slot.progress.moved();
         slot.remove();
         let busy = (slot.kill.clone(), slot.progress.clone());
         slot.limiter.lock().busy.insert(slot.id, busy);
         InFlight(slot.clone())
+    }
+
+    /// The request was refused for its user's share (429): once idle, the
+    /// connection is shed before other idle ones.
+    pub(super) fn refused(&self) {
+        self.0.refused.store(true, Ordering::Relaxed);
     }
 }
 
@@ -310,7 +327,12 @@ impl Drop for InFlight {
         if slot.requests.fetch_sub(1, Ordering::Relaxed) == 1 && !slot.kill.is_cancelled() {
             let mut ev = slot.limiter.lock();
             ev.busy.remove(&slot.id);
-            ev.idle.insert(slot.id, slot.kill.clone());
+            let class = if slot.refused.load(Ordering::Relaxed) {
+                &mut ev.refused
+            } else {
+                &mut ev.idle
+            };
+            class.insert(slot.id, slot.kill.clone());
         }
     }
 }
@@ -361,6 +383,25 @@ mod tests {
         assert!(l.shed_oldest() && a.kill.is_cancelled());
         drop((a, b, c));
         assert_eq!(l.in_use(), 0);
+    }
+
+    #[test]
+    fn a_connection_refused_for_its_users_share_is_shed_before_other_idle_ones() {
+        let l = Limiter::new("test", 3, None, Duration::from_secs(5));
+        let (honest, hammer) = (l.register(), l.register());
+        drop(InFlight::start(&honest));
+        let refused = InFlight::start(&hammer);
+        refused.refused();
+        drop(refused);
+        assert!(l.shed_oldest() && hammer.kill.is_cancelled());
+        assert!(!honest.kill.is_cancelled(), "the older honest one stays");
+        // A later answer that is not a 429 makes it an ordinary idle one.
+        let again = l.register();
+        let r = InFlight::start(&again);
+        r.refused();
+        drop(r);
+        drop(InFlight::start(&again));
+        assert!(l.shed_oldest() && honest.kill.is_cancelled());
     }
 
     #[test]

@@ -279,6 +279,9 @@ impl hyper::service::Service<Request> for Service {
         Box::pin(async move {
             let response = response.await?;
             let response = too_slow.answer().unwrap_or(response);
+            if response.status() == hyper::StatusCode::TOO_MANY_REQUESTS {
+                in_flight.refused();
+            }
             Ok(crate::api::guard_body::hold(response, in_flight))
         })
     }
