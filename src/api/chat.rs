@@ -122,11 +122,12 @@ pub async fn post_message(
         return Err(ApiError::bad_request("`content` must not be empty"));
     }
     check_text("content", content, MAX_CONTENT_CHARS)?;
-    let conv = owned(&state, user.user_id, &id).await?;
     let uid = user.user_id;
     // Before any connection is taken: the search pool bounds how many of
-    // them chat holds, so REST keeps the rest.
+    // them chat holds, so REST keeps the rest; and a user past their share
+    // is refused without a query.
     let permit = state.limits.searches.enter(uid).await?;
+    let conv = owned(&state, uid, &id).await?;
 
     let client = state.pool.get().await?;
     let question = chat::insert_message(
