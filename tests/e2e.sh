@@ -178,10 +178,11 @@ DB_CREATED=1
 start_api api1
 API1_PID=$API_PID
 # Short backoff so the corrupt PDF's three retries take seconds, not minutes.
-# A corrupt PDF is a deterministic failure and is not retried in production
-# (docs/api.md); the worker's fault injection treats it as transient so that
-# criterion 1's retry path (retry_count 1..3, then failed) runs for real.
-RAG_RETRY_BACKOFF_MS=200 RAG_WORKER_RETRY_ALL_FAILURES=true RAG_LOG=info start worker-parse worker parse
+# A corrupt PDF is a failure no retry can change, so the default policy
+# (`transient`) fails it at once (docs/api.md); `--retry-policy all` retries
+# every failure, so criterion 1's retry path (retry_count 1..3, then failed)
+# runs for real.
+RAG_RETRY_BACKOFF_MS=200 RAG_LOG=info start worker-parse worker parse --retry-policy all
 PARSE_PID=$LAST_PID
 RAG_RETRY_BACKOFF_MS=200 RAG_LOG=info start worker-ingest worker ingest
 INGEST_PID=$LAST_PID

@@ -73,9 +73,9 @@ async fn worker_events_reach_the_client() {
     }
 }
 
-/// Acceptance 1, failure path. A corrupt PDF is not retried any more (no
-/// retry can change it); the worker's fault injection treats its failure
-/// as transient, which takes the retry path of a database outage.
+/// Acceptance 1, failure path. A corrupt PDF is retried only under
+/// `RAG_RETRY_POLICY=all` (by default no retry can change it, so it fails
+/// at once: tests/workers.rs).
 #[tokio::test]
 async fn a_parse_that_fails_three_retries_reaches_the_client() {
     let db = TestDb::new();
@@ -83,7 +83,7 @@ async fn a_parse_that_fails_three_retries_reaches_the_client() {
     let env = [
         FAST_RETRIES[0],
         FAST_RETRIES[1],
-        ("RAG_WORKER_RETRY_ALL_FAILURES", "true"),
+        ("RAG_RETRY_POLICY", "all"),
     ];
     let _p = worker(&db, "parse", &env);
     let user = Uuid::new_v4();

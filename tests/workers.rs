@@ -54,7 +54,8 @@ async fn every_format_is_parsed_and_ingested() {
     assert_eq!(list["documents"].as_array().unwrap().len(), 4);
 }
 
-/// A corrupt file cannot get better: one attempt, then `failed`.
+/// A corrupt file cannot get better: under the default `--retry-policy
+/// transient`, one attempt, then `failed` (`retry_count` 0).
 #[tokio::test]
 async fn corrupt_pdf_fails_at_once() {
     let db = TestDb::new();
@@ -77,6 +78,77 @@ async fn corrupt_pdf_fails_at_once() {
         1,
         "no ingest job after a failed parse"
     );
+}
+
+/// `--retry-policy all` (issue #18 item 6): the same corrupt file is
+/// retried `--max-retries` (3) times, then `failed`; a WebSocket client sees
+/// the job's retries, its failure and the document's error.
+#[tokio::test]
+async fn retry_policy_all_retries_a_corrupt_pdf_three_times() {
+    let db = TestDb::new();
+    let api = Api::start(&db, &[], &[]).await;
+    let args = ["worker", "parse", "--retry-policy", "all"];
+    let _p = Proc::spawn("worker parse", &db.url, &args, &FAST_RETRIES);
+    let user = Uuid::new_v4();
+    let mut client = Client::connect(&api, user, "").await;
+    let doc = upload(&api, user, "corrupt.pdf").await;
+    let id = s(doc["id"].as_str().unwrap());
+    let retries = (1..=3).map(|n| json!(n));
+    for retry in retries {
+        client
+            .expect("a retry", |f| {
+                let want = [("document_id", id.clone()), ("status", s("queued"))];
+                is(f, "job.status_updated", &want) && f["payload"]["retry_count"] == retry
+            })
+            .await;
+    }
+    let failed = client
+        .expect("job failed", |f| {
+            let want = [("document_id", id.clone()), ("status", s("failed"))];
+            is(f, "job.status_updated", &want)
+        })
+        .await;
+    assert_eq!(failed["payload"]["retry_count"], 3, "{failed}");
+    let msg = failed["payload"]["error_message"].as_str().unwrap();
+    assert!(msg.starts_with("corrupt PDF"), "{failed}");
+    let err = client
+        .expect("document error", |f| {
+            let want = [("document_id", id.clone()), ("status", s("error"))];
+            is(f, "document.status_updated", &want)
+        })
+        .await;
+    assert_eq!(err["payload"]["error_message"], msg);
+    let path = format!("/documents/{}/jobs", id.as_str().unwrap());
+    let (_, jobs) = get_json(&api, user, &path).await;
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "{jobs}");
+    let job = &jobs["jobs"][0];
+    assert_eq!(
+        (&job["status"], &job["retry_count"]),
+        (&json!("failed"), &json!(3))
+    );
+}
+
+/// A bad `--retry-policy` / `RAG_RETRY_POLICY` is a usage error (exit 2)
+/// that names both, before anything connects.
+#[test]
+fn a_bad_retry_policy_is_refused_naming_flag_and_variable() {
+    let flag = ["worker", "parse", "--retry-policy", "sometimes"];
+    let runs = [
+        std::process::Command::new(bin()).args(flag).output(),
+        std::process::Command::new(bin())
+            .args(["worker", "parse"])
+            .env("RAG_RETRY_POLICY", "bogus")
+            .output(),
+    ];
+    for out in runs {
+        let out = out.expect("run ragctl");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("--retry-policy") && err.contains("RAG_RETRY_POLICY"),
+            "{err}"
+        );
+    }
 }
 
 #[tokio::test]

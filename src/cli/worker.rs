@@ -43,10 +43,6 @@ pub struct WorkerArgs {
         hide = true
     )]
     pub job_delay_ms: u64,
-    /// Fault injection for tests of the retry path: retry every failure,
-    /// even those no retry can change.
-    #[arg(long, env = "RAG_WORKER_RETRY_ALL_FAILURES", hide = true)]
-    pub retry_all_failures: bool,
 }
 
 pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitCode> {
@@ -78,7 +74,7 @@ pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitC
         job_delay: Duration::from_millis(args.job_delay_ms),
         embargo: events.embargo(),
         parse_limits: rt.parse_limits(),
-        retry_all_failures: args.retry_all_failures,
+        retry_policy: rt.retry_policy,
     };
     let shutdown = CancellationToken::new();
     super::cancel_on_signal(shutdown.clone());

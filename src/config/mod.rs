@@ -213,6 +213,37 @@ pub struct RuntimeOpts {
     /// Largest extracted text accepted from one document (MiB).
     #[arg(long, env = "RAG_PARSE_MAX_TEXT_MIB", default_value_t = 32)]
     pub parse_max_text_mib: u64,
+    // Retry policy (issue #18 item 6).
+    /// Which failed attempts are retried: `transient` (timeouts, database
+    /// errors) or `all` (every failure, up to --max-retries).
+    #[arg(long, env = "RAG_RETRY_POLICY", value_parser = RetryPolicy::parse, default_value = "transient")]
+    pub retry_policy: RetryPolicy,
+}
+
+/// Which failed job attempts are retried (`--retry-policy`).
+#[derive(clap::ValueEnum, serde::Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RetryPolicy {
+    /// Only failures a retry can change; a corrupt file fails at once.
+    #[default]
+    Transient,
+    /// Every failure, the seed's behaviour: a corrupt file is tried
+    /// 1 + --max-retries times before it is `failed`.
+    All,
+}
+
+impl RetryPolicy {
+    /// clap's own message names only the flag; this one names the variable
+    /// too, since a bad value often comes from the environment.
+    fn parse(s: &str) -> Result<Self, String> {
+        <Self as clap::ValueEnum>::from_str(s, true)
+            .map_err(|_| "expected `transient` or `all` (--retry-policy / RAG_RETRY_POLICY)".into())
+    }
+
+    /// Whether a failed attempt is retried (while retries remain).
+    pub fn retries(self, transient: bool) -> bool {
+        transient || self == RetryPolicy::All
+    }
 }
 
 impl RuntimeOpts {
@@ -524,11 +555,13 @@ mod tests {
             "--pool-size=3".into(),
             "--listen-database-url=postgres://l/db".into(),
             "--parse-max-text-mib=5".into(),
+            "--retry-policy=all".into(),
             "--llm-url=http://llm".into(),
             "--llm-api-key=sk".into(),
         ]);
         let args = rt.to_args();
         assert!(args.contains(&"--pool-size=3".to_string()), "{args:?}");
+        assert!(args.contains(&"--retry-policy=all".to_string()), "{args:?}");
         assert!(
             !args.iter().any(|a| a.starts_with("--llm")),
             "the LLM knobs stay with the API: {args:?}"

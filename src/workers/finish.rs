@@ -94,7 +94,7 @@ pub(super) async fn finish_failure(
     error: &JobError,
 ) -> Result<Published, DbError> {
     let message: String = error.to_string().chars().take(1000).collect();
-    let retry = error.is_transient() || cfg.retry_all_failures;
+    let retry = cfg.retry_policy.retries(error.is_transient());
     tracing::warn!(error = %message, retry, retry_count = job.retry_count, "job attempt failed");
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;

@@ -7,8 +7,9 @@
 //! publish the events: realtime never holds up or rolls back the work.
 //!
 //! Parsing runs in a child process under limits ([`rag::sandbox`]); a failure
-//! is classified once ([`JobError`]): deterministic ones fail the job at
-//! once, transient ones are retried with backoff.
+//! is classified once ([`JobError`]): transient ones are retried with
+//! backoff; deterministic ones fail the job at once, unless
+//! `--retry-policy all` retries them too.
 
 mod failure;
 mod finish;
@@ -24,6 +25,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::backoff::Backoff;
+use crate::config::RetryPolicy;
 use crate::db::DbError;
 use crate::db::documents::{self, Document};
 use crate::db::jobs::{self, JOBS_CHANNEL, Job, JobKind};
@@ -58,9 +60,8 @@ pub struct WorkerConfig {
     pub job_delay: Duration,
     /// Bounds of the parser child process.
     pub parse_limits: Limits,
-    /// Fault injection for tests of the retry path: treat every failure as
-    /// transient.
-    pub retry_all_failures: bool,
+    /// Which failures are retried (`--retry-policy`).
+    pub retry_policy: RetryPolicy,
 }
 
 pub fn owner_id(kind: JobKind) -> String {
