@@ -201,10 +201,12 @@ pub struct RuntimeOpts {
     /// Memory limit of the parser child process (MiB of address space).
     #[arg(long, env = "RAG_PARSE_MEMORY_MIB", default_value_t = 512)]
     pub parse_memory_mib: u64,
-    /// CPU-time limit of the parser child process (seconds).
+    /// CPU-time limit of the parser child process for the largest files
+    /// (seconds); smaller files get less (see --parse-cpu-floor-secs).
     #[arg(long, env = "RAG_PARSE_CPU_SECS", default_value_t = 60)]
     pub parse_cpu_secs: u64,
-    /// Wall-clock limit of one parse; the child is killed then (seconds).
+    /// Wall-clock limit of one parse of the largest files; the child is
+    /// killed then (seconds). Smaller files get 5 x their CPU budget.
     #[arg(long, env = "RAG_PARSE_WALL_SECS", default_value_t = 120)]
     pub parse_wall_secs: u64,
     /// Most a PDF's drawing streams may inflate to, summed over every use (MiB).
@@ -213,6 +215,11 @@ pub struct RuntimeOpts {
     /// Largest extracted text accepted from one document (MiB).
     #[arg(long, env = "RAG_PARSE_MAX_TEXT_MIB", default_value_t = 32)]
     pub parse_max_text_mib: u64,
+    // Parse budgets that scale with the input (issue #18).
+    /// CPU time of a parse of the smallest file (seconds); it grows with the
+    /// file's size up to --parse-cpu-secs (the upload cap gets the ceiling).
+    #[arg(long, env = "RAG_PARSE_CPU_FLOOR_SECS", default_value_t = 2)]
+    pub parse_cpu_floor_secs: u64,
 }
 
 impl RuntimeOpts {
@@ -294,6 +301,13 @@ impl RuntimeOpts {
             "RAG_PARSE_MAX_TEXT_MIB",
             self.parse_max_text_mib,
             1,
+        )?;
+        // RLIMIT_CPU counts whole seconds; 0 would mean no limit at all.
+        at_least(
+            "--parse-cpu-floor-secs",
+            "RAG_PARSE_CPU_FLOOR_SECS",
+            self.parse_cpu_floor_secs,
+            1,
         )
     }
 
@@ -321,6 +335,7 @@ impl RuntimeOpts {
             memory_bytes: self.parse_memory_mib << 20,
             cpu_secs: self.parse_cpu_secs,
             wall: Duration::from_secs(self.parse_wall_secs),
+            cpu_floor_secs: self.parse_cpu_floor_secs,
             max_inflated_bytes: self.parse_max_inflated_mib << 20,
             max_text_bytes: self.parse_max_text_mib << 20,
         }
@@ -524,11 +539,13 @@ mod tests {
             "--pool-size=3".into(),
             "--listen-database-url=postgres://l/db".into(),
             "--parse-max-text-mib=5".into(),
+            "--parse-cpu-floor-secs=4".into(),
             "--llm-url=http://llm".into(),
             "--llm-api-key=sk".into(),
         ]);
         let args = rt.to_args();
         assert!(args.contains(&"--pool-size=3".to_string()), "{args:?}");
+        assert!(args.contains(&"--parse-cpu-floor-secs=4".to_string()));
         assert!(
             !args.iter().any(|a| a.starts_with("--llm")),
             "the LLM knobs stay with the API: {args:?}"
