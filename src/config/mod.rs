@@ -206,7 +206,7 @@ pub struct RuntimeOpts {
     #[arg(long, env = "RAG_PARSE_CPU_SECS", default_value_t = 60)]
     pub parse_cpu_secs: u64,
     /// Wall-clock limit of one parse of the largest files; the child is
-    /// killed then (seconds). Smaller files get 5 x their CPU budget.
+    /// killed then (seconds). Smaller files get 10 x their CPU budget.
     #[arg(long, env = "RAG_PARSE_WALL_SECS", default_value_t = 120)]
     pub parse_wall_secs: u64,
     /// Most a PDF's drawing streams may inflate to, summed over every use (MiB).
