@@ -217,9 +217,12 @@ pub struct RuntimeOpts {
     pub parse_max_text_mib: u64,
     // Parse budgets that scale with the input (issue #18).
     /// CPU time of a parse of the smallest file (seconds); it grows with the
-    /// file's size up to --parse-cpu-secs (the upload cap gets the ceiling).
+    /// file's size up to --parse-cpu-secs.
     #[arg(long, env = "RAG_PARSE_CPU_FLOOR_SECS", default_value_t = 2)]
     pub parse_cpu_floor_secs: u64,
+    /// KiB of input that earn a parse one more CPU second above the floor.
+    #[arg(long, env = "RAG_PARSE_CPU_KIB_PER_SEC", default_value_t = crate::rag::budget::KIB_PER_CPU_SEC)]
+    pub parse_cpu_kib_per_sec: u64,
 }
 
 impl RuntimeOpts {
@@ -308,6 +311,12 @@ impl RuntimeOpts {
             "RAG_PARSE_CPU_FLOOR_SECS",
             self.parse_cpu_floor_secs,
             1,
+        )?;
+        at_least(
+            "--parse-cpu-kib-per-sec",
+            "RAG_PARSE_CPU_KIB_PER_SEC",
+            self.parse_cpu_kib_per_sec,
+            1,
         )
     }
 
@@ -336,6 +345,7 @@ impl RuntimeOpts {
             cpu_secs: self.parse_cpu_secs,
             wall: Duration::from_secs(self.parse_wall_secs),
             cpu_floor_secs: self.parse_cpu_floor_secs,
+            cpu_kib_per_sec: self.parse_cpu_kib_per_sec,
             max_inflated_bytes: self.parse_max_inflated_mib << 20,
             max_text_bytes: self.parse_max_text_mib << 20,
         }

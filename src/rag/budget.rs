@@ -1,17 +1,19 @@
 //! How much CPU and wall-clock time one parse may take, from the size of
 //! the file. A small file gets a small budget, so a 1 KB bomb cannot hold a
 //! parse slot for the full ceiling (`--parse-cpu-secs`): the budget starts at
-//! a floor (`--parse-cpu-floor-secs`) and grows with the size up to the
-//! ceilings.
+//! a floor (`--parse-cpu-floor-secs`) and grows with the size
+//! (`--parse-cpu-kib-per-sec`) up to the ceilings.
 
 use std::time::Duration;
 
-/// Bytes of input that earn one more CPU second above the floor. With the
-/// default floor (2 s) and ceiling (60 s), a file at the upload cap (25 MiB)
-/// gets the full 60 s: 25 MiB / 440 KiB = 58.2. Honest files parse orders of
-/// magnitude faster than this (docs/api.md, "Parse limits", has the
-/// measurements), so the margin is large.
-pub const BYTES_PER_CPU_SEC: u64 = 440 << 10;
+/// Default KiB of input that earn one more CPU second above the floor.
+/// Measured (release build): a 1.5 MB Flate-compressed text PDF (3.7 MB of
+/// text) parses in 0.8 s CPU, a 5 MB uncompressed one in 0.7 s, an 18 MB
+/// HTML file in 0.8 s: 1.9 MB/s or more. 128 KiB/s leaves those a margin of
+/// 15 or more (a 1 KB file gets the 2 s floor, 1 MiB gets 10 s, 7.25 MiB and
+/// above the 60 s ceiling). Images cost bytes but little parsing, so real
+/// PDFs have a larger margin still.
+pub const KIB_PER_CPU_SEC: u64 = 128;
 
 /// The wall clock allows this many times the CPU budget. It catches a child
 /// that blocks without burning CPU; generous so that a parse starved on a
@@ -28,16 +30,17 @@ pub struct Budget {
     pub wall: Duration,
 }
 
-/// The budget for a file of `size` bytes: CPU = floor + size / rate, within
-/// [floor, cpu_ceiling]; wall = [`WALL_PER_CPU`] × CPU, at most
-/// `wall_ceiling`. A floor above a ceiling is lowered to it.
-pub fn for_size(size: u64, floor_secs: u64, cpu_ceiling: u64, wall_ceiling: Duration) -> Budget {
-    let ceiling = cpu_ceiling.max(1);
-    let floor = floor_secs.clamp(1, ceiling);
-    let cpu_secs = floor.saturating_add(size / BYTES_PER_CPU_SEC).min(ceiling);
+/// The budget for a file of `size` bytes: CPU = floor + size / rate (KiB
+/// per second), within [floor, ceiling.cpu_secs]; wall = [`WALL_PER_CPU`] ×
+/// CPU, at most `ceiling.wall`. A floor above the ceiling is lowered to it.
+pub fn for_size(size: u64, floor_secs: u64, kib_per_sec: u64, ceiling: Budget) -> Budget {
+    let max_cpu = ceiling.cpu_secs.max(1);
+    let floor = floor_secs.clamp(1, max_cpu);
+    let grown = size / kib_per_sec.max(1).saturating_mul(1024);
+    let cpu_secs = floor.saturating_add(grown).min(max_cpu);
     let wall = Duration::from_secs(cpu_secs)
         .saturating_mul(WALL_PER_CPU)
-        .min(wall_ceiling);
+        .min(ceiling.wall);
     Budget { cpu_secs, wall }
 }
 
@@ -74,52 +77,83 @@ mod tests {
     use super::*;
 
     const WALL: Duration = Duration::from_secs(120);
+    const RATE: u64 = KIB_PER_CPU_SEC << 10;
+
+    /// Today's defaults: floor 2 s, ceilings 60 s CPU and 120 s wall.
+    fn budget(size: u64) -> Budget {
+        let ceiling = Budget {
+            cpu_secs: 60,
+            wall: WALL,
+        };
+        for_size(size, 2, KIB_PER_CPU_SEC, ceiling)
+    }
+
+    fn with(floor: u64, cpu: u64, wall: u64) -> Budget {
+        let ceiling = Budget {
+            cpu_secs: cpu,
+            wall: Duration::from_secs(wall),
+        };
+        for_size(1_000, floor, KIB_PER_CPU_SEC, ceiling)
+    }
 
     #[test]
     fn a_small_file_gets_the_floor() {
-        let b = for_size(1_100, 2, 60, WALL);
-        assert_eq!(b.cpu_secs, 2);
-        assert_eq!(b.wall, Duration::from_secs(20));
-        assert_eq!(for_size(0, 2, 60, WALL).cpu_secs, 2);
+        let b = budget(1_100);
+        assert_eq!(
+            b,
+            Budget {
+                cpu_secs: 2,
+                wall: Duration::from_secs(20)
+            }
+        );
+        assert_eq!(budget(0).cpu_secs, 2);
     }
 
     #[test]
     fn the_budget_grows_with_the_size() {
-        assert_eq!(for_size(BYTES_PER_CPU_SEC, 2, 60, WALL).cpu_secs, 3);
-        let b = for_size(4 * BYTES_PER_CPU_SEC + 1, 2, 60, WALL);
-        assert_eq!(b.cpu_secs, 6);
-        assert_eq!(b.wall, Duration::from_secs(60));
-    }
-
-    #[test]
-    fn the_upload_cap_reaches_the_ceilings() {
-        let b = for_size(25 << 20, 2, 60, WALL);
+        assert_eq!(budget(RATE - 1).cpu_secs, 2);
+        assert_eq!(budget(RATE).cpu_secs, 3);
+        let b = budget(1 << 20);
         assert_eq!(
             b,
             Budget {
-                cpu_secs: 60,
-                wall: WALL
+                cpu_secs: 10,
+                wall: Duration::from_secs(100)
             }
         );
-        // Beyond it, nothing more.
-        assert_eq!(for_size(u64::MAX, 2, 60, WALL).cpu_secs, 60);
+        // A faster rate grows more slowly.
+        let ceiling = Budget {
+            cpu_secs: 60,
+            wall: WALL,
+        };
+        assert_eq!(for_size(1 << 20, 2, 1024, ceiling).cpu_secs, 3);
+    }
+
+    #[test]
+    fn large_files_reach_the_ceilings() {
+        let full = Budget {
+            cpu_secs: 60,
+            wall: WALL,
+        };
+        assert_eq!(budget(58 * RATE), full);
+        assert_eq!(budget(25 << 20), full);
+        assert_eq!(budget(u64::MAX), full);
     }
 
     #[test]
     fn the_ceilings_bound_the_floor() {
         // A floor above the CPU ceiling is lowered to it.
-        assert_eq!(for_size(1_000, 10, 3, WALL).cpu_secs, 3);
+        assert_eq!(with(10, 3, 120).cpu_secs, 3);
         // A wall ceiling below 10 × CPU wins.
-        let b = for_size(1_000, 2, 600, Duration::from_secs(3));
         assert_eq!(
-            b,
+            with(2, 600, 3),
             Budget {
                 cpu_secs: 2,
                 wall: Duration::from_secs(3)
             }
         );
-        // RLIMIT_CPU 0 would mean "unlimited" to no one: at least 1 s.
-        assert_eq!(for_size(0, 0, 0, WALL).cpu_secs, 1);
+        // RLIMIT_CPU 0 would be no limit at all: at least 1 s.
+        assert_eq!(with(0, 0, 120).cpu_secs, 1);
     }
 
     #[test]

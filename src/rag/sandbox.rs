@@ -38,6 +38,8 @@ pub struct Limits {
     pub wall: Duration,
     /// CPU time the smallest file gets (seconds).
     pub cpu_floor_secs: u64,
+    /// KiB of input that earn one more CPU second above the floor.
+    pub cpu_kib_per_sec: u64,
     /// What a PDF's drawing streams may inflate to, summed over every use.
     pub max_inflated_bytes: u64,
     /// Largest extracted text accepted.
@@ -51,6 +53,7 @@ impl Default for Limits {
             cpu_secs: 60,
             wall: Duration::from_secs(120),
             cpu_floor_secs: 2,
+            cpu_kib_per_sec: budget::KIB_PER_CPU_SEC,
             max_inflated_bytes: 256 << 20,
             max_text_bytes: 32 << 20,
         }
@@ -113,7 +116,11 @@ impl SandboxError {
 /// time limits scaled to the size. Dropping the future kills the child.
 pub async fn extract(bytes: &[u8], mime: &str, limits: &Limits) -> Result<String, SandboxError> {
     let size = bytes.len() as u64;
-    let budget = budget::for_size(size, limits.cpu_floor_secs, limits.cpu_secs, limits.wall);
+    let ceiling = budget::Budget {
+        cpu_secs: limits.cpu_secs,
+        wall: limits.wall,
+    };
+    let budget = budget::for_size(size, limits.cpu_floor_secs, limits.cpu_kib_per_sec, ceiling);
     let limits = &Limits {
         cpu_secs: budget.cpu_secs,
         wall: budget.wall,
