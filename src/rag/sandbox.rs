@@ -115,18 +115,8 @@ impl SandboxError {
 /// Extracts `bytes` of type `mime` in a child process under `limits`, its
 /// time limits scaled to the size. Dropping the future kills the child.
 pub async fn extract(bytes: &[u8], mime: &str, limits: &Limits) -> Result<String, SandboxError> {
-    let size = bytes.len() as u64;
-    let ceiling = budget::Budget {
-        cpu_secs: limits.cpu_secs,
-        wall: limits.wall,
-    };
-    let budget = budget::for_size(size, limits.cpu_floor_secs, limits.cpu_kib_per_sec, ceiling);
-    let limits = &Limits {
-        cpu_secs: budget.cpu_secs,
-        wall: budget.wall,
-        ..*limits
-    };
-    let input = budget::describe(size, mime);
+    let limits = &limits.for_input(bytes.len() as u64);
+    let input = budget::describe(bytes.len() as u64, mime);
     let mut child = spawn(mime, limits)?;
     let ran = tokio::time::timeout(limits.wall, collect(&mut child, bytes, limits)).await;
     let (status, stdout, stderr) = match ran {
