@@ -16,9 +16,10 @@ fn hostile(name: &str) -> Vec<u8> {
 }
 
 /// Tight limits so that the bombs end quickly, whatever the machine.
-const LIMITS: [(&str, &str); 5] = [
+const LIMITS: [(&str, &str); 6] = [
     ("RAG_PARSE_MEMORY_MIB", "256"),
     ("RAG_PARSE_CPU_SECS", "3"),
+    ("RAG_PARSE_CPU_FLOOR_SECS", "3"),
     ("RAG_PARSE_WALL_SECS", "120"),
     ("RAG_PARSE_MAX_INFLATED_MIB", "32"),
     ("RAG_WORKER_POLL_MS", "200"),
@@ -89,7 +90,7 @@ async fn hostile_files_fail_alone_in_one_attempt_naming_the_cause() {
             ("xobject-names.pdf", "inflate to more than 32 MiB"),
             (
                 "xobject-fanout.pdf",
-                "parsing exceeded the CPU limit of 3 s",
+                "parsing a 2.4 KB PDF exceeded its 3 s CPU budget",
             ),
             ("div-selfclose.html", "nested more than 1024 deep"),
             ("stray-end-tags.html", "nested more than 1024 deep"),
@@ -116,11 +117,43 @@ async fn the_memory_limit_holds_on_its_own() {
 async fn the_wall_clock_limit_holds_on_its_own() {
     let env = [
         ("RAG_PARSE_CPU_SECS", "600"),
+        ("RAG_PARSE_CPU_FLOOR_SECS", "600"),
         ("RAG_PARSE_WALL_SECS", "3"),
         ("RAG_WORKER_POLL_MS", "200"),
     ];
-    let expected = "parsing took longer than 3 s";
+    let expected = "parsing a 2.4 KB PDF took longer than its 3 s wall-clock budget";
     attack(&env, &[("xobject-fanout.pdf", expected)]).await;
+}
+
+/// With the default limits (a 60 s CPU ceiling), a 2.4 KB file that spins
+/// gets the budget of its size: it fails in one attempt, naming that budget
+/// and its size, instead of holding the parse slot for the ceiling.
+#[tokio::test]
+async fn a_small_file_that_spins_gets_a_small_budget() {
+    let db = TestDb::new();
+    let api = Api::start(&db, &[], &[]).await;
+    let _p = worker(&db, "parse", &FAST_RETRIES);
+    let user = Uuid::new_v4();
+    let bomb = hostile("xobject-fanout.pdf");
+    assert_eq!(
+        bomb.len(),
+        2434,
+        "the fixture changed: update the size below"
+    );
+    let (status, doc) = upload_bytes(&api, user, "fanout.pdf", bomb).await;
+    assert_eq!(status, 201, "{doc}");
+    let id = doc["id"].as_str().unwrap();
+    let failed = wait_status(&api, user, id, "error").await;
+    let msg = failed["error_message"].as_str().unwrap();
+    // The CPU budget (the 2 s floor) ends it; on a machine so busy that the
+    // child gets under a tenth of a core, the wall clock (10 x CPU) does.
+    let cpu = "parsing a 2.4 KB PDF exceeded its 2 s CPU budget; file rejected";
+    let wall = "parsing a 2.4 KB PDF took longer than its 20 s wall-clock budget; file rejected";
+    assert!(msg == cpu || msg == wall, "{msg:?}");
+    let (_, jobs) = get_json(&api, user, &format!("/documents/{id}/jobs")).await;
+    assert_eq!(jobs["jobs"][0]["status"], "failed", "{jobs}");
+    assert_eq!(jobs["jobs"][0]["retry_count"], 0, "one attempt: {jobs}");
+    assert_eq!(jobs["jobs"][0]["error_message"], msg, "{jobs}");
 }
 
 /// Input errors that no retry can change fail at once; the document is in

@@ -201,10 +201,12 @@ pub struct RuntimeOpts {
     /// Memory limit of the parser child process (MiB of address space).
     #[arg(long, env = "RAG_PARSE_MEMORY_MIB", default_value_t = 512)]
     pub parse_memory_mib: u64,
-    /// CPU-time limit of the parser child process (seconds).
+    /// CPU-time limit of the parser child process for the largest files
+    /// (seconds); smaller files get less (see --parse-cpu-floor-secs).
     #[arg(long, env = "RAG_PARSE_CPU_SECS", default_value_t = 60)]
     pub parse_cpu_secs: u64,
-    /// Wall-clock limit of one parse; the child is killed then (seconds).
+    /// Wall-clock limit of one parse of the largest files; the child is
+    /// killed then (seconds). Smaller files get 10 x their CPU budget.
     #[arg(long, env = "RAG_PARSE_WALL_SECS", default_value_t = 120)]
     pub parse_wall_secs: u64,
     /// Most a PDF's drawing streams may inflate to, summed over every use (MiB).
@@ -213,6 +215,14 @@ pub struct RuntimeOpts {
     /// Largest extracted text accepted from one document (MiB).
     #[arg(long, env = "RAG_PARSE_MAX_TEXT_MIB", default_value_t = 32)]
     pub parse_max_text_mib: u64,
+    // Parse budgets that scale with the input (issue #18).
+    /// CPU time of a parse of the smallest file (seconds); it grows with the
+    /// file's size up to --parse-cpu-secs.
+    #[arg(long, env = "RAG_PARSE_CPU_FLOOR_SECS", default_value_t = 2)]
+    pub parse_cpu_floor_secs: u64,
+    /// KiB of input that earn a parse one more CPU second above the floor.
+    #[arg(long, env = "RAG_PARSE_CPU_KIB_PER_SEC", default_value_t = crate::rag::budget::KIB_PER_CPU_SEC)]
+    pub parse_cpu_kib_per_sec: u64,
     // Retry policy (issue #18 item 6).
     /// Which failed attempts are retried: `transient` (timeouts, database
     /// errors) or `all` (every failure, up to --max-retries).
@@ -325,6 +335,19 @@ impl RuntimeOpts {
             "RAG_PARSE_MAX_TEXT_MIB",
             self.parse_max_text_mib,
             1,
+        )?;
+        // RLIMIT_CPU counts whole seconds; 0 would mean no limit at all.
+        at_least(
+            "--parse-cpu-floor-secs",
+            "RAG_PARSE_CPU_FLOOR_SECS",
+            self.parse_cpu_floor_secs,
+            1,
+        )?;
+        at_least(
+            "--parse-cpu-kib-per-sec",
+            "RAG_PARSE_CPU_KIB_PER_SEC",
+            self.parse_cpu_kib_per_sec,
+            1,
         )
     }
 
@@ -352,6 +375,8 @@ impl RuntimeOpts {
             memory_bytes: self.parse_memory_mib << 20,
             cpu_secs: self.parse_cpu_secs,
             wall: Duration::from_secs(self.parse_wall_secs),
+            cpu_floor_secs: self.parse_cpu_floor_secs,
+            cpu_kib_per_sec: self.parse_cpu_kib_per_sec,
             max_inflated_bytes: self.parse_max_inflated_mib << 20,
             max_text_bytes: self.parse_max_text_mib << 20,
         }
@@ -556,12 +581,14 @@ mod tests {
             "--listen-database-url=postgres://l/db".into(),
             "--parse-max-text-mib=5".into(),
             "--retry-policy=all".into(),
+            "--parse-cpu-floor-secs=4".into(),
             "--llm-url=http://llm".into(),
             "--llm-api-key=sk".into(),
         ]);
         let args = rt.to_args();
         assert!(args.contains(&"--pool-size=3".to_string()), "{args:?}");
         assert!(args.contains(&"--retry-policy=all".to_string()), "{args:?}");
+        assert!(args.contains(&"--parse-cpu-floor-secs=4".to_string()));
         assert!(
             !args.iter().any(|a| a.starts_with("--llm")),
             "the LLM knobs stay with the API: {args:?}"

@@ -2,6 +2,7 @@
 //! and answering a question from retrieved passages, extractively or with an
 //! OpenAI-compatible chat-completions endpoint.
 
+pub mod budget;
 pub mod chunk;
 pub mod extract;
 mod html_depth;

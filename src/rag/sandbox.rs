@@ -3,7 +3,7 @@
 //! `ragctl __extract --mime M`: the upload on stdin, the text on stdout.
 //! The child runs under `RLIMIT_AS` (memory), `RLIMIT_CPU` and no core
 //! dumps, set between fork and exec; the worker kills it at the wall-clock
-//! limit, reads at most the text cap, and maps how it ended to a message
+//! limit (both time limits scale with the file's size: [`super::budget`]), reads at most the text cap, and maps how it ended to a message
 //! that names the limit it hit. A stack overflow, an allocation failure or
 //! a runaway parser thread dies with the child, never with the worker.
 
@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
+use super::budget;
 use super::extract::{self, APPLICATION_PDF, ExtractError};
 
 /// The child's exit code when the file was refused; stdout holds the reason.
@@ -30,10 +31,15 @@ const STDERR_CAP: usize = 16 << 10;
 pub struct Limits {
     /// Address space of the child (`RLIMIT_AS`).
     pub memory_bytes: u64,
-    /// CPU time of the child (`RLIMIT_CPU`), in seconds.
+    /// CPU time of the child (`RLIMIT_CPU`), in seconds: the ceiling, for
+    /// the largest files.
     pub cpu_secs: u64,
-    /// Wall-clock time before the child is killed.
+    /// Wall-clock time before the child is killed: the ceiling.
     pub wall: Duration,
+    /// CPU time the smallest file gets (seconds).
+    pub cpu_floor_secs: u64,
+    /// KiB of input that earn one more CPU second above the floor.
+    pub cpu_kib_per_sec: u64,
     /// What a PDF's drawing streams may inflate to, summed over every use.
     pub max_inflated_bytes: u64,
     /// Largest extracted text accepted.
@@ -46,6 +52,8 @@ impl Default for Limits {
             memory_bytes: 512 << 20,
             cpu_secs: 60,
             wall: Duration::from_secs(120),
+            cpu_floor_secs: 2,
+            cpu_kib_per_sec: budget::KIB_PER_CPU_SEC,
             max_inflated_bytes: 256 << 20,
             max_text_bytes: 32 << 20,
         }
@@ -61,10 +69,11 @@ pub enum SandboxError {
     Refused(String),
     #[error("parsing exceeded the memory limit of {} MiB; file rejected", .0 >> 20)]
     Memory(u64),
-    #[error("parsing exceeded the CPU limit of {0} s; file rejected")]
-    Cpu(u64),
-    #[error("parsing took longer than {0} s; file rejected")]
-    Wall(u64),
+    /// The CPU budget (seconds) of this input ("2.4 KB PDF").
+    #[error("parsing a {1} exceeded its {0} s CPU budget; file rejected")]
+    Cpu(u64, String),
+    #[error("parsing a {1} took longer than its {0} s wall-clock budget; file rejected")]
+    Wall(u64, String),
     #[error(
         "the PDF's drawing instructions recurse too deeply (stack overflow in the parser); file rejected"
     )]
@@ -91,8 +100,8 @@ impl SandboxError {
         match self {
             SandboxError::Refused(_) => "refused",
             SandboxError::Memory(_) => "memory",
-            SandboxError::Cpu(_) => "cpu",
-            SandboxError::Wall(_) => "wall",
+            SandboxError::Cpu(..) => "cpu",
+            SandboxError::Wall(..) => "wall",
             SandboxError::PdfRecursion | SandboxError::Recursion => "stack",
             SandboxError::TextTooLarge(_) => "text_size",
             SandboxError::Crashed(_) => "crashed",
@@ -103,9 +112,11 @@ impl SandboxError {
     }
 }
 
-/// Extracts `bytes` of type `mime` in a child process under `limits`.
-/// Dropping the future kills the child.
+/// Extracts `bytes` of type `mime` in a child process under `limits`, its
+/// time limits scaled to the size. Dropping the future kills the child.
 pub async fn extract(bytes: &[u8], mime: &str, limits: &Limits) -> Result<String, SandboxError> {
+    let limits = &limits.for_input(bytes.len() as u64);
+    let input = budget::describe(bytes.len() as u64, mime);
     let mut child = spawn(mime, limits)?;
     let ran = tokio::time::timeout(limits.wall, collect(&mut child, bytes, limits)).await;
     let (status, stdout, stderr) = match ran {
@@ -116,7 +127,7 @@ pub async fn extract(bytes: &[u8], mime: &str, limits: &Limits) -> Result<String
         }
         Err(_) => {
             let _ = child.kill().await;
-            return Err(SandboxError::Wall(limits.wall.as_secs()));
+            return Err(SandboxError::Wall(limits.wall.as_secs(), input));
         }
     };
     let ended = Ended {
@@ -125,7 +136,7 @@ pub async fn extract(bytes: &[u8], mime: &str, limits: &Limits) -> Result<String
         stdout,
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     };
-    outcome(ended, limits, mime == APPLICATION_PDF)
+    outcome(ended, limits, mime == APPLICATION_PDF, input)
 }
 
 fn spawn(mime: &str, limits: &Limits) -> Result<Child, SandboxError> {
@@ -230,7 +241,12 @@ struct Ended {
 }
 
 /// Maps the child's end to the text or to the limit it hit.
-fn outcome(ended: Ended, limits: &Limits, pdf: bool) -> Result<String, SandboxError> {
+fn outcome(
+    ended: Ended,
+    limits: &Limits,
+    pdf: bool,
+    input: String,
+) -> Result<String, SandboxError> {
     match ended.code {
         Some(0) => {
             return String::from_utf8(ended.stdout)
@@ -261,7 +277,7 @@ fn outcome(ended: Ended, limits: &Limits, pdf: bool) -> Result<String, SandboxEr
             .collect::<String>()
     };
     match ended.signal {
-        Some(libc::SIGXCPU) => Err(SandboxError::Cpu(limits.cpu_secs)),
+        Some(libc::SIGXCPU) => Err(SandboxError::Cpu(limits.cpu_secs, input)),
         Some(s @ (libc::SIGSEGV | libc::SIGBUS | libc::SIGABRT | libc::SIGILL | libc::SIGFPE)) => {
             Err(SandboxError::Crashed(signal_name(s)))
         }
@@ -349,12 +365,19 @@ mod tests {
     }
 
     fn message(e: Ended, pdf: bool) -> String {
-        outcome(e, &Limits::default(), pdf).unwrap_err().to_string()
+        outcome(e, &Limits::default(), pdf, "1.1 KB PDF".into())
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
     fn a_clean_exit_is_the_text_and_65_is_the_refusal() {
-        let ok = outcome(ended(Some(0), None, "hello", ""), &Limits::default(), false);
+        let ok = outcome(
+            ended(Some(0), None, "hello", ""),
+            &Limits::default(),
+            false,
+            String::new(),
+        );
         assert_eq!(ok.unwrap(), "hello");
         let refused = message(ended(Some(65), None, "corrupt PDF: bad xref\n", ""), true);
         assert_eq!(refused, "corrupt PDF: bad xref");
@@ -377,7 +400,7 @@ mod tests {
         );
         assert_eq!(
             message(ended(None, Some(libc::SIGXCPU), "", ""), true),
-            "parsing exceeded the CPU limit of 60 s; file rejected"
+            "parsing a 1.1 KB PDF exceeded its 60 s CPU budget; file rejected"
         );
         assert!(message(ended(None, Some(libc::SIGSEGV), "", ""), true).contains("SIGSEGV"));
         assert!(message(ended(None, Some(libc::SIGKILL), "", ""), true).contains("from outside"));
@@ -395,6 +418,6 @@ mod tests {
     fn labels_are_stable_for_metrics() {
         assert_eq!(SandboxError::Memory(1).label(), "memory");
         assert_eq!(SandboxError::PdfRecursion.label(), "stack");
-        assert_eq!(SandboxError::Wall(1).label(), "wall");
+        assert_eq!(SandboxError::Wall(1, String::new()).label(), "wall");
     }
 }
