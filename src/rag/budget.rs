@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use super::sandbox::Limits;
-
 /// Default KiB of input that earn one more CPU second above the floor.
 /// Measured (release build): a 1.5 MB Flate-compressed text PDF (3.7 MB of
 /// text) parses in 0.8 s CPU, a 5 MB uncompressed one in 0.7 s, an 18 MB
@@ -44,23 +42,6 @@ pub fn for_size(size: u64, floor_secs: u64, kib_per_sec: u64, ceiling: Budget) -
         .saturating_mul(WALL_PER_CPU)
         .min(ceiling.wall);
     Budget { cpu_secs, wall }
-}
-
-impl Limits {
-    /// These limits with the time limits of a file of `size` bytes: the
-    /// configured ones are the ceilings.
-    pub fn for_input(&self, size: u64) -> Limits {
-        let ceiling = Budget {
-            cpu_secs: self.cpu_secs,
-            wall: self.wall,
-        };
-        let b = for_size(size, self.cpu_floor_secs, self.cpu_kib_per_sec, ceiling);
-        Limits {
-            cpu_secs: b.cpu_secs,
-            wall: b.wall,
-            ..*self
-        }
-    }
 }
 
 /// A size as people read it: "512 bytes", "1.1 KB", "24.3 MB" (powers of
@@ -173,15 +154,6 @@ mod tests {
         );
         // RLIMIT_CPU 0 would be no limit at all: at least 1 s.
         assert_eq!(with(0, 0, 120).cpu_secs, 1);
-    }
-
-    #[test]
-    fn limits_keep_all_but_the_time_limits() {
-        let base = Limits::default();
-        let small = base.for_input(1_100);
-        assert_eq!((small.cpu_secs, small.wall), (2, Duration::from_secs(20)));
-        assert_eq!(small.memory_bytes, base.memory_bytes);
-        assert_eq!(base.for_input(25 << 20), base);
     }
 
     #[test]

@@ -351,9 +351,35 @@ pub fn child_main(args: &ExtractArgs) -> ExitCode {
     }
 }
 
+impl Limits {
+    /// These limits with the time limits of a file of `size` bytes: the
+    /// configured ones are the ceilings.
+    pub fn for_input(&self, size: u64) -> Limits {
+        let ceiling = budget::Budget {
+            cpu_secs: self.cpu_secs,
+            wall: self.wall,
+        };
+        let b = budget::for_size(size, self.cpu_floor_secs, self.cpu_kib_per_sec, ceiling);
+        Limits {
+            cpu_secs: b.cpu_secs,
+            wall: b.wall,
+            ..*self
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_keep_all_but_the_time_limits() {
+        let base = Limits::default();
+        let small = base.for_input(1_100);
+        assert_eq!((small.cpu_secs, small.wall), (2, Duration::from_secs(20)));
+        assert_eq!(small.memory_bytes, base.memory_bytes);
+        assert_eq!(base.for_input(25 << 20), base);
+    }
 
     fn ended(code: Option<i32>, signal: Option<i32>, stdout: &str, stderr: &str) -> Ended {
         Ended {
