@@ -3,59 +3,12 @@
 //! `payloads.rs`, its allowed values by the enums of `db::status`.
 //! `docs/events.md` is the prose form of both.
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+pub use super::kind::{EventType, Field};
 use super::payloads::Payload;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum EventType {
-    #[serde(rename = "document.created")]
-    DocumentCreated,
-    #[serde(rename = "document.status_updated")]
-    DocumentStatusUpdated,
-    #[serde(rename = "job.status_updated")]
-    JobStatusUpdated,
-    #[serde(rename = "message.created")]
-    MessageCreated,
-    #[serde(rename = "message.status_updated")]
-    MessageStatusUpdated,
-}
-
-/// How a field of a payload is checked.
-#[derive(Debug, Clone, Copy)]
-pub enum Field {
-    Uuid,
-    Text,
-    OptText,
-    Count,
-    Time,
-    OneOf(&'static [&'static str]),
-}
-
 impl EventType {
-    pub const ALL: [EventType; 5] = [
-        EventType::DocumentCreated,
-        EventType::DocumentStatusUpdated,
-        EventType::JobStatusUpdated,
-        EventType::MessageCreated,
-        EventType::MessageStatusUpdated,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::DocumentCreated => "document.created",
-            EventType::DocumentStatusUpdated => "document.status_updated",
-            EventType::JobStatusUpdated => "job.status_updated",
-            EventType::MessageCreated => "message.created",
-            EventType::MessageStatusUpdated => "message.status_updated",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<EventType> {
-        Self::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-
     /// The required fields, declared next to each payload's struct.
     fn fields(self) -> &'static [(&'static str, Field)] {
         use super::payloads as p;
@@ -95,12 +48,6 @@ impl EventType {
             Field::OneOf(values) if *name == field => Some(*values),
             _ => None,
         })
-    }
-}
-
-impl std::fmt::Display for EventType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

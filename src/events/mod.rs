@@ -6,6 +6,8 @@
 //! [`Envelope`] and [`Frame`] values.
 
 mod contract;
+mod drop;
+mod kind;
 pub mod ops;
 mod payloads;
 mod publish;

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::contract::{EventType, Field};
+use super::kind::{EventType, Field};
 use crate::db::chat::Message;
 use crate::db::documents::Document;
 use crate::db::jobs::Job;

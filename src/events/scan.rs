@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::ENVELOPE_VERSION;
 use super::contract::{EventType, Shape, validate_fields};
-use super::wire::DropReason;
+use super::drop::DropReason;
 
 /// A string, borrowed from the input when it can be.
 struct Text<'a>(Cow<'a, str>);

@@ -18,9 +18,10 @@ use tokio::process::{Child, ChildStdin};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::abuse_attack::{Tally, Target, run};
+use super::abuse_attack::run;
 use super::abuse_report::AttackerReport;
 use super::abuse_slots::plan;
+use super::abuse_target::{Tally, Target};
 use super::server::endpoint;
 
 const ENV: &str = "RAG_BENCH_ABUSE_TARGET";

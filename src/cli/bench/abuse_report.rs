@@ -8,8 +8,18 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::abuse_attack::ATTACKS;
 use super::report::{Machine, Stats, TargetCheck};
+
+/// The attacks: number, name, key (for the exit code's list).
+pub(super) const ATTACKS: [(u8, &str, &str); 7] = [
+    (1, "catch-up memory", "catchup_memory"),
+    (2, "unbounded list", "unbounded_list"),
+    (3, "slow bodies", "slow_bodies"),
+    (4, "upload pin", "upload_pin"),
+    (5, "socket flood", "socket_flood"),
+    (6, "search flood", "search_flood"),
+    (7, "fan-out", "fan_out"),
+];
 
 /// Honest REST p99 under an attack, at most this times the baseline's.
 pub(super) const REST_P99_FACTOR: f64 = 2.0;

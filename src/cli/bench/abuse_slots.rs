@@ -15,11 +15,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::abuse_attack::{Tally, Target, reason};
 use super::abuse_raw::{End, await_answer, drip, head, send_head};
+use super::abuse_target::{Tally, Target, reason};
+use super::crowd::token;
 use super::limits::source_addr;
 use super::mass::connect_from;
-use super::run::token;
 
 /// Attack 3: slow requests per attacker process (two processes: one
 /// process's descriptors cannot fill the server's connection budget), the

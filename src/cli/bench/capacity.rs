@@ -181,7 +181,7 @@ async fn spread(
     let users: Vec<Uuid> = (0..args.capacity_users).map(|_| Uuid::new_v4()).collect();
     let tokens: Vec<Arc<str>> = users
         .iter()
-        .map(|&u| super::run::token(&site.secret, u))
+        .map(|&u| super::crowd::token(&site.secret, u))
         .collect::<anyhow::Result<_>>()?;
     progress(&format!(
         "capacity: {} sockets for {} users over {n} instance(s)",

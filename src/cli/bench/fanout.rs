@@ -17,12 +17,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use super::crowd::{Crowd, token};
 use super::fleet::{Endpoint, HANDSHAKES, ws_connect};
 use super::phase::{Bench, Kind};
 use super::publish::connect_publisher;
 use super::render::phase_line;
 use super::report::{Machine, PhaseResult, TargetCheck};
-use super::run::{Crowd, token};
 use super::server::Site;
 use super::{BenchArgs, progress};
 

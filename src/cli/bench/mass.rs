@@ -27,11 +27,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use uuid::Uuid;
 
+use super::crowd::{Crowd, token};
 use super::fleet::{Endpoint, Ws, start_fleet};
 use super::limits::{Limits, metric_value, source_addr};
 use super::phase::{Bench, Kind};
 use super::report::{CpuShare, Machine, PhaseResult};
-use super::run::{Crowd, token};
 use super::sample::{CpuSnap, rss_kib};
 use super::server::Site;
 use super::{BenchArgs, progress};

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::abuse_report::{AbuseReport, render as abuse_render};
 use super::capacity;
+use super::crowd::{Crowd, token};
 use super::fleet::{Endpoint, open_idle, raw_listener, start_fleet};
 use super::machine::machine;
 use super::mass_report::{Judged, judge, render as mass_render};
@@ -158,19 +159,6 @@ async fn bench(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<R
     );
     report.capacity = capacity;
     Ok(report)
-}
-
-/// The bridge's receiving clients of a bench: `clients` sockets, client
-/// `c` for `users[c % users.len()]`.
-pub(super) struct Crowd {
-    pub(super) users: Vec<Uuid>,
-    pub(super) clients: usize,
-}
-
-/// A token for `user`, good for longer than any run.
-pub(super) fn token(secret: &str, user: Uuid) -> anyhow::Result<Arc<str>> {
-    let jwt = crate::auth::mint(secret, user, Duration::from_secs(6 * 3600))?;
-    Ok(Arc::from(jwt))
 }
 
 /// The server's RSS before and after opening `n` sockets that only answer
