@@ -7,6 +7,7 @@
 
 mod bench;
 mod emit;
+pub mod queue;
 mod rest;
 pub mod serve;
 mod tap;
@@ -68,6 +69,9 @@ pub enum Command {
     Upload(rest::UploadArgs),
     /// List a user's documents, show one, or list its jobs.
     Docs(rest::DocsArgs),
+    /// Show the job queue: counts, the oldest waiting job, slots in use per
+    /// worker, the users with the most jobs.
+    Queue(queue::QueueArgs),
     /// Measure the realtime bridge: NOTIFY baseline, bridge latency, ceiling, memory per socket.
     Bench(bench::BenchArgs),
     /// Print shell completions.
@@ -197,6 +201,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::WsClient(args) => ws_client::run(connect, args).await,
         Command::Upload(args) => rest::upload(connect, args).await,
         Command::Docs(args) => rest::docs(connect, args).await,
+        Command::Queue(args) => queue::run(connect, args).await,
         Command::Bench(args) => bench::run(connect, args).await,
         Command::Extract(args) => Ok(crate::rag::sandbox::child_main(&args)),
         Command::Completions { shell } => {

@@ -12,6 +12,7 @@ mod error;
 pub mod jobs;
 pub mod listener;
 pub mod page;
+pub mod queue;
 pub mod status;
 pub mod texts;
 mod tls;
