@@ -12,6 +12,7 @@ mod error;
 pub mod jobs;
 pub mod listener;
 pub mod page;
+mod queue_sql;
 pub mod status;
 pub mod texts;
 mod tls;
