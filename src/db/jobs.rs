@@ -15,6 +15,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::DbError;
+use super::queue_sql::{self, ATTEMPT_SECS};
 pub use super::status::{JobKind, JobStatus};
 
 /// NOTIFY channel the job queue uses to wake workers. Not an event channel:
@@ -127,21 +128,30 @@ pub struct Claimed {
 
 /// Claims the next job of `kind`: first one whose lease ran out (its
 /// worker died), else a due queued job of the user with the fewest running
-/// jobs, then the user served least recently (round-robin), then the
-/// user's oldest. One user's backlog cannot starve another's document.
+/// jobs, then the one whose turn comes first (see [`queue_sql::fair_next`]
+/// and docs/architecture.md): a user's turn key is when they started
+/// waiting, pushed back by the service their slots got recently. So one
+/// user's backlog cannot starve another's document, and a fresh account
+/// cannot jump ahead of users already waiting. Records the queue wait.
 pub async fn claim(
     client: &impl GenericClient,
     kind: JobKind,
     owner: &str,
     lease_secs: f64,
 ) -> Result<Option<Claimed>, DbError> {
-    for next in [EXPIRED, FAIR_NEXT] {
+    for next in [queue_sql::EXPIRED.to_string(), queue_sql::fair_next()] {
         let row = client
-            .query_opt(&claim_sql(next), &[&kind.as_str(), &owner, &lease_secs])
+            .query_opt(&claim_sql(&next), &[&kind.as_str(), &owner, &lease_secs])
             .await?;
         if let Some(r) = row {
+            let reclaimed = r.get::<_, JobStatus>("prev_status") == JobStatus::Running;
+            if !reclaimed {
+                let waited: f64 = r.get("waited");
+                metrics::histogram!("ragctl_queue_wait_seconds", "kind" => kind.as_str())
+                    .record(waited.max(0.0));
+            }
             return Ok(Some(Claimed {
-                reclaimed: r.get::<_, JobStatus>("prev_status") == JobStatus::Running,
+                reclaimed,
                 job: Job::from_row(&r),
             }));
         }
@@ -149,67 +159,68 @@ pub async fn claim(
     Ok(None)
 }
 
-/// A running job whose lease ran out.
-const EXPIRED: &str = "SELECT id, status AS prev_status FROM jobs
-    WHERE kind = $1 AND status = 'running' AND lease_expires_at < now()
-    ORDER BY lease_expires_at LIMIT 1
-    FOR UPDATE SKIP LOCKED";
-
-/// The users with due jobs, one index probe each (a loose index scan); per
-/// user their running count, last turn and four oldest due jobs; the first
-/// of those not locked by another claimer. The due conditions are repeated
-/// on `j` so that they are checked again on the locked row.
-const FAIR_NEXT: &str = "WITH RECURSIVE users AS (
-        (SELECT user_id FROM jobs
-         WHERE kind = $1 AND status = 'queued' AND run_after <= now()
-         ORDER BY user_id LIMIT 1)
-        UNION ALL
-        SELECT (SELECT q.user_id FROM jobs q
-                WHERE q.kind = $1 AND q.status = 'queued' AND q.run_after <= now()
-                  AND q.user_id > u.user_id
-                ORDER BY q.user_id LIMIT 1)
-        FROM users u WHERE u.user_id IS NOT NULL),
-    turns AS (
-        SELECT u.user_id,
-            (SELECT count(*) FROM jobs r
-             WHERE r.kind = $1 AND r.status = 'running' AND r.user_id = u.user_id) AS running,
-            (SELECT c.claimed_at FROM jobs c
-             WHERE c.kind = $1 AND c.user_id = u.user_id AND c.claimed_at IS NOT NULL
-             ORDER BY c.claimed_at DESC LIMIT 1) AS served
-        FROM users u WHERE u.user_id IS NOT NULL)
-    SELECT j.id, j.status AS prev_status
-    FROM turns t
-    CROSS JOIN LATERAL (
-        SELECT q.id FROM jobs q
-        WHERE q.kind = $1 AND q.status = 'queued' AND q.run_after <= now()
-          AND q.user_id = t.user_id
-        ORDER BY q.run_after, q.created_at LIMIT 4) c
-    JOIN jobs j ON j.id = c.id
-    WHERE j.status = 'queued' AND j.run_after <= now()
-    ORDER BY t.running, t.served NULLS FIRST, j.run_after, j.created_at
-    LIMIT 1
-    FOR UPDATE OF j SKIP LOCKED";
-
 /// The fair claim statement, for `EXPLAIN` in tests.
 #[doc(hidden)]
 pub fn claim_plan_sql() -> String {
-    claim_sql(FAIR_NEXT)
+    claim_sql(&queue_sql::fair_next())
 }
 
-fn claim_sql(next: &str) -> String {
-    let returning = COLUMNS
+/// `COLUMNS` qualified with `j.`, for statements that join.
+fn returning_j() -> String {
+    COLUMNS
         .split(", ")
         .map(|c| format!("j.{}", c.trim()))
         .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "WITH next AS ({next})
-         UPDATE jobs j SET status = 'running', lease_owner = $2,
-            lease_expires_at = clock_timestamp() + make_interval(secs => $3),
-            claimed_at = clock_timestamp(), updated_at = clock_timestamp()
-         FROM next WHERE j.id = next.id
-         RETURNING next.prev_status, {returning}"
+        .join(", ")
+}
+
+fn claim_sql(next: &str) -> String {
+    queue_sql::claim(next, &returning_j())
+}
+
+/// The preemption statements (probe, decision), for `EXPLAIN` in tests.
+#[doc(hidden)]
+pub fn preempt_plan_sql() -> [String; 2] {
+    [queue_sql::preempt_probe(), queue_sql::preempt(COLUMNS)]
+}
+
+/// How long a queued job must have been due, its user running nothing of
+/// the kind, before that user is *starving* and a slot is freed for them.
+pub const STARVING_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Hands job `id` (held by `owner`) back to the queue if the preemption
+/// rule picks it (see [`queue_sql::preempt`]): some user is starving and
+/// this job is one of the victims. `retry_count` stays; the attempt's wall
+/// time goes to `service_secs`. `None`: keep running.
+pub async fn preempt(
+    client: &mut deadpool_postgres::Object,
+    kind: JobKind,
+    id: Uuid,
+    owner: &str,
+) -> Result<Option<Job>, DbError> {
+    let starving = STARVING_AFTER.as_secs_f64();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+        [&kind.as_str(), &id, &owner, &starving];
+    // Most ticks end here, without taking the lock.
+    let probe = client
+        .query_one(&queue_sql::preempt_probe(), &params)
+        .await?;
+    if !probe.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    let tx = client.transaction().await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('ragctl-preempt:' || $1, 0))",
+        &[&kind.as_str()],
     )
+    .await?;
+    let row = tx.query_opt(&queue_sql::preempt(COLUMNS), &params).await?;
+    tx.commit().await?;
+    let job = row.as_ref().map(Job::from_row);
+    if job.is_some() {
+        metrics::counter!("ragctl_jobs_preempted_total", "kind" => kind.as_str()).increment(1);
+    }
+    Ok(job)
 }
 
 /// How long until the earliest queued (or lease-expired) job of `kind` is
@@ -258,7 +269,8 @@ pub async fn succeed(
         .query_opt(
             &format!(
                 "UPDATE jobs SET status = 'success', error_message = NULL, lease_owner = NULL,
-                    lease_expires_at = NULL, updated_at = clock_timestamp()
+                    lease_expires_at = NULL, updated_at = clock_timestamp(),
+                    service_secs = service_secs + {ATTEMPT_SECS}
                  WHERE id = $1 AND lease_owner = $2 AND status = 'running'
                  RETURNING {COLUMNS}"
             ),
@@ -295,7 +307,7 @@ pub async fn fail(
                         + make_interval(secs => least($4 * power(2, retry_count), 300)),
                     retry_count = CASE WHEN $5 AND retry_count < max_retries THEN retry_count + 1 ELSE retry_count END,
                     error_message = $3, lease_owner = NULL, lease_expires_at = NULL,
-                    updated_at = clock_timestamp()
+                    updated_at = clock_timestamp(), service_secs = service_secs + {ATTEMPT_SECS}
                  WHERE id = $1 AND lease_owner = $2 AND status = 'running'
                  RETURNING {COLUMNS}"
             ),
@@ -315,7 +327,8 @@ pub async fn release(
         .query_opt(
             &format!(
                 "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
-                    run_after = now(), updated_at = clock_timestamp()
+                    run_after = now(), updated_at = clock_timestamp(),
+                    service_secs = service_secs + {ATTEMPT_SECS}
                  WHERE id = $1 AND lease_owner = $2 AND status = 'running'
                  RETURNING {COLUMNS}"
             ),

@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod listener;
 pub mod page;
 pub mod queue;
+mod queue_sql;
 pub mod status;
 pub mod texts;
 mod tls;

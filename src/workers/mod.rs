@@ -13,6 +13,7 @@
 
 mod failure;
 mod finish;
+mod preempt;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -188,9 +189,12 @@ async fn process(
         .emit_payload(job.user_id, &JobStatusUpdated::from(&job))
         .await;
     mark_working(pool, events, cfg, &job).await;
-    // Renew the lease while the work runs; losing it cancels the work.
-    let lost = CancellationToken::new();
+    // Renew the lease while the work runs; losing it, or being handed back
+    // to a starving user (`preempted` is `lost`'s parent), cancels the work.
+    let preempted = CancellationToken::new();
+    let lost = preempted.child_token();
     let renewer = spawn_renewer(pool, cfg, &job, lost.clone());
+    let watcher = preempt::spawn_watcher(pool, events, cfg, &job, preempted.clone());
     let work = work(pool, cfg, &job);
     tokio::pin!(work);
     let result = tokio::select! {
@@ -209,6 +213,7 @@ async fn process(
         }
     };
     renewer.abort();
+    preempt::stop(watcher, &preempted).await;
     if let Some(result) = result {
         record(pool, events, cfg, &job, result).await;
     }
