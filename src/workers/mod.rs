@@ -1,10 +1,10 @@
 //! The parse and ingest workers. Each runs as its own OS process
 //! (`ragctl worker parse|ingest`), any number side by side on any host,
-//! each with `--concurrency` slots ([`slot`]) that claim and work jobs on
+//! each with `--concurrency` slots (`slot.rs`) that claim and work jobs on
 //! their own, under lease owners of their own (`{worker id}#{slot}`).
 //!
 //! A slot wakes on a NOTIFY of `rag_jobs` (one LISTEN connection per
-//! process, [`wake`]) or its fallback poll, claims a job under a lease it
+//! process, `wake.rs`) or its fallback poll, claims a job under a lease it
 //! keeps renewing, does the work, and commits the result and the job's new
 //! state in one transaction. Only then does it publish the events:
 //! realtime never holds up or rolls back the work.
