@@ -16,10 +16,14 @@ const FILES: [&str; 3] = ["handbook.txt", "handbook.md", "handbook.html"];
 
 /// A parse worker with three slots whose jobs never end on their own.
 fn stuck_worker(db: &TestDb, env: &[(&str, &str)]) -> Proc {
+    stuck_worker_of(db, "parse", env)
+}
+
+fn stuck_worker_of(db: &TestDb, kind: &str, env: &[(&str, &str)]) -> Proc {
     let mut env = env.to_vec();
     env.push(("RAG_WORKER_JOB_DELAY_MS", "600000"));
-    let args = ["worker", "parse", "--concurrency", "3"];
-    Proc::spawn("stuck parse worker", &db.url, &args, &env)
+    let args = ["worker", kind, "--concurrency", "3"];
+    Proc::spawn(&format!("stuck {kind} worker"), &db.url, &args, &env)
 }
 
 /// Uploads the three files as `user`; their document ids.
@@ -34,10 +38,16 @@ async fn upload_three(api: &Api, user: Uuid) -> Vec<String> {
 
 /// Waits until `n` parse jobs are `running`; their lease owners.
 async fn running_owners(db: &TestDb, n: usize, worker: &Proc) -> Vec<String> {
+    running_owners_of(db, "parse", n, worker).await
+}
+
+async fn running_owners_of(db: &TestDb, kind: &str, n: usize, worker: &Proc) -> Vec<String> {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let rows = db
-            .query("SELECT lease_owner FROM jobs WHERE kind = 'parse' AND status = 'running'")
+            .query(&format!(
+                "SELECT lease_owner FROM jobs WHERE kind = '{kind}' AND status = 'running'"
+            ))
             .await;
         if rows.len() == n {
             return rows.iter().map(|r| r.get(0)).collect();
@@ -81,13 +91,32 @@ async fn three_slots_run_three_jobs_at_once_under_one_worker_id() {
     let worker = stuck_worker(&db, &[("RAG_WORKER_SHUTDOWN_GRACE_SECS", "1")]);
     upload_three(&api, Uuid::new_v4()).await;
     let owners = running_owners(&db, 3, &worker).await;
+    assert_one_worker_three_slots(&owners, &worker, "parse");
+}
+
+/// Ingest has the same slots: three documents parsed by an ordinary
+/// worker are ingested three at once by one with `--concurrency 3`.
+#[tokio::test]
+async fn ingest_slots_run_three_jobs_at_once() {
+    let db = TestDb::new();
+    let api = Api::start(&db, &[], &[]).await;
+    let grace = [("RAG_WORKER_SHUTDOWN_GRACE_SECS", "1")];
+    let worker = stuck_worker_of(&db, "ingest", &grace);
+    let _parse = common::worker(&db, "parse", &FAST_RETRIES);
+    upload_three(&api, Uuid::new_v4()).await;
+    let owners = running_owners_of(&db, "ingest", 3, &worker).await;
+    assert_one_worker_three_slots(&owners, &worker, "ingest");
+}
+
+/// Three distinct owners, `#0` to `#2` of one worker id naming `worker`.
+fn assert_one_worker_three_slots(owners: &[String], worker: &Proc, kind: &str) {
     let distinct: BTreeSet<&String> = owners.iter().collect();
     assert_eq!(distinct.len(), 3, "three lease owners: {owners:?}");
     let ids: BTreeSet<&str> = owners.iter().map(|o| split_owner(o).0).collect();
     assert_eq!(ids.len(), 1, "one worker id: {owners:?}");
     let id = ids.into_iter().next().unwrap();
     assert!(
-        id.contains(&format!(":{}:parse:", worker.pid())),
+        id.contains(&format!(":{}:{kind}:", worker.pid())),
         "the worker id names the process: {id}"
     );
     let slots: BTreeSet<&str> = owners.iter().map(|o| split_owner(o).1).collect();
@@ -110,9 +139,11 @@ async fn a_killed_worker_s_three_jobs_are_all_taken_over() {
     stuck.signal(libc::SIGKILL);
     stuck.wait_exit().await;
 
+    // The rescuers keep the default lease: only the dead worker's lapses,
+    // however slow a busy machine makes them.
     let args = ["worker", "parse", "--concurrency", "3"];
-    let rescuer = Proc::spawn("rescuer", &db.url, &args, &fast);
-    let _ingest = worker(&db, "ingest", &fast);
+    let rescuer = Proc::spawn("rescuer", &db.url, &args, &FAST_RETRIES);
+    let _ingest = worker(&db, "ingest", &FAST_RETRIES);
     for id in &ids {
         wait_status(&api, user, id, "ingested").await;
     }
