@@ -14,7 +14,7 @@
 //! - [`bridge`]: LISTEN → validate → route by `user_id` to this process's
 //!   sockets.
 //! - [`api`]: REST, `/ws`, health, readiness and metrics.
-//! - [`workers`]: the parse and ingest job loops.
+//! - [`workers`]: the parse and ingest workers, `--concurrency` job slots each.
 //! - [`rag`]: text extraction, chunking and answering.
 //! - [`auth`]: Supabase-style JWTs.
 //! - [`backoff`]: exponential backoff with jitter, for every reconnect loop.

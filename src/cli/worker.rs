@@ -1,4 +1,5 @@
-//! `ragctl worker parse|ingest`: one worker as its own OS process.
+//! `ragctl worker parse|ingest`: one worker as its own OS process, with
+//! `--concurrency` slots.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -52,7 +53,16 @@ pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitC
     let channel = connect.channel()?;
     let rt = &args.runtime;
     // Pools open connections as they are needed: `--pool-size` is a cap (a
-    // worker uses about three: its job, the lease renewal, a publish).
+    // slot uses about two: its job and the lease renewal; plus a publish).
+    let wanted = workers::pool_size(rt.concurrency);
+    if rt.pool_size < wanted {
+        tracing::warn!(
+            pool_size = rt.pool_size,
+            wanted,
+            slots = rt.concurrency,
+            "--pool-size is small for --concurrency; slots will wait for connections"
+        );
+    }
     let pool = crate::db::pool(&url, rt.pool_size, &format!("ragctl-worker-{}", kind)).await?;
     crate::db::migrate(&pool).await?;
     let events = Publisher::new(
@@ -64,6 +74,7 @@ pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitC
     let cfg = WorkerConfig {
         kind,
         owner: workers::owner_id(kind),
+        concurrency: rt.concurrency,
         lease: Duration::from_secs(rt.job_lease_secs),
         poll: Duration::from_millis(rt.worker_poll_ms),
         retry_backoff: Duration::from_millis(rt.retry_backoff_ms),

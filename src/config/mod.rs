@@ -228,6 +228,21 @@ pub struct RuntimeOpts {
     /// errors) or `all` (every failure, up to --max-retries).
     #[arg(long, env = "RAG_RETRY_POLICY", value_parser = RetryPolicy::parse, default_value = "transient")]
     pub retry_policy: RetryPolicy,
+    // Slots of a worker process (issue #18 items 1 and 4).
+    /// Jobs one worker process runs at once, each in its own slot with its
+    /// own lease [default: the machine's CPUs; 1 to 64].
+    #[arg(long, env = "RAG_WORKER_CONCURRENCY", default_value_t = default_concurrency())]
+    pub concurrency: usize,
+}
+
+/// Most slots one worker process may run (`--concurrency`).
+pub const MAX_CONCURRENCY: usize = 64;
+
+/// One slot per CPU: a parse is CPU-bound in its child process.
+fn default_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_CONCURRENCY)
 }
 
 /// Which failed job attempts are retried (`--retry-policy`).
@@ -289,6 +304,13 @@ impl RuntimeOpts {
         }
         if self.pool_size < 2 {
             return Err(invalid("--pool-size", "RAG_DB_POOL_SIZE", "must be >= 2"));
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return Err(invalid(
+                "--concurrency",
+                "RAG_WORKER_CONCURRENCY",
+                "must be between 1 and 64",
+            ));
         }
         self.check_parse_limits()
     }
@@ -582,6 +604,7 @@ mod tests {
             "--parse-max-text-mib=5".into(),
             "--retry-policy=all".into(),
             "--parse-cpu-floor-secs=4".into(),
+            "--concurrency=5".into(),
             "--llm-url=http://llm".into(),
             "--llm-api-key=sk".into(),
         ]);
@@ -589,6 +612,7 @@ mod tests {
         assert!(args.contains(&"--pool-size=3".to_string()), "{args:?}");
         assert!(args.contains(&"--retry-policy=all".to_string()), "{args:?}");
         assert!(args.contains(&"--parse-cpu-floor-secs=4".to_string()));
+        assert!(args.contains(&"--concurrency=5".to_string()), "{args:?}");
         assert!(
             !args.iter().any(|a| a.starts_with("--llm")),
             "the LLM knobs stay with the API: {args:?}"
@@ -603,6 +627,25 @@ mod tests {
             serde_json::to_value(&back).unwrap(),
             serde_json::to_value(&rt).unwrap()
         );
+    }
+
+    #[test]
+    fn concurrency_is_1_to_64_and_a_bad_one_names_flag_and_variable() {
+        let with = |n: usize| {
+            let rt = parse_runtime(&[format!("--concurrency={n}")]);
+            assert_eq!(rt.concurrency, n);
+            rt.check()
+        };
+        for ok in [1, 2, 64] {
+            assert!(with(ok).is_ok(), "{ok} slots");
+        }
+        for bad in [0, 65, 1000] {
+            let e = with(bad).unwrap_err().to_string();
+            assert!(e.contains("--concurrency / RAG_WORKER_CONCURRENCY"), "{e}");
+        }
+        let default = parse_runtime(&[]).concurrency;
+        assert!((1..=MAX_CONCURRENCY).contains(&default), "{default}");
+        assert!(parse_runtime(&[]).check().is_ok());
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! The parse and ingest workers. Each runs as its own OS process
-//! (`ragctl worker parse|ingest`), any number side by side on any host.
+//! (`ragctl worker parse|ingest`), any number side by side on any host,
+//! each with `--concurrency` slots (`slot.rs`) that claim and work jobs on
+//! their own, under lease owners of their own (`{worker id}#{slot}`).
 //!
-//! A worker wakes on a NOTIFY of `rag_jobs` (or its fallback poll), claims a
-//! job under a lease it keeps renewing, does the work, and commits the
-//! result and the job's new state in one transaction. Only then does it
-//! publish the events: realtime never holds up or rolls back the work.
+//! A slot wakes on a NOTIFY of `rag_jobs` (one LISTEN connection per
+//! process, `wake.rs`) or its fallback poll, claims a job under a lease it
+//! keeps renewing, does the work, and commits the result and the job's new
+//! state in one transaction. Only then does it publish the events:
+//! realtime never holds up or rolls back the work.
 //!
 //! Parsing runs in a child process under limits ([`rag::sandbox`]); a failure
 //! is classified once ([`JobError`]): transient ones are retried with
@@ -14,23 +17,22 @@
 mod failure;
 mod finish;
 mod preempt;
+mod slot;
+mod wake;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use tokio::sync::{Notify, mpsc};
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
-use crate::backoff::Backoff;
 use crate::config::RetryPolicy;
 use crate::db::DbError;
 use crate::db::documents::{self, Document};
-use crate::db::jobs::{self, JOBS_CHANNEL, Job, JobKind};
-use crate::db::listener::{self, ListenItem, ListenerConfig};
+use crate::db::jobs::{self, Job, JobKind};
 use crate::db::status::DocumentStatus;
 use crate::db::{blobs, texts};
 use crate::events::{DocumentStatusUpdated, JobStatusUpdated, Publisher};
@@ -44,8 +46,11 @@ use finish::{Outcome, finish_failure, finish_success, release};
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub kind: JobKind,
-    /// Lease owner id: host, pid and a random suffix.
+    /// Lease owner: the worker id ([`owner_id`]: host, pid, kind and a
+    /// random suffix) as given to [`run`]; `{worker id}#{slot}` in a slot.
     pub owner: String,
+    /// Slots of this process (`--concurrency`), at least 1.
+    pub concurrency: usize,
     pub lease: Duration,
     pub poll: Duration,
     pub retry_backoff: Duration,
@@ -65,6 +70,18 @@ pub struct WorkerConfig {
     pub retry_policy: RetryPolicy,
 }
 
+impl WorkerConfig {
+    /// The configuration of slot `n`: its own lease owner.
+    fn for_slot(&self, n: usize) -> WorkerConfig {
+        WorkerConfig {
+            owner: format!("{}#{n}", self.owner),
+            ..self.clone()
+        }
+    }
+}
+
+/// The worker id: `{host}:{pid}:{kind}:{suffix8}`. Lease owners add
+/// `#{slot}`, so the part before the last `#` names the process.
 pub fn owner_id(kind: JobKind) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -73,108 +90,85 @@ pub fn owner_id(kind: JobKind) -> String {
     format!("{host}:{}:{kind}:{}", std::process::id(), &suffix[..8])
 }
 
-/// Runs one worker until `shutdown` is cancelled. Database outages are
-/// waited out, never fatal.
+/// Connections a worker process with `concurrency` slots may need at once:
+/// each slot's job and its lease renewal, plus a publish and a look at the
+/// queue's next due job.
+pub fn pool_size(concurrency: usize) -> usize {
+    2 * concurrency + 2
+}
+
+/// Runs the worker's slots until `shutdown` is cancelled, then waits for
+/// each to finish or hand back its job. Database outages are waited out,
+/// never fatal.
 pub async fn run(pool: Pool, events: Publisher, cfg: WorkerConfig, shutdown: CancellationToken) {
     let kind = cfg.kind.as_str();
-    let wake = Arc::new(Notify::new());
     let listen_shutdown = shutdown.child_token();
-    let (listen_task, wake_task) = listen_for_work(&cfg, wake.clone(), listen_shutdown.clone());
-    tracing::info!(owner = %cfg.owner, kind, "worker started");
-    let mut idle_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    while !shutdown.is_cancelled() {
-        let claimed = match pool.get().await {
-            Ok(client) => jobs::claim(&client, cfg.kind, &cfg.owner, cfg.lease.as_secs_f64()).await,
-            Err(e) => Err(DbError::from(e)),
-        };
-        match claimed {
-            Ok(Some(claimed)) if claimed.reclaimed => {
-                idle_backoff.reset();
-                take_over(&pool, &events, &cfg, &claimed.job).await;
-            }
-            Ok(Some(claimed)) => {
-                idle_backoff.reset();
-                let span = tracing::info_span!("job", job_id = %claimed.job.id, kind, document_id = %claimed.job.document_id);
-                process(&pool, &events, &cfg, claimed.job, &shutdown)
-                    .instrument(span)
-                    .await;
-            }
-            Ok(None) => idle(&pool, &cfg, &wake, &shutdown).await,
-            Err(e) => {
-                let delay = idle_backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?delay, "cannot claim jobs; database unavailable?");
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
+    let listening = wake::listen(&cfg.listen_url, cfg.kind, listen_shutdown.clone());
+    tracing::info!(owner = %cfg.owner, kind, slots = cfg.concurrency, "worker started");
+    let mut slots = Slots::default();
+    let new_slot = |n: usize| slot::Slot {
+        pool: pool.clone(),
+        events: events.clone(),
+        cfg: cfg.for_slot(n),
+        wake: listening.wake.clone(),
+    };
+    for n in 0..cfg.concurrency.max(1) {
+        slots.start(n, new_slot(n), Duration::ZERO, &shutdown);
+    }
+    // A slot ends on shutdown only; a panic is a bug: the process keeps its
+    // other slots and starts that one again (after a pause, in case it
+    // panics at once again).
+    while let Some(crashed) = slots.next_crash().await {
+        if !shutdown.is_cancelled() {
+            tracing::error!(slot = crashed, "a worker slot crashed; restarting it");
+            slots.start(
+                crashed,
+                new_slot(crashed),
+                Duration::from_secs(1),
+                &shutdown,
+            );
         }
     }
     listen_shutdown.cancel();
-    let _ = listen_task.await;
-    wake_task.abort();
+    let _ = listening.listen_task.await;
+    listening.wake_task.abort();
     tracing::info!(owner = %cfg.owner, "worker stopped");
 }
 
-/// LISTENs on the jobs channel and wakes the loop for jobs of this kind.
-fn listen_for_work(
-    cfg: &WorkerConfig,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) -> (JoinHandle<()>, JoinHandle<()>) {
-    let (queue_tx, mut queue_rx) = mpsc::channel::<ListenItem>(64);
-    let (_handle, listen_task) = listener::spawn(
-        ListenerConfig::new(
-            &cfg.listen_url,
-            &format!("ragctl-worker-{}", cfg.kind),
-            &[JOBS_CHANNEL],
-        ),
-        queue_tx,
-        shutdown,
-    );
-    let kind = cfg.kind.as_str();
-    let wake_task = tokio::spawn(async move {
-        while let Some(item) = queue_rx.recv().await {
-            match item {
-                ListenItem::Notification(n) if n.payload == kind => wake.notify_one(),
-                // After a gap we may have missed a wake-up: look anyway.
-                ListenItem::Gap(_) => wake.notify_one(),
-                ListenItem::Notification(_) => {}
-            }
-        }
-    });
-    (listen_task, wake_task)
+/// The slot tasks, each known by its number.
+#[derive(Default)]
+struct Slots {
+    tasks: JoinSet<()>,
+    numbers: HashMap<tokio::task::Id, usize>,
 }
 
-/// No due job: a retry in backoff has no NOTIFY to announce it, so sleep
-/// until the earliest due job, the poll interval, or a wake-up.
-async fn idle(pool: &Pool, cfg: &WorkerConfig, wake: &Notify, shutdown: &CancellationToken) {
-    let nap = match pool.get().await {
-        Ok(c) => jobs::next_due_in(&c, cfg.kind).await.ok().flatten(),
-        Err(_) => None,
+impl Slots {
+    fn start(&mut self, n: usize, slot: slot::Slot, after: Duration, shutdown: &CancellationToken) {
+        let shutdown = shutdown.clone();
+        let task = self.tasks.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(after) => {}
+            }
+            slot::run(slot, shutdown).await
+        });
+        self.numbers.insert(task.id(), n);
     }
-    .map_or(cfg.poll, |due| due.min(cfg.poll));
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = wake.notified() => {}
-        _ = tokio::time::sleep(nap) => {}
-    }
-}
 
-/// A job whose lease ran out: the attempt that held it ended without a
-/// result (its worker died, or lost the database for a whole lease). It
-/// counts as a failed attempt, so that a file that kills its worker ends
-/// `failed` after the retries instead of taking workers down forever.
-async fn take_over(pool: &Pool, events: &Publisher, cfg: &WorkerConfig, job: &Job) {
-    tracing::warn!(job_id = %job.id, "took over a job whose lease ran out");
-    metrics::counter!("ragctl_jobs_reclaimed_total", "kind" => cfg.kind.as_str()).increment(1);
-    match finish_failure(pool, cfg, job, &JobError::LeaseLapsed).await {
-        Ok(published) => {
-            for out in published {
-                events.emit_outgoing(out).await;
+    /// Waits for a slot that panicked and returns its number; `None` once
+    /// every slot has ended.
+    async fn next_crash(&mut self) -> Option<usize> {
+        loop {
+            match self.tasks.join_next_with_id().await? {
+                Ok((id, ())) => drop(self.numbers.remove(&id)),
+                Err(e) => {
+                    if let Some(n) = self.numbers.remove(&e.id()) {
+                        tracing::error!(error = %e, slot = n, "worker slot task failed");
+                        return Some(n);
+                    }
+                }
             }
         }
-        Err(e) => tracing::error!(error = %e, "could not record the lapsed attempt"),
     }
 }
 
@@ -234,16 +228,17 @@ async fn mark_working(pool: &Pool, events: &Publisher, cfg: &WorkerConfig, job: 
 }
 
 /// Renews the job's lease every third of it; cancels `lost` once another
-/// worker owns the job.
+/// worker owns the job. Stops when dropped, so that a slot that panics
+/// stops renewing and its job's lease runs out.
 fn spawn_renewer(
     pool: &Pool,
     cfg: &WorkerConfig,
     job: &Job,
     lost: CancellationToken,
-) -> JoinHandle<()> {
+) -> AbortOnDropHandle<()> {
     let (pool, owner) = (pool.clone(), cfg.owner.clone());
     let (id, lease) = (job.id, cfg.lease);
-    tokio::spawn(async move {
+    AbortOnDropHandle::new(tokio::spawn(async move {
         let mut tick = tokio::time::interval(lease / 3);
         tick.tick().await;
         loop {
@@ -263,7 +258,7 @@ fn spawn_renewer(
                 Err(e) => tracing::warn!(job_id = %id, error = %e, "lease renewal failed"),
             }
         }
-    })
+    }))
 }
 
 /// Commits the attempt's result, publishes its events, then starts the

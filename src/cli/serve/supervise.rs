@@ -12,15 +12,14 @@ use tokio_util::task::TaskTracker;
 use crate::backoff::Backoff;
 use crate::config::RuntimeOpts;
 
-/// Pool size passed to the worker children: a worker holds a connection
-/// for its job, one to renew the lease and one to publish, so it needs far
-/// fewer than the API's `--pool-size`; the cap bounds what the children
-/// could open beside the API's pool.
-const WORKER_CHILD_POOL_SIZE: usize = 4;
-
+/// The flags of the worker children: `serve`'s own, with the pool sized
+/// for their slots (`--concurrency`) rather than the API's `--pool-size`:
+/// a slot holds a connection for its job and one to renew its lease, and
+/// the process one to publish, so the cap bounds what the children could
+/// open beside the API's pool and grows with their slots.
 fn worker_child_opts(rt: &RuntimeOpts) -> RuntimeOpts {
     RuntimeOpts {
-        pool_size: rt.pool_size.min(WORKER_CHILD_POOL_SIZE),
+        pool_size: crate::workers::pool_size(rt.concurrency),
         ..rt.clone()
     }
 }
@@ -174,5 +173,34 @@ async fn stop(kind: &str, mut child: Child) {
             tracing::warn!(kind, "worker did not stop in 15 s; killing it");
             let _ = child.kill().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Serve {
+        #[command(flatten)]
+        rt: RuntimeOpts,
+    }
+
+    /// The children run `serve`'s --concurrency, with a pool that grows
+    /// with it whatever the API's own --pool-size.
+    #[test]
+    fn children_follow_concurrency_and_size_their_pool_for_it() {
+        let child_args = |concurrency: &str| {
+            let argv = ["serve", "--pool-size=3", "--concurrency", concurrency];
+            worker_child_opts(&Serve::try_parse_from(argv).unwrap().rt).to_args()
+        };
+        let one = child_args("1");
+        assert!(one.contains(&"--concurrency=1".to_string()), "{one:?}");
+        assert!(one.contains(&"--pool-size=4".to_string()), "{one:?}");
+        let eight = child_args("8");
+        assert!(eight.contains(&"--concurrency=8".to_string()), "{eight:?}");
+        assert!(eight.contains(&"--pool-size=18".to_string()), "{eight:?}");
     }
 }
