@@ -18,6 +18,10 @@ use crate::config::RuntimeOpts;
 /// could open beside the API's pool.
 const WORKER_CHILD_POOL_SIZE: usize = 4;
 
+/// The variables that can carry the JWT secret (`--jwt-secret`, the flag,
+/// is not passed on: children get [`RuntimeOpts::to_args`] only).
+const JWT_SECRET_VARS: [&str; 2] = ["RAG_JWT_SECRET", "SUPABASE_JWT_SECRET"];
+
 fn worker_child_opts(rt: &RuntimeOpts) -> RuntimeOpts {
     RuntimeOpts {
         pool_size: rt.pool_size.min(WORKER_CHILD_POOL_SIZE),
@@ -72,6 +76,11 @@ async fn supervise(
             .args(&args)
             .env("DATABASE_URL", &url)
             .env("RAG_EVENTS_CHANNEL", &channel);
+        // Workers never verify tokens: a parser exploit that reached a
+        // worker must not find the key that signs every user's token.
+        for secret in JWT_SECRET_VARS {
+            cmd.env_remove(secret);
+        }
         // URLs may hold passwords: environment, not command line.
         match &rt.listen_database_url {
             Some(listen) => cmd.env("RAG_LISTEN_DATABASE_URL", listen),
