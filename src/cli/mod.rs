@@ -78,7 +78,7 @@ pub enum Command {
     Completions { shell: clap_complete::Shell },
     /// Internal: the parse worker's sandboxed extraction child.
     #[command(name = "__extract", hide = true)]
-    Extract(crate::rag::sandbox::ExtractArgs),
+    Extract(crate::rag::child::ExtractArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -137,7 +137,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // The extraction child runs bare: no runtime, no logging, one thread.
     if let Command::Extract(args) = &cli.command {
-        return crate::rag::sandbox::child_main(args);
+        return crate::rag::child::child_main(args);
     }
     // Log lines would scribble over a full-screen TUI; it shows its own state.
     let tui = matches!(&cli.command, Command::Tap(a) if tap::use_tui(a.no_tui));
@@ -203,7 +203,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Docs(args) => rest::docs(connect, args).await,
         Command::Queue(args) => queue::run(connect, args).await,
         Command::Bench(args) => bench::run(connect, args).await,
-        Command::Extract(args) => Ok(crate::rag::sandbox::child_main(&args)),
+        Command::Extract(args) => Ok(crate::rag::child::child_main(&args)),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -48,6 +48,12 @@ pub struct WorkerArgs {
 
 pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     args.runtime.check()?;
+    if connect.configured_jwt_secret().is_some() {
+        // `serve` starts its workers without it; an operator may not.
+        tracing::warn!(
+            "this worker was given a JWT secret (--jwt-secret / RAG_JWT_SECRET, or SUPABASE_JWT_SECRET); workers never verify tokens, so start them without it"
+        );
+    }
     let kind = JobKind::from(args.kind);
     let url = connect.database_url()?;
     let channel = connect.channel()?;

@@ -3,11 +3,15 @@
 //! OpenAI-compatible chat-completions endpoint.
 
 pub mod budget;
+pub mod child;
 pub mod chunk;
+mod confine;
 pub mod extract;
 mod html_depth;
 mod pdf_budget;
 pub mod sandbox;
+mod seccomp;
+pub mod self_test;
 
 use std::collections::HashSet;
 use std::time::Duration;

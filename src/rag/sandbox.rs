@@ -1,28 +1,28 @@
 //! Text extraction in a child process, where a hostile file can be limited
 //! and killed. The parse worker re-executes its own binary as
-//! `ragctl __extract --mime M`: the upload on stdin, the text on stdout.
-//! The child runs under `RLIMIT_AS` (memory), `RLIMIT_CPU` and no core
-//! dumps, set between fork and exec; the worker kills it at the wall-clock
-//! limit (both time limits scale with the file's size: [`super::budget`]), reads at most the text cap, and maps how it ended to a message
-//! that names the limit it hit. A stack overflow, an allocation failure or
-//! a runaway parser thread dies with the child, never with the worker.
+//! `ragctl __extract --mime M` (its side: [`super::child`]): the upload on
+//! stdin, the text on stdout, an empty environment. The child runs under
+//! `RLIMIT_AS` (memory), `RLIMIT_CPU` and no core dumps, set between fork
+//! and exec, and confines itself before reading input
+//! ([`super::confine`]); the worker kills it at the wall-clock limit (both
+//! time limits scale with the file's size: [`super::budget`]), reads at
+//! most the text cap, and maps how it ended to a message that names the
+//! limit it hit. A stack overflow, an allocation failure, a runaway parser
+//! thread or a forbidden system call dies with the child, never with the
+//! worker.
 
-use std::io::{Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitCode, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 use super::budget;
-use super::extract::{self, APPLICATION_PDF, ExtractError};
-
-/// The child's exit code when the file was refused; stdout holds the reason.
-const EXIT_REFUSED: u8 = 65;
-/// The extraction thread's stack: fixed, so that recursion depth does not
-/// depend on `ulimit -s` and overflows into a guard page.
-const STACK_BYTES: usize = 16 << 20;
+use super::child::EXIT_REFUSED;
+use super::extract::APPLICATION_PDF;
+use super::self_test::Probe;
 /// What is kept of the child's stderr (the rest is drained).
 const STDERR_CAP: usize = 16 << 10;
 
@@ -85,6 +85,11 @@ pub enum SandboxError {
     /// The parser died on this file (a signal such as SIGSEGV).
     #[error("the parser crashed on this file ({0}); file rejected")]
     Crashed(String),
+    /// The seccomp filter killed the parser (SIGSYS).
+    #[error(
+        "the parser made a system call the sandbox forbids (SIGSYS) and was stopped; file rejected"
+    )]
+    Forbidden,
     #[error("cannot run the parser process: {0}")]
     Spawn(std::io::Error),
     /// Killed by someone else (an operator, the OOM killer).
@@ -105,6 +110,7 @@ impl SandboxError {
             SandboxError::PdfRecursion | SandboxError::Recursion => "stack",
             SandboxError::TextTooLarge(_) => "text_size",
             SandboxError::Crashed(_) => "crashed",
+            SandboxError::Forbidden => "sandbox",
             SandboxError::Spawn(_) => "spawn",
             SandboxError::Killed(_) => "killed",
             SandboxError::Unexpected(_) => "unexpected",
@@ -115,9 +121,46 @@ impl SandboxError {
 /// Extracts `bytes` of type `mime` in a child process under `limits`, its
 /// time limits scaled to the size. Dropping the future kills the child.
 pub async fn extract(bytes: &[u8], mime: &str, limits: &Limits) -> Result<String, SandboxError> {
+    let exe = crate::own_exe::path().map_err(SandboxError::Spawn)?;
+    extract_with(&exe, bytes, mime, limits).await
+}
+
+/// [`extract`], running the `ragctl` binary at `exe` (tests, whose own
+/// executable is not `ragctl`).
+#[doc(hidden)]
+pub async fn extract_with(
+    exe: &Path,
+    bytes: &[u8],
+    mime: &str,
+    limits: &Limits,
+) -> Result<String, SandboxError> {
     let limits = &limits.for_input(bytes.len() as u64);
+    let args = [
+        format!("--mime={mime}"),
+        format!("--max-inflated-bytes={}", limits.max_inflated_bytes),
+    ];
     let input = budget::describe(bytes.len() as u64, mime);
-    let mut child = spawn(mime, limits)?;
+    run(exe, &args, bytes, limits, mime == APPLICATION_PDF, input).await
+}
+
+/// Runs `ragctl __extract --self-test` (at `exe`) through the same spawn
+/// path as an extraction: the JSON report of [`super::self_test`], or how
+/// the child ended.
+#[doc(hidden)]
+pub async fn self_test(exe: &Path, probe: Probe, limits: &Limits) -> Result<String, SandboxError> {
+    let args = [format!("--self-test={}", probe.as_str())];
+    run(exe, &args, &[], limits, false, "self-test".into()).await
+}
+
+async fn run(
+    exe: &Path,
+    args: &[String],
+    bytes: &[u8],
+    limits: &Limits,
+    pdf: bool,
+    input: String,
+) -> Result<String, SandboxError> {
+    let mut child = spawn(exe, args, limits)?;
     let ran = tokio::time::timeout(limits.wall, collect(&mut child, bytes, limits)).await;
     let (status, stdout, stderr) = match ran {
         Ok(Ok(done)) => done,
@@ -136,17 +179,13 @@ pub async fn extract(bytes: &[u8], mime: &str, limits: &Limits) -> Result<String
         stdout,
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     };
-    outcome(ended, limits, mime == APPLICATION_PDF, input)
+    outcome(ended, limits, pdf, input)
 }
 
-fn spawn(mime: &str, limits: &Limits) -> Result<Child, SandboxError> {
-    let mut cmd = Command::new(crate::own_exe::path().map_err(SandboxError::Spawn)?);
+fn spawn(exe: &Path, args: &[String], limits: &Limits) -> Result<Child, SandboxError> {
+    let mut cmd = Command::new(exe);
     cmd.arg("__extract")
-        .arg(format!("--mime={mime}"))
-        .arg(format!(
-            "--max-inflated-bytes={}",
-            limits.max_inflated_bytes
-        ))
+        .args(args)
         // The parser needs nothing from the worker's environment (secrets).
         .env_clear()
         .stdin(Stdio::piped())
@@ -278,6 +317,7 @@ fn outcome(
     };
     match ended.signal {
         Some(libc::SIGXCPU) => Err(SandboxError::Cpu(limits.cpu_secs, input)),
+        Some(libc::SIGSYS) => Err(SandboxError::Forbidden),
         Some(s @ (libc::SIGSEGV | libc::SIGBUS | libc::SIGABRT | libc::SIGILL | libc::SIGFPE)) => {
             Err(SandboxError::Crashed(signal_name(s)))
         }
@@ -300,55 +340,10 @@ fn signal_name(sig: i32) -> String {
         libc::SIGKILL => "SIGKILL",
         libc::SIGTERM => "SIGTERM",
         libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
         _ => return format!("signal {sig}"),
     };
     name.to_owned()
-}
-
-/// `ragctl __extract`: the child's side.
-#[derive(clap::Args, Debug)]
-pub struct ExtractArgs {
-    /// Type of the upload on stdin, as detected at upload.
-    #[arg(long)]
-    pub mime: String,
-    /// See [`Limits::max_inflated_bytes`].
-    #[arg(long, default_value_t = u64::MAX)]
-    pub max_inflated_bytes: u64,
-}
-
-/// Runs in the child, before any async runtime or logging (so the address
-/// space is the parser's): reads the upload, extracts on a thread with a
-/// fixed stack, writes the text (exit 0) or the reason it was refused
-/// (exit 65). Anything worse ends the process and is read by [`outcome`].
-pub fn child_main(args: &ExtractArgs) -> ExitCode {
-    let mut bytes = Vec::new();
-    if let Err(e) = std::io::stdin().lock().read_to_end(&mut bytes) {
-        eprintln!("ragctl __extract: cannot read the upload: {e}");
-        return ExitCode::from(74);
-    }
-    let (mime, cap) = (args.mime.clone(), args.max_inflated_bytes);
-    let thread = std::thread::Builder::new()
-        .name("extract".into())
-        .stack_size(STACK_BYTES)
-        .spawn(move || extract::extract_text_capped(&bytes, &mime, cap));
-    let result = match thread.map(|t| t.join()) {
-        Ok(Ok(result)) => result,
-        // Parser panics are caught inside; this is the backstop.
-        Ok(Err(_)) => Err(ExtractError::Corrupt("the parser crashed".into())),
-        Err(e) => {
-            eprintln!("ragctl __extract: cannot start the extraction thread: {e}");
-            return ExitCode::from(71);
-        }
-    };
-    let (body, code) = match result {
-        Ok(text) => (text.into_bytes(), 0),
-        Err(e) => (e.to_string().into_bytes(), EXIT_REFUSED),
-    };
-    let mut out = std::io::stdout().lock();
-    match out.write_all(&body).and_then(|()| out.flush()) {
-        Ok(()) => ExitCode::from(code),
-        Err(_) => ExitCode::from(74), // the worker stopped reading: it gave up
-    }
 }
 
 impl Limits {
@@ -430,6 +425,8 @@ mod tests {
         );
         assert!(message(ended(None, Some(libc::SIGSEGV), "", ""), true).contains("SIGSEGV"));
         assert!(message(ended(None, Some(libc::SIGKILL), "", ""), true).contains("from outside"));
+        let sigsys = message(ended(None, Some(libc::SIGSYS), "", ""), true);
+        assert!(sigsys.contains("sandbox forbids (SIGSYS)"), "{sigsys}");
         let odd = message(
             ended(Some(2), None, "", "error: unexpected argument\n"),
             true,

@@ -12,6 +12,10 @@ use tokio_util::task::TaskTracker;
 use crate::backoff::Backoff;
 use crate::config::RuntimeOpts;
 
+/// The variables that can carry the JWT secret (`--jwt-secret`, the flag,
+/// is not passed on: children get [`RuntimeOpts::to_args`] only).
+const JWT_SECRET_VARS: [&str; 2] = ["RAG_JWT_SECRET", "SUPABASE_JWT_SECRET"];
+
 /// The flags of the worker children: `serve`'s own, with the pool sized
 /// for their slots (`--concurrency`) rather than the API's `--pool-size`:
 /// a slot holds a connection for its job and one to renew its lease, and
@@ -71,6 +75,11 @@ async fn supervise(
             .args(&args)
             .env("DATABASE_URL", &url)
             .env("RAG_EVENTS_CHANNEL", &channel);
+        // Workers never verify tokens: a parser exploit that reached a
+        // worker must not find the key that signs every user's token.
+        for secret in JWT_SECRET_VARS {
+            cmd.env_remove(secret);
+        }
         // URLs may hold passwords: environment, not command line.
         match &rt.listen_database_url {
             Some(listen) => cmd.env("RAG_LISTEN_DATABASE_URL", listen),
