@@ -8,12 +8,16 @@ use crate::db::DbError;
 use crate::rag::extract::ExtractError;
 use crate::rag::sandbox::SandboxError;
 
+/// The error recorded for an attempt whose lease ran out.
+pub const LEASE_LAPSED: &str =
+    "the worker running this attempt stopped before finishing (its lease expired)";
+
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error("database unavailable: {0}")]
     Database(#[from] DbError),
     /// The attempt's worker stopped before finishing (its lease expired).
-    #[error("{}", super::LEASE_LAPSED)]
+    #[error("{}", LEASE_LAPSED)]
     LeaseLapsed,
     #[error(transparent)]
     Extract(#[from] ExtractError),
@@ -85,9 +89,6 @@ mod tests {
         for e in transient {
             assert!(e.is_transient(), "{e:?} should be retried");
         }
-        assert_eq!(
-            JobError::LeaseLapsed.to_string(),
-            super::super::LEASE_LAPSED
-        );
+        assert_eq!(JobError::LeaseLapsed.to_string(), super::LEASE_LAPSED);
     }
 }

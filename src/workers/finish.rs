@@ -4,7 +4,8 @@
 
 use deadpool_postgres::{GenericClient, Pool};
 
-use super::{JobError, WorkerConfig};
+use super::config::WorkerConfig;
+use super::failure::JobError;
 use crate::db::DbError;
 use crate::db::documents::{self, Document};
 use crate::db::jobs::{self, Job, JobKind};
@@ -82,10 +83,6 @@ async fn store_chunks(
     let doc = documents::set_status(tx, done.document_id, ingested, None).await?;
     Ok(doc.map(|(d, _)| d))
 }
-
-/// The error recorded for an attempt whose lease ran out.
-pub const LEASE_LAPSED: &str =
-    "the worker running this attempt stopped before finishing (its lease expired)";
 
 pub(super) async fn finish_failure(
     pool: &Pool,

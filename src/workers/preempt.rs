@@ -11,7 +11,7 @@ use deadpool_postgres::Pool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::WorkerConfig;
+use super::config::WorkerConfig;
 use crate::db::jobs::{self, Job};
 use crate::events::{JobStatusUpdated, Publisher};
 

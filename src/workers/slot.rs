@@ -9,10 +9,11 @@ use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::config::WorkerConfig;
 use super::failure::JobError;
 use super::finish::finish_failure;
+use super::job::process;
 use super::wake::Wake;
-use super::{WorkerConfig, process};
 use crate::backoff::Backoff;
 use crate::db::DbError;
 use crate::db::jobs::{self, Claimed, Job};
