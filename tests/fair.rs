@@ -22,6 +22,13 @@ const BOMB_ENV: [(&str, &str); 6] = [
     ("RAG_WORKER_SHUTDOWN_GRACE_SECS", "0"),
 ];
 
+/// Parse workers with `slots` slots each, on the bomb budgets.
+fn parse_workers(db: &TestDb, processes: usize, slots: &str) -> Vec<Proc> {
+    let mut env = BOMB_ENV.to_vec();
+    env.push(("RAG_WORKER_CONCURRENCY", slots));
+    (0..processes).map(|_| worker(db, "parse", &env)).collect()
+}
+
 /// Bombs spin a core each: the process tests run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -85,10 +92,7 @@ async fn a_user_alone_uses_every_slot() {
     let _serial = SERIAL.lock().await;
     let db = TestDb::new();
     let api = Api::start(&db, &[], &[]).await;
-    let _w = [
-        worker(&db, "parse", &BOMB_ENV),
-        worker(&db, "parse", &BOMB_ENV),
-    ];
+    let _w = parse_workers(&db, 2, "1");
     let user = Uuid::new_v4();
     upload_bomb(&api, user).await;
     upload_bomb(&api, user).await;
@@ -134,15 +138,23 @@ async fn expect_preempted(client: &mut Client) -> (String, Value) {
 /// User A holds both slots with bombs and has more queued; user B's note
 /// gets a slot (A's latest bomb is handed back) and reaches `ingested`
 /// while A's first bomb is still running, in the same attempt.
+/// Across processes: two parse workers of one slot each.
 #[tokio::test]
 async fn a_hostile_user_does_not_block_others() {
+    hostile_user_case(2, "1").await;
+}
+
+/// Within a process: one parse worker with two slots.
+#[tokio::test]
+async fn a_hostile_user_does_not_block_others_in_one_process() {
+    hostile_user_case(1, "2").await;
+}
+
+async fn hostile_user_case(processes: usize, slots: &str) {
     let _serial = SERIAL.lock().await;
     let db = TestDb::new();
     let api = Api::start(&db, &[], &[]).await;
-    let _w = [
-        worker(&db, "parse", &BOMB_ENV),
-        worker(&db, "parse", &BOMB_ENV),
-    ];
+    let _w = parse_workers(&db, processes, slots);
     let _ingest = worker(&db, "ingest", &FAST_RETRIES);
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let mut a_events = Client::connect(&api, a, "").await;
@@ -227,7 +239,7 @@ async fn fresh_accounts_do_not_jump_the_queue() {
     let _serial = SERIAL.lock().await;
     let db = TestDb::new();
     let api = Api::start(&db, &[], &[]).await;
-    let _w1 = worker(&db, "parse", &BOMB_ENV);
+    let _w1 = parse_workers(&db, 1, "1");
     let _ingest = worker(&db, "ingest", &FAST_RETRIES);
     let (r, x) = (Uuid::new_v4(), Uuid::new_v4());
     let earlier = id(&upload(&api, r, "handbook.txt").await);
@@ -253,7 +265,7 @@ async fn fresh_accounts_do_not_jump_the_queue() {
         fresh.push(doc);
     }
     // A slot frees up (a second worker): its first claim is R's note.
-    let _w2 = worker(&db, "parse", &BOMB_ENV);
+    let _w2 = parse_workers(&db, 1, "1");
     fresh.push(note.clone());
     assert_eq!(
         first_claimed(&db, &fresh).await,
