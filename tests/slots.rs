@@ -88,10 +88,33 @@ async fn parse_jobs(db: &TestDb, ids: &[String]) -> Vec<(String, i32, Option<Str
 async fn three_slots_run_three_jobs_at_once_under_one_worker_id() {
     let db = TestDb::new();
     let api = Api::start(&db, &[], &[]).await;
-    let worker = stuck_worker(&db, &[("RAG_WORKER_SHUTDOWN_GRACE_SECS", "1")]);
+    let env = [
+        ("RAG_WORKER_SHUTDOWN_GRACE_SECS", "1"),
+        ("RAG_WORKER_METRICS_ADDR", "127.0.0.1:0"),
+    ];
+    let worker = stuck_worker(&db, &env);
     upload_three(&api, Uuid::new_v4()).await;
     let owners = running_owners(&db, 3, &worker).await;
     assert_one_worker_three_slots(&owners, &worker, "parse");
+    // The worker's own /metrics: three slots busy, three waits recorded.
+    let line = worker.wait_line("metrics on http://").await;
+    let url = line[line.find("http://").unwrap()..].trim().to_string();
+    wait_metric(&url, "ragctl_worker_slots{kind=\"parse\",state=\"busy\"} 3").await;
+    wait_metric(&url, "ragctl_worker_slots{kind=\"parse\",state=\"idle\"} 0").await;
+    wait_metric(&url, "ragctl_queue_wait_seconds_count{kind=\"parse\"} 3").await;
+}
+
+/// Scrapes `url` until a line reads exactly `line`.
+async fn wait_metric(url: &str, line: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let body = http().get(url).send().await.unwrap().text().await.unwrap();
+        if body.lines().any(|l| l == line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {line:?} in:\n{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Ingest has the same slots: three documents parsed by an ordinary

@@ -7,6 +7,7 @@
 
 mod bench;
 mod emit;
+mod metrics;
 pub mod queue;
 mod rest;
 pub mod serve;

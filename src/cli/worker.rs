@@ -44,6 +44,11 @@ pub struct WorkerArgs {
         hide = true
     )]
     pub job_delay_ms: u64,
+    /// Serve Prometheus `/metrics` (slots, queue wait, failures) on this
+    /// address, e.g. 127.0.0.1:9101. Its own variable: `serve`'s
+    /// RAG_METRICS_ADDR is inherited by its children, which must not bind it.
+    #[arg(long, env = "RAG_WORKER_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitCode> {
@@ -55,6 +60,22 @@ pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitC
         );
     }
     let kind = JobKind::from(args.kind);
+    let shutdown = CancellationToken::new();
+    // Bound first: a bad address stops the worker before it takes a job.
+    let metrics = match &args.metrics_addr {
+        Some(addr) => {
+            Some(super::metrics::bind(addr, "--metrics-addr / RAG_WORKER_METRICS_ADDR").await?)
+        }
+        None => None,
+    };
+    let metrics_task = metrics.and_then(|listener| {
+        let handle = super::metrics::install()?;
+        Some(tokio::spawn(super::metrics::serve(
+            listener,
+            handle,
+            shutdown.clone(),
+        )))
+    });
     let url = connect.database_url()?;
     let channel = connect.channel()?;
     let rt = &args.runtime;
@@ -93,9 +114,12 @@ pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitC
         parse_limits: rt.parse_limits(),
         retry_policy: rt.retry_policy,
     };
-    let shutdown = CancellationToken::new();
     super::cancel_on_signal(shutdown.clone());
-    workers::run(pool, events, cfg, shutdown).await;
+    workers::run(pool, events, cfg, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

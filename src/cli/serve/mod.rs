@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
@@ -227,30 +226,6 @@ fn fd_budget(args: &ServeArgs) -> anyhow::Result<api::FdBudget> {
     Ok(budget)
 }
 
-pub fn install_metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
-    let buckets = [
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        5.0,
-    ];
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full("ragctl_bridge_delivery_seconds".into()),
-            &buckets,
-        )
-        .ok()?
-        .install_recorder()
-        .ok()?;
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-    Some(handle)
-}
-
 pub async fn run(connect: ConnectOpts, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.runtime.check()?;
     args.limits.check(args.runtime.max_upload_bytes)?;
@@ -260,7 +235,7 @@ pub async fn run(connect: ConnectOpts, mut args: ServeArgs) -> anyhow::Result<Ex
     api::limits::return_big_buffers_to_the_os();
     let budget = fd_budget(&args)?;
     let channel = connect.channel()?;
-    let metrics = install_metrics();
+    let metrics = super::metrics::install();
 
     // The database: configured, or the embedded cluster.
     let (url, embedded) = match connect.configured_database_url() {
@@ -325,7 +300,7 @@ async fn serve(
         None
     };
     let metrics_listener = match &args.metrics_addr {
-        Some(addr) => Some(bind_metrics(addr).await?),
+        Some(addr) => Some(super::metrics::bind(addr, "--metrics-addr / RAG_METRICS_ADDR").await?),
         None => None,
     };
 
@@ -478,17 +453,4 @@ fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
-}
-
-async fn bind_metrics(addr: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    let parsed: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("invalid --metrics-addr / RAG_METRICS_ADDR: {addr}"))?;
-    let listener = tokio::net::TcpListener::bind(parsed)
-        .await
-        .with_context(|| format!("cannot bind the metrics address {parsed}"))?;
-    let bound = listener.local_addr()?;
-    tracing::info!(%bound, "metrics served on their own listener, not on the API port");
-    eprintln!("ragctl: metrics on http://{bound}/metrics");
-    Ok(listener)
 }

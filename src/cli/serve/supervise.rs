@@ -80,6 +80,8 @@ async fn supervise(
         for secret in JWT_SECRET_VARS {
             cmd.env_remove(secret);
         }
+        // Two children cannot bind one metrics address.
+        cmd.env_remove("RAG_WORKER_METRICS_ADDR");
         // URLs may hold passwords: environment, not command line.
         match &rt.listen_database_url {
             Some(listen) => cmd.env("RAG_LISTEN_DATABASE_URL", listen),
