@@ -69,6 +69,7 @@ async fn every_restriction_holds_inside_the_child() {
         "dumpable",
         "set_dumpable",
         "seccomp_mode",
+        "parent_death_signal",
         "raise_nofile",
         "open_fds",
         "environment_empty",
@@ -294,5 +295,60 @@ async fn ingest_through(base: &str, serve: &Proc) {
             serve.logs()
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether `pid` still runs: gone, or a zombie nobody reaped yet, is not.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+            after_name.split_whitespace().next() != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// A SIGKILLed worker takes its parser children with it (parent-death
+/// signal): a CPU bomb must not spin on, on a core nobody counts.
+#[tokio::test]
+async fn a_killed_worker_leaves_no_parser_running() {
+    let db = TestDb::new();
+    let api = Api::start(&db, &[], &[]).await;
+    let env = [
+        ("RAG_PARSE_CPU_FLOOR_SECS", "600"),
+        ("RAG_PARSE_CPU_SECS", "600"),
+        ("RAG_PARSE_WALL_SECS", "1200"),
+        ("RAG_WORKER_CONCURRENCY", "1"),
+    ];
+    let mut worker = common::worker(&db, "parse", &env);
+    let bomb = read("hostile", "xobject-fanout.pdf");
+    let (status, body) = upload_bytes(&api, Uuid::new_v4(), "bomb.pdf", bomb).await;
+    assert_eq!(status, 201, "{body}");
+    let deadline = Instant::now() + PATIENCE;
+    let parser = loop {
+        let parsers: Vec<i32> = children_of(worker.pid())
+            .into_iter()
+            .filter(|c| cmdline(*c).contains("__extract"))
+            .collect();
+        if let Some(p) = parsers.first() {
+            break *p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no parser child; log:\n{}",
+            worker.logs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    worker.signal(libc::SIGKILL);
+    worker.wait_exit().await;
+    let deadline = Instant::now() + PATIENCE;
+    while alive(parser) {
+        assert!(
+            Instant::now() < deadline,
+            "parser {parser} outlived its worker"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

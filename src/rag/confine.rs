@@ -55,12 +55,16 @@ pub struct Confined {
 
 /// Applies every layer to the whole process (all its threads).
 pub fn enter() -> Result<Confined, ConfineError> {
+    // SAFETY: getppid cannot fail.
+    let parent = unsafe { libc::getppid() };
     close_inherited()?;
     // SAFETY: geteuid cannot fail.
     let was_root = unsafe { libc::geteuid() } == 0;
     if was_root {
         drop_root()?;
     }
+    // After the uid change, which clears it.
+    die_with_parent(parent).map_err(|_| ConfineError::os("PR_SET_PDEATHSIG"))?;
     limit(libc::RLIMIT_FSIZE, MAX_FILE_BYTES, "RLIMIT_FSIZE")?;
     limit(libc::RLIMIT_NOFILE, MAX_FDS, "RLIMIT_NOFILE")?;
     limit(libc::RLIMIT_NPROC, MAX_PROCESSES, "RLIMIT_NPROC")?;
@@ -77,6 +81,23 @@ pub fn enter() -> Result<Confined, ConfineError> {
         detail: e.to_string(),
     })?;
     Ok(Confined { was_root })
+}
+
+/// SIGKILL when the parent (the worker) dies, so that a parse outlives no
+/// SIGKILLed worker: it would spin to its CPU budget on a core nobody
+/// counts. Set in `pre_exec` and again here, since a change of credentials
+/// clears it. Fails if `parent` is already gone (we were re-parented).
+pub fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments; getppid cannot fail.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            return Err(io::Error::other("the parent process is gone"));
+        }
+    }
+    Ok(())
 }
 
 /// Closes every descriptor above stderr: whatever `serve`'s launcher (or

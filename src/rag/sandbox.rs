@@ -193,10 +193,14 @@ fn spawn(exe: &Path, args: &[String], limits: &Limits) -> Result<Child, SandboxE
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let (memory, cpu) = (limits.memory_bytes, limits.cpu_secs);
-    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork
-    // and exec.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: setrlimit, prctl and getppid are async-signal-safe; nothing
+    // else runs between fork and exec.
     unsafe {
-        cmd.pre_exec(move || apply_rlimits(memory, cpu));
+        cmd.pre_exec(move || {
+            super::confine::die_with_parent(parent)?;
+            apply_rlimits(memory, cpu)
+        });
     }
     cmd.spawn().map_err(SandboxError::Spawn)
 }

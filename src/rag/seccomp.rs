@@ -146,7 +146,8 @@ fn eperm() -> SeccompAction {
 fn conditional_denials(pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
     let exec = u64::from(libc::PROT_EXEC as u32);
     let no_exec = || rule(&[(2, Len::Dword, Op::MaskedEq(exec), exec)]);
-    // prctl: only reading no_new_privs, dumpable and the seccomp mode, and
+    // prctl: only reading no_new_privs, dumpable, the seccomp mode and the
+    // parent-death signal, and
     // setting no_new_privs (it only ever restricts; installing the second
     // filter does it, under the first).
     let prctl = rule(&[
@@ -154,6 +155,7 @@ fn conditional_denials(pid: u32) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Back
         (0, Len::Dword, Op::Ne, libc::PR_GET_NO_NEW_PRIVS as u64),
         (0, Len::Dword, Op::Ne, libc::PR_GET_DUMPABLE as u64),
         (0, Len::Dword, Op::Ne, libc::PR_GET_SECCOMP as u64),
+        (0, Len::Dword, Op::Ne, libc::PR_GET_PDEATHSIG as u64),
     ])?;
     Ok(BTreeMap::from([
         // No executable memory: a foothold cannot map shellcode.

@@ -61,6 +61,25 @@ fn prctl_get(option: libc::c_int) -> i64 {
     i64::from(unsafe { libc::prctl(option, 0, 0, 0, 0) })
 }
 
+/// The signal the child gets when its parent dies (`PR_GET_PDEATHSIG`
+/// writes it through a pointer).
+fn parent_death_signal() -> i64 {
+    let mut sig: libc::c_int = -1;
+    // SAFETY: PR_GET_PDEATHSIG writes one int to a valid pointer.
+    match unsafe {
+        libc::prctl(
+            libc::PR_GET_PDEATHSIG,
+            &mut sig as *mut libc::c_int,
+            0,
+            0,
+            0,
+        )
+    } {
+        0 => i64::from(sig),
+        rc => i64::from(rc),
+    }
+}
+
 /// Tries to open and create files, including the process's own /proc
 /// entries (environment, memory).
 fn file_checks() -> Vec<Check> {
@@ -149,6 +168,11 @@ fn privilege_checks() -> Vec<Check> {
                 i64::from(libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0)),
             ),
             equals("seccomp_mode", prctl_get(libc::PR_GET_SECCOMP), 2),
+            equals(
+                "parent_death_signal",
+                parent_death_signal(),
+                i64::from(libc::SIGKILL),
+            ),
             denied(
                 "raise_nofile",
                 i64::from(libc::prlimit(
