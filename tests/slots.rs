@@ -257,22 +257,8 @@ async fn sigterm_with_three_jobs_running_leaves_none_running() {
 /// before anything connects, naming both (exit 2).
 #[test]
 fn a_bad_concurrency_is_refused_naming_flag_and_variable() {
-    let runs = [
-        std::process::Command::new(bin())
-            .args(["worker", "parse", "--concurrency", "0"])
-            .output(),
-        std::process::Command::new(bin())
-            .args(["worker", "ingest"])
-            .env("RAG_WORKER_CONCURRENCY", "65")
-            .output(),
-    ];
-    for out in runs {
-        let out = out.expect("run ragctl");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
-        assert!(
-            err.contains("--concurrency / RAG_WORKER_CONCURRENCY"),
-            "{err}"
-        );
-    }
+    let both = ["--concurrency / RAG_WORKER_CONCURRENCY"];
+    assert_usage_error(&["worker", "parse", "--concurrency", "0"], &[], &both);
+    let env = [("RAG_WORKER_CONCURRENCY", "65")];
+    assert_usage_error(&["worker", "ingest"], &env, &both);
 }

@@ -132,23 +132,11 @@ async fn retry_policy_all_retries_a_corrupt_pdf_three_times() {
 /// that names both, before anything connects.
 #[test]
 fn a_bad_retry_policy_is_refused_naming_flag_and_variable() {
+    let both = ["--retry-policy", "RAG_RETRY_POLICY"];
     let flag = ["worker", "parse", "--retry-policy", "sometimes"];
-    let runs = [
-        std::process::Command::new(bin()).args(flag).output(),
-        std::process::Command::new(bin())
-            .args(["worker", "parse"])
-            .env("RAG_RETRY_POLICY", "bogus")
-            .output(),
-    ];
-    for out in runs {
-        let out = out.expect("run ragctl");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
-        assert!(
-            err.contains("--retry-policy") && err.contains("RAG_RETRY_POLICY"),
-            "{err}"
-        );
-    }
+    assert_usage_error(&flag, &[], &both);
+    let env = [("RAG_RETRY_POLICY", "bogus")];
+    assert_usage_error(&["worker", "parse"], &env, &both);
 }
 
 #[tokio::test]

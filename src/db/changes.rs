@@ -21,7 +21,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::{Client, IsolationLevel};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 use super::DbError;
@@ -177,12 +177,7 @@ pub async fn for_users(
     limit: i64,
 ) -> Result<Changes, DbError> {
     let h = horizon(client).await?;
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
+    let tx = super::read_snapshot(client).await?;
     let select = |table: &str, cols: &str| {
         format!(
             "SELECT {cols} FROM {table} WHERE user_id = ANY($1) AND updated_at >= $2

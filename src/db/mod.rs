@@ -40,6 +40,20 @@ pub(crate) async fn query_all<T>(
     Ok(rows.iter().map(from_row).collect())
 }
 
+/// A read-only REPEATABLE READ transaction: every query in it reads one
+/// snapshot, so numbers read one after another agree.
+pub(crate) async fn read_snapshot(
+    client: &mut Client,
+) -> Result<tokio_postgres::Transaction<'_>, DbError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    Ok(tx)
+}
+
 mod embedded_migrations {
     refinery::embed_migrations!("migrations");
 }

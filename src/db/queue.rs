@@ -11,7 +11,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio_postgres::{Client, IsolationLevel, Row, Transaction};
+use tokio_postgres::{Client, Row, Transaction};
 use uuid::Uuid;
 
 use super::DbError;
@@ -81,12 +81,7 @@ pub struct UserJobs {
 
 /// Reads the queue of every kind, in one read-only transaction.
 pub async fn snapshot(client: &mut Client, bounds: Bounds) -> Result<Snapshot, DbError> {
-    let tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await?;
+    let tx = super::read_snapshot(client).await?;
     let at: DateTime<Utc> = tx.query_one("SELECT now()", &[]).await?.get(0);
     let mut kinds = Vec::with_capacity(JobKind::ALL.len());
     for &kind in JobKind::ALL {

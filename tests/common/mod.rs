@@ -697,3 +697,18 @@ impl Api {
             .unwrap_or(0.0)
     }
 }
+
+/// Runs `ragctl args` (with `env`) and expects a usage error: exit 2
+/// before anything connects, with a message containing each of `names`.
+pub fn assert_usage_error(args: &[&str], env: &[(&str, &str)], names: &[&str]) {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run ragctl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+    for name in names {
+        assert!(err.contains(name), "{args:?}: no {name:?} in {err}");
+    }
+}
