@@ -22,9 +22,11 @@ use uuid::Uuid;
 use super::crowd::token;
 use super::machine::machine;
 use super::queue_docs::{BOMB, note, text_pdf};
-use super::queue_load::{Uploader, honest, keep_bombs};
+use super::queue_load::{Tally, Uploader, honest, keep_bombs};
 use super::queue_measure::{self as measure, Sampler, connect};
-use super::queue_report::{Hostile, ParseRun, QueueConfig, QueueReport, QueueRun, Scaling, judge};
+use super::queue_report::{
+    Hostile, ParseRun, QueueConfig, QueueReport, QueueRun, Scaling, judge, load_1m,
+};
 use super::queue_workers::{Spec, Workers};
 use super::server::{Site, wait_ready};
 use super::{BenchArgs, progress};
@@ -123,9 +125,6 @@ async fn load(
 ) -> anyhow::Result<QueueRun> {
     let db = connect(&site.db_url).await?;
     let up = Arc::new(Uploader::new(&site.api)?);
-    let users: Vec<Arc<str>> = (0..USERS)
-        .map(|_| token(&site.secret, Uuid::new_v4()))
-        .collect::<anyhow::Result<_>>()?;
     let hostile = Uuid::new_v4();
     let sampler = Sampler::start(&site.db_url).await?;
     let stop = CancellationToken::new();
@@ -138,16 +137,46 @@ async fn load(
         stop.clone(),
     ));
     let _stop_bombs = stop.clone().drop_guard();
+    let loaded = honest_load(site, args, workers, &db, &up, hostile).await?;
+    let mut h = Hostile::default();
+    let slot_source = measure::hostile(&db, hostile, &mut h).await?;
+    stop.cancel();
+    let bomb_tally = bombs.await?;
+    (h.uploaded, h.upload_failures) = (bomb_tally.ok, bomb_tally.failures);
+    let honest = measure::honest(&db, hostile).await?;
+    let mut run = assemble(processes, slots, loaded, honest, h);
+    run.slot_source = slot_source;
+    run.slots_seen = sampler.stop().await;
+    Ok(run)
+}
+
+/// The honest uploads, and the load average when they started.
+struct Loaded {
+    tally: Tally,
+    load_before: Option<f64>,
+}
+
+/// Once a bomb runs, the honest uploads; then waits for them to drain (a
+/// drain that gives up is reported, not an error).
+async fn honest_load(
+    site: &Site,
+    args: &BenchArgs,
+    workers: &mut Workers,
+    db: &Client,
+    up: &Arc<Uploader>,
+    hostile: Uuid,
+) -> anyhow::Result<Loaded> {
+    let users: Vec<Arc<str>> = (0..USERS)
+        .map(|_| token(&site.secret, Uuid::new_v4()))
+        .collect::<anyhow::Result<_>>()?;
     wait_for(workers, "a bomb to be claimed", FIRST_BOMB, || {
-        measure::running(&db, hostile)
+        measure::running(db, hostile)
     })
     .await?;
-    progress(&format!(
-        "queue: bombs running; {} honest uploads",
-        args.queue_docs
-    ));
-    let started = Instant::now();
-    let tally = honest(&up, &users, args.queue_docs, args.queue_rate, |k| {
+    let n = args.queue_docs;
+    progress(&format!("queue: bombs running; {n} honest uploads"));
+    let (started, load_before) = (Instant::now(), load_1m());
+    let tally = honest(up, &users, n, args.queue_rate, |k| {
         (format!("note-{k}.md"), note(k))
     })
     .await;
@@ -157,39 +186,45 @@ async fn load(
         started.elapsed().as_secs_f64()
     ));
     let drained = wait_for(workers, "the honest documents", DRAIN, || async {
-        Ok(measure::in_flight(&db, hostile, true).await? == 0)
+        Ok(measure::in_flight(db, hostile, true).await? == 0)
     })
     .await;
     if let Err(e) = &drained {
         progress(&format!("queue: {e:#}; reporting what finished"));
     }
-    let mut h = Hostile::default();
-    let slot_source = measure::hostile(&db, hostile, &mut h).await?;
-    stop.cancel();
-    let bomb_tally = bombs.await?;
-    (h.uploaded, h.upload_failures) = (bomb_tally.ok, bomb_tally.failures);
-    let honest = measure::honest(&db, hostile).await?;
-    let slots_seen = sampler.stop().await;
-    Ok(QueueRun {
+    Ok(Loaded { tally, load_before })
+}
+
+/// The run's numbers (slots seen and their source are added after).
+fn assemble(
+    processes: usize,
+    slots: usize,
+    loaded: Loaded,
+    honest: measure::Honest,
+    hostile: Hostile,
+) -> QueueRun {
+    let docs_per_s = match honest.wall_s {
+        w if w > 0.0 => honest.ingested as f64 / w,
+        _ => 0.0,
+    };
+    QueueRun {
         processes,
         slots,
-        slots_seen,
-        uploaded: tally.ok,
-        upload_failures: tally.failures,
-        late_starts: tally.late,
+        slots_seen: Vec::new(),
+        uploaded: loaded.tally.ok,
+        upload_failures: loaded.tally.failures,
+        late_starts: loaded.tally.late,
         ingested: honest.ingested,
         errored: honest.errored,
         unfinished: honest.unfinished,
         wall_s: honest.wall_s,
-        docs_per_s: match honest.wall_s {
-            w if w > 0.0 => honest.ingested as f64 / w,
-            _ => 0.0,
-        },
+        docs_per_s,
         latency: honest.latency,
         fairness: honest.fairness,
-        hostile: h,
-        slot_source,
-    })
+        hostile,
+        slot_source: "",
+        load: (loaded.load_before, load_1m()),
+    }
 }
 
 /// Polls `done` every 250 ms until it holds, a worker exits (an error
@@ -281,11 +316,13 @@ async fn parse_run(
         bail!("no PDF was uploaded: {:?}", tally.failures);
     }
     let sampler = Sampler::start(&site.db_url).await?;
+    let load_before = load_1m();
     let mut workers = Workers::start(&spec(site, channel, args), &["parse"], 1, slots)?;
     let waited = wait_for(&mut workers, "the parse jobs", DRAIN, || async {
         Ok(measure::parse_done(&db).await?.0 >= tally.ok)
     })
     .await;
+    let load_after = load_1m();
     workers.stop().await;
     let slots_seen = sampler.stop().await;
     waited?;
@@ -301,5 +338,6 @@ async fn parse_run(
         } else {
             0.0
         },
+        load: (load_before, load_after),
     })
 }

@@ -73,6 +73,15 @@ pub struct QueueRun {
     pub hostile: Hostile,
     /// Where slot-seconds came from: `service_secs` or `claimed_at..updated_at`.
     pub slot_source: &'static str,
+    /// /proc/loadavg's 1-minute load at the start and the end: the
+    /// machine's other work (this run's own included).
+    pub load: (Option<f64>, Option<f64>),
+}
+
+/// The 1-minute load average.
+pub(super) fn load_1m() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/loadavg").ok()?;
+    s.split_whitespace().next()?.parse().ok()
 }
 
 /// One parse-only run: `docs` PDFs already queued, one parse process.
@@ -85,6 +94,8 @@ pub struct ParseRun {
     /// First claim → last parse job finished (s).
     pub wall_s: f64,
     pub jobs_per_s: f64,
+    /// The 1-minute load average before the worker started, and after.
+    pub load: (Option<f64>, Option<f64>),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -180,6 +191,20 @@ fn seen(slots: &[SlotsSeen]) -> String {
 
 pub(super) fn render(r: &QueueReport) -> String {
     let mut s = String::new();
+    header(&mut s, r);
+    table(&mut s, &r.runs);
+    for q in &r.runs {
+        details(&mut s, q);
+    }
+    if let Some(sc) = &r.scaling {
+        scaling(&mut s, sc);
+    }
+    super::render::target_lines(&mut s, &r.targets, &[]);
+    s
+}
+
+/// The machine and the load.
+fn header(s: &mut String, r: &QueueReport) {
     let c = &r.config;
     let _ = writeln!(s, "ragctl bench --queue");
     let _ = writeln!(s, "machine: {}", r.machine.describe());
@@ -193,6 +218,10 @@ pub(super) fn render(r: &QueueReport) -> String {
          CPU-bomb PDFs ({} B) queued",
         c.docs, c.doc_bytes, c.honest_users, c.bombs, c.bomb_bytes
     );
+}
+
+/// One line per configuration.
+fn table(s: &mut String, runs: &[QueueRun]) {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
@@ -207,7 +236,7 @@ pub(super) fn render(r: &QueueReport) -> String {
         "fairness",
         "bomb share"
     );
-    for q in &r.runs {
+    for q in runs {
         let l = q.latency;
         let sec = |f: fn(&Latency) -> f64| opt(l.as_ref().map(f), |v| format!("{:.2}", v / 1000.0));
         let _ = writeln!(
@@ -224,54 +253,59 @@ pub(super) fn render(r: &QueueReport) -> String {
             pct(q.hostile.slot_share),
         );
     }
-    details(&mut s, &r.runs);
-    if let Some(sc) = &r.scaling {
-        scaling(&mut s, sc);
-    }
-    super::render::target_lines(&mut s, &r.targets, &[]);
-    s
 }
 
-/// Per configuration: the slots seen, failures, the hostile user's lot.
-fn details(s: &mut String, runs: &[QueueRun]) {
-    for q in runs {
+/// A configuration's slots seen, honest counts and failures.
+fn details(s: &mut String, q: &QueueRun) {
+    let _ = writeln!(
+        s,
+        "\n{} process(es) × {} slot(s) asked:",
+        q.processes, q.slots
+    );
+    let _ = writeln!(s, "  slots seen: {}", seen(&q.slots_seen));
+    let _ = writeln!(
+        s,
+        "  honest: {} uploaded, {} ingested, {} error, {} unfinished, {} late starts, wall {:.1} s; \
+         load average {} → {}",
+        q.uploaded,
+        q.ingested,
+        q.errored,
+        q.unfinished,
+        q.late_starts,
+        q.wall_s,
+        opt(q.load.0, |v| format!("{v:.1}")),
+        opt(q.load.1, |v| format!("{v:.1}"))
+    );
+    if !q.upload_failures.is_empty() {
         let _ = writeln!(
             s,
-            "\n{} process(es) × {} slot(s) asked:",
-            q.processes, q.slots
+            "  honest upload failures: {}",
+            counts(&q.upload_failures)
         );
-        let _ = writeln!(s, "  slots seen: {}", seen(&q.slots_seen));
+    }
+    hostile(s, q);
+}
+
+/// What the hostile user did and got.
+fn hostile(s: &mut String, q: &QueueRun) {
+    let h = &q.hostile;
+    let _ = writeln!(
+        s,
+        "  hostile: {} bombs uploaded; {:.1} of {:.1} slot-s ({}; parse slots {}, from {}); {}",
+        h.uploaded,
+        h.slot_secs,
+        h.total_slot_secs,
+        pct(h.slot_share),
+        pct(h.parse_slot_share),
+        q.slot_source,
+        counts(&h.outcomes)
+    );
+    if !h.upload_failures.is_empty() {
         let _ = writeln!(
             s,
-            "  honest: {} uploaded, {} ingested, {} error, {} unfinished, {} late starts, wall {:.1} s",
-            q.uploaded, q.ingested, q.errored, q.unfinished, q.late_starts, q.wall_s
+            "  hostile upload failures: {}",
+            counts(&h.upload_failures)
         );
-        if !q.upload_failures.is_empty() {
-            let _ = writeln!(
-                s,
-                "  honest upload failures: {}",
-                counts(&q.upload_failures)
-            );
-        }
-        let h = &q.hostile;
-        let _ = writeln!(
-            s,
-            "  hostile: {} bombs uploaded; {:.1} of {:.1} slot-s ({}; parse slots {}, from {}); {}",
-            h.uploaded,
-            h.slot_secs,
-            h.total_slot_secs,
-            pct(h.slot_share),
-            pct(h.parse_slot_share),
-            q.slot_source,
-            counts(&h.outcomes)
-        );
-        if !h.upload_failures.is_empty() {
-            let _ = writeln!(
-                s,
-                "  hostile upload failures: {}",
-                counts(&h.upload_failures)
-            );
-        }
     }
 }
 
@@ -289,12 +323,15 @@ fn scaling(s: &mut String, sc: &Scaling) {
     for p in &sc.runs {
         let _ = writeln!(
             s,
-            "  {} slot(s) asked: {} jobs ({} failed) in {:.2} s = {:.2} jobs/s; seen: {}",
+            "  {} slot(s) asked: {} jobs ({} failed) in {:.2} s = {:.2} jobs/s; load average {} → {}; \
+             seen: {}",
             p.slots,
             p.jobs,
             p.failed,
             p.wall_s,
             p.jobs_per_s,
+            opt(p.load.0, |v| format!("{v:.1}")),
+            opt(p.load.1, |v| format!("{v:.1}")),
             seen(&p.slots_seen)
         );
     }
@@ -326,6 +363,7 @@ mod tests {
             fairness: Some(fairness),
             hostile: Hostile::default(),
             slot_source: "claimed_at..updated_at",
+            load: (None, None),
         }
     }
 
