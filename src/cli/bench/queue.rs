@@ -25,7 +25,7 @@ use super::queue_docs::{BOMB, note, text_pdf};
 use super::queue_load::{Tally, Uploader, honest, keep_bombs};
 use super::queue_measure::{self as measure, Sampler, connect};
 use super::queue_report::{
-    Hostile, ParseRun, QueueConfig, QueueReport, QueueRun, Scaling, judge, load_1m,
+    Hostile, ParseRun, QueueConfig, QueueReport, QueueRun, Scaling, judge, load_1m, scaling_factor,
 };
 use super::queue_workers::{Spec, Workers};
 use super::server::{Site, wait_ready};
@@ -39,9 +39,12 @@ const BOMBS: usize = 10;
 const DRAIN: Duration = Duration::from_secs(600);
 /// How long the first bomb may take to be claimed.
 const FIRST_BOMB: Duration = Duration::from_secs(60);
-/// Pages of each PDF of the parse-bound sub-phase, and its users.
-const PDF_PAGES: usize = 4;
+/// Pages of each PDF of the parse-bound sub-phase (about 70 KB: parsing,
+/// not the queue's round trips, is most of a job), and its users.
+const PDF_PAGES: usize = 16;
 const PDF_USERS: usize = 20;
+/// Slots of the parse-bound runs, interleaved against the machine's drift.
+const SCALING_RUNS: [usize; 4] = [1, 2, 1, 2];
 
 pub(super) async fn run(
     connect: &ConnectOpts,
@@ -143,6 +146,7 @@ async fn load(
     stop.cancel();
     let bomb_tally = bombs.await?;
     (h.uploaded, h.upload_failures) = (bomb_tally.ok, bomb_tally.failures);
+    h.upload_retries = bomb_tally.retried;
     let honest = measure::honest(&db, hostile).await?;
     let mut run = assemble(processes, slots, loaded, honest, h);
     run.slot_source = slot_source;
@@ -214,6 +218,7 @@ fn assemble(
         uploaded: loaded.tally.ok,
         upload_failures: loaded.tally.failures,
         late_starts: loaded.tally.late,
+        upload_retries: loaded.tally.retried,
         ingested: honest.ingested,
         errored: honest.errored,
         unfinished: honest.unfinished,
@@ -266,7 +271,7 @@ async fn scaling(
     docs: usize,
 ) -> anyhow::Result<Scaling> {
     let mut runs = Vec::new();
-    for slots in [1, 2] {
+    for slots in SCALING_RUNS {
         let site = Site::open(connect, args, channel).await?;
         progress(&format!(
             "parse-bound: {docs} PDFs, one `worker parse` with {slots} slot(s)"
@@ -282,15 +287,11 @@ async fn scaling(
         ));
         runs.push(r);
     }
-    let factor = match (runs[0].jobs_per_s, runs[1].jobs_per_s) {
-        (one, two) if one > 0.0 => Some(two / one),
-        _ => None,
-    };
     Ok(Scaling {
         docs,
         pdf_bytes: text_pdf(0, PDF_PAGES).len(),
+        factor: scaling_factor(&runs),
         runs,
-        factor,
     })
 }
 
@@ -329,6 +330,9 @@ async fn parse_run(
     let (jobs, failed, wall_s) = measure::parse_done(&db).await?;
     Ok(ParseRun {
         slots,
+        uploaded: tally.ok,
+        upload_retries: tally.retried,
+        upload_failures: tally.failures,
         slots_seen,
         jobs,
         failed,

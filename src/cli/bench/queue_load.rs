@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
@@ -19,6 +20,8 @@ use super::queue_measure::in_flight;
 pub(super) const IN_FLIGHT: usize = 64;
 /// An upload not answered in this long is a failure.
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// Tries of an upload refused with 429 or 503, after the first.
+const RETRIES: usize = 5;
 /// How often the hostile user counts its bombs still in the queue.
 const BOMB_CHECK: Duration = Duration::from_millis(200);
 
@@ -35,6 +38,8 @@ pub(super) struct Tally {
     pub(super) failures: BTreeMap<String, u64>,
     /// Uploads that started later than scheduled (all slots in flight).
     pub(super) late: u64,
+    /// Tries again after a 429 or 503.
+    pub(super) retried: u64,
 }
 
 impl Tally {
@@ -54,28 +59,51 @@ impl Uploader {
         })
     }
 
-    /// `POST /documents` of `bytes` as `name`; 201 is success.
+    /// `POST /documents` of `bytes` as `name`; 201 is success. A 429 or
+    /// 503 is tried again after its Retry-After (1 s if absent), at most
+    /// `RETRIES` times, as a client would; `retried` counts those.
     pub(super) async fn upload(
         &self,
         token: &str,
         name: String,
         bytes: Vec<u8>,
+        retried: &AtomicU64,
     ) -> Result<(), String> {
-        let part = reqwest::multipart::Part::bytes(bytes).file_name(name);
-        let form = reqwest::multipart::Form::new().part("file", part);
-        let sent = self
-            .http
-            .post(&self.url)
-            .bearer_auth(token)
-            .multipart(form)
-            .send();
-        match sent.await {
-            Ok(r) if r.status().as_u16() == 201 => Ok(()),
-            Ok(r) => Err(format!("status {}", r.status().as_u16())),
-            Err(e) if e.is_timeout() => Err("timed out".into()),
-            Err(e) => Err(format!("transport: {e}")),
+        for attempt in 0..=RETRIES {
+            let part = reqwest::multipart::Part::bytes(bytes.clone()).file_name(name.clone());
+            let form = reqwest::multipart::Form::new().part("file", part);
+            let sent = self.http.post(&self.url).bearer_auth(token).multipart(form);
+            let r = match sent.send().await {
+                Ok(r) => r,
+                Err(e) if e.is_timeout() => return Err("timed out".into()),
+                Err(e) => return Err(format!("transport: {e}")),
+            };
+            let status = r.status().as_u16();
+            if status == 201 {
+                return Ok(());
+            }
+            let wait = retry_after(&r);
+            let code = r.json::<serde_json::Value>().await.ok();
+            let code = code.as_ref().and_then(|v| v["error"]["code"].as_str());
+            if !matches!(status, 429 | 503) || attempt == RETRIES {
+                return Err(format!("status {status} {}", code.unwrap_or(""))
+                    .trim()
+                    .to_string());
+            }
+            retried.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(wait).await;
         }
+        unreachable!("the last attempt returns")
     }
+}
+
+/// The answer's Retry-After (whole seconds), else 1 s.
+fn retry_after(r: &reqwest::Response) -> Duration {
+    let secs = r
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    Duration::from_secs(secs.unwrap_or(1).clamp(1, 30))
 }
 
 /// One scheduled upload: document `k` of user `k % users`.
@@ -91,6 +119,7 @@ pub(super) async fn honest(
     make: Make,
 ) -> Tally {
     let gate = Arc::new(Semaphore::new(IN_FLIGHT));
+    let retried = Arc::new(AtomicU64::new(0));
     let mut tally = Tally::default();
     let mut set = JoinSet::new();
     let start = Instant::now();
@@ -108,8 +137,9 @@ pub(super) async fn honest(
         };
         let (up, token) = (up.clone(), tokens[k % tokens.len()].clone());
         let (name, bytes) = make(k);
+        let retried = retried.clone();
         set.spawn(async move {
-            let r = up.upload(&token, name, bytes).await;
+            let r = up.upload(&token, name, bytes, &retried).await;
             drop(permit);
             r
         });
@@ -120,6 +150,7 @@ pub(super) async fn honest(
     while let Some(r) = set.join_next().await {
         tally.count(r.unwrap_or_else(|e| Err(format!("upload task: {e}"))));
     }
+    tally.retried = retried.load(Ordering::Relaxed);
     tally
 }
 
@@ -134,6 +165,7 @@ pub(super) async fn keep_bombs(
     stop: CancellationToken,
 ) -> Tally {
     let mut tally = Tally::default();
+    let retried = AtomicU64::new(0);
     let mut n = 0usize;
     while !stop.is_cancelled() {
         let queued = match in_flight(&db, user, false).await {
@@ -146,12 +178,14 @@ pub(super) async fn keep_bombs(
         for _ in queued..bombs {
             n += 1;
             let bytes = super::queue_docs::BOMB.to_vec();
-            tally.count(up.upload(&token, format!("bomb-{n}.pdf"), bytes).await);
+            let name = format!("bomb-{n}.pdf");
+            tally.count(up.upload(&token, name, bytes, &retried).await);
         }
         tokio::select! {
             _ = tokio::time::sleep(BOMB_CHECK) => {}
             _ = stop.cancelled() => {}
         }
     }
+    tally.retried = retried.load(Ordering::Relaxed);
     tally
 }

@@ -36,6 +36,7 @@ pub struct SlotsSeen {
 pub struct Hostile {
     pub uploaded: u64,
     pub upload_failures: BTreeMap<String, u64>,
+    pub upload_retries: u64,
     /// Its documents by final status and error message.
     pub outcomes: BTreeMap<String, u64>,
     /// Slot-seconds its parse jobs held, and every job's (all users, both
@@ -59,6 +60,8 @@ pub struct QueueRun {
     pub upload_failures: BTreeMap<String, u64>,
     /// Uploads that started later than their schedule (all 64 in flight).
     pub late_starts: u64,
+    /// Uploads tried again after a 429 or 503 (Retry-After honoured).
+    pub upload_retries: u64,
     pub ingested: u64,
     pub errored: u64,
     /// Honest documents not `ingested` nor `error` when the run ended.
@@ -88,6 +91,10 @@ pub(super) fn load_1m() -> Option<f64> {
 #[derive(Debug, Clone, Serialize)]
 pub struct ParseRun {
     pub slots: usize,
+    /// PDFs uploaded, and why the others were not.
+    pub uploaded: u64,
+    pub upload_failures: BTreeMap<String, u64>,
+    pub upload_retries: u64,
     pub slots_seen: Vec<SlotsSeen>,
     pub jobs: u64,
     pub failed: u64,
@@ -102,9 +109,29 @@ pub struct ParseRun {
 pub struct Scaling {
     pub docs: usize,
     pub pdf_bytes: usize,
+    /// In the order run: 1, 2, 1, 2 slots (interleaved, so that the
+    /// machine's other work falls on both alike).
     pub runs: Vec<ParseRun>,
-    /// Throughput with 2 slots / with 1.
+    /// Throughput with 2 slots / with 1, each summed over its runs
+    /// (jobs / wall seconds).
     pub factor: Option<f64>,
+}
+
+/// Σ jobs / Σ wall of the runs with `slots` slots.
+fn throughput(runs: &[ParseRun], slots: usize) -> Option<f64> {
+    let (jobs, wall) = runs
+        .iter()
+        .filter(|r| r.slots == slots)
+        .fold((0u64, 0.0), |(j, w), r| (j + r.jobs, w + r.wall_s));
+    (wall > 0.0).then(|| jobs as f64 / wall)
+}
+
+/// Throughput with 2 slots over 1.
+pub(super) fn scaling_factor(runs: &[ParseRun]) -> Option<f64> {
+    match (throughput(runs, 1), throughput(runs, 2)) {
+        (Some(one), Some(two)) => Some(two / one),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -265,9 +292,10 @@ fn details(s: &mut String, q: &QueueRun) {
     let _ = writeln!(s, "  slots seen: {}", seen(&q.slots_seen));
     let _ = writeln!(
         s,
-        "  honest: {} uploaded, {} ingested, {} error, {} unfinished, {} late starts, wall {:.1} s; \
-         load average {} → {}",
+        "  honest: {} uploaded ({} retries after 429/503), {} ingested, {} error, {} unfinished, \
+         {} late starts, wall {:.1} s; load average {} → {}",
         q.uploaded,
+        q.upload_retries,
         q.ingested,
         q.errored,
         q.unfinished,
@@ -334,10 +362,19 @@ fn scaling(s: &mut String, sc: &Scaling) {
             opt(p.load.1, |v| format!("{v:.1}")),
             seen(&p.slots_seen)
         );
+        if !p.upload_failures.is_empty() || p.upload_retries > 0 {
+            let _ = writeln!(
+                s,
+                "    {} uploaded, {} retries after 429/503; upload failures: {}",
+                p.uploaded,
+                p.upload_retries,
+                counts(&p.upload_failures)
+            );
+        }
     }
     let _ = writeln!(
         s,
-        "  scaling 1 → 2 slots: {}",
+        "  scaling 1 → 2 slots (Σ jobs / Σ wall of each): {}",
         opt(sc.factor, |f| format!("{f:.2}×"))
     );
 }
@@ -354,6 +391,7 @@ mod tests {
             uploaded: 10,
             upload_failures: BTreeMap::new(),
             late_starts: 0,
+            upload_retries: 0,
             ingested: 10 - unfinished,
             errored: 0,
             unfinished,
@@ -365,6 +403,34 @@ mod tests {
             slot_source: "claimed_at..updated_at",
             load: (None, None),
         }
+    }
+
+    fn parse(slots: usize, jobs: u64, wall_s: f64) -> ParseRun {
+        ParseRun {
+            slots,
+            uploaded: jobs,
+            upload_failures: BTreeMap::new(),
+            upload_retries: 0,
+            slots_seen: vec![],
+            jobs,
+            failed: 0,
+            wall_s,
+            jobs_per_s: jobs as f64 / wall_s,
+            load: (None, None),
+        }
+    }
+
+    #[test]
+    fn scaling_sums_the_runs_of_each_slot_count() {
+        // 1 slot: 400 jobs in 40 s (10/s); 2 slots: 400 in 25 s (16/s).
+        let runs = [
+            parse(1, 200, 10.0),
+            parse(2, 200, 10.0),
+            parse(1, 200, 30.0),
+            parse(2, 200, 15.0),
+        ];
+        assert_eq!(scaling_factor(&runs), Some(1.6));
+        assert_eq!(scaling_factor(&runs[..1]), None);
     }
 
     #[test]
