@@ -363,12 +363,14 @@ fn scaling(s: &mut String, sc: &Scaling) {
             seen(&p.slots_seen)
         );
         if !p.upload_failures.is_empty() || p.upload_retries > 0 {
+            let failed = match p.upload_failures.is_empty() {
+                true => "no upload failed".to_string(),
+                false => format!("upload failures: {}", counts(&p.upload_failures)),
+            };
             let _ = writeln!(
                 s,
-                "    {} uploaded, {} retries after 429/503; upload failures: {}",
-                p.uploaded,
-                p.upload_retries,
-                counts(&p.upload_failures)
+                "    {} uploaded, {} retries after 429/503; {failed}",
+                p.uploaded, p.upload_retries
             );
         }
     }
