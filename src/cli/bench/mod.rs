@@ -23,6 +23,10 @@
 //! (`abuse*.rs`: the run, the attacks, the honest load, the seeding, the
 //! report).
 //!
+//! `--queue` runs instead the job-queue benchmark of issue #18 (`queue*.rs`:
+//! the run, the worker processes, the uploads, the documents, what the
+//! database says, the statistics, the report).
+//!
 //! The bridge phase also reports the server's CPU per delivered frame.
 //!
 //! Each phase also records the CPU used by this process, the server and
@@ -60,6 +64,13 @@ mod mass;
 mod mass_report;
 mod phase;
 mod publish;
+mod queue;
+mod queue_docs;
+mod queue_load;
+mod queue_measure;
+mod queue_report;
+mod queue_stats;
+mod queue_workers;
 mod record;
 mod render;
 mod report;
@@ -194,6 +205,41 @@ pub struct BenchArgs {
     /// Events per second to the attacker of --fanout-attack.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub attack_rate: u32,
+    // Queue benchmark (#18).
+    /// Instead of the phases above: the job queue under 50 honest users and
+    /// one who keeps 10 CPU-bomb PDFs queued, for each number of worker
+    /// processes × slots, then the parse scaling from 1 to 2 slots (see
+    /// docs/benchmarks.md).
+    #[arg(long, conflicts_with_all = ["server_url", "sockets", "capacity", "resume", "abuse", "fanout_attack"])]
+    pub queue: bool,
+    /// Honest documents of each --queue configuration.
+    #[arg(long, default_value_t = 1000, value_parser = parse_positive, requires = "queue")]
+    pub queue_docs: usize,
+    /// Honest uploads per second of --queue (0: as fast as the API allows,
+    /// 64 in flight).
+    #[arg(long, default_value_t = 10.0, value_parser = parse_rate, requires = "queue")]
+    pub queue_rate: f64,
+    /// Worker processes of each kind in the --queue configurations.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2], requires = "queue",
+          value_parser = clap::value_parser!(u16).range(1..=8))]
+    pub queue_processes: Vec<u16>,
+    /// Slots per worker process (RAG_WORKER_CONCURRENCY) in the --queue
+    /// configurations.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 2], requires = "queue",
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub queue_slots: Vec<u16>,
+    /// PDFs of the parse-bound sub-phase of --queue (0 skips it).
+    #[arg(long, default_value_t = 200, requires = "queue")]
+    pub queue_parse_docs: usize,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "expected documents per second (0 or more), got {s:?}"
+        )),
+    }
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {

@@ -45,6 +45,17 @@ pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCo
         };
         return conclude(&args, &Outcome::Abuse(Box::new(outcome?)));
     }
+    if args.queue {
+        // A fresh server per configuration, as for --abuse.
+        let outcome = tokio::select! {
+            r = super::queue::run(&connect, &args, &channel) => r,
+            _ = cancel.cancelled() => {
+                eprintln!("ragctl: interrupted");
+                return Ok(ExitCode::from(130));
+            }
+        };
+        return conclude(&args, &Outcome::Queue(Box::new(outcome?)));
+    }
     let site = Site::open(&connect, &args, &channel).await?;
     let outcome = tokio::select! {
         r = pick(&args, &site, &channel) => Some(r),
@@ -67,6 +78,7 @@ enum Outcome {
     Mass(Box<Judged>),
     Abuse(Box<AbuseReport>),
     Fanout(Box<super::fanout::FanoutReport>),
+    Queue(Box<super::queue_report::QueueReport>),
 }
 
 async fn pick(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<Outcome> {
@@ -98,6 +110,11 @@ fn conclude(args: &BenchArgs, outcome: &Outcome) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(f)?,
             super::fanout::render(f),
             &f.targets,
+        ),
+        Outcome::Queue(q) => (
+            serde_json::to_string_pretty(q)?,
+            super::queue_report::render(q),
+            &q.targets,
         ),
     };
     if args.json {
