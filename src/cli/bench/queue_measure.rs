@@ -149,33 +149,14 @@ pub(super) async fn honest(c: &Client, hostile: Uuid) -> anyhow::Result<Honest> 
     })
 }
 
-/// Whether `jobs.service_secs` (issue #18's migration V6) exists.
-async fn has_service_secs(c: &Client) -> anyhow::Result<bool> {
-    let row = c
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM information_schema.columns
-             WHERE table_name = 'jobs' AND column_name = 'service_secs')",
-            &[],
-        )
-        .await?;
-    Ok(row.get(0))
-}
-
 /// Slot-seconds per (kind, is the hostile user): `service_secs` (every
-/// attempt) when the column exists, else each job's last attempt
-/// `claimed_at → updated_at`; a running attempt counts until now.
+/// finished attempt, preempted and lapsed ones included) plus the running
+/// attempts until now.
 pub(super) async fn slot_secs(
     c: &Client,
     hostile: Uuid,
 ) -> anyhow::Result<(Vec<(String, bool, f64)>, &'static str)> {
-    let (done, source) = match has_service_secs(c).await? {
-        true => ("service_secs", "service_secs"),
-        false => (
-            "CASE WHEN status IN ('success', 'failed') AND claimed_at IS NOT NULL
-                  THEN extract(epoch FROM updated_at - claimed_at)::float8 ELSE 0 END",
-            "claimed_at..updated_at",
-        ),
-    };
+    let (done, source) = ("service_secs", "service_secs");
     let sql = format!(
         "SELECT kind, user_id = $1, sum({done} + CASE WHEN status = 'running'
                 THEN extract(epoch FROM clock_timestamp() - claimed_at)::float8 ELSE 0 END)::float8
