@@ -181,17 +181,37 @@ async fn preemption_hands_back_the_heaviest_users_latest_job() {
         .unwrap()
         .get(0);
     assert!(service >= 10.0, "the attempt's 10 s counted: {service}");
-    // The user is still starving (the freed slot has not claimed yet) and
-    // A and B now have 2 running each: B's latest (claimed later) goes.
+    // The freed slot has not claimed yet: the user still looks starving,
+    // but a slot is on its way, so nothing more is handed back.
+    for (id, owner) in [(a1, "a1"), (a2, "a2"), (b1, "b1"), (b2, "b2")] {
+        assert!(preempt(&mut c, id, owner).await.is_none(), "{owner}");
+    }
+    // The mark runs out (a slot that died before claiming): the user
+    // counts again, and A and B have 2 running each: B's latest goes.
+    expire_handovers(&c).await;
     assert!(preempt(&mut c, a2, "a2").await.is_none());
     assert!(preempt(&mut c, b2, "b2").await.is_some());
-    // Still starving: A's second job is the last preemptible one.
+    // A second starving user, with B's slot still on its way to the first:
+    // one more hand-back, A's second job, the last preemptible one.
+    insert(&c, queued(Uuid::new_v4(), 2.0), "").await;
     assert!(preempt(&mut c, a1, "a1").await.is_none());
     assert!(preempt(&mut c, b1, "b1").await.is_none());
     assert!(preempt(&mut c, a2, "a2").await.is_some(), "A still had 2");
     // Each has one running job left: none is preemptible.
+    expire_handovers(&c).await;
     assert!(preempt(&mut c, a1, "a1").await.is_none());
     assert!(preempt(&mut c, b1, "b1").await.is_none());
+}
+
+/// Ends every hand-back's "slot on its way" mark, as time would.
+async fn expire_handovers(c: &deadpool_postgres::Object) {
+    c.execute(
+        "UPDATE jobs SET lease_expires_at = now() - interval '1 second'
+         WHERE status = 'queued' AND lease_expires_at IS NOT NULL",
+        &[],
+    )
+    .await
+    .unwrap();
 }
 
 /// The claim and the preemption stay index walks on a few thousand rows.

@@ -9,6 +9,13 @@
 /// How far back a user's service counts in their turn key.
 pub(super) const SERVICE_WINDOW: &str = "interval '10 minutes'";
 
+/// How long a hand-back counts as a slot on its way to a starving user.
+/// The freed slot claims within milliseconds; the mark outlives that
+/// claim, so a user who starts starving meanwhile waits up to this much
+/// longer, and a slot slower than this to claim lets a second hand-back
+/// through: short, but well above a claim's time.
+pub(super) const HANDOVER: &str = "interval '500 milliseconds'";
+
 /// Seconds this attempt ran, added to `service_secs` when it ends.
 pub(super) const ATTEMPT_SECS: &str =
     "coalesce(greatest(extract(epoch FROM clock_timestamp() - claimed_at)::float8, 0), 0)";
@@ -134,6 +141,13 @@ pub(super) fn preempt_probe() -> String {
 /// with the most running jobs, each user's latest claimed first (a job's
 /// rank `nth` is its user's running count when it is taken). Job `$2` goes
 /// back to `queued` only if it is a victim; `retry_count` is untouched.
+///
+/// A hand-back leaves [`HANDOVER`] on the queued job's `lease_expires_at`
+/// (otherwise unused while queued; a claim overwrites it): a slot is on
+/// its way to a starving user. Those in flight are taken off k, so that a
+/// decider in the moment before the freed slot claims does not hand back
+/// a second job for the same user; if the slot never claims, the mark
+/// runs out and the user counts again.
 pub(super) fn preempt(returning: &str) -> String {
     format!(
         "{},
@@ -144,8 +158,11 @@ pub(super) fn preempt(returning: &str) -> String {
     victims AS (
         SELECT id FROM running WHERE nth > 1
         ORDER BY nth DESC, claimed_at DESC, id
-        LIMIT (SELECT count(*) FROM starving))
-    UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+        LIMIT greatest(0, (SELECT count(*) FROM starving) - (
+            SELECT count(*) FROM jobs h
+            WHERE h.kind = $1 AND h.status = 'queued' AND h.lease_expires_at > now())))
+    UPDATE jobs SET status = 'queued', lease_owner = NULL,
+        lease_expires_at = clock_timestamp() + {HANDOVER},
         run_after = now(), service_secs = service_secs + {ATTEMPT_SECS},
         updated_at = clock_timestamp()
     WHERE id = $2 AND lease_owner = $3 AND status = 'running'
