@@ -231,6 +231,12 @@ pub struct BenchArgs {
     /// PDFs of the parse-bound sub-phase of --queue (0 skips it).
     #[arg(long, default_value_t = 200, requires = "queue")]
     pub queue_parse_docs: usize,
+    /// Pages of each PDF of the parse-bound sub-phase (40 lines each, about
+    /// 4.4 KB a page): enough that parsing, not the queue's round trips,
+    /// is most of a job.
+    #[arg(long, default_value_t = 128, requires = "queue",
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub queue_parse_pages: u16,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {

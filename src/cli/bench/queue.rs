@@ -39,9 +39,8 @@ const BOMBS: usize = 10;
 const DRAIN: Duration = Duration::from_secs(600);
 /// How long the first bomb may take to be claimed.
 const FIRST_BOMB: Duration = Duration::from_secs(60);
-/// Pages of each PDF of the parse-bound sub-phase (about 70 KB: parsing,
-/// not the queue's round trips, is most of a job), and its users.
-const PDF_PAGES: usize = 16;
+/// Users of the parse-bound sub-phase; its PDFs' pages are
+/// `--queue-parse-pages`.
 const PDF_USERS: usize = 20;
 /// Slots of the parse-bound runs, interleaved against the machine's drift.
 const SCALING_RUNS: [usize; 4] = [1, 2, 1, 2];
@@ -180,7 +179,7 @@ async fn honest_load(
     let n = args.queue_docs;
     progress(&format!("queue: bombs running; {n} honest uploads"));
     let (started, load_before) = (Instant::now(), load_1m());
-    let tally = honest(up, &users, n, args.queue_rate, |k| {
+    let tally = honest(up, &users, n, args.queue_rate, &|k| {
         (format!("note-{k}.md"), note(k))
     })
     .await;
@@ -289,7 +288,7 @@ async fn scaling(
     }
     Ok(Scaling {
         docs,
-        pdf_bytes: text_pdf(0, PDF_PAGES).len(),
+        pdf_bytes: text_pdf(0, usize::from(args.queue_parse_pages)).len(),
         factor: scaling_factor(&runs),
         runs,
     })
@@ -309,8 +308,9 @@ async fn parse_run(
     let users: Vec<Arc<str>> = (0..PDF_USERS)
         .map(|_| token(&site.secret, Uuid::new_v4()))
         .collect::<anyhow::Result<_>>()?;
-    let tally = honest(&up, &users, docs, 0.0, |k| {
-        (format!("doc-{k}.pdf"), text_pdf(k, PDF_PAGES))
+    let pages = usize::from(args.queue_parse_pages);
+    let tally = honest(&up, &users, docs, 0.0, &|k| {
+        (format!("doc-{k}.pdf"), text_pdf(k, pages))
     })
     .await;
     if tally.ok == 0 {

@@ -107,7 +107,7 @@ fn retry_after(r: &reqwest::Response) -> Duration {
 }
 
 /// One scheduled upload: document `k` of user `k % users`.
-pub(super) type Make = fn(usize) -> (String, Vec<u8>);
+pub(super) type Make<'a> = &'a dyn Fn(usize) -> (String, Vec<u8>);
 
 /// Uploads `docs` documents, document `k` by `tokens[k % len]` at
 /// `k / rate` seconds (`rate` 0: each as soon as one of the 64 is free).
@@ -116,7 +116,7 @@ pub(super) async fn honest(
     tokens: &[Arc<str>],
     docs: usize,
     rate: f64,
-    make: Make,
+    make: Make<'_>,
 ) -> Tally {
     let gate = Arc::new(Semaphore::new(IN_FLIGHT));
     let retried = Arc::new(AtomicU64::new(0));
