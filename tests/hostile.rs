@@ -145,10 +145,10 @@ async fn a_small_file_that_spins_gets_a_small_budget() {
     let id = doc["id"].as_str().unwrap();
     let failed = wait_status(&api, user, id, "error").await;
     let msg = failed["error_message"].as_str().unwrap();
-    // The CPU budget (the 2 s floor) ends it; on a machine so busy that the
+    // The CPU budget (the 1 s floor) ends it; on a machine so busy that the
     // child gets under a tenth of a core, the wall clock (10 x CPU) does.
-    let cpu = "parsing a 2.4 KB PDF exceeded its 2 s CPU budget; file rejected";
-    let wall = "parsing a 2.4 KB PDF took longer than its 20 s wall-clock budget; file rejected";
+    let cpu = "parsing a 2.4 KB PDF exceeded its 1 s CPU budget; file rejected";
+    let wall = "parsing a 2.4 KB PDF took longer than its 10 s wall-clock budget; file rejected";
     assert!(msg == cpu || msg == wall, "{msg:?}");
     let (_, jobs) = get_json(&api, user, &format!("/documents/{id}/jobs")).await;
     assert_eq!(jobs["jobs"][0]["status"], "failed", "{jobs}");

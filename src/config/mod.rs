@@ -218,7 +218,7 @@ pub struct RuntimeOpts {
     // Parse budgets that scale with the input (issue #18).
     /// CPU time of a parse of the smallest file (seconds); it grows with the
     /// file's size up to --parse-cpu-secs.
-    #[arg(long, env = "RAG_PARSE_CPU_FLOOR_SECS", default_value_t = 2)]
+    #[arg(long, env = "RAG_PARSE_CPU_FLOOR_SECS", default_value_t = crate::rag::budget::DEFAULT_CPU_FLOOR_SECS)]
     pub parse_cpu_floor_secs: u64,
     /// KiB of input that earn a parse one more CPU second above the floor.
     #[arg(long, env = "RAG_PARSE_CPU_KIB_PER_SEC", default_value_t = crate::rag::budget::KIB_PER_CPU_SEC)]

@@ -6,11 +6,18 @@
 
 use std::time::Duration;
 
+/// Default CPU seconds of a parse of the smallest files. One second is over
+/// 500 times what a legitimate small file takes (below), and it bounds how
+/// long a tiny bomb holds a slot that cannot be preempted (a user's only
+/// running job): with one slot, the honest p99 of the queue benchmark fell
+/// from 2.02 s at a 2 s floor to 1.02 s at 1 s (docs/benchmarks.md).
+pub const DEFAULT_CPU_FLOOR_SECS: u64 = 1;
+
 /// Default KiB of input that earn one more CPU second above the floor.
 /// Measured (release build): a 1.5 MB Flate-compressed text PDF (3.7 MB of
 /// text) parses in 0.8 s CPU, a 5 MB uncompressed one in 0.7 s, an 18 MB
 /// HTML file in 0.8 s: 1.9 MB/s or more. 128 KiB/s leaves those a margin of
-/// 15 or more (a 1 KB file gets the 2 s floor, 1 MiB gets 10 s, 7.25 MiB and
+/// 15 or more (a 1 KB file gets the 1 s floor, 1 MiB gets 9 s, 7.4 MiB and
 /// above the 60 s ceiling). Images cost bytes but little parsing, so real
 /// PDFs have a larger margin still.
 pub const KIB_PER_CPU_SEC: u64 = 128;
@@ -18,7 +25,7 @@ pub const KIB_PER_CPU_SEC: u64 = 128;
 /// The wall clock allows this many times the CPU budget. It catches a child
 /// that blocks without burning CPU; generous so that a parse starved on a
 /// busy machine (a tenth of a core) still ends on its CPU budget, while a
-/// small file holds a slot for 20 s at most instead of the 120 s ceiling.
+/// small file holds a slot for 10 s at most instead of the 120 s ceiling.
 pub const WALL_PER_CPU: u32 = 10;
 
 /// The time limits of one parse.
@@ -79,7 +86,7 @@ mod tests {
     const WALL: Duration = Duration::from_secs(120);
     const RATE: u64 = KIB_PER_CPU_SEC << 10;
 
-    /// Today's defaults: floor 2 s, ceilings 60 s CPU and 120 s wall.
+    /// A floor of 2 s, the ceilings of 60 s CPU and 120 s wall.
     fn budget(size: u64) -> Budget {
         let ceiling = Budget {
             cpu_secs: 60,

@@ -52,7 +52,7 @@ impl Default for Limits {
             memory_bytes: 512 << 20,
             cpu_secs: 60,
             wall: Duration::from_secs(120),
-            cpu_floor_secs: 2,
+            cpu_floor_secs: budget::DEFAULT_CPU_FLOOR_SECS,
             cpu_kib_per_sec: budget::KIB_PER_CPU_SEC,
             max_inflated_bytes: 256 << 20,
             max_text_bytes: 32 << 20,

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 /// The hostile user's file: 9 levels of forms each drawing the next 10
 /// times (fixtures/hostile/xobject-fanout.pdf, 2.4 KB). It spins the parser
-/// until its size-scaled CPU budget (the 2 s floor by default) ends it.
+/// until its size-scaled CPU budget (the 1 s floor by default) ends it.
 pub(super) const BOMB: &[u8] = include_bytes!("../../../fixtures/hostile/xobject-fanout.pdf");
 
 const WORDS: [&str; 16] = [
