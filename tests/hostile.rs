@@ -100,12 +100,16 @@ async fn hostile_files_fail_alone_in_one_attempt_naming_the_cause() {
 }
 
 /// Without the inflation cap, the memory limit stops the reference
-/// amplification.
+/// amplification (the time budgets are raised out of its way: a debug
+/// build may spend the 1 s floor before it reaches the limit).
 #[tokio::test]
 async fn the_memory_limit_holds_on_its_own() {
     let env = [
         ("RAG_PARSE_MEMORY_MIB", "256"),
         ("RAG_PARSE_MAX_INFLATED_MIB", "100000"),
+        ("RAG_PARSE_CPU_SECS", "600"),
+        ("RAG_PARSE_CPU_FLOOR_SECS", "600"),
+        ("RAG_PARSE_WALL_SECS", "1200"),
         ("RAG_WORKER_POLL_MS", "200"),
     ];
     let expected = "parsing exceeded the memory limit of 256 MiB";
