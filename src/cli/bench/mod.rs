@@ -63,6 +63,7 @@ mod machine;
 mod mass;
 mod mass_report;
 mod phase;
+mod phases;
 mod publish;
 mod queue;
 mod queue_docs;

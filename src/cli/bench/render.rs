@@ -16,7 +16,9 @@ pub(super) fn phase_line(r: &PhaseResult) -> String {
     }
 }
 
-pub(super) fn render(r: &Report) -> String {
+/// The latency phases, the ceilings and the idle sockets; the optional
+/// phases and then [`targets`] follow (`phases::render`).
+pub(super) fn phases(r: &Report) -> String {
     let mut s = String::new();
     header(&mut s, r);
     latency(&mut s, r);
@@ -26,13 +28,6 @@ pub(super) fn render(r: &Report) -> String {
     if let Some(i) = &r.idle {
         idle(&mut s, i);
     }
-    if let Some(rr) = &r.resume {
-        super::resume::render(&mut s, rr);
-    }
-    if let Some(c) = &r.capacity {
-        s.push_str(&super::capacity::render(c));
-    }
-    targets(&mut s, r);
     s
 }
 
@@ -227,7 +222,7 @@ fn idle(s: &mut String, i: &IdleReport) {
 }
 
 /// Each target met, missed or not measured; then any disturbance.
-fn targets(s: &mut String, r: &Report) {
+pub(super) fn targets(s: &mut String, r: &Report) {
     target_lines(s, &r.targets, &r.disturbed);
 }
 
@@ -377,8 +372,6 @@ mod tests {
                 },
                 ratio: 0.5,
             }),
-            resume: None,
-            capacity: None,
             targets: vec![
                 TargetCheck {
                     key: "latency_p50",
@@ -402,7 +395,9 @@ mod tests {
 
     #[test]
     fn the_table_lines_up_and_marks_the_targets() {
-        let text = render(&sample());
+        let report = sample();
+        let mut text = phases(&report);
+        targets(&mut text, &report);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[4],

@@ -3,7 +3,6 @@
 use serde::Serialize;
 
 use super::BenchArgs;
-use super::resume::ResumeReport;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -123,12 +122,8 @@ pub struct Report {
     pub raw: PhaseResult,
     pub bridge: PhaseResult,
     pub ceiling: Option<CeilingReport>,
-    /// The `--resume` phase; absent unless selected.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resume: Option<ResumeReport>,
-    /// The `--capacity` phase; absent unless selected.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub capacity: Option<super::capacity::CapacityReport>,
+    /// These phases' targets and those of the optional phases above them
+    /// (`phases::PhasesReport`).
     pub targets: Vec<TargetCheck>,
     pub ok: bool,
     /// Latency phases during which the hypervisor or other processes took
@@ -214,10 +209,10 @@ impl Report {
         raw: PhaseResult,
         bridge: PhaseResult,
         ceiling: Option<CeilingReport>,
-        resume: Option<ResumeReport>,
+        more_targets: Vec<TargetCheck>,
     ) -> Report {
         let mut targets = targets(&config, &raw, &bridge, ceiling.as_ref(), idle.as_ref());
-        targets.extend(resume.iter().flat_map(super::resume::targets));
+        targets.extend(more_targets);
         let ok = targets.iter().all(|t| t.met != Some(false));
         let disturbed = [("raw", &raw), ("bridge", &bridge)]
             .into_iter()
@@ -230,8 +225,6 @@ impl Report {
             raw,
             bridge,
             ceiling,
-            resume,
-            capacity: None,
             targets,
             ok,
             disturbed,

@@ -16,9 +16,10 @@ use super::fleet::{Endpoint, open_idle, raw_listener, start_fleet};
 use super::machine::machine;
 use super::mass_report::{Judged, judge, render as mass_render};
 use super::phase::{Bench, Kind};
+use super::phases::PhasesReport;
 use super::publish::{PublishRuntime, connect_publisher};
 use super::record::{Clock, Sink};
-use super::render::{phase_line, render};
+use super::render::phase_line;
 use super::report::{CeilingReport, Config, IdleReport, PhaseResult, Report};
 use super::sample::rss_kib;
 use super::server::{Site, endpoint, wait_ready};
@@ -74,7 +75,7 @@ pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCo
 
 /// What a run produced: the phases, or the `--sockets` run.
 enum Outcome {
-    Phases(Box<Report>),
+    Phases(Box<PhasesReport>),
     Mass(Box<Judged>),
     Abuse(Box<AbuseReport>),
     Fanout(Box<super::fanout::FanoutReport>),
@@ -99,7 +100,11 @@ async fn pick(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<Ou
 /// Prints the report; a missed target is a failed check.
 fn conclude(args: &BenchArgs, outcome: &Outcome) -> anyhow::Result<ExitCode> {
     let (json, text, targets) = match outcome {
-        Outcome::Phases(r) => (serde_json::to_string_pretty(r)?, render(r), &r.targets),
+        Outcome::Phases(r) => (
+            serde_json::to_string_pretty(r)?,
+            super::phases::render(r),
+            &r.base.targets,
+        ),
         Outcome::Mass(j) => (serde_json::to_string_pretty(j)?, mass_render(j), &j.targets),
         Outcome::Abuse(a) => (
             serde_json::to_string_pretty(a)?,
@@ -141,7 +146,7 @@ fn conclude(args: &BenchArgs, outcome: &Outcome) -> anyhow::Result<ExitCode> {
 /// Every phase in order: the resume catch-up if selected and idle sockets
 /// on the fresh server, a warm-up, the latency runs (raw, then bridge), the
 /// ceilings.
-async fn bench(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<Report> {
+async fn bench(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<PhasesReport> {
     wait_ready(&site.api).await?;
     let ep = endpoint(&site.api).await?;
     let machine = machine(&site.db_url).await;
@@ -165,17 +170,21 @@ async fn bench(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<R
         true => Some(capacity::measure(&mut bench, args, site, channel, raw_ceiling).await?),
         false => None,
     };
-    let mut report = Report::new(
+    let more_targets = super::phases::targets(resume.as_ref());
+    let base = Report::new(
         machine,
         Config::new(args),
         idle,
         raw,
         bridge,
         ceiling,
-        resume,
+        more_targets,
     );
-    report.capacity = capacity;
-    Ok(report)
+    Ok(PhasesReport {
+        base,
+        resume,
+        capacity,
+    })
 }
 
 /// The server's RSS before and after opening `n` sockets that only answer

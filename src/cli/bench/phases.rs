@@ -1,0 +1,40 @@
+//! The report of the default run: the latency phases' [`Report`] and the
+//! optional `--resume` and `--capacity` phases. Those use the report's
+//! types (targets, phase results), so they sit above it, and only this
+//! module knows all three.
+
+use serde::Serialize;
+
+use super::capacity::{self, CapacityReport};
+use super::render;
+use super::report::Report;
+use super::resume::{self, ResumeReport};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhasesReport {
+    #[serde(flatten)]
+    pub base: Report,
+    /// The `--resume` phase; absent unless selected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume: Option<ResumeReport>,
+    /// The `--capacity` phase; absent unless selected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacityReport>,
+}
+
+/// The optional phases' targets, which join the base report's.
+pub(super) fn targets(resume: Option<&ResumeReport>) -> Vec<super::report::TargetCheck> {
+    resume.map(resume::targets).unwrap_or_default()
+}
+
+pub(super) fn render(r: &PhasesReport) -> String {
+    let mut s = render::phases(&r.base);
+    if let Some(rr) = &r.resume {
+        resume::render(&mut s, rr);
+    }
+    if let Some(c) = &r.capacity {
+        s.push_str(&capacity::render(c));
+    }
+    render::targets(&mut s, &r.base);
+    s
+}
