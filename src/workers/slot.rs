@@ -124,45 +124,29 @@ impl SlotGauge {
     }
 
     /// Counts one slot idle while the guard lives.
-    fn idle(&self) -> Counted {
-        Counted::new(&self.idle)
+    fn idle(&self) -> Held {
+        Held::new(&self.idle, 1.0)
     }
 
     /// Moves one idle slot to busy while the guard lives.
-    fn busy(&self) -> (Counted, Uncounted) {
-        (Counted::new(&self.busy), Uncounted::new(&self.idle))
+    fn busy(&self) -> (Held, Held) {
+        (Held::new(&self.busy, 1.0), Held::new(&self.idle, -1.0))
     }
 }
 
-/// +1 on a gauge while alive.
-struct Counted(metrics::Gauge);
+/// Adds `by` to a gauge while alive.
+struct Held(metrics::Gauge, f64);
 
-impl Counted {
-    fn new(g: &metrics::Gauge) -> Counted {
-        g.increment(1.0);
-        Counted(g.clone())
+impl Held {
+    fn new(g: &metrics::Gauge, by: f64) -> Held {
+        g.increment(by);
+        Held(g.clone(), by)
     }
 }
 
-impl Drop for Counted {
+impl Drop for Held {
     fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
-}
-
-/// −1 on a gauge while alive.
-struct Uncounted(metrics::Gauge);
-
-impl Uncounted {
-    fn new(g: &metrics::Gauge) -> Uncounted {
-        g.decrement(1.0);
-        Uncounted(g.clone())
-    }
-}
-
-impl Drop for Uncounted {
-    fn drop(&mut self) {
-        self.0.increment(1.0);
+        self.0.decrement(self.1);
     }
 }
 

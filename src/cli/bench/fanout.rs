@@ -21,7 +21,6 @@ use super::crowd::{Crowd, token};
 use super::fleet::{Endpoint, HANDSHAKES, ws_connect};
 use super::phase::{Bench, Kind};
 use super::publish::connect_publisher;
-use super::render::phase_line;
 use super::report::{Machine, PhaseResult, TargetCheck};
 use super::server::Site;
 use super::{BenchArgs, progress};
@@ -148,14 +147,10 @@ pub(super) async fn run(
         )
         .await?;
     bench.settle(Kind::Bridge).await?;
-    progress(&format!(
-        "victim alone: {} events/s for {:?}",
-        args.rate, args.duration
-    ));
+    let load = (args.rate, args.duration);
     let baseline = bench
-        .phase(Kind::Bridge, args.rate, args.duration, drain)
+        .announced_phase(("victim alone", ""), Kind::Bridge, load, drain)
         .await?;
-    progress(&phase_line(&baseline));
     bench.settle(Kind::Bridge).await?;
     let hit = under_attack(&mut bench, args, site, channel, ep).await?;
     Ok(FanoutReport {
@@ -207,15 +202,10 @@ async fn under_attack(
     );
     // Let the flood reach its steady state before the victim is measured.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    progress(&format!(
-        "victim under attack: {} events/s for {:?}",
-        args.rate, args.duration
-    ));
-    let drain = Duration::from_secs(10);
+    let (load, drain) = ((args.rate, args.duration), Duration::from_secs(10));
     let victim = bench
-        .phase(Kind::Bridge, args.rate, args.duration, drain)
+        .announced_phase(("victim under attack", ""), Kind::Bridge, load, drain)
         .await?;
-    progress(&phase_line(&victim));
     drop(flood);
     Ok(UnderAttack {
         victim,

@@ -86,6 +86,21 @@ struct Tally {
 }
 
 impl Bench {
+    /// [`Bench::phase`], announced on stderr ("{what}: R events/s for L",
+    /// then `to` — the audience, if any) and its result line after.
+    pub(super) async fn announced_phase(
+        &mut self,
+        (what, to): (&str, &str),
+        kind: Kind,
+        (rate, length): (u32, Duration),
+        drain: Duration,
+    ) -> anyhow::Result<PhaseResult> {
+        progress(&format!("{what}: {rate} events/s for {length:?}{to}"));
+        let result = self.phase(kind, rate, length, drain).await?;
+        progress(&super::render::phase_line(&result));
+        Ok(result)
+    }
+
     /// Publishes `rate × length` events and collects their deliveries, at
     /// most `drain` past the last commit: measure, analyse, verdict.
     pub(super) async fn phase(

@@ -19,7 +19,6 @@ use super::phase::{Bench, Kind};
 use super::phases::PhasesReport;
 use super::publish::{PublishRuntime, connect_publisher};
 use super::record::{Clock, Sink};
-use super::render::phase_line;
 use super::report::{CeilingReport, Config, IdleReport, PhaseResult, Report};
 use super::sample::rss_kib;
 use super::server::{Site, endpoint, wait_ready};
@@ -308,23 +307,16 @@ impl Bench {
     /// Latency at the chosen rate: raw NOTIFY → LISTEN, then the bridge.
     async fn latency(&mut self, args: &BenchArgs) -> anyhow::Result<(PhaseResult, PhaseResult)> {
         let drain = Duration::from_secs(10);
-        progress(&format!(
-            "raw NOTIFY → LISTEN: {} events/s for {:?}",
-            args.rate, args.duration
-        ));
+        let load = (args.rate, args.duration);
         let raw = self
-            .phase(Kind::Raw, args.rate, args.duration, drain)
+            .announced_phase(("raw NOTIFY → LISTEN", ""), Kind::Raw, load, drain)
             .await?;
-        progress(&phase_line(&raw));
         self.settle(Kind::Raw).await?;
-        progress(&format!(
-            "bridge pg_notify → WebSocket: {} events/s for {:?} to {} clients / {} users",
-            args.rate, args.duration, args.clients, args.users
-        ));
+        let to = format!(" to {} clients / {} users", args.clients, args.users);
+        let what = ("bridge pg_notify → WebSocket", to.as_str());
         let bridge = self
-            .phase(Kind::Bridge, args.rate, args.duration, drain)
+            .announced_phase(what, Kind::Bridge, load, drain)
             .await?;
-        progress(&phase_line(&bridge));
         Ok((raw, bridge))
     }
 
