@@ -30,6 +30,7 @@ pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod embed;
 pub mod events;
 pub mod harness;
 pub mod own_exe;

@@ -7,6 +7,7 @@ pub mod child;
 pub mod chunk;
 mod confine;
 pub mod extract;
+pub mod hit;
 mod html_depth;
 mod pdf_budget;
 pub mod sandbox;
