@@ -349,3 +349,97 @@ async fn delete_removes_the_document_its_jobs_and_chunks() {
     assert_eq!(n(db.query("SELECT count(*) FROM bm25_terms").await), 0);
     assert_eq!(n(db.query("SELECT count(*) FROM bm25_users").await), 0);
 }
+
+/// The latency measurement behind docs/architecture.md "Lexical ranking"
+/// (not a test: no timed assertion). 3 users × 10,000 chunks of 150 words
+/// drawn from a Zipf vocabulary of 20,000, "common" in every chunk.
+/// `cargo test --test lexical -- --ignored --nocapture measure`
+#[tokio::test]
+#[ignore]
+async fn measure_search_latency_at_10k_chunks() {
+    let db = TestDb::new();
+    let pool = migrated(&db).await;
+    let c = pool.get().await.unwrap();
+    let seed = std::time::Instant::now();
+    c.batch_execute(
+        "INSERT INTO documents (id, user_id, filename, mime_type, size_bytes, status)
+         SELECT gen_random_uuid(), u, 'seed.txt', 'text/plain', 1, 'ingested'
+         FROM unnest(ARRAY['00000000-0000-0000-0000-00000000000a',
+                           '00000000-0000-0000-0000-00000000000b',
+                           '00000000-0000-0000-0000-00000000000c']::uuid[]) u, generate_series(1, 100);
+         INSERT INTO chunks (id, document_id, user_id, chunk_index, content)
+         SELECT gen_random_uuid(), d.id, d.user_id, i,
+                'common ' || (SELECT string_agg('w' || floor(exp(random() * ln(20000)))::int, ' ')
+                              FROM generate_series(1, 150 + i % 2))
+         FROM documents d, generate_series(1, 100) i;
+         INSERT INTO bm25_users SELECT user_id, count(*), sum(tokens) FROM chunks GROUP BY 1;
+         INSERT INTO bm25_terms SELECT c.user_id, l, count(*) FROM chunks c,
+                unnest(tsvector_to_array(c.tsv)) l GROUP BY 1, 2;
+         ANALYZE;",
+    )
+    .await
+    .unwrap();
+    c.batch_execute("VACUUM ANALYZE chunks").await.unwrap();
+    println!("seeded in {:?}", seed.elapsed());
+    if std::env::var("DBG_KEEP").is_ok() {
+        println!("DB {}", db.url);
+        std::mem::forget(db);
+        return;
+    }
+    let user: Uuid = "00000000-0000-0000-0000-00000000000a".parse().unwrap();
+    let sets: [(&str, Vec<String>); 4] = [
+        (
+            "typical (4 terms, df 30..3000)",
+            (0..200)
+                .map(|i| format!("w{} w{} w{} w{}", 40 + i, 900 + i, 5000 + i, 12000 + i))
+                .collect(),
+        ),
+        (
+            "common + rare",
+            (0..200)
+                .map(|i| format!("common w1 w2 w{}", 3000 + i))
+                .collect(),
+        ),
+        (
+            "only very common (df ~ N)",
+            (0..200)
+                .map(|i| format!("common w1 w{}", 2 + i % 3))
+                .collect(),
+        ),
+        (
+            "16 terms",
+            (0..200)
+                .map(|i| {
+                    (0..16)
+                        .map(|j| format!("w{}", 10 + i * 7 + j * 131))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .collect(),
+        ),
+    ];
+    for (name, qs) in &sets {
+        for q in qs.iter().take(5) {
+            lexical::search(&c, user, q, 10).await.unwrap();
+        }
+        let mut ms: Vec<f64> = vec![];
+        for q in qs {
+            let t = std::time::Instant::now();
+            let found = lexical::search(&c, user, q, 10).await.unwrap();
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+            assert!(!found.hits.is_empty(), "{q}");
+        }
+        ms.sort_by(f64::total_cmp);
+        let p = |q: f64| ms[((ms.len() as f64 - 1.0) * q).round() as usize];
+        println!(
+            "{name}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            p(0.5),
+            p(0.99),
+            p(1.0)
+        );
+        println!(
+            "{}",
+            lexical::explain(&c, user, &qs[0]).await.unwrap().join("\n")
+        );
+    }
+}

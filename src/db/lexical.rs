@@ -3,7 +3,9 @@
 //! document frequencies from `bm25_terms` (primary key `(user_id, lexeme)`),
 //! candidates from the GIN index on `tsv`, and each candidate's term
 //! positions, cut down to the query's lexemes in the database
-//! (`ts_filter(setweight(…))`) and scored here ([`score`]).
+//! (`ts_filter(setweight(tsv, 'A', lexemes), '{a}')`: `chunks.tsv` is
+//! `to_tsvector`'s output, whose weights are all D) and scored here
+//! ([`score`]).
 //!
 //! Candidate generation takes the rarest terms while their document
 //! frequencies add up to at most [`CANDIDATE_POSTINGS`] (always at least the
@@ -27,9 +29,9 @@ use score::{Collection, Occurrence};
 /// At most this many question terms are used, the rarest first.
 pub const MAX_TERMS: usize = 64;
 /// Postings (sum of document frequencies) the candidate terms may cover.
-pub const CANDIDATE_POSTINGS: i64 = 2_000;
+pub const CANDIDATE_POSTINGS: i64 = 1_000;
 /// Chunks scored per question, at most.
-pub const MAX_CANDIDATES: i64 = 4_000;
+pub const MAX_CANDIDATES: i64 = 1_000;
 
 /// The user's `ingested` chunks that best match `question`, best first
 /// (at most `k`), with the question's terms and their idf. A question of
@@ -72,7 +74,7 @@ pub async fn coverage(
     let rows = client
         .query(
             "SELECT c.id, f.lexeme
-             FROM chunks c, unnest(ts_filter(setweight(setweight(c.tsv, 'D'), 'A', $3), '{a}')) AS f
+             FROM chunks c, unnest(ts_filter(setweight(c.tsv, 'A', $3), '{a}')) AS f
              WHERE c.user_id = $1 AND c.id = ANY($2)",
             &[&user_id, &chunk_ids, &lexemes],
         )
@@ -155,7 +157,7 @@ const CANDIDATES: &str = "WITH cand AS (
           AND c.tsv @@ $2::text::tsquery
         LIMIT $4)
      SELECT cand.id, cand.document_id, cand.chunk_index, cand.tokens, f.lexeme, f.positions::int[]
-     FROM cand, unnest(ts_filter(setweight(setweight(cand.tsv, 'D'), 'A', $3), '{a}')) AS f";
+     FROM cand, unnest(ts_filter(setweight(cand.tsv, 'A', $3), '{a}')) AS f";
 
 /// `EXPLAIN (ANALYZE, BUFFERS)` of the candidate query [`search`] runs for
 /// `question`, one plan line per item (empty when nothing would run): for
@@ -336,7 +338,7 @@ mod tests {
     #[test]
     fn candidate_terms_stay_within_the_postings_budget() {
         assert_eq!(candidate_terms(&terms(3), &[0, 5, 10]), vec![1, 2]);
-        assert_eq!(candidate_terms(&terms(3), &[100, 1_800, 5_000]), vec![0, 1]);
+        assert_eq!(candidate_terms(&terms(3), &[100, 800, 5_000]), vec![0, 1]);
         // The rarest matching term always counts, however common.
         assert_eq!(candidate_terms(&terms(2), &[9_000, 9_500]), vec![0]);
         assert!(candidate_terms(&terms(2), &[0, 0]).is_empty());
