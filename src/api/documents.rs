@@ -1,4 +1,4 @@
-//! `/documents`: upload, list, show, and a document's jobs.
+//! `/documents`: upload, list, show, delete, and a document's jobs.
 
 use axum::Json;
 use axum::extract::multipart::{Multipart, MultipartRejection};
@@ -232,6 +232,23 @@ pub async fn jobs(
     let client = state.pool.get().await?;
     let jobs = crate::db::jobs::for_document(&client, user.user_id, doc.id).await?;
     Ok(Json(json!({ "jobs": jobs })))
+}
+
+/// `DELETE /documents/{id}`: the document, its jobs and chunks go, and its
+/// chunks leave the user's BM25 statistics, in one transaction. No event:
+/// the REST answer (and 404 afterwards) is the truth.
+pub async fn delete(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id, "document")?;
+    let mut client = state.pool.get().await?;
+    if documents::delete(&mut client, user.user_id, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("document"))
+    }
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(upload_limit))
                 .get(documents::list),
         )
-        .route("/documents/{id}", get(documents::show))
+        .route("/documents/{id}", get(documents::show).delete(documents::delete))
         .route("/documents/{id}/jobs", get(documents::jobs))
         .route("/conversations", post(chat::create).get(chat::list))
         .route(

@@ -1,18 +1,32 @@
 //! A document's chunks (`chunks`), written by the ingest worker; searched
-//! per user in [`super::chat::search`].
+//! per user in [`super::lexical::search`] (and [`super::chat::search`]).
 
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
 use super::DbError;
+use super::lexical::stats;
 
-/// Replaces a document's chunks with `chunks`, numbered from 0.
+/// Replaces a document's chunks with `chunks`, numbered from 0, and moves
+/// the owner's BM25 statistics from the old chunks to the new ones, in the
+/// caller's transaction. The document row is locked first; if the document
+/// is gone (deleted while its ingest ran) nothing is written.
 pub async fn replace(
     tx: &impl GenericClient,
     document_id: Uuid,
     user_id: Uuid,
     chunks: &[String],
 ) -> Result<(), DbError> {
+    let locked = tx
+        .query_opt(
+            "SELECT 1 FROM documents WHERE id = $1 FOR NO KEY UPDATE",
+            &[&document_id],
+        )
+        .await?;
+    if locked.is_none() {
+        return Ok(());
+    }
+    let old = stats::of_document(tx, document_id).await?;
     tx.execute("DELETE FROM chunks WHERE document_id = $1", &[&document_id])
         .await?;
     let ids: Vec<Uuid> = chunks.iter().map(|_| Uuid::new_v4()).collect();
@@ -23,5 +37,7 @@ pub async fn replace(
         &[&ids, &document_id, &user_id, &idx, &chunks],
     )
     .await?;
-    Ok(())
+    let mut delta = stats::of_document(tx, document_id).await?;
+    delta.add(&old, -1);
+    stats::apply(tx, user_id, &delta).await
 }

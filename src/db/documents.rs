@@ -1,7 +1,8 @@
 //! Documents. What a request reads (`list`, `get`) is scoped by `user_id`,
 //! and `insert` takes the owner. `set_status` acts by document id: only
 //! workers call it, for the document of a job they hold the lease of (the
-//! job row carries the owner), so no user's input reaches it.
+//! job row carries the owner), so no user's input reaches it. `delete` is
+//! scoped by `user_id` and keeps the BM25 statistics exact.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
@@ -10,6 +11,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::DbError;
+use super::lexical::stats::{self, Delta};
 use super::page::Keyset;
 use super::status::DocumentStatus;
 
@@ -133,4 +135,41 @@ pub async fn set_status(
         )
         .await?;
     Ok(row.map(|r| (Document::from_row(&r), r.get("changed"))))
+}
+
+/// Deletes the user's document with its blob, text, jobs and chunks, and
+/// takes its chunks out of the user's BM25 statistics, in one transaction.
+/// `false` if the user has no such document.
+///
+/// Locks the document's jobs, then the document (the order a finishing
+/// worker takes them: its job, then the document), so an ingest that
+/// commits first is undone here, and one that commits after finds its job
+/// gone and writes nothing.
+pub async fn delete(
+    client: &mut deadpool_postgres::Object,
+    user_id: Uuid,
+    id: Uuid,
+) -> Result<bool, DbError> {
+    let tx = client.transaction().await?;
+    tx.execute(
+        "SELECT 1 FROM jobs WHERE document_id = $1 AND user_id = $2 ORDER BY id FOR UPDATE",
+        &[&id, &user_id],
+    )
+    .await?;
+    let owned = tx
+        .query_opt(
+            "SELECT 1 FROM documents WHERE id = $1 AND user_id = $2 FOR UPDATE",
+            &[&id, &user_id],
+        )
+        .await?;
+    if owned.is_none() {
+        return Ok(false);
+    }
+    let mut delta = Delta::default();
+    delta.add(&stats::of_document(&tx, id).await?, -1);
+    tx.execute("DELETE FROM documents WHERE id = $1", &[&id])
+        .await?;
+    stats::apply(&tx, user_id, &delta).await?;
+    tx.commit().await?;
+    Ok(true)
 }

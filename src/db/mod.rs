@@ -10,6 +10,7 @@ pub mod documents;
 pub mod embedded;
 mod error;
 pub mod jobs;
+pub mod lexical;
 pub mod listener;
 pub mod page;
 pub mod queue;
