@@ -33,6 +33,10 @@ emit *ARGS:
 ws-client *ARGS:
     {{ragctl}} ws-client "$@"
 
+# Install all-MiniLM-L6-v2 for --embed-model (default .ragctl/model/all-MiniLM-L6-v2)
+model *ARGS:
+    bash scripts/model.sh "$@"
+
 # Unit and integration tests
 test *ARGS:
     cargo test "$@"

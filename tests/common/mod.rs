@@ -8,6 +8,7 @@
 
 pub mod chrome;
 pub mod holding;
+pub mod model;
 pub mod raw;
 pub mod realtime_page;
 
