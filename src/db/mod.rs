@@ -18,6 +18,7 @@ pub mod status;
 pub mod texts;
 mod tls;
 pub mod uploads;
+pub mod vectors;
 
 use error::pool_error_text;
 pub use error::{DbError, error_text};
