@@ -390,3 +390,97 @@ async fn dense_search_finds_the_closest_chunk_of_the_asker_only() {
     let after = dense::search(&client, &cache, &embedder, alice, question, 5).await.unwrap();
     assert!(after.is_empty(), "{after:?}");
 }
+
+/// Percentiles of `samples` (ms): (p50, p99).
+fn p50_p99(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.50), at(0.99))
+}
+
+/// Measurement, not a check (`cargo test --test vectors -- --ignored
+/// --nocapture`): dense search over 10,000 chunks x 384 dims, question
+/// embedding included, reading the vectors from PostgreSQL on every
+/// question (cache cap 0) vs the versioned cache; and the fetch alone as
+/// bytea vs real[].
+#[tokio::test]
+#[ignore]
+async fn measure_dense_search_10k() {
+    const N: usize = 10_000;
+    let db = TestDb::new();
+    let pool = ragctl::db::pool(&db.url, 2, "vectors-bench").await.unwrap();
+    ragctl::db::migrate(&pool).await.unwrap();
+    let ep = Endpoint::start().await;
+    let embedder = ep.embedder();
+    let mut client = pool.get().await.unwrap();
+    let user = Uuid::new_v4();
+    let texts: Vec<String> = (0..N).map(|i| format!("chunk {i} about topic {}", i % 97)).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let doc = store(&mut client, &embedder, user, "big.txt", &refs).await;
+    let n = count(&db, &format!("SELECT count(*) FROM chunk_vectors WHERE user_id = '{user}'")).await;
+    assert_eq!(n as usize, N);
+    let question = "what about topic 42";
+    for (label, cap) in [("postgres every question", 0usize), ("cache", 256 << 20)] {
+        let cache = VectorCache::new(cap);
+        let mut ms = vec![];
+        for i in 0..105 {
+            let t = Instant::now();
+            let hits = dense::search(&client, &cache, &embedder, user, question, 5).await.unwrap();
+            if i >= 5 {
+                ms.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            assert_eq!(hits.len(), 5);
+        }
+        let (p50, p99) = p50_p99(ms);
+        println!("dense search, {label}: p50 {p50:.1} ms, p99 {p99:.1} ms");
+    }
+    let mut ms = vec![];
+    for _ in 0..100 {
+        let t = Instant::now();
+        embedder.embed(&[question]).await.unwrap();
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (p50, p99) = p50_p99(ms);
+    println!("question embedding alone (test double over HTTP): p50 {p50:.1} ms, p99 {p99:.1} ms");
+    // The same vectors as real[].
+    client
+        .batch_execute("CREATE TABLE vec_real (chunk_id uuid, user_id uuid, vec real[])")
+        .await
+        .unwrap();
+    let rows = client
+        .query("SELECT chunk_id, vec FROM chunk_vectors WHERE user_id = $1", &[&user])
+        .await
+        .unwrap();
+    for r in &rows {
+        let mut v = vec![];
+        vectors::decode_into(r.get::<_, &[u8]>(1), DIMS, &mut v);
+        let id: Uuid = r.get(0);
+        client
+            .execute("INSERT INTO vec_real VALUES ($1, $2, $3)", &[&id, &user, &v])
+            .await
+            .unwrap();
+    }
+    for (label, sql) in [
+        ("bytea", "SELECT chunk_id, vec FROM chunk_vectors WHERE user_id = $1"),
+        ("real[]", "SELECT chunk_id, vec FROM vec_real WHERE user_id = $1"),
+    ] {
+        let mut ms = vec![];
+        for _ in 0..20 {
+            let t = Instant::now();
+            let rows = client.query(sql, &[&user]).await.unwrap();
+            let mut flat: Vec<f32> = Vec::with_capacity(N * DIMS);
+            for r in &rows {
+                if label == "bytea" {
+                    vectors::decode_into(r.get::<_, &[u8]>(1), DIMS, &mut flat);
+                } else {
+                    flat.extend(r.get::<_, Vec<f32>>(1));
+                }
+            }
+            assert_eq!(flat.len(), N * DIMS);
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let (p50, p99) = p50_p99(ms);
+        println!("fetch + decode {N} vectors as {label}: p50 {p50:.1} ms, p99 {p99:.1} ms");
+    }
+    drop(doc);
+}

@@ -57,6 +57,9 @@ impl Client {
             Some(p) => format!("{host}:{p}/{name}"),
             None => format!("{host}/{name}"),
         };
+        // reqwest is built without a default TLS provider; `main` installs
+        // ring, a library user (tests) may not have: install it if unset.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .build()
