@@ -60,6 +60,11 @@ pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitC
         );
     }
     let kind = JobKind::from(args.kind);
+    // Only the ingest worker embeds; a bad flag stops it before it starts.
+    let embedder = match kind {
+        JobKind::Ingest => args.runtime.embed.load()?,
+        _ => None,
+    };
     let shutdown = CancellationToken::new();
     // Bound first: a bad address stops the worker before it takes a job.
     let metrics = match &args.metrics_addr {
@@ -113,6 +118,8 @@ pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitC
         embargo: events.embargo(),
         parse_limits: rt.parse_limits(),
         retry_policy: rt.retry_policy,
+        embedder,
+        max_retries: rt.max_retries,
     };
     super::cancel_on_signal(shutdown.clone());
     workers::run(pool, events, cfg, shutdown.clone()).await;
@@ -130,6 +137,8 @@ mod tests {
     use super::*;
 
     #[test]
+    /// Every job kind has its worker, but `embed`: the ingest worker runs
+    /// those (it holds the model).
     fn worker_kinds_are_the_job_kinds() {
         let names: Vec<String> = WorkerKind::value_variants()
             .iter()
@@ -139,6 +148,7 @@ mod tests {
                 name
             })
             .collect();
-        assert_eq!(names, JobKind::NAMES);
+        assert_eq!(names, JobKind::NAMES[..2]);
+        assert_eq!(JobKind::NAMES[2], "embed");
     }
 }

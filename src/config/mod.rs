@@ -233,6 +233,9 @@ pub struct RuntimeOpts {
     /// own lease [default: the machine's CPUs; 1 to 64].
     #[arg(long, env = "RAG_WORKER_CONCURRENCY", default_value_t = default_concurrency())]
     pub concurrency: usize,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub embed: crate::embed::EmbedOpts,
 }
 
 /// Most slots one worker process may run (`--concurrency`).
@@ -607,12 +610,21 @@ mod tests {
             "--concurrency=5".into(),
             "--llm-url=http://llm".into(),
             "--llm-api-key=sk".into(),
+            "--embed-url=http://e:1/v1/embeddings".into(),
+            "--embed-api-key=ek".into(),
+            "--embed-name=n2".into(),
         ]);
         let args = rt.to_args();
         assert!(args.contains(&"--pool-size=3".to_string()), "{args:?}");
         assert!(args.contains(&"--retry-policy=all".to_string()), "{args:?}");
         assert!(args.contains(&"--parse-cpu-floor-secs=4".to_string()));
         assert!(args.contains(&"--concurrency=5".to_string()), "{args:?}");
+        assert!(args.contains(&"--embed-url=http://e:1/v1/embeddings".to_string()));
+        assert!(args.contains(&"--embed-name=n2".to_string()), "{args:?}");
+        assert!(
+            !args.iter().any(|a| a.contains("ek") && a.contains("key")),
+            "the embeddings key goes through the environment: {args:?}"
+        );
         assert!(
             !args.iter().any(|a| a.starts_with("--llm")),
             "the LLM knobs stay with the API: {args:?}"
@@ -623,6 +635,7 @@ mod tests {
         );
         let back = parse_runtime(&args);
         (rt.llm_url, rt.llm_api_key, rt.listen_database_url) = (None, None, None);
+        rt.embed.embed_api_key = None;
         assert_eq!(
             serde_json::to_value(&back).unwrap(),
             serde_json::to_value(&rt).unwrap()

@@ -19,6 +19,7 @@ pub mod status;
 pub mod texts;
 mod tls;
 pub mod uploads;
+pub mod vectors;
 
 use error::pool_error_text;
 pub use error::{DbError, error_text};

@@ -92,6 +92,7 @@ text_enum!(
     JobKind, "job kind" {
         Parse => "parse",
         Ingest => "ingest",
+        Embed => "embed",
     }
 );
 
@@ -113,11 +114,13 @@ text_enum!(
 );
 
 impl JobKind {
-    /// The document status while a job of this kind runs.
-    pub fn working_status(self) -> DocumentStatus {
+    /// The document status while a job of this kind runs; an `embed` job
+    /// (backfill) leaves the document `ingested`, searchable.
+    pub fn working_status(self) -> Option<DocumentStatus> {
         match self {
-            JobKind::Parse => DocumentStatus::Parsing,
-            JobKind::Ingest => DocumentStatus::Ingesting,
+            JobKind::Parse => Some(DocumentStatus::Parsing),
+            JobKind::Ingest => Some(DocumentStatus::Ingesting),
+            JobKind::Embed => None,
         }
     }
 }

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::config::RetryPolicy;
 use crate::db::jobs::JobKind;
+use crate::embed::Embedder;
 use crate::rag::sandbox::Limits;
 
 #[derive(Debug, Clone)]
@@ -33,6 +34,11 @@ pub struct WorkerConfig {
     pub parse_limits: Limits,
     /// Which failures are retried (`--retry-policy`).
     pub retry_policy: RetryPolicy,
+    /// The ingest worker's embedder (`--embed-model` / `--embed-url`): it
+    /// embeds chunks at ingest and runs `embed` jobs (backfill).
+    pub embedder: Option<Embedder>,
+    /// Retries of the `embed` jobs this worker queues (`--max-retries`).
+    pub max_retries: i32,
 }
 
 impl WorkerConfig {
@@ -41,6 +47,17 @@ impl WorkerConfig {
         WorkerConfig {
             owner: format!("{}#{n}", self.owner),
             ..self.clone()
+        }
+    }
+
+    /// The kinds this worker's slots claim, in priority order: an ingest
+    /// worker with an embedder also runs `embed` jobs, after new ingests.
+    pub fn kinds(&self) -> &'static [JobKind] {
+        match (self.kind, &self.embedder) {
+            (JobKind::Ingest, Some(_)) => &[JobKind::Ingest, JobKind::Embed],
+            (JobKind::Parse, _) => &[JobKind::Parse],
+            (JobKind::Ingest, None) => &[JobKind::Ingest],
+            (JobKind::Embed, _) => &[JobKind::Embed],
         }
     }
 }

@@ -29,13 +29,16 @@ pub enum JobError {
     /// The chunker panicked on this text.
     #[error("chunker crashed: {0}")]
     Chunker(String),
+    /// The embedder failed (endpoint down, model error): worth a retry.
+    #[error(transparent)]
+    Embed(#[from] crate::embed::EmbedError),
 }
 
 impl JobError {
     /// Whether a retry could change the outcome.
     pub fn is_transient(&self) -> bool {
         match self {
-            JobError::Database(_) | JobError::LeaseLapsed => true,
+            JobError::Database(_) | JobError::LeaseLapsed | JobError::Embed(_) => true,
             JobError::Parser(p) => matches!(
                 p,
                 SandboxError::Spawn(_) | SandboxError::Killed(_) | SandboxError::Unexpected(_)

@@ -3,6 +3,7 @@
 //! by the caller.
 
 use deadpool_postgres::{GenericClient, Pool};
+use uuid::Uuid;
 
 use super::config::WorkerConfig;
 use super::failure::JobError;
@@ -10,13 +11,27 @@ use crate::db::DbError;
 use crate::db::documents::{self, Document};
 use crate::db::jobs::{self, Job, JobKind};
 use crate::db::status::{DocumentStatus, JobStatus};
-use crate::db::{chunks, texts};
+use crate::db::{chunks, texts, vectors};
 use crate::events::{DocumentStatusUpdated, JobStatusUpdated, Outgoing, Publisher};
 
 /// What a finished attempt produced.
 pub(super) enum Outcome {
     Parsed(String),
-    Chunks(Vec<String>),
+    Chunks(Vec<String>, Vectors),
+    /// An embed job's vectors, for the chunks `ids`.
+    Embedded {
+        model: String,
+        ids: Vec<Uuid>,
+        vecs: Vec<Vec<f32>>,
+    },
+}
+
+/// The vectors of an ingest's chunks.
+pub(super) enum Vectors {
+    NoEmbedder,
+    Made { model: String, vecs: Vec<Vec<f32>> },
+    /// The embedder failed: an embed job fills them in later.
+    Failed,
 }
 
 /// The events to publish once the transaction committed.
@@ -36,12 +51,22 @@ pub(super) async fn finish_success(
         tracing::warn!(job_id = %job.id, "job was taken over before it finished; result discarded");
         return Ok((vec![], None));
     };
-    let (doc, next) = match outcome {
-        Outcome::Parsed(text) => store_text(&tx, cfg, &done, &text).await?,
-        Outcome::Chunks(chunks) => (store_chunks(&tx, &done, &chunks).await?, None),
+    let (mut doc, mut next, mut later) = (None, None, None);
+    match outcome {
+        Outcome::Parsed(text) => (doc, next) = store_text(&tx, cfg, &done, &text).await?,
+        Outcome::Chunks(chunks, vectors) => {
+            (doc, later) = store_chunks(&tx, cfg, &done, &chunks, vectors).await?
+        }
+        Outcome::Embedded { model, ids, vecs } => {
+            vectors::put_chunks(&tx, &model, &ids, &vecs).await?;
+        }
     };
     tx.commit().await?;
     let mut out: Published = vec![Outgoing::new(job.user_id, &JobStatusUpdated::from(&done))];
+    // Due after a backoff: announced, but not started at once.
+    if let Some(later) = &later {
+        out.push(Outgoing::new(job.user_id, &JobStatusUpdated::from(later)));
+    }
     if let Some(doc) = &doc {
         out.push(Outgoing::new(
             job.user_id,
@@ -72,16 +97,31 @@ async fn store_text(
     Ok((Some(doc), Some(next)))
 }
 
-/// Replaces the document's chunks and marks it `ingested`.
+/// Replaces the document's chunks and their vectors and marks it
+/// `ingested`; chunks the embedder failed on get an embed job, due after
+/// the retry backoff (returned, to announce).
 async fn store_chunks(
     tx: &impl GenericClient,
+    cfg: &WorkerConfig,
     done: &Job,
     chunks: &[String],
-) -> Result<Option<Document>, DbError> {
+    made: Vectors,
+) -> Result<(Option<Document>, Option<Job>), DbError> {
     chunks::replace(tx, done.document_id, done.user_id, chunks).await?;
+    let later = match made {
+        Vectors::Made { model, vecs } => {
+            vectors::put_document(tx, done.document_id, &model, &vecs).await?;
+            None
+        }
+        Vectors::Failed => {
+            let after = cfg.retry_backoff.as_secs_f64();
+            vectors::enqueue_one(tx, done.document_id, cfg.max_retries, after).await?
+        }
+        Vectors::NoEmbedder => None,
+    };
     let ingested = DocumentStatus::Ingested;
     let doc = documents::set_status(tx, done.document_id, ingested, None).await?;
-    Ok(doc.map(|(d, _)| d))
+    Ok((doc.map(|(d, _)| d), later))
 }
 
 pub(super) async fn finish_failure(
@@ -110,7 +150,9 @@ pub(super) async fn finish_failure(
         tracing::warn!(job_id = %job.id, "job was taken over before it failed; nothing recorded");
         return Ok(vec![]);
     };
-    let doc = if after.status == JobStatus::Failed {
+    // A failed embed job leaves the document `ingested`: BM25 still finds
+    // it, and the next worker start queues its backfill again.
+    let doc = if after.status == JobStatus::Failed && job.kind != JobKind::Embed {
         documents::set_status(&tx, job.document_id, DocumentStatus::Error, Some(&message))
             .await?
             .map(|(d, _)| d)
@@ -118,7 +160,7 @@ pub(super) async fn finish_failure(
         None
     };
     tx.commit().await?;
-    metrics::counter!("ragctl_job_failures_total", "kind" => cfg.kind.as_str(), "final" => (after.status == JobStatus::Failed).to_string()).increment(1);
+    metrics::counter!("ragctl_job_failures_total", "kind" => job.kind.as_str(), "final" => (after.status == JobStatus::Failed).to_string()).increment(1);
     let mut out: Published = vec![Outgoing::new(job.user_id, &JobStatusUpdated::from(&after))];
     if let Some(doc) = doc {
         out.push(Outgoing::new(

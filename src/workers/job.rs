@@ -7,6 +7,7 @@ use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
 use super::config::WorkerConfig;
+use super::embed;
 use super::failure::JobError;
 use super::finish::{Outcome, finish_failure, finish_success, release};
 use super::preempt;
@@ -28,7 +29,7 @@ pub(super) async fn process(
     events
         .emit_payload(job.user_id, &JobStatusUpdated::from(&job))
         .await;
-    mark_working(pool, events, cfg, &job).await;
+    mark_working(pool, events, &job).await;
     // Renew the lease while the work runs; losing it, or being handed back
     // to a starving user (`preempted` is `lost`'s parent), cancels the work.
     let preempted = CancellationToken::new();
@@ -60,8 +61,10 @@ pub(super) async fn process(
 }
 
 /// Sets the document to the kind's working status (`parsing`, `ingesting`).
-async fn mark_working(pool: &Pool, events: &Publisher, cfg: &WorkerConfig, job: &Job) {
-    let working = cfg.kind.working_status();
+async fn mark_working(pool: &Pool, events: &Publisher, job: &Job) {
+    let Some(working) = job.kind.working_status() else {
+        return;
+    };
     match set_document_status(pool, job.document_id, working, None).await {
         Ok(Some((doc, true))) => {
             events
@@ -143,7 +146,7 @@ async fn work(pool: &Pool, cfg: &WorkerConfig, job: &Job) -> Result<Outcome, Job
     }
     let client = pool.get().await?;
     let gone = || JobError::Document("document no longer exists".into());
-    match cfg.kind {
+    match job.kind {
         JobKind::Parse => {
             let doc = documents::get(&client, job.user_id, job.document_id)
                 .await?
@@ -174,7 +177,14 @@ async fn work(pool: &Pool, cfg: &WorkerConfig, job: &Job) -> Result<Outcome, Job
             if chunks.is_empty() {
                 return Err(JobError::Document("document has no text to ingest".into()));
             }
-            Ok(Outcome::Chunks(chunks))
+            let vectors = embed::at_ingest(cfg.embedder.as_ref(), &chunks).await;
+            Ok(Outcome::Chunks(chunks, vectors))
+        }
+        JobKind::Embed => {
+            let embedder = cfg.embedder.as_ref().ok_or_else(|| {
+                JobError::Document("this worker has no embedder for embed jobs".into())
+            })?;
+            embed::missing(&client, embedder, job.document_id).await
         }
     }
 }

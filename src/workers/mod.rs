@@ -14,7 +14,9 @@
 //! backoff; deterministic ones fail the job at once, unless
 //! `--retry-policy all` retries them too.
 
+mod backfill;
 mod config;
+mod embed;
 mod failure;
 mod finish;
 mod job;
@@ -40,7 +42,10 @@ pub use failure::{JobError, LEASE_LAPSED};
 pub async fn run(pool: Pool, events: Publisher, cfg: WorkerConfig, shutdown: CancellationToken) {
     let kind = cfg.kind.as_str();
     let listen_shutdown = shutdown.child_token();
-    let listening = wake::listen(&cfg.listen_url, cfg.kind, listen_shutdown.clone());
+    let listening = wake::listen(&cfg.listen_url, cfg.kinds(), listen_shutdown.clone());
+    if let Some(embedder) = &cfg.embedder {
+        backfill::spawn(pool.clone(), events.clone(), &cfg, embedder, shutdown.clone());
+    }
     tracing::info!(owner = %cfg.owner, kind, slots = cfg.concurrency, "worker started");
     let mut slots = Slots::default();
     let new_slot = |n: usize| slot::Slot {

@@ -56,10 +56,17 @@ pub(super) async fn run(mut slot: Slot, shutdown: CancellationToken) {
     }
 }
 
+/// Claims a job of the worker's first kind that has one due (each kind
+/// by its own fair claim).
 async fn claim(slot: &Slot) -> Result<Option<Claimed>, DbError> {
     let client = slot.pool.get().await?;
     let cfg = &slot.cfg;
-    jobs::claim(&client, cfg.kind, &cfg.owner, cfg.lease.as_secs_f64()).await
+    for &kind in cfg.kinds() {
+        if let Some(c) = jobs::claim(&client, kind, &cfg.owner, cfg.lease.as_secs_f64()).await? {
+            return Ok(Some(c));
+        }
+    }
+    Ok(None)
 }
 
 async fn work_on(slot: &Slot, claimed: Claimed, shutdown: &CancellationToken) {
@@ -68,7 +75,7 @@ async fn work_on(slot: &Slot, claimed: Claimed, shutdown: &CancellationToken) {
         return take_over(pool, events, cfg, &claimed.job).await;
     }
     let job = claimed.job;
-    let span = tracing::info_span!("job", job_id = %job.id, kind = cfg.kind.as_str(), document_id = %job.document_id, owner = %cfg.owner);
+    let span = tracing::info_span!("job", job_id = %job.id, kind = job.kind.as_str(), document_id = %job.document_id, owner = %cfg.owner);
     process(pool, events, cfg, job, shutdown)
         .instrument(span)
         .await;
@@ -77,11 +84,14 @@ async fn work_on(slot: &Slot, claimed: Claimed, shutdown: &CancellationToken) {
 /// No due job: a retry in backoff has no NOTIFY to announce it, so sleep
 /// until the earliest due job, the poll interval, or a wake-up.
 async fn nap(slot: &mut Slot, shutdown: &CancellationToken) {
-    let nap = match slot.pool.get().await {
-        Ok(c) => jobs::next_due_in(&c, slot.cfg.kind).await.ok().flatten(),
-        Err(_) => None,
+    let mut nap = slot.cfg.poll;
+    if let Ok(c) = slot.pool.get().await {
+        for &kind in slot.cfg.kinds() {
+            if let Ok(Some(due)) = jobs::next_due_in(&c, kind).await {
+                nap = nap.min(due);
+            }
+        }
     }
-    .map_or(slot.cfg.poll, |due| due.min(slot.cfg.poll));
     tokio::select! {
         _ = shutdown.cancelled() => {}
         // An error means the listener is gone: the poll still runs.

@@ -25,8 +25,14 @@ pub(super) struct Listening {
     pub wake_task: JoinHandle<()>,
 }
 
-/// LISTENs on the jobs channel and bumps the generation for jobs of `kind`.
-pub(super) fn listen(listen_url: &str, kind: JobKind, shutdown: CancellationToken) -> Listening {
+/// LISTENs on the jobs channel and bumps the generation for jobs of
+/// `kinds` (the first names the listener).
+pub(super) fn listen(
+    listen_url: &str,
+    kinds: &'static [JobKind],
+    shutdown: CancellationToken,
+) -> Listening {
+    let kind = kinds[0];
     // The wake task only bumps a counter, so this queue never fills for
     // long; an overflow is counted by the listener and reported as a gap.
     let (queue_tx, mut queue_rx) = mpsc::channel::<ListenItem>(64);
@@ -43,7 +49,7 @@ pub(super) fn listen(listen_url: &str, kind: JobKind, shutdown: CancellationToke
     let wake_task = tokio::spawn(async move {
         while let Some(item) = queue_rx.recv().await {
             let bump = match item {
-                ListenItem::Notification(n) => n.payload == kind.as_str(),
+                ListenItem::Notification(n) => kinds.iter().any(|k| n.payload == k.as_str()),
                 // After a gap we may have missed a wake-up: look anyway.
                 ListenItem::Gap(_) => true,
             };

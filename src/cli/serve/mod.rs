@@ -228,6 +228,10 @@ fn fd_budget(args: &ServeArgs) -> anyhow::Result<api::FdBudget> {
 
 pub async fn run(connect: ConnectOpts, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.runtime.check()?;
+    // A missing model directory or a malformed --embed-url stops serve
+    // before anything starts (its ingest child would fail the same way).
+    // The chat pipeline loads its own when it is wired.
+    args.runtime.embed.load()?;
     args.limits.check(args.runtime.max_upload_bytes)?;
     args.limits.check_search_pool(args.runtime.pool_size)?;
     // Checked before anything starts; the state reads it again.

@@ -87,6 +87,11 @@ async fn supervise(
             Some(listen) => cmd.env("RAG_LISTEN_DATABASE_URL", listen),
             None => cmd.env_remove("RAG_LISTEN_DATABASE_URL"),
         };
+        // A key, like a password: environment, not command line.
+        match &rt.embed.embed_api_key {
+            Some(key) => cmd.env("RAG_EMBED_API_KEY", key),
+            None => cmd.env_remove("RAG_EMBED_API_KEY"),
+        };
         let mut child = match spawn_piped(cmd) {
             Ok(c) => c,
             Err(e) => {
