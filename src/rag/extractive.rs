@@ -1,0 +1,259 @@
+//! The extractive answer (no LLM configured): the window of 1–3 adjacent
+//! sentences, in the passages that answer, that covers the most of the
+//! question's IDF mass, marked with its passage's `[n]` (n = rank). If a
+//! second window elsewhere adds a quarter of the mass or more (a question
+//! with two parts), it follows; windows are listed top-ranked passage first.
+//!
+//! A chunk's heading line (its section path) is context: its terms count
+//! for every window of that chunk and it prefixes the quote, but it is
+//! never quoted alone. Question terms are PostgreSQL `english` lexemes,
+//! matched to words by [`text::is_form_of`].
+
+use std::cmp::Ordering;
+
+use super::hit::{Hit, QueryTerm};
+use super::text;
+
+/// Sentences in a window, at most.
+const MAX_WINDOW: usize = 3;
+/// A second window must add this share of the question's mass.
+const SECOND_SHARE: f32 = 0.25;
+
+/// A passage, read: heading, sentences and which terms each one holds.
+struct Read {
+    heading: Option<String>,
+    heading_terms: Vec<bool>,
+    sentences: Vec<String>,
+    matched: Vec<Vec<bool>>,
+}
+
+#[derive(Clone, Copy)]
+struct Window {
+    rank: usize,
+    start: usize,
+    len: usize,
+    /// Mass of the not yet covered terms in the window and its heading.
+    gain: f32,
+}
+
+/// The answer body: quoted windows with their `[n]` markers. `hits` are the
+/// passages in rank order.
+pub fn extract(terms: &[QueryTerm], hits: &[Hit]) -> String {
+    let terms = dedup(terms);
+    let weights: Vec<f32> = terms.iter().map(|t| t.idf.max(1e-3)).collect();
+    let total: f32 = weights.iter().sum();
+    let read: Vec<Read> = hits.iter().map(|h| read(&h.content, &terms)).collect();
+    let mut covered = vec![false; terms.len()];
+    let mut picked: Vec<Window> = Vec::new();
+    while picked.len() < 2 {
+        let Some(w) = best_window(&read, &weights, &covered, &picked) else {
+            break;
+        };
+        if !picked.is_empty() && w.gain < SECOND_SHARE * total {
+            break;
+        }
+        cover(&read[w.rank], w, &mut covered);
+        picked.push(w);
+    }
+    if picked.is_empty() {
+        return fallback(&read);
+    }
+    picked.sort_by_key(|w| (w.rank, w.start));
+    let lines: Vec<String> = picked.iter().map(|w| quote(&read[w.rank], *w)).collect();
+    format!("From your documents:\n{}", lines.join("\n"))
+}
+
+/// One term per lexeme (the highest IDF), so a repeated word counts once.
+fn dedup(terms: &[QueryTerm]) -> Vec<QueryTerm> {
+    let mut out: Vec<QueryTerm> = Vec::new();
+    for t in terms {
+        match out.iter_mut().find(|o| o.lexeme == t.lexeme) {
+            Some(o) => o.idf = o.idf.max(t.idf),
+            None => out.push(t.clone()),
+        }
+    }
+    out
+}
+
+fn read(content: &str, terms: &[QueryTerm]) -> Read {
+    let (heading, body) = text::split_heading(content);
+    let sentences = text::sentences(body);
+    Read {
+        heading_terms: holds(heading.as_deref().unwrap_or(""), terms),
+        matched: sentences.iter().map(|s| holds(s, terms)).collect(),
+        heading,
+        sentences,
+    }
+}
+
+/// Which terms occur in `text`.
+fn holds(text: &str, terms: &[QueryTerm]) -> Vec<bool> {
+    let words = text::words(text);
+    terms
+        .iter()
+        .map(|t| words.iter().any(|w| text::is_form_of(w, &t.lexeme)))
+        .collect()
+}
+
+/// The window with the most uncovered mass among its own sentences (it
+/// must hold one, a heading alone is not an answer); ties go to the shorter
+/// window, then the better-ranked passage, then the earlier sentence.
+fn best_window(read: &[Read], weights: &[f32], covered: &[bool], picked: &[Window]) -> Option<Window> {
+    let mut best: Option<Window> = None;
+    for (rank, r) in read.iter().enumerate() {
+        for start in 0..r.sentences.len() {
+            for len in 1..=MAX_WINDOW.min(r.sentences.len() - start) {
+                let own = |i: usize| (start..start + len).any(|s| r.matched[s][i]);
+                let mass = |with_heading: bool| -> f32 {
+                    (0..weights.len())
+                        .filter(|&i| !covered[i] && (own(i) || (with_heading && r.heading_terms[i])))
+                        .map(|i| weights[i])
+                        .sum()
+                };
+                let w = Window { rank, start, len, gain: mass(true) };
+                if mass(false) <= 0.0 || overlaps(&w, picked) {
+                    continue;
+                }
+                if best.is_none_or(|b| better(&w, &b)) {
+                    best = Some(w);
+                }
+            }
+        }
+    }
+    best
+}
+
+fn better(a: &Window, b: &Window) -> bool {
+    let order = b
+        .gain
+        .total_cmp(&a.gain)
+        .then(a.len.cmp(&b.len))
+        .then(a.rank.cmp(&b.rank))
+        .then(a.start.cmp(&b.start));
+    order == Ordering::Less
+}
+
+fn overlaps(w: &Window, picked: &[Window]) -> bool {
+    picked
+        .iter()
+        .any(|p| p.rank == w.rank && w.start < p.start + p.len && p.start < w.start + w.len)
+}
+
+fn cover(r: &Read, w: Window, covered: &mut [bool]) {
+    for (i, c) in covered.iter_mut().enumerate() {
+        *c |= r.heading_terms[i] || (w.start..w.start + w.len).any(|s| r.matched[s][i]);
+    }
+}
+
+/// `- Section › Sub — sentence sentence [n]`
+fn quote(r: &Read, w: Window) -> String {
+    let body = r.sentences[w.start..w.start + w.len].join(" ");
+    match &r.heading {
+        Some(h) => format!("- {h} — {body} [{}]", w.rank + 1),
+        None => format!("- {body} [{}]", w.rank + 1),
+    }
+}
+
+/// No sentence holds a question term (the index matched forms this crude
+/// matching misses): the top passage's first sentences.
+fn fallback(read: &[Read]) -> String {
+    let Some(top) = read.first() else {
+        return String::new();
+    };
+    let len = top.sentences.len().min(2);
+    if len == 0 {
+        return String::new();
+    }
+    let w = Window { rank: 0, start: 0, len, gain: 0.0 };
+    format!("From your documents:\n{}", quote(top, w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rag::fuse::tests::hit;
+    use crate::rag::relevance::tests::{pressure_valve, term};
+
+    #[test]
+    fn the_rare_term_s_window_beats_a_sentence_repeating_common_words() {
+        let terms = pressure_valve();
+        let hits = vec![
+            hit(1, "You must sign in. You must, must, must wear shoes. Lunch is late."),
+            hit(2, "Coffee is free. The pressure valve is inspected every six months. Ask Sam."),
+        ];
+        let a = extract(&terms, &hits);
+        assert_eq!(
+            a,
+            "From your documents:\n- The pressure valve is inspected every six months. [2]"
+        );
+    }
+
+    #[test]
+    fn a_window_of_adjacent_sentences_covers_what_one_sentence_cannot() {
+        let terms = vec![term("refund", 3.0), term("receipt", 2.0), term("lunch", 40.0)];
+        let hits = vec![hit(
+            1,
+            "Lunch is served at noon. Refunds are paid in 30 days. A receipt is needed. Parking is free.",
+        )];
+        let a = extract(&terms, &hits);
+        // The window that holds all three terms; not the sentence after it.
+        assert!(
+            a.contains("- Lunch is served at noon. Refunds are paid in 30 days. A receipt is needed. [1]"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn the_heading_is_context_never_the_quote() {
+        let terms = vec![term("instal", 4.0), term("linux", 6.0)];
+        let hits = vec![hit(1, "Install › Linux\nRun the script as root. Then reboot the machine.")];
+        let a = extract(&terms, &hits);
+        // Only the heading holds the terms: the fallback quotes the body.
+        assert_eq!(
+            a,
+            "From your documents:\n- Install › Linux — Run the script as root. Then reboot the machine. [1]"
+        );
+        let hits = vec![hit(
+            1,
+            "Install › Linux\nDownload it first. On Linux run the script as root.",
+        )];
+        let a = extract(&terms, &hits);
+        assert_eq!(
+            a,
+            "From your documents:\n- Install › Linux — On Linux run the script as root. [1]"
+        );
+    }
+
+    #[test]
+    fn markers_follow_rank_order_and_a_second_part_is_answered() {
+        let terms = vec![term("refund", 3.0), term("vacat", 3.0)];
+        let hits = vec![
+            hit(1, "Vacation days accrue monthly. Unrelated words."),
+            hit(2, "Nothing here. Refunds are paid within 30 days."),
+        ];
+        let a = extract(&terms, &hits);
+        // The top-ranked passage's window first, each with its rank's marker.
+        assert_eq!(
+            a,
+            "From your documents:\n- Vacation days accrue monthly. [1]\n- Refunds are paid within 30 days. [2]"
+        );
+    }
+
+    #[test]
+    fn equal_windows_go_to_the_better_ranked_passage() {
+        let terms = vec![term("refund", 3.0)];
+        let hits = vec![hit(1, "Refunds take a week."), hit(2, "Refunds take a day.")];
+        assert_eq!(extract(&terms, &hits), "From your documents:\n- Refunds take a week. [1]");
+    }
+
+    #[test]
+    fn no_matching_word_quotes_the_top_passage_and_nothing_is_empty() {
+        let terms = vec![term("zzz", 0.0)];
+        let hits = vec![hit(1, "First sentence. Second one. Third.")];
+        assert_eq!(
+            extract(&terms, &hits),
+            "From your documents:\n- First sentence. Second one. [1]"
+        );
+        assert_eq!(extract(&terms, &[]), "");
+    }
+}
