@@ -18,6 +18,9 @@ use super::text;
 const MAX_WINDOW: usize = 3;
 /// A second window must add this share of the question's mass.
 const SECOND_SHARE: f32 = 0.25;
+/// Terms matched, at most: the rarest ones. A question is at most 16,000
+/// characters; this keeps its cost at words × 64.
+const MAX_TERMS: usize = 64;
 
 /// A passage, read: heading, sentences and which terms each one holds.
 struct Read {
@@ -63,15 +66,14 @@ pub fn extract(terms: &[QueryTerm], hits: &[Hit]) -> String {
     format!("From your documents:\n{}", lines.join("\n"))
 }
 
-/// One term per lexeme (the highest IDF), so a repeated word counts once.
+/// One term per lexeme (the highest IDF), so a repeated word counts once;
+/// the `MAX_TERMS` rarest.
 fn dedup(terms: &[QueryTerm]) -> Vec<QueryTerm> {
-    let mut out: Vec<QueryTerm> = Vec::new();
-    for t in terms {
-        match out.iter_mut().find(|o| o.lexeme == t.lexeme) {
-            Some(o) => o.idf = o.idf.max(t.idf),
-            None => out.push(t.clone()),
-        }
-    }
+    let mut out: Vec<QueryTerm> = terms.to_vec();
+    out.sort_by(|a, b| a.lexeme.cmp(&b.lexeme).then(b.idf.total_cmp(&a.idf)));
+    out.dedup_by(|later, first| later.lexeme == first.lexeme);
+    out.sort_by(|a, b| b.idf.total_cmp(&a.idf).then(a.lexeme.cmp(&b.lexeme)));
+    out.truncate(MAX_TERMS);
     out
 }
 
@@ -236,6 +238,21 @@ mod tests {
         assert_eq!(
             a,
             "From your documents:\n- Vacation days accrue monthly. [1]\n- Refunds are paid within 30 days. [2]"
+        );
+    }
+
+    #[test]
+    fn repeated_terms_count_once_and_only_the_rarest_are_kept() {
+        let mut terms = vec![term("refund", 3.0), term("refund", 3.0), term("receipt", 2.0)];
+        terms.extend((0..100).map(|i| term(&format!("w{i}"), 100.0)));
+        let kept = dedup(&terms);
+        assert_eq!(kept.len(), MAX_TERMS);
+        assert_eq!(kept[0].lexeme, "receipt");
+        assert_eq!(kept[1].lexeme, "refund");
+        let hits = vec![hit(1, "A refund. A refund again. The receipt is kept.")];
+        assert_eq!(
+            extract(&terms, &hits),
+            "From your documents:\n- A refund again. The receipt is kept. [1]"
         );
     }
 

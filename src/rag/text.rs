@@ -26,22 +26,29 @@ pub fn split_heading(content: &str) -> (Option<String>, &str) {
 
 /// The sentences of a text, in order, whitespace collapsed. A sentence ends
 /// at `.`, `!` or `?` followed by a space or the end (not after a common
-/// abbreviation such as `e.g.`), at a blank line, and before a line that
-/// starts a list item; single line breaks (wrapped text) are spaces.
+/// abbreviation such as `e.g.`, nor a list's `1.`), at a blank line, and
+/// before a line that starts a list item; single line breaks (wrapped text)
+/// are spaces. A Markdown heading line inside the text (`## Linux`) is
+/// context, not a sentence: it ends the one before and is left out.
 pub fn sentences(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     for line in text.lines() {
         let t = line.trim();
-        if t.is_empty() || is_list_item(t) {
+        if t.is_empty() || is_list_item(t) || t.starts_with('#') {
             flush(&mut cur, &mut out);
         }
+        if t.starts_with('#') {
+            continue;
+        }
         for word in t.split_whitespace() {
-            if !cur.is_empty() {
+            let first = cur.is_empty();
+            if !first {
                 cur.push(' ');
             }
             cur.push_str(word);
-            if ends_sentence(word) {
+            let number = word.trim_end_matches('.').chars().all(|c| c.is_ascii_digit());
+            if ends_sentence(word) && !(first && number) {
                 flush(&mut cur, &mut out);
             }
         }
@@ -179,7 +186,7 @@ mod tests {
 
     #[test]
     fn sentences_end_at_punctuation_blank_lines_and_list_items() {
-        let text = "Refunds take 30 days, (e.g. for books) first. Ask Dr. Smith!\nWrapped\nline here.\n\nNo stop here\n- item one\n- item two";
+        let text = "Refunds take 30 days, (e.g. for books) first. Ask Dr. Smith!\nWrapped\nline here.\n\nNo stop here\n- item one\n- item two\n## Steps\n1. Open it\n2. Close it.";
         assert_eq!(
             sentences(text),
             vec![
@@ -189,6 +196,8 @@ mod tests {
                 "No stop here",
                 "- item one",
                 "- item two",
+                "1. Open it",
+                "2. Close it.",
             ]
         );
         assert_eq!(sentences("Version 3.5 is out. Yes."), vec!["Version 3.5 is out.", "Yes."]);
