@@ -4,10 +4,11 @@
 //! second window elsewhere adds a quarter of the mass or more (a question
 //! with two parts), it follows; windows are listed top-ranked passage first.
 //!
-//! A chunk's heading line (its section path) is context: its terms count
-//! for every window of that chunk and it prefixes the quote, but it is
-//! never quoted alone. Question terms are PostgreSQL `english` lexemes,
-//! matched to words by [`text::is_form_of`].
+//! A section's heading line (its path, e.g. `Install › Linux`) is context:
+//! its terms count for every window of that section and it prefixes the
+//! quote, but it is never quoted alone. A window stays inside one section
+//! (a chunk may pack several). Question terms are PostgreSQL `english`
+//! lexemes, matched to words by [`text::is_form_of`].
 
 use std::cmp::Ordering;
 
@@ -22,12 +23,29 @@ const SECOND_SHARE: f32 = 0.25;
 /// characters; this keeps its cost at words × 64.
 const MAX_TERMS: usize = 64;
 
-/// A passage, read: heading, sentences and which terms each one holds.
+/// A passage, read: headings, sentences (with their section) and which
+/// terms each one holds.
 struct Read {
-    heading: Option<String>,
-    heading_terms: Vec<bool>,
+    headings: Vec<String>,
+    heading_terms: Vec<Vec<bool>>,
     sentences: Vec<String>,
+    section: Vec<Option<usize>>,
     matched: Vec<Vec<bool>>,
+}
+
+impl Read {
+    /// Whether the window's section heading holds term `i`.
+    fn heading_holds(&self, w: &Window, i: usize) -> bool {
+        self.section[w.start].is_some_and(|h| self.heading_terms[h][i])
+    }
+
+    fn holds(&self, w: &Window, i: usize) -> bool {
+        (w.start..w.start + w.len).any(|s| self.matched[s][i])
+    }
+
+    fn one_section(&self, start: usize, len: usize) -> bool {
+        self.section[start..start + len].iter().all(|s| *s == self.section[start])
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -78,13 +96,14 @@ fn dedup(terms: &[QueryTerm]) -> Vec<QueryTerm> {
 }
 
 fn read(content: &str, terms: &[QueryTerm]) -> Read {
-    let (heading, body) = text::split_heading(content);
-    let sentences = text::sentences(body);
+    let s = text::sections(content);
+    let (section, sentences): (Vec<_>, Vec<_>) = s.sentences.into_iter().unzip();
     Read {
-        heading_terms: holds(heading.as_deref().unwrap_or(""), terms),
+        heading_terms: s.headings.iter().map(|h| holds(h, terms)).collect(),
         matched: sentences.iter().map(|s| holds(s, terms)).collect(),
-        heading,
+        headings: s.headings,
         sentences,
+        section,
     }
 }
 
@@ -105,15 +124,19 @@ fn best_window(read: &[Read], weights: &[f32], covered: &[bool], picked: &[Windo
     for (rank, r) in read.iter().enumerate() {
         for start in 0..r.sentences.len() {
             for len in 1..=MAX_WINDOW.min(r.sentences.len() - start) {
-                let own = |i: usize| (start..start + len).any(|s| r.matched[s][i]);
+                if !r.one_section(start, len) {
+                    break;
+                }
+                let mut w = Window { rank, start, len, gain: 0.0 };
                 let mass = |with_heading: bool| -> f32 {
                     (0..weights.len())
-                        .filter(|&i| !covered[i] && (own(i) || (with_heading && r.heading_terms[i])))
+                        .filter(|&i| !covered[i] && (r.holds(&w, i) || (with_heading && r.heading_holds(&w, i))))
                         .map(|i| weights[i])
                         .sum()
                 };
-                let w = Window { rank, start, len, gain: mass(true) };
-                if mass(false) <= 0.0 || overlaps(&w, picked) {
+                let (own, gain) = (mass(false), mass(true));
+                w.gain = gain;
+                if own <= 0.0 || overlaps(&w, picked) {
                     continue;
                 }
                 if best.is_none_or(|b| better(&w, &b)) {
@@ -143,14 +166,14 @@ fn overlaps(w: &Window, picked: &[Window]) -> bool {
 
 fn cover(r: &Read, w: Window, covered: &mut [bool]) {
     for (i, c) in covered.iter_mut().enumerate() {
-        *c |= r.heading_terms[i] || (w.start..w.start + w.len).any(|s| r.matched[s][i]);
+        *c |= r.heading_holds(&w, i) || r.holds(&w, i);
     }
 }
 
 /// `- Section › Sub — sentence sentence [n]`
 fn quote(r: &Read, w: Window) -> String {
     let body = r.sentences[w.start..w.start + w.len].join(" ");
-    match &r.heading {
+    match r.section[w.start].map(|h| &r.headings[h]) {
         Some(h) => format!("- {h} — {body} [{}]", w.rank + 1),
         None => format!("- {body} [{}]", w.rank + 1),
     }
@@ -162,10 +185,12 @@ fn fallback(read: &[Read]) -> String {
     let Some(top) = read.first() else {
         return String::new();
     };
-    let len = top.sentences.len().min(2);
-    if len == 0 {
+    let len = (1..=top.sentences.len().min(2))
+        .rev()
+        .find(|&len| top.one_section(0, len));
+    let Some(len) = len else {
         return String::new();
-    }
+    };
     let w = Window { rank: 0, start: 0, len, gain: 0.0 };
     format!("From your documents:\n{}", quote(top, w))
 }
@@ -223,6 +248,19 @@ mod tests {
         assert_eq!(
             a,
             "From your documents:\n- Install › Linux — On Linux run the script as root. [1]"
+        );
+    }
+
+    #[test]
+    fn a_window_stays_in_its_section_and_quotes_that_section_s_heading() {
+        let terms = vec![term("brew", 5.0), term("maco", 5.0)];
+        let hits = vec![hit(
+            1,
+            "Install › Linux\nRun apt as root.\n\nInstall › macOS\nUse brew. It takes a minute.",
+        )];
+        assert_eq!(
+            extract(&terms, &hits),
+            "From your documents:\n- Install › macOS — Use brew. [1]"
         );
     }
 

@@ -1,24 +1,72 @@
 //! Text helpers of the extractive answer: a chunk's heading line, its
 //! sentences, and whether a word is a form of a PostgreSQL lexeme.
 
-/// Splits a chunk into its heading line (the section path the chunker puts
-/// first, e.g. `Install › Linux`, or a Markdown `# Title`) and the body.
-/// A first line counts as a heading when it carries `›` or starts with `#`,
-/// or is a short line (≤ 10 words, ≤ 80 chars) that starts with a capital or
-/// a digit and ends without punctuation; otherwise there is none.
-pub fn split_heading(content: &str) -> (Option<String>, &str) {
-    let content = content.trim_start();
-    let Some((first, rest)) = content.split_once('\n') else {
-        return (None, content);
+/// A chunk read for quoting: its section headings and its sentences, each
+/// with the index of the heading it sits under.
+#[derive(Debug, Default, PartialEq)]
+pub struct Sections {
+    pub headings: Vec<String>,
+    pub sentences: Vec<(Option<usize>, String)>,
+}
+
+/// Reads a chunk. The chunker starts every section with its path line
+/// (`Install › Linux`), at the chunk's start or after a blank line when
+/// small sections share a chunk; such a line is a heading for the
+/// paragraphs after it (see [`split_heading`]).
+pub fn sections(content: &str) -> Sections {
+    let mut out = Sections::default();
+    let mut current = None;
+    for para in paragraphs(content) {
+        let (heading, body) = split_heading(&para);
+        if let Some(h) = heading {
+            out.headings.push(h);
+            current = Some(out.headings.len() - 1);
+        }
+        out.sentences
+            .extend(sentences(body).into_iter().map(|s| (current, s)));
+    }
+    out
+}
+
+/// Runs of non-blank lines.
+fn paragraphs(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Vec<&str> = Vec::new();
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            if !cur.is_empty() {
+                out.push(cur.join("\n"));
+                cur.clear();
+            }
+        } else {
+            cur.push(line);
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur.join("\n"));
+    }
+    out
+}
+
+/// Splits a paragraph into its heading line and the body. A first line
+/// with text under it is a heading when it carries `›` (a section path) or
+/// starts with `#`, or when it is short (≤ 10 words, ≤ 80 chars), starts
+/// with a capital or a digit, ends without punctuation, and the next line
+/// does not continue it in lower case (wrapped prose does).
+pub fn split_heading(para: &str) -> (Option<String>, &str) {
+    let para = para.trim_start();
+    let Some((first, rest)) = para.split_once('\n') else {
+        return (None, para);
     };
     let line = first.trim();
     let marked = line.contains('›') || line.starts_with('#');
     let short = line.chars().count() <= 80
         && line.split_whitespace().count() <= 10
         && line.starts_with(|c: char| c.is_uppercase() || c.is_ascii_digit())
-        && !line.ends_with(|c: char| ".!?;:,".contains(c));
+        && !line.ends_with(|c: char| ".!?;:,".contains(c))
+        && !rest.trim_start().starts_with(char::is_lowercase);
     if line.is_empty() || rest.trim().is_empty() || !(marked || short) {
-        return (None, content);
+        return (None, para);
     }
     let heading = line.trim_start_matches('#').trim().to_string();
     (Some(heading), rest)
@@ -214,8 +262,29 @@ mod tests {
         assert_eq!(h, None);
         let (h, _) = split_heading("of the licence, the licensee shall\nnot copy.");
         assert_eq!(h, None, "a wrapped line in lower case is prose");
+        let (h, _) = split_heading("The pressure valve on the boiler\nis inspected yearly.");
+        assert_eq!(h, None, "a line continued in lower case is prose");
         let (h, body) = split_heading("Install › Linux");
         assert_eq!((h, body), (None, "Install › Linux"), "nothing under it");
+    }
+
+    #[test]
+    fn packed_sections_keep_their_own_headings() {
+        // Two small sections in one chunk, as the chunker packs them.
+        let s = sections("Install › Linux\nRun apt.\n\nMore on Linux.\n\nInstall › macOS\nRun brew. Done.");
+        assert_eq!(s.headings, vec!["Install › Linux", "Install › macOS"]);
+        assert_eq!(
+            s.sentences,
+            vec![
+                (Some(0), "Run apt.".to_string()),
+                (Some(0), "More on Linux.".to_string()),
+                (Some(1), "Run brew.".to_string()),
+                (Some(1), "Done.".to_string()),
+            ]
+        );
+        let plain = sections("No heading here. Two sentences.");
+        assert!(plain.headings.is_empty());
+        assert_eq!(plain.sentences.len(), 2);
     }
 
     #[test]
