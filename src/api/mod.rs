@@ -70,6 +70,9 @@ pub struct Shared {
     pub cors: Option<cors::Cors>,
     /// Requests in flight per user (`--max-requests-per-user`).
     pub requests: Arc<per_user::UserRequests>,
+    /// Chat retrieval (`--retrieval`, resolved at start; `--min-relevance`,
+    /// `--min-cosine`, `--passages`).
+    pub retrieval: crate::rag::retrieve::Retrieval,
 }
 
 #[derive(Clone)]

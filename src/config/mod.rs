@@ -6,11 +6,13 @@
 //! variable, then the state file, then the default. Errors name both the
 //! flag and the variable.
 
+pub mod retrieval;
 mod state;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use retrieval::RetrievalOpts;
 pub use state::{State, StateError};
 
 use crate::events::DEFAULT_CHANNEL;

@@ -13,7 +13,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
-use crate::config::{ApiLimitOpts, ConnectOpts, RuntimeOpts, State};
+use crate::config::{ApiLimitOpts, ConnectOpts, RetrievalOpts, RuntimeOpts, State};
 use crate::db::embedded::Embedded;
 use crate::harness::Ready;
 pub use state::{Parts, build as build_state};
@@ -104,6 +104,9 @@ pub struct ServeArgs {
     pub runtime: RuntimeOpts,
     #[command(flatten)]
     pub limits: ApiLimitOpts,
+    /// Chat retrieval: --retrieval, --min-relevance, --min-cosine, --passages.
+    #[command(flatten)]
+    pub retrieval: RetrievalOpts,
     // Concurrent catch-ups (`/ws?since=`), issue #17.
     /// Most catch-ups (`/ws?since=`) this process runs at once; past it a
     /// resuming upgrade gets 503 `too_many_catchups` with Retry-After.
@@ -234,6 +237,8 @@ pub async fn run(connect: ConnectOpts, mut args: ServeArgs) -> anyhow::Result<Ex
     args.runtime.embed.load()?;
     args.limits.check(args.runtime.max_upload_bytes)?;
     args.limits.check_search_pool(args.runtime.pool_size)?;
+    // Checked before anything starts; the state resolves it again.
+    args.retrieval.resolve(state::embedder_configured(&args))?;
     // Checked before anything starts; the state reads it again.
     api::cors::Cors::parse(&args.cors_origins)?;
     api::limits::return_big_buffers_to_the_os();

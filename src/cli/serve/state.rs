@@ -47,6 +47,14 @@ pub fn build(
         rt.publish_timeout(),
     );
     let (hub, bridge, bridge_task) = realtime(args, &parts, &events)?;
+    let retrieval = args.retrieval.resolve(embedder_configured(args))?;
+    tracing::info!(
+        mode = retrieval.mode.as_str(),
+        min_relevance = retrieval.min_relevance,
+        min_cosine = retrieval.min_cosine,
+        passages = retrieval.k,
+        "chat retrieval"
+    );
     let state = AppState(Arc::new(Shared {
         events,
         verifier: Verifier::new(parts.secret)?,
@@ -94,8 +102,15 @@ pub fn build(
         console: args.console,
         cors: api::cors::Cors::parse(&args.cors_origins)?,
         requests: api::per_user::UserRequests::new(args.max_requests_per_user as usize),
+        retrieval,
     }));
     Ok((state, bridge_task))
+}
+
+/// Whether an embedding model or endpoint is configured (`auto` retrieval
+/// is hybrid then). Until the embedder lands (issue #19, H3) there is none.
+pub(super) fn embedder_configured(_args: &ServeArgs) -> bool {
+    false
 }
 
 fn ws_config(args: &ServeArgs) -> WsConfig {
