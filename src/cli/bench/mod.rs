@@ -76,6 +76,7 @@ mod record;
 mod render;
 mod report;
 mod resume;
+mod retrieval_set;
 mod run;
 mod sample;
 mod server;
