@@ -8,6 +8,12 @@ mod tests_sections;
 
 pub use sections::PATH_SEPARATOR;
 
+/// Whether `line` is a heading line (`#` to `######`, a space, a title of
+/// at most 200 chars): what starts a section.
+pub fn is_heading_line(line: &str) -> bool {
+    sections::heading(line.trim_end()).is_some()
+}
+
 /// Splits extracted text into chunks of at most `size` characters.
 ///
 /// A document with heading lines (`# Title` … `###### Title`, which

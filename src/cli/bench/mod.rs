@@ -257,7 +257,12 @@ pub struct BenchArgs {
     pub retrieval: Option<std::path::PathBuf>,
     /// Model directory for the dense and hybrid modes of --retrieval
     /// (handed to each server as RAG_EMBED_MODEL); without it only bm25 runs.
-    #[arg(long, env = "RAG_EMBED_MODEL", value_name = "DIR", requires = "retrieval")]
+    #[arg(
+        long,
+        env = "RAG_EMBED_MODEL",
+        value_name = "DIR",
+        requires = "retrieval"
+    )]
     pub embed_model: Option<std::path::PathBuf>,
     /// Also measure --retrieval's questions for a user with about this many
     /// chunks (0 skips).

@@ -52,7 +52,12 @@ pub(super) async fn run(
         server.own.stop().await;
         runs.push(measured?);
     }
-    Ok(RetrievalReport::new(&set, set_path, args.embed_model.is_some(), runs))
+    Ok(RetrievalReport::new(
+        &set,
+        set_path,
+        args.embed_model.is_some(),
+        runs,
+    ))
 }
 
 /// One mode on its own server.
@@ -74,7 +79,10 @@ async fn measure_mode(
     client.wait_ingested(&ids).await?;
     let ingest = started.elapsed();
     let chunks = count_chunks(&db, user).await?;
-    progress(&format!("{mode}: {} documents, {chunks} chunks in {ingest:.1?}", ids.len()));
+    progress(&format!(
+        "{mode}: {} documents, {chunks} chunks in {ingest:.1?}",
+        ids.len()
+    ));
     let (outcomes, latencies) = ask_all(&client, &db, set).await?;
     let scale = match args.scale {
         0 => None,
@@ -115,7 +123,9 @@ pub(super) async fn ask_all(
 
 async fn judge(db: &Db, reply: &Reply, answer: Option<&str>) -> anyhow::Result<Outcome> {
     let Some(phrase) = answer else {
-        return Ok(Outcome::Unanswerable { sources: reply.sources.len() });
+        return Ok(Outcome::Unanswerable {
+            sources: reply.sources.len(),
+        });
     };
     let mut texts = Vec::new();
     for s in &reply.sources {
@@ -176,7 +186,12 @@ async fn start(
     let secret = random_hex(32);
     match spawn(&db, &secret, channel, args, mode).await {
         Ok((child, pid, api)) => Ok(Served {
-            own: OwnServer { child, pid, api, db },
+            own: OwnServer {
+                child,
+                pid,
+                api,
+                db,
+            },
             secret,
         }),
         Err(e) => {
@@ -196,22 +211,29 @@ async fn spawn(
     let ready_path = std::env::temp_dir().join(format!("{}.{}.ready", db.name, random_hex(4)));
     let exe = std::env::current_exe().context("cannot find the ragctl executable")?;
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.args(["serve", "--host", "127.0.0.1", "--port", "0", "--ready-file"])
-        .arg(&ready_path)
-        .env("DATABASE_URL", &db.url)
-        .env("RAG_JWT_SECRET", secret)
-        .env("RAG_EVENTS_CHANNEL", channel)
-        .env("RAG_RETRIEVAL", mode)
-        .env("RAG_LOG", if args.server_log { "info" } else { "warn" })
-        .env_remove("RAG_LISTEN_DATABASE_URL")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(if args.server_log {
-            std::process::Stdio::inherit()
-        } else {
-            std::process::Stdio::null()
-        })
-        .kill_on_drop(true);
+    cmd.args([
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--ready-file",
+    ])
+    .arg(&ready_path)
+    .env("DATABASE_URL", &db.url)
+    .env("RAG_JWT_SECRET", secret)
+    .env("RAG_EVENTS_CHANNEL", channel)
+    .env("RAG_RETRIEVAL", mode)
+    .env("RAG_LOG", if args.server_log { "info" } else { "warn" })
+    .env_remove("RAG_LISTEN_DATABASE_URL")
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(if args.server_log {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    })
+    .kill_on_drop(true);
     match (&args.embed_model, mode) {
         (Some(dir), "dense" | "hybrid") => cmd.env("RAG_EMBED_MODEL", dir),
         _ => cmd.env_remove("RAG_EMBED_MODEL"),

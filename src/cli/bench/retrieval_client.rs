@@ -48,7 +48,8 @@ impl Client {
     pub(super) async fn upload(&self, name: &str, bytes: &[u8]) -> anyhow::Result<Uuid> {
         let v = self
             .send(|| {
-                let part = reqwest::multipart::Part::bytes(bytes.to_vec()).file_name(name.to_string());
+                let part =
+                    reqwest::multipart::Part::bytes(bytes.to_vec()).file_name(name.to_string());
                 self.http
                     .post(format!("{}/documents", self.api))
                     .multipart(reqwest::multipart::Form::new().part("file", part))
@@ -82,7 +83,11 @@ impl Client {
     /// question's request alone.
     pub(super) async fn ask(&self, question: &str) -> anyhow::Result<Reply> {
         let conv = self
-            .send(|| self.http.post(format!("{}/conversations", self.api)).json(&json!({})))
+            .send(|| {
+                self.http
+                    .post(format!("{}/conversations", self.api))
+                    .json(&json!({}))
+            })
             .await?;
         let conv = id_of(&conv)?;
         let url = format!("{}/conversations/{conv}/messages", self.api);
@@ -93,7 +98,11 @@ impl Client {
         let latency = started.elapsed();
         let msg = &v["assistant_message"];
         if msg["status"] != "completed" {
-            bail!("question {question:?}: assistant message {}: {}", msg["status"], msg["error_message"]);
+            bail!(
+                "question {question:?}: assistant message {}: {}",
+                msg["status"],
+                msg["error_message"]
+            );
         }
         let sources = msg["sources"]
             .as_array()

@@ -23,7 +23,10 @@ impl Latency {
         let mut ms: Vec<f64> = d.iter().map(|d| d.as_secs_f64() * 1e3).collect();
         ms.sort_by(f64::total_cmp);
         if ms.is_empty() {
-            return Latency { p50_ms: 0.0, p99_ms: 0.0 };
+            return Latency {
+                p50_ms: 0.0,
+                p99_ms: 0.0,
+            };
         }
         Latency {
             p50_ms: percentile(&ms, 0.5),
@@ -79,7 +82,12 @@ impl RetrievalReport {
     }
 }
 
-fn check(key: &'static str, name: &str, target: &str, measured: Option<(String, bool)>) -> TargetCheck {
+fn check(
+    key: &'static str,
+    name: &str,
+    target: &str,
+    measured: Option<(String, bool)>,
+) -> TargetCheck {
     TargetCheck {
         key,
         name: name.to_string(),
@@ -97,27 +105,65 @@ fn judge(runs: &[ModeRun]) -> Vec<TargetCheck> {
     let default = hybrid.or(bm25);
     let f = |v: f64| format!("{v:.2}");
     vec![
-        check("recall1", "hybrid recall@1", "≥ 0.80", hybrid.map(|h| {
-            (f(h.quality.recall_at_1), h.quality.recall_at_1 >= 0.8)
-        })),
-        check("mrr", "hybrid MRR − bm25 MRR", "≥ 0.10", hybrid.zip(bm25).map(|(h, b)| {
-            let d = h.quality.mrr - b.quality.mrr;
-            (f(d), d >= 0.1 - 1e-9)
-        })),
-        check("no_answer", "default mode: unanswerable with no sources", "1.00", default.map(|d| {
-            (f(d.quality.no_answer_accuracy), d.quality.no_answer_accuracy >= 1.0)
-        })),
-        check("recall5", "default mode: recall@5", "≥ 0.95", default.map(|d| {
-            (f(d.quality.recall_at_5), d.quality.recall_at_5 >= 0.95)
-        })),
-        check("search_p99", "default mode at --scale: chat request p99", "≤ 50 ms", default
-            .and_then(|d| d.scale.as_ref())
-            .map(|s| (format!("{:.1} ms ({} chunks)", s.latency.p99_ms, s.chunks), s.latency.p99_ms <= 50.0))),
-        check("ingest", "dense: ingest (parse + chunk + embed)", "≥ 100 chunks/s", dense.map(|d| {
-            (format!("{:.0} chunks/s", d.chunks_per_sec), d.chunks_per_sec >= 100.0)
-        })),
+        check(
+            "recall1",
+            "hybrid recall@1",
+            "≥ 0.80",
+            hybrid.map(|h| (f(h.quality.recall_at_1), h.quality.recall_at_1 >= 0.8)),
+        ),
+        check(
+            "mrr",
+            "hybrid MRR − bm25 MRR",
+            "≥ 0.10",
+            hybrid.zip(bm25).map(|(h, b)| {
+                let d = h.quality.mrr - b.quality.mrr;
+                (f(d), d >= 0.1 - 1e-9)
+            }),
+        ),
+        check(
+            "no_answer",
+            "default mode: unanswerable with no sources",
+            "1.00",
+            default.map(|d| {
+                (
+                    f(d.quality.no_answer_accuracy),
+                    d.quality.no_answer_accuracy >= 1.0,
+                )
+            }),
+        ),
+        check(
+            "recall5",
+            "default mode: recall@5",
+            "≥ 0.95",
+            default.map(|d| (f(d.quality.recall_at_5), d.quality.recall_at_5 >= 0.95)),
+        ),
+        check(
+            "search_p99",
+            "default mode at --scale: chat request p99",
+            "≤ 50 ms",
+            default.and_then(|d| d.scale.as_ref()).map(|s| {
+                (
+                    format!("{:.1} ms ({} chunks)", s.latency.p99_ms, s.chunks),
+                    s.latency.p99_ms <= 50.0,
+                )
+            }),
+        ),
+        check(
+            "ingest",
+            "dense: ingest (parse + chunk + embed)",
+            "≥ 100 chunks/s",
+            dense.map(|d| {
+                (
+                    format!("{:.0} chunks/s", d.chunks_per_sec),
+                    d.chunks_per_sec >= 100.0,
+                )
+            }),
+        ),
     ]
 }
+
+/// One cell of a row of the table.
+type Cell = dyn Fn(&ModeRun) -> String;
 
 /// The side-by-side Markdown table, then the targets.
 pub(super) fn render(r: &RetrievalReport) -> String {
@@ -138,21 +184,34 @@ pub(super) fn render(r: &RetrievalReport) -> String {
         let _ = write!(s, " {} |", run.mode);
     }
     let _ = writeln!(s, "\n|---|{}", "---:|".repeat(r.runs.len()));
-    let rows: [(&str, &dyn Fn(&ModeRun) -> String); 12] = [
-        ("questions (answerable + not)", &|m| format!("{} + {}", m.quality.answerable, m.quality.unanswerable)),
+    let rows: [(&str, &Cell); 12] = [
+        ("questions (answerable + not)", &|m| {
+            format!("{} + {}", m.quality.answerable, m.quality.unanswerable)
+        }),
         ("recall@1", &|m| format!("{:.2}", m.quality.recall_at_1)),
         ("recall@5", &|m| format!("{:.2}", m.quality.recall_at_5)),
         ("MRR", &|m| format!("{:.3}", m.quality.mrr)),
-        ("no-answer accuracy", &|m| format!("{:.2}", m.quality.no_answer_accuracy)),
-        ("answerable with sources", &|m| format!("{:.2}", m.quality.with_sources)),
-        ("answer text states the fact", &|m| format!("{:.2}", m.quality.stated)),
-        ("chat p50 / p99 (ms)", &|m| format!("{:.1} / {:.1}", m.latency.p50_ms, m.latency.p99_ms)),
+        ("no-answer accuracy", &|m| {
+            format!("{:.2}", m.quality.no_answer_accuracy)
+        }),
+        ("answerable with sources", &|m| {
+            format!("{:.2}", m.quality.with_sources)
+        }),
+        ("answer text states the fact", &|m| {
+            format!("{:.2}", m.quality.stated)
+        }),
+        ("chat p50 / p99 (ms)", &|m| {
+            format!("{:.1} / {:.1}", m.latency.p50_ms, m.latency.p99_ms)
+        }),
         ("chunks", &|m| m.chunks.to_string()),
         ("ingest (s)", &|m| format!("{:.2}", m.ingest_secs)),
         ("ingest chunks/s", &|m| format!("{:.0}", m.chunks_per_sec)),
         ("at --scale: chunks, p50 / p99 (ms)", &|m| {
             m.scale.as_ref().map_or("-".into(), |s| {
-                format!("{}, {:.1} / {:.1}", s.chunks, s.latency.p50_ms, s.latency.p99_ms)
+                format!(
+                    "{}, {:.1} / {:.1}",
+                    s.chunks, s.latency.p50_ms, s.latency.p99_ms
+                )
             })
         }),
     ];

@@ -30,10 +30,15 @@ pub(super) async fn run(
 ) -> anyhow::Result<(u64, Vec<Duration>)> {
     let paragraphs = paragraphs(set)?;
     let per_chunk = chars_per_chunk(db).await?;
-    let mut docs_gen = Generator { paragraphs, seed: 0x9e37_79b9_7f4a_7c15 };
+    let mut docs_gen = Generator {
+        paragraphs,
+        seed: 0x9e37_79b9_7f4a_7c15,
+    };
     for _ in 0..OTHERS {
         let other = Client::new(api, &token(secret, Uuid::new_v4())?)?;
-        let docs = (target as f64 * per_chunk / DOC_CHARS as f64 / 10.0).ceil().max(1.0);
+        let docs = (target as f64 * per_chunk / DOC_CHARS as f64 / 10.0)
+            .ceil()
+            .max(1.0);
         upload_docs(&other, &mut docs_gen, docs as usize).await?;
     }
     let big = Uuid::new_v4();
@@ -43,7 +48,9 @@ pub(super) async fn run(
     while chunks < target * 95 / 100 {
         let missing = (target - chunks) as f64 * per_chunk;
         let docs = (missing / DOC_CHARS as f64).ceil().max(1.0) as usize;
-        progress(&format!("scale: {chunks} chunks; uploading {docs} more documents"));
+        progress(&format!(
+            "scale: {chunks} chunks; uploading {docs} more documents"
+        ));
         upload_docs(&client, &mut docs_gen, docs).await?;
         chunks = count_chunks(db, big).await?;
     }
@@ -65,7 +72,10 @@ async fn upload_docs(client: &Client, docs_gen: &mut Generator, n: usize) -> any
 /// starts: length minus about the overlap).
 async fn chars_per_chunk(db: &Db) -> anyhow::Result<f64> {
     let row = db
-        .query_one("SELECT coalesce(avg(length(content)), 800)::float8 FROM chunks", &[])
+        .query_one(
+            "SELECT coalesce(avg(length(content)), 800)::float8 FROM chunks",
+            &[],
+        )
         .await?;
     Ok((row.get::<_, f64>(0) * 0.85).max(50.0))
 }
@@ -85,7 +95,10 @@ fn paragraphs(set: &QaSet) -> anyhow::Result<Vec<String>> {
                 .map(str::to_string),
         );
     }
-    anyhow::ensure!(!out.is_empty(), "--scale: the corpus has no text paragraphs");
+    anyhow::ensure!(
+        !out.is_empty(),
+        "--scale: the corpus has no text paragraphs"
+    );
     Ok(out)
 }
 

@@ -36,7 +36,11 @@ impl QaSet {
             let q: Question = serde_json::from_str(line)
                 .with_context(|| format!("--retrieval: {} line {}", set.display(), n + 1))?;
             if q.answer.is_some() != q.file.is_some() {
-                bail!("--retrieval: {} line {}: `file` and `answer` go together", set.display(), n + 1);
+                bail!(
+                    "--retrieval: {} line {}: `file` and `answer` go together",
+                    set.display(),
+                    n + 1
+                );
             }
             questions.push(q);
         }
@@ -48,7 +52,10 @@ impl QaSet {
             .collect();
         corpus.sort();
         if questions.is_empty() || corpus.is_empty() {
-            bail!("--retrieval: {} has no questions or no corpus", set.display());
+            bail!(
+                "--retrieval: {} has no questions or no corpus",
+                set.display()
+            );
         }
         Ok(QaSet { questions, corpus })
     }
@@ -69,8 +76,14 @@ pub fn contains_phrase(text: &str, phrase: &str) -> bool {
 /// first source holding the phrase (None: not in the sources).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Answerable { rank: Option<usize>, sources: usize, stated: bool },
-    Unanswerable { sources: usize },
+    Answerable {
+        rank: Option<usize>,
+        sources: usize,
+        stated: bool,
+    },
+    Unanswerable {
+        sources: usize,
+    },
 }
 
 /// Quality numbers of one mode.
@@ -94,7 +107,11 @@ pub fn quality(outcomes: &[Outcome]) -> Quality {
     let (mut r1, mut r5, mut rr, mut none, mut with, mut stated) = (0, 0, 0.0, 0, 0, 0);
     for o in outcomes {
         match *o {
-            Outcome::Answerable { rank, sources, stated: s } => {
+            Outcome::Answerable {
+                rank,
+                sources,
+                stated: s,
+            } => {
                 q.answerable += 1;
                 r1 += usize::from(rank == Some(1));
                 r5 += usize::from(rank.is_some_and(|r| r <= 5));
@@ -136,13 +153,32 @@ mod tests {
     #[test]
     fn metrics_on_a_hand_made_example() {
         let src = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(rank_of(&src(&["x", "the  big\ncat", "big cat"]), "big cat"), Some(2));
+        assert_eq!(
+            rank_of(&src(&["x", "the  big\ncat", "big cat"]), "big cat"),
+            Some(2)
+        );
         assert_eq!(rank_of(&src(&["x"]), "cat"), None);
         let outcomes = [
-            Outcome::Answerable { rank: Some(1), sources: 3, stated: true },
-            Outcome::Answerable { rank: Some(2), sources: 3, stated: false },
-            Outcome::Answerable { rank: Some(5), sources: 5, stated: false },
-            Outcome::Answerable { rank: None, sources: 0, stated: false },
+            Outcome::Answerable {
+                rank: Some(1),
+                sources: 3,
+                stated: true,
+            },
+            Outcome::Answerable {
+                rank: Some(2),
+                sources: 3,
+                stated: false,
+            },
+            Outcome::Answerable {
+                rank: Some(5),
+                sources: 5,
+                stated: false,
+            },
+            Outcome::Answerable {
+                rank: None,
+                sources: 0,
+                stated: false,
+            },
             Outcome::Unanswerable { sources: 0 },
             Outcome::Unanswerable { sources: 2 },
         ];
@@ -172,7 +208,11 @@ mod tests {
             let bytes = std::fs::read(dir.join(file)).unwrap();
             let mime = detect_mime(file, None, &bytes).unwrap();
             let text = extract_text(&bytes, mime).unwrap();
-            assert!(contains_phrase(&text, answer), "{}: {answer:?} not in {file}", q.id);
+            assert!(
+                contains_phrase(&text, answer),
+                "{}: {answer:?} not in {file}",
+                q.id
+            );
         }
     }
 }

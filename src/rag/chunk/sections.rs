@@ -23,8 +23,10 @@ pub(super) fn heading(line: &str) -> Option<(usize, &str)> {
     let hashes = line.len() - line.trim_start_matches('#').len();
     let rest = &line[hashes..];
     let title = rest.strip_prefix(' ')?.trim();
-    let ok = (1..=6).contains(&hashes) && !title.is_empty() && title.chars().count() <= MAX_HEADING_CHARS;
-    ok.then_some((hashes, title.trim_end_matches(|c| c == '#' || c == ' ')))
+    let ok = (1..=6).contains(&hashes)
+        && !title.is_empty()
+        && title.chars().count() <= MAX_HEADING_CHARS;
+    ok.then_some((hashes, title.trim_end_matches(['#', ' '])))
         .filter(|(_, t)| !t.is_empty())
 }
 
@@ -39,15 +41,25 @@ pub(super) fn sections(text: &str) -> Option<Vec<Section<'_>>> {
     for line in text.split_inclusive('\n') {
         if let Some((level, title)) = heading(line.trim_end()) {
             any = true;
-            out.push(Section { path: std::mem::take(&mut path), body: text[body_start..offset].trim() });
+            out.push(Section {
+                path: std::mem::take(&mut path),
+                body: text[body_start..offset].trim(),
+            });
             stack.retain(|&(l, _)| l < level);
             stack.push((level, title));
-            path = stack.iter().map(|&(_, t)| t).collect::<Vec<_>>().join(PATH_SEPARATOR);
+            path = stack
+                .iter()
+                .map(|&(_, t)| t)
+                .collect::<Vec<_>>()
+                .join(PATH_SEPARATOR);
             body_start = offset + line.len();
         }
         offset += line.len();
     }
-    out.push(Section { path, body: text[body_start..].trim() });
+    out.push(Section {
+        path,
+        body: text[body_start..].trim(),
+    });
     out.retain(|s| !s.body.is_empty());
     any.then_some(out)
 }

@@ -45,14 +45,20 @@ fn nested_headings_pop_back_to_their_level() {
     // A and B have no body of their own: only their children are kept.
     assert_eq!(paths, vec!["A › B › C", "A › D", "E"]);
     let chunks = chunk_text(text, 1000, 100);
-    assert_eq!(chunks, vec!["A › B › C\ndeep text\n\nA › D\nback up\n\nE\ntop again"]);
+    assert_eq!(
+        chunks,
+        vec!["A › B › C\ndeep text\n\nA › D\nback up\n\nE\ntop again"]
+    );
 }
 
 #[test]
 fn small_sections_share_a_chunk_but_each_keeps_its_heading() {
     let text = "intro words\n\n# One\n\nfirst body\n\n# Two\n\nsecond body";
     let chunks = chunk_text(text, 1000, 0);
-    assert_eq!(chunks, vec!["intro words\n\nOne\nfirst body\n\nTwo\nsecond body"]);
+    assert_eq!(
+        chunks,
+        vec!["intro words\n\nOne\nfirst body\n\nTwo\nsecond body"]
+    );
 }
 
 #[test]
@@ -67,14 +73,21 @@ fn a_boundary_inside_a_long_section_repeats_the_heading() {
         .collect();
     assert!(linux.len() > 5, "{chunks:#?}");
     for c in &chunks {
-        assert!(c.chars().count() <= size, "{} > {size}: {c:?}", c.chars().count());
+        assert!(
+            c.chars().count() <= size,
+            "{} > {size}: {c:?}",
+            c.chars().count()
+        );
         assert!(c.starts_with("Install › "), "no heading path: {c:?}");
     }
     // Consecutive pieces of the long section overlap (the last sentence
     // of one is repeated at the start of the next).
     let first_body = linux[0].lines().nth(1).unwrap();
     let last_words = first_body.split(' ').rev().take(3).collect::<Vec<_>>();
-    assert!(last_words.iter().all(|w| linux[1].contains(w)), "{linux:#?}");
+    assert!(
+        last_words.iter().all(|w| linux[1].contains(w)),
+        "{linux:#?}"
+    );
     // Every sentence of the body is in some chunk.
     for i in 0..40 {
         let s = format!("sentence number {i} has");
