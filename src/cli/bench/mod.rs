@@ -257,12 +257,9 @@ pub struct BenchArgs {
     pub retrieval: Option<std::path::PathBuf>,
     /// Model directory for the dense and hybrid modes of --retrieval
     /// (handed to each server as RAG_EMBED_MODEL); without it only bm25 runs.
-    #[arg(
-        long,
-        env = "RAG_EMBED_MODEL",
-        value_name = "DIR",
-        requires = "retrieval"
-    )]
+    // No `requires`: a RAG_EMBED_MODEL in the environment must not break
+    // the other bench modes.
+    #[arg(long, env = "RAG_EMBED_MODEL", value_name = "DIR")]
     pub embed_model: Option<std::path::PathBuf>,
     /// Also measure --retrieval's questions for a user with about this many
     /// chunks (0 skips).
