@@ -33,8 +33,16 @@ async fn every_chunk_starts_with_its_heading_path() {
     let _i = worker(&db, "ingest", &SMALL_CHUNKS);
     let user = Uuid::new_v4();
     for (file, top, sub) in [
-        ("handbook.md", "Employee Handbook: Time Off", "Requesting leave"),
-        ("handbook.html", "Employee Handbook: Office Access", "Lost badges"),
+        (
+            "handbook.md",
+            "Employee Handbook: Time Off",
+            "Requesting leave",
+        ),
+        (
+            "handbook.html",
+            "Employee Handbook: Office Access",
+            "Lost badges",
+        ),
     ] {
         let doc = upload(&api, user, file).await;
         let id = doc["id"].as_str().unwrap();
@@ -42,11 +50,17 @@ async fn every_chunk_starts_with_its_heading_path() {
         let chunks = chunks_of(&db, id).await;
         let sub_path = format!("{top} › {sub}\n");
         for c in &chunks {
-            assert!(c.starts_with(top), "{file}: chunk without its heading path: {c:?}");
+            assert!(
+                c.starts_with(top),
+                "{file}: chunk without its heading path: {c:?}"
+            );
             assert!(c.chars().count() <= 120, "{file}: {c:?}");
             assert!(!c.contains('#'), "{file}: heading marks left in {c:?}");
         }
         let in_sub = chunks.iter().filter(|c| c.starts_with(&sub_path)).count();
-        assert!(in_sub >= 2, "{file}: the long section is not split with its path: {chunks:#?}");
+        assert!(
+            in_sub >= 2,
+            "{file}: the long section is not split with its path: {chunks:#?}"
+        );
     }
 }
