@@ -2,6 +2,34 @@
 
 use std::ops::Range;
 
+mod sections;
+#[cfg(test)]
+mod tests_sections;
+
+pub use sections::PATH_SEPARATOR;
+
+/// Whether `line` is a heading line (`#` to `######`, a space, a title of
+/// at most 200 chars): what starts a section.
+pub fn is_heading_line(line: &str) -> bool {
+    sections::heading(line.trim_end()).is_some()
+}
+
+/// Splits extracted text into chunks of at most `size` characters.
+///
+/// A document with heading lines (`# Title` … `###### Title`, which
+/// extraction emits for Markdown and HTML headings) is split by section:
+/// every chunk's first line is its section's heading path (`Install ›
+/// Linux`), consecutive small sections share a chunk (each behind its own
+/// path line, so no section starts mid-chunk without its heading), and a
+/// long section is split as below with its path repeated on every piece.
+/// Text without headings is split as [`chunk_plain`] describes.
+pub fn chunk_text(text: &str, size: usize, overlap: usize) -> Vec<String> {
+    match sections::sections(text) {
+        Some(secs) => sections::chunk_sections(&secs, size, overlap),
+        None => chunk_plain(text, size, overlap),
+    }
+}
+
 /// Splits `text` into chunks of at most `size` characters (Unicode scalar
 /// values, never bytes), trimmed of surrounding whitespace and never empty.
 ///
@@ -19,7 +47,7 @@ use std::ops::Range;
 ///
 /// Degenerate parameters are clamped rather than rejected: `size == 0` is
 /// treated as 1, and `overlap >= size` as `size / 2`.
-pub fn chunk_text(text: &str, size: usize, overlap: usize) -> Vec<String> {
+pub fn chunk_plain(text: &str, size: usize, overlap: usize) -> Vec<String> {
     chunk_ranges(text, size, overlap)
         .into_iter()
         .map(|r| text[r].to_owned())

@@ -179,10 +179,25 @@ fn markdown_to_text(md: &str) -> String {
         | Options::ENABLE_TASKLISTS
         | Options::ENABLE_FOOTNOTES;
     let mut out = String::with_capacity(md.len());
+    let mut in_code = false;
     for event in Parser::new_ext(md, opts) {
         match event {
+            Event::Text(t) if in_code => out.push_str(&headings::escape_code(&t)),
             Event::Text(t) | Event::Code(t) | Event::InlineMath(t) | Event::DisplayMath(t) => {
                 out.push_str(&t)
+            }
+            // Headings stay `# Title` lines: the chunker's section marks.
+            Event::Start(Tag::Heading { level, .. }) => {
+                paragraph_break(&mut out);
+                out.push_str(&headings::marker(level as usize));
+            }
+            Event::Start(Tag::CodeBlock(_)) => {
+                in_code = true;
+                line_break(&mut out);
+            }
+            Event::End(TagEnd::CodeBlock) => {
+                in_code = false;
+                paragraph_break(&mut out);
             }
             // Soft breaks are source wrapping inside a paragraph, not content.
             Event::SoftBreak => out.push(' '),
@@ -260,12 +275,14 @@ fn html_to_text(html: &str) -> Result<String, ExtractError> {
             "elements are nested more than {MAX_HTML_DEPTH} deep; flatten the HTML or upload its text"
         )));
     }
-    // TrivialDecorator drops link brackets, heading hashes and list bullets;
+    // TrivialDecorator drops link brackets, heading hashes and list bullets
+    // (`mark_html` puts our own `# ` heading marks in the text first);
     // footnotes off so URLs don't pollute the embedded text.
     let config = html2text::config::with_decorator(TrivialDecorator::new())
         .link_footnotes(false)
         .no_table_borders()
         .allow_width_overflow();
+    let html = headings::mark_html(html);
     quiet_catch_unwind(|| config.string_from_read(html.as_bytes(), HTML_WIDTH))
         .map_err(|panic| ExtractError::Html(format!("converter crashed: {panic}")))?
         .map_err(|e| ExtractError::Html(clean_detail(&e.to_string())))
@@ -514,5 +531,6 @@ fn truncate_single_line(s: &str, max_chars: usize) -> String {
     cut
 }
 
+mod headings;
 #[cfg(test)]
 mod tests;

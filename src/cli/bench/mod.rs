@@ -27,6 +27,10 @@
 //! the run, the worker processes, the uploads, the documents, what the
 //! database says, the statistics, the report).
 //!
+//! `--retrieval SET.jsonl` runs instead the retrieval benchmark of issue
+//! #19 (`retrieval*.rs`: the run, the REST client, the QA set and its
+//! metrics, the `--scale` phase, the report).
+//!
 //! The bridge phase also reports the server's CPU per delivered frame.
 //!
 //! Each phase also records the CPU used by this process, the server and
@@ -76,6 +80,11 @@ mod record;
 mod render;
 mod report;
 mod resume;
+mod retrieval;
+mod retrieval_client;
+mod retrieval_report;
+mod retrieval_scale;
+mod retrieval_set;
 mod run;
 mod sample;
 mod server;
@@ -238,6 +247,24 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 128, requires = "queue",
           value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub queue_parse_pages: u16,
+    // Retrieval benchmark (#19).
+    /// Instead of the phases above: upload the QA set's corpus (its sibling
+    /// `corpus/` directory), ask every question and report recall@1/@5,
+    /// MRR, no-answer accuracy and latency for each retrieval mode (see
+    /// fixtures/qa/README.md and docs/benchmarks.md).
+    #[arg(long, value_name = "SET.jsonl",
+          conflicts_with_all = ["server_url", "sockets", "capacity", "resume", "abuse", "fanout_attack", "queue"])]
+    pub retrieval: Option<std::path::PathBuf>,
+    /// Model directory for the dense and hybrid modes of --retrieval
+    /// (handed to each server as RAG_EMBED_MODEL); without it only bm25 runs.
+    // No `requires`: a RAG_EMBED_MODEL in the environment must not break
+    // the other bench modes.
+    #[arg(long, env = "RAG_EMBED_MODEL", value_name = "DIR")]
+    pub embed_model: Option<std::path::PathBuf>,
+    /// Also measure --retrieval's questions for a user with about this many
+    /// chunks (0 skips).
+    #[arg(long, default_value_t = 0, requires = "retrieval")]
+    pub scale: u64,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {

@@ -56,6 +56,17 @@ pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCo
         };
         return conclude(&args, &Outcome::Queue(Box::new(outcome?)));
     }
+    if let Some(set) = &args.retrieval {
+        // A fresh server per mode, as for --queue.
+        let outcome = tokio::select! {
+            r = super::retrieval::run(&connect, &args, &channel, set) => r,
+            _ = cancel.cancelled() => {
+                eprintln!("ragctl: interrupted");
+                return Ok(ExitCode::from(130));
+            }
+        };
+        return conclude(&args, &Outcome::Retrieval(Box::new(outcome?)));
+    }
     let site = Site::open(&connect, &args, &channel).await?;
     let outcome = tokio::select! {
         r = pick(&args, &site, &channel) => Some(r),
@@ -79,6 +90,7 @@ enum Outcome {
     Abuse(Box<AbuseReport>),
     Fanout(Box<super::fanout::FanoutReport>),
     Queue(Box<super::queue_report::QueueReport>),
+    Retrieval(Box<super::retrieval_report::RetrievalReport>),
 }
 
 async fn pick(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<Outcome> {
@@ -119,6 +131,11 @@ fn conclude(args: &BenchArgs, outcome: &Outcome) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(q)?,
             super::queue_report::render(q),
             &q.targets,
+        ),
+        Outcome::Retrieval(r) => (
+            serde_json::to_string_pretty(r)?,
+            super::retrieval_report::render(r),
+            &r.targets,
         ),
     };
     if args.json {

@@ -155,7 +155,7 @@ fn each_fixture_yields_its_own_distinctive_word_only() {
 fn markdown_keeps_text_and_code_but_drops_markup() {
     let text = extract_file("handbook.md", MD).unwrap();
     assert!(
-        text.starts_with("Employee Handbook: Time Off\n\n"),
+        text.starts_with("# Employee Handbook: Time Off\n\n"),
         "{text}"
     );
     assert!(
@@ -171,7 +171,9 @@ fn markdown_keeps_text_and_code_but_drops_markup() {
         text.contains("See the HR portal for your balance."),
         "{text}"
     );
-    for markup in ["**", "# ", "```", "](", "https://", "> Tip"] {
+    // Headings stay as `#` lines (the chunker's sections); other markup goes.
+    assert!(text.contains("\n\n## Requesting leave\n\n"), "{text}");
+    for markup in ["**", "```", "](", "https://", "> Tip"] {
         assert!(!text.contains(markup), "markup {markup:?} left in {text}");
     }
     // List items stay on separate lines.
@@ -236,6 +238,39 @@ fn html_drops_tags_scripts_and_link_urls() {
     for junk in ["<", "analytics", "font-family", "https://", "[1]"] {
         assert!(!text.contains(junk), "{junk:?} left in {text}");
     }
+    // h1-h6 become `#` lines.
+    assert!(
+        text.contains("# Employee Handbook: Office Access\n"),
+        "{text}"
+    );
+    assert!(text.contains("## Lost badges\n"), "{text}");
+}
+
+#[test]
+fn heading_lookalikes_in_code_are_not_headings() {
+    let md = "# Build\n\n```sh\n# install first\nmake\n```\n\nDone.\n";
+    let text = extract_text(md.as_bytes(), TEXT_MARKDOWN).unwrap();
+    assert_eq!(text, "# Build\n\n # install first\nmake\n\nDone.");
+    let html =
+        "<h3 class=x>Setup</h3><pre>#  define X 1\n#include &lt;a.h&gt;</pre><p>a &lt; b</p>";
+    let text = extract_text(html.as_bytes(), TEXT_HTML).unwrap();
+    assert!(text.starts_with("### Setup\n"), "{text}");
+    assert!(text.contains(" #  define X 1\n#include <a.h>"), "{text}");
+    assert!(text.contains("a < b"), "{text}");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| crate::rag::chunk::is_heading_line(l))
+        .collect();
+    assert_eq!(lines, vec!["### Setup"]);
+}
+
+#[test]
+fn html_heading_marks_skip_look_alike_tags_and_comments() {
+    let html = "<html><head><title>T</title></head><body><header>top</header><!-- <h1>no</h1> -->\
+                <hr><h1>Real</h1><p>body</p></body></html>";
+    let text = extract_text(html.as_bytes(), TEXT_HTML).unwrap();
+    let heads: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
+    assert_eq!(heads, vec!["# Real"], "{text}");
 }
 
 #[test]
