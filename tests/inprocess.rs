@@ -47,6 +47,7 @@ async fn start(db: &TestDb) -> InProcess {
         budget,
         metrics_separate: false,
         shutdown: shutdown.clone(),
+        embedder: None,
     };
     let (state, _bridge) = build_state(&args, parts).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

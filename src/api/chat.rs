@@ -18,8 +18,6 @@ use crate::auth::AuthUser;
 use crate::db::status::{MessageRole, MessageStatus};
 use crate::db::{Aftermath, DbError, chat};
 use crate::events::{MessageCreated, MessageStatusUpdated};
-use crate::rag::hit::{Hit, Lexical, QueryTerm};
-use crate::rag::retrieve::{self, Decision, Mode};
 
 const MAX_CONTENT_CHARS: usize = 16_000;
 const MAX_TITLE_CHARS: usize = 200;
@@ -197,7 +195,7 @@ async fn answer(
     content: &str,
     pending: Uuid,
 ) -> Result<chat::Message, ApiError> {
-    let answered = match retrieve(state, client, uid, content).await {
+    let answered = match super::retrieval::retrieve(state, client, uid, content).await {
         Ok(decision) => {
             tracing::debug!(why = decision.why, mode = decision.mode.as_str(), "retrieved");
             crate::rag::answer(content, &decision, state.llm.as_ref())
@@ -233,52 +231,6 @@ async fn answer(
         }
     };
     Ok(done)
-}
-
-/// Ranks the caller's chunks and decides whether they answer.
-///
-/// Interim, until `db::lexical` (BM25) and the dense ranker are merged:
-/// the old full-text search, answerable when it finds anything, with the
-/// question's lexemes (no IDF yet) for the extractive window. At merge this
-/// becomes `lexical::search`, the dense ranker when `mode.wants_dense()`,
-/// `lexical::coverage` for dense-only hits, then `retrieve::decide`.
-async fn retrieve(
-    state: &AppState,
-    client: &deadpool_postgres::Object,
-    uid: Uuid,
-    question: &str,
-) -> Result<Decision, DbError> {
-    let cfg = state.retrieval;
-    let started = std::time::Instant::now();
-    let passages = chat::search(client, uid, question, cfg.k as i64).await?;
-    let rows = client
-        .query(
-            "SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $1))",
-            &[&question],
-        )
-        .await?;
-    metrics::histogram!("ragctl_retrieval_seconds", "mode" => Mode::Bm25.as_str())
-        .record(started.elapsed().as_secs_f64());
-    let terms: Vec<QueryTerm> = rows
-        .iter()
-        .map(|r| QueryTerm { lexeme: r.get(0), idf: 1.0 })
-        .collect();
-    let hits: Vec<Hit> = passages
-        .into_iter()
-        .map(|p| Hit {
-            chunk_id: Uuid::nil(),
-            document_id: p.document_id,
-            filename: p.filename,
-            chunk_index: p.chunk_index,
-            content: p.content,
-            score: p.rank,
-            // Full-text search matched: not yet measured, so not a floor.
-            coverage: 1.0,
-            cosine: None,
-        })
-        .collect();
-    let bm25 = retrieve::Retrieval { mode: Mode::Bm25, min_relevance: 0.0, ..cfg };
-    Ok(retrieve::decide(&bm25, Lexical { terms, hits }, None))
 }
 
 /// Marks the pending answer of an abandoned request `error`, and says so;

@@ -14,6 +14,7 @@ mod guard_body;
 pub mod limits;
 mod ops;
 mod pages;
+mod retrieval;
 pub mod per_user;
 pub mod shares;
 pub mod ws;
@@ -73,6 +74,10 @@ pub struct Shared {
     /// Chat retrieval (`--retrieval`, resolved at start; `--min-relevance`,
     /// `--min-cosine`, `--passages`).
     pub retrieval: crate::rag::retrieve::Retrieval,
+    /// Embeds questions for dense retrieval (`--embed-model`/`--embed-url`).
+    pub embedder: Option<crate::embed::Embedder>,
+    /// Users' vectors for dense scoring (`--vector-cache-mib`).
+    pub vectors: crate::embed::VectorCache,
 }
 
 #[derive(Clone)]

@@ -50,6 +50,11 @@ pub struct RetrievalOpts {
     /// Passages an answer draws on and cites (1 to 20).
     #[arg(long, env = "RAG_PASSAGES", default_value_t = 5, value_parser = parse_passages)]
     pub passages: usize,
+    /// Memory for users' vectors kept for dense scoring, in MiB (least
+    /// recently asked users go first; 0 reads them from PostgreSQL for
+    /// every question).
+    #[arg(long, env = "RAG_VECTOR_CACHE_MIB", default_value_t = 256)]
+    pub vector_cache_mib: usize,
 }
 
 fn unit(s: &str, names: &str) -> Result<f32, String> {
@@ -77,6 +82,10 @@ fn parse_passages(s: &str) -> Result<usize, String> {
 }
 
 impl RetrievalOpts {
+    pub fn vector_cache_bytes(&self) -> usize {
+        self.vector_cache_mib.saturating_mul(1 << 20)
+    }
+
     /// The settings the API runs with. `embedder`: whether an embedding
     /// model or endpoint is configured (`--embed-model`, `--embed-url`);
     /// `auto` becomes hybrid with one and BM25 without, and `dense` or

@@ -232,9 +232,9 @@ fn fd_budget(args: &ServeArgs) -> anyhow::Result<api::FdBudget> {
 pub async fn run(connect: ConnectOpts, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.runtime.check()?;
     // A missing model directory or a malformed --embed-url stops serve
-    // before anything starts (its ingest child would fail the same way).
-    // The chat pipeline loads its own when it is wired.
-    args.runtime.embed.load()?;
+    // before anything starts (its ingest child would fail the same way);
+    // the API embeds questions with this one.
+    let embedder = args.runtime.embed.load()?;
     args.limits.check(args.runtime.max_upload_bytes)?;
     args.limits.check_search_pool(args.runtime.pool_size)?;
     // Checked before anything starts; the state resolves it again.
@@ -272,6 +272,7 @@ pub async fn run(connect: ConnectOpts, mut args: ServeArgs) -> anyhow::Result<Ex
         secret: &secret,
         channel: &channel,
         embedded: embedded.is_some(),
+        embedder,
     };
     let result = serve(site, metrics, budget).await;
     if let Some(e) = embedded {
@@ -291,6 +292,7 @@ struct Site<'a> {
     secret: &'a str,
     channel: &'a str,
     embedded: bool,
+    embedder: Option<crate::embed::Embedder>,
 }
 
 async fn serve(
@@ -324,6 +326,7 @@ async fn serve(
         budget,
         metrics_separate: metrics_listener.is_some(),
         shutdown: shutdown.clone(),
+        embedder: site.embedder.clone(),
     };
     let (state, bridge_task) = state::build(args, parts)?;
     let metrics_task = metrics_listener.map(|l| tokio::spawn(api::serve_metrics(l, state.clone())));

@@ -31,6 +31,8 @@ pub struct Parts<'a> {
     pub metrics_separate: bool,
     /// Ends `api::run`, the bridge and the sockets.
     pub shutdown: CancellationToken,
+    /// Loaded once at start (`--embed-model`/`--embed-url`), or none.
+    pub embedder: Option<crate::embed::Embedder>,
 }
 
 /// The state, and the bridge's task (`None` with `--no-realtime`), which
@@ -103,14 +105,16 @@ pub fn build(
         cors: api::cors::Cors::parse(&args.cors_origins)?,
         requests: api::per_user::UserRequests::new(args.max_requests_per_user as usize),
         retrieval,
+        embedder: parts.embedder,
+        vectors: crate::embed::VectorCache::new(args.retrieval.vector_cache_bytes()),
     }));
     Ok((state, bridge_task))
 }
 
 /// Whether an embedding model or endpoint is configured (`auto` retrieval
-/// is hybrid then). Until the embedder lands (issue #19, H3) there is none.
-pub(super) fn embedder_configured(_args: &ServeArgs) -> bool {
-    false
+/// is hybrid then).
+pub(super) fn embedder_configured(args: &ServeArgs) -> bool {
+    args.runtime.embed.configured()
 }
 
 fn ws_config(args: &ServeArgs) -> WsConfig {
