@@ -162,8 +162,40 @@ fn judge(runs: &[ModeRun]) -> Vec<TargetCheck> {
     ]
 }
 
-/// One cell of a row of the table.
-type Cell = dyn Fn(&ModeRun) -> String;
+/// A row of the table: its name, and its cell for one mode.
+type Row = (&'static str, fn(&ModeRun) -> String);
+
+const ROWS: [Row; 12] = [
+    ("questions (answerable + not)", |m| {
+        format!("{} + {}", m.quality.answerable, m.quality.unanswerable)
+    }),
+    ("recall@1", |m| format!("{:.2}", m.quality.recall_at_1)),
+    ("recall@5", |m| format!("{:.2}", m.quality.recall_at_5)),
+    ("MRR", |m| format!("{:.3}", m.quality.mrr)),
+    ("no-answer accuracy", |m| {
+        format!("{:.2}", m.quality.no_answer_accuracy)
+    }),
+    ("answerable with sources", |m| {
+        format!("{:.2}", m.quality.with_sources)
+    }),
+    ("answer text states the fact", |m| {
+        format!("{:.2}", m.quality.stated)
+    }),
+    ("chat p50 / p99 (ms)", |m| {
+        format!("{:.1} / {:.1}", m.latency.p50_ms, m.latency.p99_ms)
+    }),
+    ("chunks", |m| m.chunks.to_string()),
+    ("ingest (s)", |m| format!("{:.2}", m.ingest_secs)),
+    ("ingest chunks/s", |m| format!("{:.0}", m.chunks_per_sec)),
+    ("at --scale: chunks, p50 / p99 (ms)", |m| {
+        m.scale.as_ref().map_or("-".into(), |s| {
+            format!(
+                "{}, {:.1} / {:.1}",
+                s.chunks, s.latency.p50_ms, s.latency.p99_ms
+            )
+        })
+    }),
+];
 
 /// The side-by-side Markdown table, then the targets.
 pub(super) fn render(r: &RetrievalReport) -> String {
@@ -184,38 +216,7 @@ pub(super) fn render(r: &RetrievalReport) -> String {
         let _ = write!(s, " {} |", run.mode);
     }
     let _ = writeln!(s, "\n|---|{}", "---:|".repeat(r.runs.len()));
-    let rows: [(&str, &Cell); 12] = [
-        ("questions (answerable + not)", &|m| {
-            format!("{} + {}", m.quality.answerable, m.quality.unanswerable)
-        }),
-        ("recall@1", &|m| format!("{:.2}", m.quality.recall_at_1)),
-        ("recall@5", &|m| format!("{:.2}", m.quality.recall_at_5)),
-        ("MRR", &|m| format!("{:.3}", m.quality.mrr)),
-        ("no-answer accuracy", &|m| {
-            format!("{:.2}", m.quality.no_answer_accuracy)
-        }),
-        ("answerable with sources", &|m| {
-            format!("{:.2}", m.quality.with_sources)
-        }),
-        ("answer text states the fact", &|m| {
-            format!("{:.2}", m.quality.stated)
-        }),
-        ("chat p50 / p99 (ms)", &|m| {
-            format!("{:.1} / {:.1}", m.latency.p50_ms, m.latency.p99_ms)
-        }),
-        ("chunks", &|m| m.chunks.to_string()),
-        ("ingest (s)", &|m| format!("{:.2}", m.ingest_secs)),
-        ("ingest chunks/s", &|m| format!("{:.0}", m.chunks_per_sec)),
-        ("at --scale: chunks, p50 / p99 (ms)", &|m| {
-            m.scale.as_ref().map_or("-".into(), |s| {
-                format!(
-                    "{}, {:.1} / {:.1}",
-                    s.chunks, s.latency.p50_ms, s.latency.p99_ms
-                )
-            })
-        }),
-    ];
-    for (name, cell) in rows {
+    for (name, cell) in ROWS {
         let _ = write!(s, "| {name} |");
         for run in &r.runs {
             let _ = write!(s, " {} |", cell(run));
@@ -224,4 +225,56 @@ pub(super) fn render(r: &RetrievalReport) -> String {
     }
     super::render::target_lines(&mut s, &r.targets, &[]);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(mode: &str, r1: f64, mrr: f64) -> ModeRun {
+        ModeRun {
+            mode: mode.into(),
+            chunks: 10,
+            ingest_secs: 1.0,
+            chunks_per_sec: 10.0,
+            quality: Quality {
+                answerable: 4,
+                unanswerable: 2,
+                recall_at_1: r1,
+                recall_at_5: 1.0,
+                mrr,
+                no_answer_accuracy: 1.0,
+                with_sources: 1.0,
+                stated: 0.5,
+            },
+            latency: Latency::of(&[Duration::from_millis(10), Duration::from_millis(30)]),
+            scale: None,
+        }
+    }
+
+    #[test]
+    fn targets_of_modes_that_did_not_run_are_not_judged() {
+        let t = judge(&[run("bm25", 0.5, 0.6)]);
+        let met = |k: &str| t.iter().find(|c| c.key == k).unwrap().met;
+        assert_eq!(met("recall1"), None);
+        assert_eq!(met("mrr"), None);
+        assert_eq!(met("ingest"), None);
+        assert_eq!(met("search_p99"), None);
+        assert_eq!(met("no_answer"), Some(true));
+        assert_eq!(met("recall5"), Some(true));
+    }
+
+    #[test]
+    fn hybrid_is_judged_against_bm25() {
+        let t = judge(&[run("bm25", 0.5, 0.6), run("hybrid", 0.8, 0.7)]);
+        let met = |k: &str| t.iter().find(|c| c.key == k).unwrap().met;
+        assert_eq!(met("recall1"), Some(true));
+        assert_eq!(met("mrr"), Some(true));
+        let t = judge(&[run("bm25", 0.5, 0.65), run("hybrid", 0.79, 0.7)]);
+        let met = |k: &str| t.iter().find(|c| c.key == k).unwrap().met;
+        assert_eq!(met("recall1"), Some(false));
+        assert_eq!(met("mrr"), Some(false));
+        let l = Latency::of(&[Duration::from_millis(10), Duration::from_millis(30)]);
+        assert_eq!((l.p50_ms, l.p99_ms), (10.0, 30.0));
+    }
 }
