@@ -109,16 +109,18 @@ async fn query_terms(
     user_id: Uuid,
     question: &str,
 ) -> Result<(Collection, Vec<QueryTerm>, Vec<i64>), DbError> {
-    let rows = client
-        .query(
+    // Prepared once per connection (key lookups: a generic plan is fine);
+    // the candidate query is not, so each run is planned for its terms.
+    let stmt = client
+        .prepare_cached(
             "WITH q AS (SELECT DISTINCT l FROM unnest(tsvector_to_array(to_tsvector('english', $2))) AS l)
              SELECT q.l, coalesce(t.df, 0)::bigint, u.chunks, u.total_tokens
              FROM q LEFT JOIN bm25_terms t ON t.user_id = $1 AND t.lexeme = q.l
                     LEFT JOIN bm25_users u ON u.user_id = $1
              ORDER BY 2, 1",
-            &[&user_id, &question],
         )
         .await?;
+    let rows = client.query(&stmt, &[&user_id, &question]).await?;
     let (chunks, tokens) = rows.first().map_or((0, 0), |r| {
         let chunks: Option<i64> = r.get(2);
         let tokens: Option<i64> = r.get(3);
@@ -299,14 +301,14 @@ async fn fetch(
     ranked: &[Ranked],
 ) -> Result<Vec<Hit>, DbError> {
     let ids: Vec<Uuid> = ranked.iter().map(|r| r.chunk_id).collect();
-    let rows = client
-        .query(
+    let stmt = client
+        .prepare_cached(
             "SELECT c.id, d.filename, c.content
              FROM chunks c JOIN documents d ON d.id = c.document_id
              WHERE c.user_id = $1 AND c.id = ANY($2)",
-            &[&user_id, &ids],
         )
         .await?;
+    let rows = client.query(&stmt, &[&user_id, &ids]).await?;
     let mut found: HashMap<Uuid, (String, String)> = rows
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2))))
