@@ -193,6 +193,18 @@ async fn statistics_stay_exact_through_ingest_reingest_and_removal() {
         .get(0);
     assert_eq!(left, 0);
     assert_stats_exact(&pool).await;
+
+    // Chunks written behind replace's back (bench seeding) are recounted.
+    let seeded = new_doc(&pool, alice, "seeded").await;
+    c.execute(
+        "INSERT INTO chunks (id, document_id, user_id, chunk_index, content)
+         VALUES (gen_random_uuid(), $1, $2, 0, 'seeded valves and pumps')",
+        &[&seeded, &alice],
+    )
+    .await
+    .unwrap();
+    lexical::recount(&c, &[alice]).await.unwrap();
+    assert!(assert_stats_exact(&pool).await >= 3);
 }
 
 #[tokio::test]

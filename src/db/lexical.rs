@@ -102,6 +102,24 @@ pub async fn coverage(
         .collect())
 }
 
+/// Recounts `users`' statistics from their chunks, for rows written
+/// behind `chunks::replace`'s back (bulk seeding in `ragctl bench`). Not for
+/// users whose documents are being ingested or deleted meanwhile.
+pub async fn recount(client: &tokio_postgres::Client, users: &[Uuid]) -> Result<(), DbError> {
+    for sql in [
+        "DELETE FROM bm25_terms WHERE user_id = ANY($1)",
+        "DELETE FROM bm25_users WHERE user_id = ANY($1)",
+        "INSERT INTO bm25_users (user_id, chunks, total_tokens)
+         SELECT user_id, count(*), sum(tokens) FROM chunks WHERE user_id = ANY($1) GROUP BY 1",
+        "INSERT INTO bm25_terms (user_id, lexeme, df)
+         SELECT c.user_id, l, count(*) FROM chunks c, unnest(tsvector_to_array(c.tsv)) AS l
+         WHERE c.user_id = ANY($1) GROUP BY 1, 2",
+    ] {
+        client.execute(sql, &[&users]).await?;
+    }
+    Ok(())
+}
+
 /// The user's collection, and the question's distinct lexemes with their
 /// idf (rarest first, at most [`MAX_TERMS`]) and document frequency.
 async fn query_terms(
