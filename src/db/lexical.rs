@@ -9,7 +9,8 @@
 //!
 //! Candidate generation takes the rarest terms while their document
 //! frequencies add up to at most [`CANDIDATE_POSTINGS`] (always at least the
-//! rarest one), and at most [`MAX_CANDIDATES`] chunks: a term in most chunks
+//! rarest one), and at most [`MAX_CANDIDATES`] chunks ([`COMMON_CANDIDATES`]
+//! when even the rarest term is in most chunks): a term in most chunks
 //! (idf near 0) then costs nothing, yet still counts in the score and the
 //! coverage of the chunks found through the rarer terms. On a small corpus
 //! every term generates candidates and the ranking is exact.
@@ -32,6 +33,10 @@ pub const MAX_TERMS: usize = 64;
 pub const CANDIDATE_POSTINGS: i64 = 1_000;
 /// Chunks scored per question, at most.
 pub const MAX_CANDIDATES: i64 = 1_000;
+/// Chunks scored when even the rarest term is in over half of the user's
+/// chunks (idf < ln 2): BM25 cannot tell those matches apart much, so
+/// scoring more of them buys nothing but time.
+pub const COMMON_CANDIDATES: i64 = 250;
 
 /// The user's `ingested` chunks that best match `question`, best first
 /// (at most `k`), with the question's terms and their idf. A question of
@@ -53,7 +58,8 @@ pub async fn search(
             hits: vec![],
         });
     }
-    let mut ranked = rank(client, user_id, coll, &terms, &seeds).await?;
+    let cap = candidate_cap(coll, dfs[seeds[0]]);
+    let mut ranked = rank(client, user_id, coll, &terms, &seeds, cap).await?;
     ranked.truncate(k as usize);
     let hits = fetch(client, user_id, &ranked).await?;
     Ok(Lexical { terms, hits })
@@ -96,6 +102,24 @@ pub async fn coverage(
         .collect())
 }
 
+/// Recounts `users`' statistics from their chunks, for rows written
+/// behind `chunks::replace`'s back (bulk seeding in `ragctl bench`). Not for
+/// users whose documents are being ingested or deleted meanwhile.
+pub async fn recount(client: &tokio_postgres::Client, users: &[Uuid]) -> Result<(), DbError> {
+    for sql in [
+        "DELETE FROM bm25_terms WHERE user_id = ANY($1)",
+        "DELETE FROM bm25_users WHERE user_id = ANY($1)",
+        "INSERT INTO bm25_users (user_id, chunks, total_tokens)
+         SELECT user_id, count(*), sum(tokens) FROM chunks WHERE user_id = ANY($1) GROUP BY 1",
+        "INSERT INTO bm25_terms (user_id, lexeme, df)
+         SELECT c.user_id, l, count(*) FROM chunks c, unnest(tsvector_to_array(c.tsv)) AS l
+         WHERE c.user_id = ANY($1) GROUP BY 1, 2",
+    ] {
+        client.execute(sql, &[&users]).await?;
+    }
+    Ok(())
+}
+
 /// The user's collection, and the question's distinct lexemes with their
 /// idf (rarest first, at most [`MAX_TERMS`]) and document frequency.
 async fn query_terms(
@@ -103,16 +127,18 @@ async fn query_terms(
     user_id: Uuid,
     question: &str,
 ) -> Result<(Collection, Vec<QueryTerm>, Vec<i64>), DbError> {
-    let rows = client
-        .query(
+    // Prepared once per connection (key lookups: a generic plan is fine);
+    // the candidate query is not, so each run is planned for its terms.
+    let stmt = client
+        .prepare_cached(
             "WITH q AS (SELECT DISTINCT l FROM unnest(tsvector_to_array(to_tsvector('english', $2))) AS l)
              SELECT q.l, coalesce(t.df, 0)::bigint, u.chunks, u.total_tokens
              FROM q LEFT JOIN bm25_terms t ON t.user_id = $1 AND t.lexeme = q.l
                     LEFT JOIN bm25_users u ON u.user_id = $1
              ORDER BY 2, 1",
-            &[&user_id, &question],
         )
         .await?;
+    let rows = client.query(&stmt, &[&user_id, &question]).await?;
     let (chunks, tokens) = rows.first().map_or((0, 0), |r| {
         let chunks: Option<i64> = r.get(2);
         let tokens: Option<i64> = r.get(3);
@@ -150,12 +176,16 @@ async fn query_terms(
 
 /// The candidates (the user's ingested chunks matching the seed terms `$2`,
 /// at most `$4`) with the positions of the query's lexemes `$3` in each.
-const CANDIDATES: &str = "WITH cand AS (
+/// `m` is MATERIALIZED so that it is planned for all of its rows: with the
+/// LIMIT in view the planner may pick a sequential scan that stops early,
+/// which reads every other user's chunks first when the user's come last
+/// in the table. A CTE scan still reads `m` lazily, only `$4` rows.
+const CANDIDATES: &str = "WITH m AS MATERIALIZED (
         SELECT c.id, c.document_id, c.chunk_index, c.tokens, c.tsv
         FROM chunks c JOIN documents d ON d.id = c.document_id
         WHERE c.user_id = $1 AND d.user_id = $1 AND d.status = 'ingested'
-          AND c.tsv @@ $2::text::tsquery
-        LIMIT $4)
+          AND c.tsv @@ $2::text::tsquery),
+     cand AS (SELECT * FROM m LIMIT $4)
      SELECT cand.id, cand.document_id, cand.chunk_index, cand.tokens, f.lexeme, f.positions::int[]
      FROM cand, unnest(ts_filter(setweight(cand.tsv, 'A', $3), '{a}')) AS f";
 
@@ -167,7 +197,7 @@ pub async fn explain(
     user_id: Uuid,
     question: &str,
 ) -> Result<Vec<String>, DbError> {
-    let (_, terms, dfs) = query_terms(client, user_id, question).await?;
+    let (coll, terms, dfs) = query_terms(client, user_id, question).await?;
     let seeds = candidate_terms(&terms, &dfs);
     if seeds.is_empty() {
         return Ok(vec![]);
@@ -180,11 +210,20 @@ pub async fn explain(
                 &user_id,
                 &seed_query(&lexemes, &seeds),
                 &lexemes,
-                &(MAX_CANDIDATES + 1),
+                &(candidate_cap(coll, dfs[seeds[0]]) + 1),
             ],
         )
         .await?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// How many chunks to score, given the rarest seed term's `df`.
+fn candidate_cap(coll: Collection, df: i64) -> i64 {
+    if df * 2 > coll.chunks {
+        COMMON_CANDIDATES
+    } else {
+        MAX_CANDIDATES
+    }
 }
 
 /// The seed terms as a tsquery (OR).
@@ -227,14 +266,12 @@ async fn rank(
     coll: Collection,
     terms: &[QueryTerm],
     seeds: &[usize],
+    cap: i64,
 ) -> Result<Vec<Ranked>, DbError> {
     let lexemes: Vec<&str> = terms.iter().map(|t| t.lexeme.as_str()).collect();
     let tsquery = seed_query(&lexemes, seeds);
     let rows = client
-        .query(
-            CANDIDATES,
-            &[&user_id, &tsquery, &lexemes, &(MAX_CANDIDATES + 1)],
-        )
+        .query(CANDIDATES, &[&user_id, &tsquery, &lexemes, &(cap + 1)])
         .await?;
     let index = term_index(&lexemes);
     let mut by_chunk: HashMap<Uuid, (Uuid, i32, i32, Vec<Occurrence>)> = HashMap::new();
@@ -250,7 +287,7 @@ async fn rank(
             positions: r.get(5),
         });
     }
-    if by_chunk.len() as i64 > MAX_CANDIDATES {
+    if by_chunk.len() as i64 > cap {
         metrics::counter!("ragctl_bm25_candidates_capped_total").increment(1);
     }
     let idfs: Vec<f32> = terms.iter().map(|t| t.idf).collect();
@@ -282,14 +319,14 @@ async fn fetch(
     ranked: &[Ranked],
 ) -> Result<Vec<Hit>, DbError> {
     let ids: Vec<Uuid> = ranked.iter().map(|r| r.chunk_id).collect();
-    let rows = client
-        .query(
+    let stmt = client
+        .prepare_cached(
             "SELECT c.id, d.filename, c.content
              FROM chunks c JOIN documents d ON d.id = c.document_id
              WHERE c.user_id = $1 AND c.id = ANY($2)",
-            &[&user_id, &ids],
         )
         .await?;
+    let rows = client.query(&stmt, &[&user_id, &ids]).await?;
     let mut found: HashMap<Uuid, (String, String)> = rows
         .iter()
         .map(|r| (r.get(0), (r.get(1), r.get(2))))

@@ -60,6 +60,7 @@ pub(super) async fn honest(client: &Client, n: usize) -> anyhow::Result<HonestRo
         )
         .await
         .context("seeding the honest users' documents")?;
+    crate::db::lexical::recount(client, &users).await?;
     client
         .execute(
             "WITH c AS (
@@ -124,6 +125,7 @@ pub(super) async fn corpus(client: &Client, user: Uuid) -> anyhow::Result<Uuid> 
         )
         .await
         .context("seeding the attacker's chunks")?;
+    crate::db::lexical::recount(client, &[user]).await?;
     let conversation = Uuid::new_v4();
     client
         .execute(
