@@ -33,10 +33,18 @@ const SENTENCES: [&str; 4] = [
 ];
 
 const FIRST8: [[f32; 8]; 4] = [
-    [0.134177, -0.0329, -0.024804, 0.041439, -0.036348, 0.041814, 0.031217, 0.037202],
-    [0.075357, 0.01511, 0.012094, 0.06079, -0.004022, 0.056365, -0.027142, -0.002098],
-    [0.089042, 0.002117, -0.052243, -0.066734, -0.014047, -0.014082, -0.026275, 0.009938],
-    [-0.005269, 0.016119, -0.082604, -0.052108, 0.039976, -0.024526, 0.004426, 0.066536],
+    [
+        0.134177, -0.0329, -0.024804, 0.041439, -0.036348, 0.041814, 0.031217, 0.037202,
+    ],
+    [
+        0.075357, 0.01511, 0.012094, 0.06079, -0.004022, 0.056365, -0.027142, -0.002098,
+    ],
+    [
+        0.089042, 0.002117, -0.052243, -0.066734, -0.014047, -0.014082, -0.026275, 0.009938,
+    ],
+    [
+        -0.005269, 0.016119, -0.082604, -0.052108, 0.039976, -0.024526, 0.004426, 0.066536,
+    ],
 ];
 
 /// (i, j, cosine) from the same run.
@@ -58,7 +66,10 @@ const LONG_FIRST8: [f32; 8] = [
 const TOLERANCE: f32 = 1e-4;
 
 fn long_text() -> String {
-    (0..400).map(|i| format!("word{i} alpha beta")).collect::<Vec<_>>().join(" ")
+    (0..400)
+        .map(|i| format!("word{i} alpha beta"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn model() -> LocalModel {
@@ -71,7 +82,10 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 fn assert_close(got: &[f32], want: &[f32], what: &str) {
     for (k, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= TOLERANCE, "{what}[{k}]: got {g}, reference {w}");
+        assert!(
+            (g - w).abs() <= TOLERANCE,
+            "{what}[{k}]: got {g}, reference {w}"
+        );
     }
 }
 
@@ -80,7 +94,11 @@ fn vectors_match_sentence_transformers() {
     let model = model();
     assert_eq!(model.dims(), 384);
     assert_eq!(model.max_seq(), 256);
-    assert!(model.id().starts_with("all-MiniLM-L6-v2:53aa51172d14"), "id {}", model.id());
+    assert!(
+        model.id().starts_with("all-MiniLM-L6-v2:53aa51172d14"),
+        "id {}",
+        model.id()
+    );
     let vectors = model.embed(&SENTENCES).unwrap();
     assert_eq!(vectors.len(), SENTENCES.len());
     for (i, v) in vectors.iter().enumerate() {
@@ -91,7 +109,10 @@ fn vectors_match_sentence_transformers() {
     }
     for (i, j, want) in COSINES {
         let got = dot(&vectors[i], &vectors[j]);
-        assert!((got - want).abs() <= TOLERANCE, "cos({i},{j}): got {got}, reference {want}");
+        assert!(
+            (got - want).abs() <= TOLERANCE,
+            "cos({i},{j}): got {got}, reference {want}"
+        );
     }
 }
 
@@ -100,7 +121,10 @@ fn a_paraphrase_is_closer_than_an_unrelated_sentence() {
     let v = model().embed(&SENTENCES).unwrap();
     let paraphrase = dot(&v[0], &v[1]);
     for unrelated in [dot(&v[0], &v[2]), dot(&v[1], &v[3])] {
-        assert!(paraphrase > unrelated + 0.3, "paraphrase {paraphrase} vs {unrelated}");
+        assert!(
+            paraphrase > unrelated + 0.3,
+            "paraphrase {paraphrase} vs {unrelated}"
+        );
     }
 }
 
@@ -109,7 +133,11 @@ fn a_batch_gives_the_vectors_of_one_by_one() {
     let model = model();
     let long = long_text();
     // Mixed lengths in one batch: padding must not leak into the short ones.
-    let texts: Vec<&str> = SENTENCES.iter().copied().chain([long.as_str(), ""]).collect();
+    let texts: Vec<&str> = SENTENCES
+        .iter()
+        .copied()
+        .chain([long.as_str(), ""])
+        .collect();
     let batched = model.embed(&texts).unwrap();
     assert_eq!(batched.len(), texts.len());
     for (text, together) in texts.iter().zip(&batched) {
@@ -157,7 +185,10 @@ fn load_error(dir: &Path) -> String {
 
 fn assert_names(message: &str, file: &str) {
     assert!(message.contains("--embed-model"), "no flag in: {message}");
-    assert!(message.contains("RAG_EMBED_MODEL"), "no variable in: {message}");
+    assert!(
+        message.contains("RAG_EMBED_MODEL"),
+        "no variable in: {message}"
+    );
     assert!(message.contains(file), "no {file} in: {message}");
 }
 
@@ -179,7 +210,11 @@ fn a_missing_tokenizer_names_the_file() {
 #[test]
 fn corrupt_weights_name_the_file() {
     let copy = copy_model();
-    std::fs::write(copy.path().join("model.safetensors"), b"garbage, not safetensors").unwrap();
+    std::fs::write(
+        copy.path().join("model.safetensors"),
+        b"garbage, not safetensors",
+    )
+    .unwrap();
     assert_names(&load_error(copy.path()), "model.safetensors");
 }
 
@@ -189,7 +224,11 @@ fn weights_of_another_shape_name_the_file() {
     // config.json promising a wider model than the weights hold.
     let path = copy.path().join("config.json");
     let config = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, config.replace("\"hidden_size\": 384", "\"hidden_size\": 768")).unwrap();
+    std::fs::write(
+        &path,
+        config.replace("\"hidden_size\": 384", "\"hidden_size\": 768"),
+    )
+    .unwrap();
     assert_names(&load_error(copy.path()), "model.safetensors");
 }
 

@@ -33,12 +33,21 @@ fn install(repo: &Path, root: &Path) {
     let lock = File::create(root.join(".lock")).expect("create target/model/.lock");
     // SAFETY: flock on a descriptor this function owns; released on close.
     let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(rc, 0, "flock target/model/.lock: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        rc,
+        0,
+        "flock target/model/.lock: {}",
+        std::io::Error::last_os_error()
+    );
     let status = Command::new("bash")
         .arg(repo.join("scripts/model.sh"))
         .arg(root)
         .current_dir(repo)
         .status()
         .expect("run scripts/model.sh");
-    assert!(status.success(), "scripts/model.sh {} failed: {status}", root.display());
+    assert!(
+        status.success(),
+        "scripts/model.sh {} failed: {status}",
+        root.display()
+    );
 }

@@ -58,7 +58,10 @@ fn json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, EmbedError> {
 
 pub(super) fn load(dir: &Path) -> Result<Loaded, EmbedError> {
     if !dir.is_dir() {
-        return Err(config_error(format!("{}: no such model directory", dir.display())));
+        return Err(config_error(format!(
+            "{}: no such model directory",
+            dir.display()
+        )));
     }
     let config: Config = json(&file(dir, "config.json")?)?;
     check_pooling(dir)?;
@@ -75,7 +78,13 @@ pub(super) fn load(dir: &Path) -> Result<Loaded, EmbedError> {
                 weights_path.display()
             ))
         })?;
-    Ok(Loaded { model, tokenizer, dims: config.hidden_size, max_seq, weights_hash })
+    Ok(Loaded {
+        model,
+        tokenizer,
+        dims: config.hidden_size,
+        max_seq,
+        weights_hash,
+    })
 }
 
 #[derive(Deserialize)]
@@ -88,7 +97,9 @@ struct SentenceBertConfig {
 fn max_seq_length(dir: &Path, config: &Config) -> Result<usize, EmbedError> {
     let path = dir.join("sentence_bert_config.json");
     let wanted = if path.is_file() {
-        json::<SentenceBertConfig>(&path)?.max_seq_length.unwrap_or(DEFAULT_MAX_SEQ)
+        json::<SentenceBertConfig>(&path)?
+            .max_seq_length
+            .unwrap_or(DEFAULT_MAX_SEQ)
     } else {
         DEFAULT_MAX_SEQ
     };
@@ -127,8 +138,13 @@ fn tokenizer(path: &Path, max_seq: usize, config: &Config) -> Result<Tokenizer, 
         config_error(format!("{}: not a valid tokenizer: {e}", path.display()))
     };
     let mut tokenizer = Tokenizer::from_bytes(read(path)?).map_err(|e| bad(&e))?;
-    let truncation = TruncationParams { max_length: max_seq, ..Default::default() };
-    tokenizer.with_truncation(Some(truncation)).map_err(|e| bad(&e))?;
+    let truncation = TruncationParams {
+        max_length: max_seq,
+        ..Default::default()
+    };
+    tokenizer
+        .with_truncation(Some(truncation))
+        .map_err(|e| bad(&e))?;
     tokenizer.with_padding(None);
     let vocab = tokenizer.get_vocab_size(true);
     if vocab > config.vocab_size {

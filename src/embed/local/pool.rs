@@ -19,7 +19,13 @@ pub(super) fn embed_batch(
     let mut mask = Vec::with_capacity(batch.len() * longest);
     for encoding in batch {
         let pad = longest - encoding.len();
-        ids.extend(encoding.get_ids().iter().copied().chain(std::iter::repeat_n(0, pad)));
+        ids.extend(
+            encoding
+                .get_ids()
+                .iter()
+                .copied()
+                .chain(std::iter::repeat_n(0, pad)),
+        );
         mask.extend(std::iter::repeat_n(1u32, encoding.len()).chain(std::iter::repeat_n(0, pad)));
     }
     let shape = (batch.len(), longest);
