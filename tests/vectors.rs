@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use ragctl::db::{chunks, vectors};
-use ragctl::embed::{Embedder, EmbedOpts, VectorCache, dense};
+use ragctl::embed::{EmbedOpts, Embedder, VectorCache, dense};
 
 const DIMS: usize = 384;
 
@@ -61,7 +61,10 @@ struct Double {
 
 async fn embeddings(State(d): State<Double>, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
     if d.down.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "down"})));
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": "down"})),
+        );
     }
     let input: Vec<&str> = match &body["input"] {
         Value::String(s) => vec![s.as_str()],
@@ -74,7 +77,10 @@ async fn embeddings(State(d): State<Double>, Json(body): Json<Value>) -> (Status
         .enumerate()
         .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": bag_of_words(t)}))
         .collect();
-    (StatusCode::OK, Json(json!({"object": "list", "data": data, "model": body["model"]})))
+    (
+        StatusCode::OK,
+        Json(json!({"object": "list", "data": data, "model": body["model"]})),
+    )
 }
 
 impl Endpoint {
@@ -101,7 +107,12 @@ impl Endpoint {
 
     /// The model id vectors from this endpoint are stored under.
     fn model(&self) -> String {
-        let host = self.url.trim_start_matches("http://").split('/').next().unwrap();
+        let host = self
+            .url
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .unwrap();
         format!("{host}/all-MiniLM-L6-v2")
     }
 
@@ -185,7 +196,11 @@ async fn ingest_with_an_endpoint_gives_every_chunk_its_vector() {
              JOIN chunk_vectors v ON v.chunk_id = c.id WHERE c.document_id = '{id}'"
         ))
         .await;
-    let chunks = count(&db, &format!("SELECT count(*) FROM chunks WHERE document_id = '{id}'")).await;
+    let chunks = count(
+        &db,
+        &format!("SELECT count(*) FROM chunks WHERE document_id = '{id}'"),
+    )
+    .await;
     assert!(chunks >= 2, "a long text makes several chunks: {chunks}");
     assert_eq!(rows.len() as i64, chunks, "every chunk has a vector");
     for r in rows {
@@ -194,7 +209,10 @@ async fn ingest_with_an_endpoint_gives_every_chunk_its_vector() {
         assert!(vectors::decode_into(&bytes, DIMS, &mut v));
         let want = bag_of_words(&content);
         let diff: f32 = v.iter().zip(&want).map(|(a, b)| (a - b).abs()).sum();
-        assert!(diff < 1e-4, "the stored vector is the endpoint's for this chunk");
+        assert!(
+            diff < 1e-4,
+            "the stored vector is the endpoint's for this chunk"
+        );
         assert_eq!(r.get::<_, String>(2), user.to_string());
         assert_eq!(r.get::<_, String>(3), ep.model());
     }
@@ -236,7 +254,11 @@ async fn a_worker_started_with_an_embedder_backfills_old_chunks() {
             "SELECT count(*) FROM jobs WHERE document_id = '{id}' AND kind = 'embed' AND status = 'success'"
         );
         wait_count(&db, &sql, 1, "embed job done").await;
-        assert_eq!(missing(&db, id, &model).await, 0, "every old chunk has a vector");
+        assert_eq!(
+            missing(&db, id, &model).await,
+            0,
+            "every old chunk has a vector"
+        );
     }
     let embed_jobs = count(&db, "SELECT count(*) FROM jobs WHERE kind = 'embed'").await;
     assert_eq!(embed_jobs, 3, "one embed job per document");
@@ -245,7 +267,8 @@ async fn a_worker_started_with_an_embedder_backfills_old_chunks() {
         .await;
     for (b, a) in before.iter().zip(&after) {
         assert_eq!(a.get::<_, String>(2), "ingested");
-        let (tb, ta): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) = (b.get(1), a.get(1));
+        let (tb, ta): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+            (b.get(1), a.get(1));
         assert_eq!(tb, ta, "the backfill never touched the document's status");
     }
     // `ragctl queue` lists the embed kind.
@@ -254,9 +277,8 @@ async fn a_worker_started_with_an_embedder_backfills_old_chunks() {
         .env("DATABASE_URL", &db.url)
         .output()
         .unwrap();
-    let snapshot: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("{e}: {}", String::from_utf8_lossy(&out.stderr))
-    });
+    let snapshot: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     let kinds: Vec<&str> = snapshot["kinds"]
         .as_array()
         .unwrap()
@@ -273,23 +295,39 @@ async fn an_endpoint_down_at_ingest_leaves_the_vectors_to_an_embed_job() {
     ep.down.store(true, Ordering::SeqCst);
     let api = Api::start(&db, &[], &[]).await;
     let _parse = worker(&db, "parse", &FAST_RETRIES);
-    let _ingest = ingest_worker(&db, &[("RAG_EMBED_URL", &ep.url), ("RAG_MAX_RETRIES", "30")]);
+    let _ingest = ingest_worker(
+        &db,
+        &[("RAG_EMBED_URL", &ep.url), ("RAG_MAX_RETRIES", "30")],
+    );
     let user = Uuid::new_v4();
     let (_, doc) = upload_bytes(&api, user, "audit.txt", long_text("audit")).await;
     let id = doc["id"].as_str().unwrap();
     wait_status(&api, user, id, "ingested").await;
     let model = ep.model();
-    assert!(missing(&db, id, &model).await > 0, "no vectors while the endpoint is down");
+    assert!(
+        missing(&db, id, &model).await > 0,
+        "no vectors while the endpoint is down"
+    );
     let pending = format!(
         "SELECT count(*) FROM jobs WHERE document_id = '{id}' AND kind = 'embed' AND status IN ('queued', 'running')"
     );
-    assert_eq!(count(&db, &pending).await, 1, "the ingest queued an embed job");
+    assert_eq!(
+        count(&db, &pending).await,
+        1,
+        "the ingest queued an embed job"
+    );
 
     ep.down.store(false, Ordering::SeqCst);
     let done = format!(
         "SELECT count(*) FROM jobs WHERE document_id = '{id}' AND kind = 'embed' AND status = 'success'"
     );
-    wait_count(&db, &done, 1, "the embed job succeeds once the endpoint is back").await;
+    wait_count(
+        &db,
+        &done,
+        1,
+        "the embed job succeeds once the endpoint is back",
+    )
+    .await;
     assert_eq!(missing(&db, id, &model).await, 0);
     let (_, now) = get_json(&api, user, &format!("/documents/{id}")).await;
     assert_eq!(now["status"], "ingested");
@@ -312,7 +350,12 @@ fn bad_embedding_flags_stop_the_start_naming_the_flag() {
             &["--embed-model", "RAG_EMBED_MODEL", "/nonexistent/model"],
         );
         assert_usage_error(
-            &with(&["--embed-model", "/tmp", "--embed-url", "http://127.0.0.1:9/v1/embeddings"]),
+            &with(&[
+                "--embed-model",
+                "/tmp",
+                "--embed-url",
+                "http://127.0.0.1:9/v1/embeddings",
+            ]),
             &[("DATABASE_URL", db)],
             &["--embed-model", "--embed-url"],
         );
@@ -321,7 +364,13 @@ fn bad_embedding_flags_stop_the_start_naming_the_flag() {
 
 /// A user's document with `texts` as its chunks and their vectors, as the
 /// ingest writes them (one transaction).
-async fn store(client: &mut deadpool_postgres::Object, ep: &Embedder, user: Uuid, name: &str, texts: &[&str]) -> Uuid {
+async fn store(
+    client: &mut deadpool_postgres::Object,
+    ep: &Embedder,
+    user: Uuid,
+    name: &str,
+    texts: &[&str],
+) -> Uuid {
     let doc = Uuid::new_v4();
     let owned: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
     let vecs = ep.embed(texts).await.unwrap();
@@ -334,7 +383,9 @@ async fn store(client: &mut deadpool_postgres::Object, ep: &Embedder, user: Uuid
     .await
     .unwrap();
     chunks::replace(&tx, doc, user, &owned).await.unwrap();
-    vectors::put_document(&tx, doc, ep.id(), &vecs).await.unwrap();
+    vectors::put_document(&tx, doc, ep.id(), &vecs)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
     doc
 }
@@ -365,11 +416,16 @@ async fn dense_search_finds_the_closest_chunk_of_the_asker_only() {
         assert_eq!(hits.len(), 2);
         assert_eq!(hits[0].content, texts[0], "the closest chunk first");
         assert_eq!(hits[0].document_id, manual);
-        assert!(hits.iter().all(|h| h.filename == "manual.txt"), "only Alice's chunks");
+        assert!(
+            hits.iter().all(|h| h.filename == "manual.txt"),
+            "only Alice's chunks"
+        );
         assert!(hits[0].cosine.unwrap() > hits[1].cosine.unwrap());
         assert_eq!(hits[0].score, hits[0].cosine.unwrap());
         assert_eq!(hits[0].coverage, 0.0);
-        let bobs = dense::search(&client, &cache, &embedder, bob, question, 5).await.unwrap();
+        let bobs = dense::search(&client, &cache, &embedder, bob, question, 5)
+            .await
+            .unwrap();
         assert_eq!(bobs.len(), 1);
         assert!(bobs[0].cosine.unwrap() > 0.999, "the same text");
     }
@@ -377,17 +433,29 @@ async fn dense_search_finds_the_closest_chunk_of_the_asker_only() {
     // The cache sees the removal (the version moves); the vectors go with
     // their chunks.
     let cache = VectorCache::new(64 << 20);
-    assert_eq!(dense::search(&client, &cache, &embedder, alice, question, 5).await.unwrap().len(), 3);
+    assert_eq!(
+        dense::search(&client, &cache, &embedder, alice, question, 5)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     client
         .execute("DELETE FROM documents WHERE id = $1", &[&manual])
         .await
         .unwrap();
     assert_eq!(
-        count(&db, &format!("SELECT count(*) FROM chunk_vectors WHERE user_id = '{alice}'")).await,
+        count(
+            &db,
+            &format!("SELECT count(*) FROM chunk_vectors WHERE user_id = '{alice}'")
+        )
+        .await,
         0,
         "removed with their chunks"
     );
-    let after = dense::search(&client, &cache, &embedder, alice, question, 5).await.unwrap();
+    let after = dense::search(&client, &cache, &embedder, alice, question, 5)
+        .await
+        .unwrap();
     assert!(after.is_empty(), "{after:?}");
 }
 
@@ -414,10 +482,16 @@ async fn measure_dense_search_10k() {
     let embedder = ep.embedder();
     let mut client = pool.get().await.unwrap();
     let user = Uuid::new_v4();
-    let texts: Vec<String> = (0..N).map(|i| format!("chunk {i} about topic {}", i % 97)).collect();
+    let texts: Vec<String> = (0..N)
+        .map(|i| format!("chunk {i} about topic {}", i % 97))
+        .collect();
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let doc = store(&mut client, &embedder, user, "big.txt", &refs).await;
-    let n = count(&db, &format!("SELECT count(*) FROM chunk_vectors WHERE user_id = '{user}'")).await;
+    store(&mut client, &embedder, user, "big.txt", &refs).await;
+    let n = count(
+        &db,
+        &format!("SELECT count(*) FROM chunk_vectors WHERE user_id = '{user}'"),
+    )
+    .await;
     assert_eq!(n as usize, N);
     let question = "what about topic 42";
     for (label, cap) in [("postgres every question", 0usize), ("cache", 256 << 20)] {
@@ -425,7 +499,9 @@ async fn measure_dense_search_10k() {
         let mut ms = vec![];
         for i in 0..105 {
             let t = Instant::now();
-            let hits = dense::search(&client, &cache, &embedder, user, question, 5).await.unwrap();
+            let hits = dense::search(&client, &cache, &embedder, user, question, 5)
+                .await
+                .unwrap();
             if i >= 5 {
                 ms.push(t.elapsed().as_secs_f64() * 1e3);
             }
@@ -448,7 +524,10 @@ async fn measure_dense_search_10k() {
         .await
         .unwrap();
     let rows = client
-        .query("SELECT chunk_id, vec FROM chunk_vectors WHERE user_id = $1", &[&user])
+        .query(
+            "SELECT chunk_id, vec FROM chunk_vectors WHERE user_id = $1",
+            &[&user],
+        )
         .await
         .unwrap();
     for r in &rows {
@@ -456,13 +535,22 @@ async fn measure_dense_search_10k() {
         vectors::decode_into(r.get::<_, &[u8]>(1), DIMS, &mut v);
         let id: Uuid = r.get(0);
         client
-            .execute("INSERT INTO vec_real VALUES ($1, $2, $3)", &[&id, &user, &v])
+            .execute(
+                "INSERT INTO vec_real VALUES ($1, $2, $3)",
+                &[&id, &user, &v],
+            )
             .await
             .unwrap();
     }
     for (label, sql) in [
-        ("bytea", "SELECT chunk_id, vec FROM chunk_vectors WHERE user_id = $1"),
-        ("real[]", "SELECT chunk_id, vec FROM vec_real WHERE user_id = $1"),
+        (
+            "bytea",
+            "SELECT chunk_id, vec FROM chunk_vectors WHERE user_id = $1",
+        ),
+        (
+            "real[]",
+            "SELECT chunk_id, vec FROM vec_real WHERE user_id = $1",
+        ),
     ] {
         let mut ms = vec![];
         for _ in 0..20 {
@@ -482,5 +570,4 @@ async fn measure_dense_search_10k() {
         let (p50, p99) = p50_p99(ms);
         println!("fetch + decode {N} vectors as {label}: p50 {p50:.1} ms, p99 {p99:.1} ms");
     }
-    drop(doc);
 }

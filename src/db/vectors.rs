@@ -156,7 +156,10 @@ pub async fn enqueue_one(
 ) -> Result<Option<Job>, DbError> {
     let docs = "SELECT id, user_id FROM documents WHERE id = $1";
     let row = tx
-        .query_opt(&enqueue_sql(docs), &[&document_id, &max_retries, &after_secs])
+        .query_opt(
+            &enqueue_sql(docs),
+            &[&document_id, &max_retries, &after_secs],
+        )
         .await?;
     Ok(row.as_ref().map(Job::from_row))
 }

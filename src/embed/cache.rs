@@ -180,9 +180,15 @@ mod tests {
         cache.insert((b, "m".into()), vectors(10, 1));
         cache.insert((c, "m".into()), vectors(10, 9));
         assert!(cache.bytes() <= 2 * one);
-        assert!(cache.lookup(&(b, "m".into()), 1, 2).is_none(), "b was the oldest");
+        assert!(
+            cache.lookup(&(b, "m".into()), 1, 2).is_none(),
+            "b was the oldest"
+        );
         assert!(cache.lookup(&(a, "m".into()), 1, 2).is_some());
-        assert!(cache.lookup(&(a, "m".into()), 2, 2).is_none(), "another version");
+        assert!(
+            cache.lookup(&(a, "m".into()), 2, 2).is_none(),
+            "another version"
+        );
         let none = VectorCache::new(0);
         none.insert((a, "m".into()), vectors(1, 0));
         assert_eq!(none.bytes(), 0);

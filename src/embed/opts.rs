@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::{Embedder, EmbedError, local, remote};
+use super::{EmbedError, Embedder, local, remote};
 
 #[derive(clap::Args, Debug, Clone, Default, serde::Serialize)]
 pub struct EmbedOpts {
@@ -94,16 +94,33 @@ mod tests {
 
     #[test]
     fn bad_configurations_name_their_flag() {
-        let both = opts(Some("/tmp"), Some("http://h/v1/embeddings")).load().err().unwrap();
+        let both = opts(Some("/tmp"), Some("http://h/v1/embeddings"))
+            .load()
+            .err()
+            .unwrap();
         let both = both.to_string();
-        assert!(both.contains("--embed-model") && both.contains("--embed-url"), "{both}");
+        assert!(
+            both.contains("--embed-model") && both.contains("--embed-url"),
+            "{both}"
+        );
         let missing = opts(Some("/nonexistent/model"), None).load().err().unwrap();
-        assert!(missing.to_string().contains("--embed-model / RAG_EMBED_MODEL"), "{missing}");
+        assert!(
+            missing
+                .to_string()
+                .contains("--embed-model / RAG_EMBED_MODEL"),
+            "{missing}"
+        );
         let url = opts(None, Some("localhost:9")).load().err().unwrap();
-        assert!(url.to_string().contains("--embed-url / RAG_EMBED_URL"), "{url}");
+        assert!(
+            url.to_string().contains("--embed-url / RAG_EMBED_URL"),
+            "{url}"
+        );
         assert!(opts(None, None).load().unwrap().is_none());
         assert!(opts(None, Some("  ")).load().unwrap().is_none());
-        let ok = opts(None, Some("http://h:1/v1/embeddings")).load().unwrap().unwrap();
+        let ok = opts(None, Some("http://h:1/v1/embeddings"))
+            .load()
+            .unwrap()
+            .unwrap();
         assert_eq!(ok.id(), "h:1/m");
     }
 }

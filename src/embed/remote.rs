@@ -42,17 +42,25 @@ struct Item {
 impl Client {
     /// Checks the URL (http or https, with a host); does not connect: the
     /// endpoint may be down at start, which is a runtime condition.
-    pub fn new(url: &str, name: &str, key: Option<String>, dims: Option<usize>) -> Result<Client, EmbedError> {
+    pub fn new(
+        url: &str,
+        name: &str,
+        key: Option<String>,
+        dims: Option<usize>,
+    ) -> Result<Client, EmbedError> {
         let bad = |reason: String| EmbedError::Config {
             flag: "--embed-url",
             var: "RAG_EMBED_URL",
             reason,
         };
-        let url = reqwest::Url::parse(url.trim()).map_err(|e| bad(format!("{url:?} is not a URL: {e}")))?;
+        let url = reqwest::Url::parse(url.trim())
+            .map_err(|e| bad(format!("{url:?} is not a URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(bad(format!("{url}: the scheme must be http or https")));
         }
-        let host = url.host_str().ok_or_else(|| bad(format!("{url}: no host")))?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| bad(format!("{url}: no host")))?;
         let id = match url.port() {
             Some(p) => format!("{host}:{p}/{name}"),
             None => format!("{host}/{name}"),
@@ -104,7 +112,13 @@ impl Client {
         let resp = req.send().await.map_err(|e| remote(e.to_string()))?;
         let status = resp.status();
         if !status.is_success() {
-            let body: String = resp.text().await.unwrap_or_default().chars().take(300).collect();
+            let body: String = resp
+                .text()
+                .await
+                .unwrap_or_default()
+                .chars()
+                .take(300)
+                .collect();
             return Err(remote(format!("HTTP {status}: {body}")));
         }
         let answer: Answer = resp
@@ -136,7 +150,10 @@ impl Client {
         if got == 0 {
             return Err("an empty vector".into());
         }
-        match self.dims.compare_exchange(0, got, Ordering::Relaxed, Ordering::Relaxed) {
+        match self
+            .dims
+            .compare_exchange(0, got, Ordering::Relaxed, Ordering::Relaxed)
+        {
             Ok(_) => Ok(()),
             Err(known) if known == got => Ok(()),
             Err(known) => Err(format!("a vector of {got} dimensions, expected {known}")),
@@ -161,7 +178,10 @@ mod tests {
     #[test]
     fn urls_are_checked_and_named() {
         for bad in ["not a url", "ftp://host/v1/embeddings", "unix:/tmp/sock"] {
-            let e = Client::new(bad, "m", None, None).err().expect(bad).to_string();
+            let e = Client::new(bad, "m", None, None)
+                .err()
+                .expect(bad)
+                .to_string();
             assert!(e.contains("--embed-url / RAG_EMBED_URL"), "{e}");
         }
         let c = Client::new("http://127.0.0.1:8080/v1/embeddings", "mini", None, None).unwrap();
@@ -172,16 +192,27 @@ mod tests {
     #[test]
     fn answers_are_checked_ordered_and_normalised() {
         let c = Client::new("http://h/v1/embeddings", "m", None, None).unwrap();
-        let item = |index, embedding| Item { index: Some(index), embedding };
-        let two = Answer { data: vec![item(1, vec![0.0, 2.0]), item(0, vec![3.0, 4.0])] };
+        let item = |index, embedding| Item {
+            index: Some(index),
+            embedding,
+        };
+        let two = Answer {
+            data: vec![item(1, vec![0.0, 2.0]), item(0, vec![3.0, 4.0])],
+        };
         let out = c.check(2, two).unwrap();
         assert_eq!(out, vec![vec![0.6, 0.8], vec![0.0, 1.0]]);
         assert_eq!(c.dims(), Some(2));
-        let short = Answer { data: vec![item(0, vec![1.0, 0.0])] };
+        let short = Answer {
+            data: vec![item(0, vec![1.0, 0.0])],
+        };
         assert!(c.check(2, short).unwrap_err().contains("1 vectors for 2"));
-        let wide = Answer { data: vec![item(0, vec![1.0, 0.0, 0.0])] };
+        let wide = Answer {
+            data: vec![item(0, vec![1.0, 0.0, 0.0])],
+        };
         assert!(c.check(1, wide).unwrap_err().contains("expected 2"));
-        let zero = Answer { data: vec![item(0, vec![0.0, 0.0])] };
+        let zero = Answer {
+            data: vec![item(0, vec![0.0, 0.0])],
+        };
         assert!(c.check(1, zero).is_err());
     }
 }

@@ -49,7 +49,12 @@ pub(super) fn spawn(
 
 /// Inserts the jobs (embargoed), announces them, then lifts the embargo
 /// and wakes the slots, as `jobs::enqueue` and `jobs::start` do.
-async fn queue(pool: &Pool, events: &Publisher, model: &str, retries: i32) -> Result<usize, DbError> {
+async fn queue(
+    pool: &Pool,
+    events: &Publisher,
+    model: &str,
+    retries: i32,
+) -> Result<usize, DbError> {
     let client = pool.get().await?;
     let embargo = events.embargo().as_secs_f64();
     let queued = vectors::enqueue_backfill(&client, model, retries, embargo).await?;

@@ -29,7 +29,10 @@ pub(super) enum Outcome {
 /// The vectors of an ingest's chunks.
 pub(super) enum Vectors {
     NoEmbedder,
-    Made { model: String, vecs: Vec<Vec<f32>> },
+    Made {
+        model: String,
+        vecs: Vec<Vec<f32>>,
+    },
     /// The embedder failed: an embed job fills them in later.
     Failed,
 }

@@ -44,7 +44,13 @@ pub async fn run(pool: Pool, events: Publisher, cfg: WorkerConfig, shutdown: Can
     let listen_shutdown = shutdown.child_token();
     let listening = wake::listen(&cfg.listen_url, cfg.kinds(), listen_shutdown.clone());
     if let Some(embedder) = &cfg.embedder {
-        backfill::spawn(pool.clone(), events.clone(), &cfg, embedder, shutdown.clone());
+        backfill::spawn(
+            pool.clone(),
+            events.clone(),
+            &cfg,
+            embedder,
+            shutdown.clone(),
+        );
     }
     tracing::info!(owner = %cfg.owner, kind, slots = cfg.concurrency, "worker started");
     let mut slots = Slots::default();
