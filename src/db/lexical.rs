@@ -120,6 +120,15 @@ pub async fn recount(client: &tokio_postgres::Client, users: &[Uuid]) -> Result<
     Ok(())
 }
 
+/// Lexemes of how people ask, not of what they ask about ("how *many* days
+/// do I *get*", "*tell* me", "I *need* to *know*"): PostgreSQL's stop list
+/// keeps them, and being absent from the documents they would carry the
+/// highest idf and pull an answerable question under the relevance floor.
+const QUESTION_FILLER: &[&str] = &[
+    "mani", "much", "get", "tell", "know", "need", "want", "explain", "describ", "pleas",
+    "someth", "anyth", "thing", "way", "kind", "sort",
+];
+
 /// The user's collection, and the question's distinct lexemes with their
 /// idf (rarest first, at most [`MAX_TERMS`]) and document frequency.
 async fn query_terms(
@@ -131,14 +140,15 @@ async fn query_terms(
     // the candidate query is not, so each run is planned for its terms.
     let stmt = client
         .prepare_cached(
-            "WITH q AS (SELECT DISTINCT l FROM unnest(tsvector_to_array(to_tsvector('english', $2))) AS l)
+            "WITH q AS (SELECT DISTINCT l FROM unnest(tsvector_to_array(to_tsvector('english', $2))) AS l
+                        WHERE l <> ALL($3))
              SELECT q.l, coalesce(t.df, 0)::bigint, u.chunks, u.total_tokens
              FROM q LEFT JOIN bm25_terms t ON t.user_id = $1 AND t.lexeme = q.l
                     LEFT JOIN bm25_users u ON u.user_id = $1
              ORDER BY 2, 1",
         )
         .await?;
-    let rows = client.query(&stmt, &[&user_id, &question]).await?;
+    let rows = client.query(&stmt, &[&user_id, &question, &QUESTION_FILLER]).await?;
     let (chunks, tokens) = rows.first().map_or((0, 0), |r| {
         let chunks: Option<i64> = r.get(2);
         let tokens: Option<i64> = r.get(3);
