@@ -81,6 +81,7 @@ mod render;
 mod report;
 mod resume;
 mod retrieval;
+mod retrieval_ask;
 mod retrieval_client;
 mod retrieval_report;
 mod retrieval_scale;

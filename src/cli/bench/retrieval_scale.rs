@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::crowd::token;
 use super::progress;
-use super::retrieval::{ask_all, count_chunks};
+use super::retrieval_ask::{ask_all, count_chunks};
 use super::retrieval_client::Client;
 use super::retrieval_set::QaSet;
 
