@@ -163,7 +163,7 @@ async fn one_users_searches_cannot_starve_the_pool() {
     let api = Api::start(&db, &["--statement-timeout-ms", "600000"], &[]).await;
     let (attacker, victim) = (Uuid::new_v4(), Uuid::new_v4());
     let conv = new_conversation(&api, attacker, None).await;
-    let lock = TableLock::chunks(&db).await;
+    let lock = TableLock::searches(&db).await;
 
     // Twenty questions at once; every search waits on the lock.
     let mut asks = vec![];

@@ -154,7 +154,7 @@ async fn a_search_over_the_statement_timeout_answers_query_timeout() {
     let api = Api::start(&db, &["--statement-timeout-ms", "300"], &[]).await;
     let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
     let conv = new_conversation(&api, user, None).await;
-    let lock = TableLock::chunks(&db).await;
+    let lock = TableLock::searches(&db).await;
 
     let r = ask(&api, user, &conv, "reimbursement rules")
         .await
@@ -185,7 +185,7 @@ async fn a_search_whose_client_leaves_is_cancelled_on_the_server() {
     let api = Api::start(&db, &["--statement-timeout-ms", "600000"], &[]).await;
     let (user, other) = (Uuid::new_v4(), Uuid::new_v4());
     let conv = new_conversation(&api, user, None).await;
-    let lock = TableLock::chunks(&db).await;
+    let lock = TableLock::searches(&db).await;
 
     let raw = ask(&api, user, &conv, "reimbursement rules").await;
     let pids = wait_searches(&db, 1).await;
@@ -197,7 +197,7 @@ async fn a_search_whose_client_leaves_is_cancelled_on_the_server() {
     wait_searches(&db, 0).await;
     let still: Vec<i32> = db
         .query(&format!(
-            "SELECT pid FROM pg_stat_activity WHERE pid = {} AND query LIKE '%ts_rank_cd%' AND state = 'active'",
+            "SELECT pid FROM pg_stat_activity WHERE pid = {} AND query LIKE '%bm25_terms%' AND state = 'active'",
             pids[0]
         ))
         .await

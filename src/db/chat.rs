@@ -1,6 +1,7 @@
-//! Conversations, messages and retrieval over chunks. Everything a request
-//! names is scoped by `user_id`; `finish_message` acts by message id, on
-//! the pending answer the same request has just inserted for its user.
+//! Conversations and messages (retrieval over chunks is `lexical`).
+//! Everything a request names is scoped by `user_id`; `finish_message` acts
+//! by message id, on the pending answer the same request has just inserted
+//! for its user.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
@@ -171,48 +172,4 @@ pub async fn messages(
         Message::from_row,
     )
     .await
-}
-
-/// A retrieved chunk with where it came from.
-#[derive(Debug, Clone, Serialize)]
-pub struct Passage {
-    pub document_id: Uuid,
-    pub filename: String,
-    pub chunk_index: i32,
-    pub content: String,
-    pub rank: f32,
-}
-
-/// Full-text search over the caller's ingested chunks. Any query word may
-/// match (OR), ranked by `ts_rank_cd`.
-pub async fn search(
-    client: &impl GenericClient,
-    user_id: Uuid,
-    query: &str,
-    limit: i64,
-) -> Result<Vec<Passage>, DbError> {
-    let rows = client
-        .query(
-            "WITH q AS (
-                SELECT NULLIF(replace(plainto_tsquery('english', $2)::text, ' & ', ' | '), '')::tsquery AS q)
-             SELECT c.document_id, d.filename, c.chunk_index, c.content,
-                    ts_rank_cd(c.tsv, q.q) AS rank
-             FROM chunks c JOIN documents d ON d.id = c.document_id, q
-             WHERE c.user_id = $1 AND d.user_id = $1 AND d.status = 'ingested'
-               AND q.q IS NOT NULL AND c.tsv @@ q.q
-             ORDER BY rank DESC, c.document_id, c.chunk_index
-             LIMIT $3",
-            &[&user_id, &query, &limit],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| Passage {
-            document_id: r.get(0),
-            filename: r.get(1),
-            chunk_index: r.get(2),
-            content: r.get(3),
-            rank: r.get(4),
-        })
-        .collect())
 }

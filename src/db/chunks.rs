@@ -1,5 +1,5 @@
 //! A document's chunks (`chunks`), written by the ingest worker; searched
-//! per user in [`super::lexical::search`] (and [`super::chat::search`]).
+//! per user in [`super::lexical::search`].
 
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;

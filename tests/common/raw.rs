@@ -182,8 +182,10 @@ impl TableLock {
     }
 
     /// ACCESS EXCLUSIVE on `chunks`: every search waits.
-    pub async fn chunks(db: &TestDb) -> TableLock {
-        TableLock::take(db, "chunks").await
+    /// Holds every search: the first statement of one reads the user's
+    /// BM25 term statistics (`db::lexical`).
+    pub async fn searches(db: &TestDb) -> TableLock {
+        TableLock::take(db, "bm25_terms").await
     }
 
     pub async fn release(self) {
@@ -195,7 +197,7 @@ impl TableLock {
 pub async fn running_searches(db: &TestDb) -> Vec<i32> {
     db.query(
         "SELECT pid FROM pg_stat_activity WHERE datname = current_database()
-           AND application_name = 'ragctl-api' AND state = 'active' AND query LIKE '%ts_rank_cd%'",
+           AND application_name = 'ragctl-api' AND state = 'active' AND query LIKE '%bm25_terms%'",
     )
     .await
     .iter()

@@ -266,6 +266,11 @@ pub struct BenchArgs {
     /// chunks (0 skips).
     #[arg(long, default_value_t = 0, requires = "retrieval")]
     pub scale: u64,
+    /// The modes --retrieval runs, comma-separated (default: bm25, and
+    /// dense and hybrid with --embed-model).
+    #[arg(long, value_delimiter = ',', value_parser = ["bm25", "dense", "hybrid"],
+          requires = "retrieval")]
+    pub modes: Vec<String>,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {

@@ -38,15 +38,9 @@ pub(super) async fn run(
     set_path: &Path,
 ) -> anyhow::Result<RetrievalReport> {
     let set = QaSet::load(set_path)?;
-    let modes: &[&str] = match args.embed_model {
-        Some(_) => &["bm25", "dense", "hybrid"],
-        None => {
-            progress("no --embed-model: only bm25 runs");
-            &["bm25"]
-        }
-    };
+    let modes = modes(args)?;
     let mut runs = Vec::new();
-    for mode in modes {
+    for mode in &modes {
         progress(&format!("retrieval: mode {mode}"));
         let server = start(connect, args, channel, mode).await?;
         let measured = measure_mode(&server, args, &set, mode).await;
@@ -59,6 +53,25 @@ pub(super) async fn run(
         args.embed_model.is_some(),
         runs,
     ))
+}
+
+/// `--modes`, or every mode the flags allow; dense and hybrid need a model.
+fn modes(args: &BenchArgs) -> anyhow::Result<Vec<&str>> {
+    let all: &[&str] = match args.embed_model {
+        Some(_) => &["bm25", "dense", "hybrid"],
+        None => {
+            progress("no --embed-model: only bm25 runs");
+            &["bm25"]
+        }
+    };
+    if args.modes.is_empty() {
+        return Ok(all.to_vec());
+    }
+    let picked: Vec<&str> = args.modes.iter().map(String::as_str).collect();
+    if let Some(m) = picked.iter().find(|m| !all.contains(m)) {
+        anyhow::bail!("--modes {m} needs --embed-model / RAG_EMBED_MODEL");
+    }
+    Ok(picked)
 }
 
 /// One mode on its own server.
