@@ -62,8 +62,14 @@ async fn bad_questions_get_a_clear_400_or_the_could_not_find_answer() {
 async fn dense_retrieval_without_a_model_fails_at_start_naming_the_flags() {
     let db = TestDb::new();
     for (args, env) in [
-        (vec!["serve", "--port", "0", "--retrieval", "hybrid"], vec![]),
-        (vec!["serve", "--port", "0"], vec![("RAG_RETRIEVAL", "dense")]),
+        (
+            vec!["serve", "--port", "0", "--retrieval", "hybrid"],
+            vec![],
+        ),
+        (
+            vec!["serve", "--port", "0"],
+            vec![("RAG_RETRIEVAL", "dense")],
+        ),
     ] {
         let mut p = Proc::spawn("serve", &db.url, &args, &env);
         let status = p.wait_exit().await;
@@ -72,8 +78,16 @@ async fn dense_retrieval_without_a_model_fails_at_start_naming_the_flags() {
         assert!(logs.contains("--retrieval / RAG_RETRIEVAL"), "{logs}");
         assert!(logs.contains("--embed-model"), "{logs}");
     }
-    let mut p = Proc::spawn("serve", &db.url, &["serve", "--port", "0"], &[("RAG_MIN_RELEVANCE", "2")]);
+    let mut p = Proc::spawn(
+        "serve",
+        &db.url,
+        &["serve", "--port", "0"],
+        &[("RAG_MIN_RELEVANCE", "2")],
+    );
     assert!(!p.wait_exit().await.success());
     let logs = p.logs();
-    assert!(logs.contains("--min-relevance / RAG_MIN_RELEVANCE"), "{logs}");
+    assert!(
+        logs.contains("--min-relevance / RAG_MIN_RELEVANCE"),
+        "{logs}"
+    );
 }

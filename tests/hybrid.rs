@@ -48,7 +48,9 @@ async fn ask_anew(api: &Api, user: Uuid, question: &str) -> Value {
 }
 
 fn first_source(answer: &Value) -> Option<String> {
-    answer["sources"][0]["filename"].as_str().map(str::to_string)
+    answer["sources"][0]["filename"]
+        .as_str()
+        .map(str::to_string)
 }
 
 #[tokio::test]
@@ -68,14 +70,28 @@ async fn unanswerable_questions_get_no_sources_and_answerable_ones_answer() {
         assert_eq!(a["content"], NOT_FOUND, "{q}: {a}");
         assert_eq!(a["sources"], json!([]), "{q}: {a}");
     }
-    let a = ask_anew(&api, user, "How long is an account locked after failed sign-in attempts?").await;
+    let a = ask_anew(
+        &api,
+        user,
+        "How long is an account locked after failed sign-in attempts?",
+    )
+    .await;
     assert_eq!(first_source(&a).as_deref(), Some("security.md"), "{a}");
-    assert!(a["content"].as_str().unwrap().contains("fifteen minutes"), "{a}");
+    assert!(
+        a["content"].as_str().unwrap().contains("fifteen minutes"),
+        "{a}"
+    );
     // How people ask ("how many", "do I get") is not what the passage must
     // hold: without the filler list this one fell under the floor.
     let a = ask_anew(&api, user, "How many sign-in attempts do I get?").await;
     assert_eq!(first_source(&a).as_deref(), Some("security.md"), "{a}");
-    assert!(a["content"].as_str().unwrap().contains("five failed sign-in attempts"), "{a}");
+    assert!(
+        a["content"]
+            .as_str()
+            .unwrap()
+            .contains("five failed sign-in attempts"),
+        "{a}"
+    );
 }
 
 /// The paraphrase shares no word with its passage and two ("money",
@@ -105,7 +121,10 @@ async fn backfill_then_hybrid_finds_the_paraphrase_bm25_misses() {
     let user = Uuid::new_v4();
     ingest_corpus(&bm25, user).await;
     let (missing, all) = unembedded(&db).await;
-    assert!(all >= CORPUS.len() as i64 && missing == all, "{missing} of {all}");
+    assert!(
+        all >= CORPUS.len() as i64 && missing == all,
+        "{missing} of {all}"
+    );
     let a = ask_anew(&bm25, user, PARAPHRASE).await;
     assert_ne!(first_source(&a).as_deref(), Some("refunds.md"), "{a}");
     let cited: Vec<&Value> = a["sources"].as_array().unwrap().iter().collect();
@@ -142,28 +161,53 @@ async fn backfill_then_hybrid_finds_the_paraphrase_bm25_misses() {
         .collect();
     assert!(files.contains(&"refunds.md"), "hybrid finds it: {a}");
     // And the model does not make an unanswerable question answerable.
-    let a = ask_anew(&hybrid, user, "How often must the pressure valve be inspected?").await;
+    let a = ask_anew(
+        &hybrid,
+        user,
+        "How often must the pressure valve be inspected?",
+    )
+    .await;
     assert_eq!(a["content"], NOT_FOUND, "{a}");
     assert_eq!(a["sources"], json!([]), "{a}");
 }
 
+/// An endpoint that accepts connections and never answers.
+async fn hanging_endpoint() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/embeddings", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    url
+}
+
 #[tokio::test]
-async fn an_embeddings_endpoint_that_is_down_falls_back_to_bm25_and_says_so() {
+async fn an_embeddings_endpoint_that_is_down_or_hangs_falls_back_to_bm25_and_says_so() {
     // Nothing listens on a port just bound and closed.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1/embeddings", closed.local_addr().unwrap());
+    let down = format!("http://{}/v1/embeddings", closed.local_addr().unwrap());
     drop(closed);
     let db = TestDb::new();
-    let api = Api::start(&db, &[], &[("RAG_EMBED_URL", &url)]).await;
     let _workers = workers(&db);
     let user = Uuid::new_v4();
-    ingest_corpus(&api, user).await;
-    let fallback = "ragctl_dense_fallback_total{reason=\"endpoint\"}";
-    assert_eq!(api.metric(fallback).await, 0.0);
-
-    let a = ask_anew(&api, user, "How long is an account locked after failed sign-in attempts?").await;
-    assert_eq!(a["status"], "completed", "{a}");
-    assert_eq!(first_source(&a).as_deref(), Some("security.md"), "{a}");
-    assert!(a["content"].as_str().unwrap().contains("fifteen minutes"), "{a}");
-    assert_eq!(api.metric(fallback).await, 1.0);
+    for (i, url) in [down, hanging_endpoint().await].iter().enumerate() {
+        let api = Api::start(&db, &[], &[("RAG_EMBED_URL", url)]).await;
+        if i == 0 {
+            ingest_corpus(&api, user).await;
+        }
+        let fallback = "ragctl_dense_fallback_total{reason=\"endpoint\"}";
+        assert_eq!(api.metric(fallback).await, 0.0);
+        let q = "How long is an account locked after failed sign-in attempts?";
+        let a = ask_anew(&api, user, q).await;
+        assert_eq!(a["status"], "completed", "{url}: {a}");
+        assert_eq!(first_source(&a).as_deref(), Some("security.md"), "{a}");
+        assert!(
+            a["content"].as_str().unwrap().contains("fifteen minutes"),
+            "{a}"
+        );
+        assert_eq!(api.metric(fallback).await, 1.0, "{url}");
+    }
 }

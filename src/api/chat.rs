@@ -197,7 +197,11 @@ async fn answer(
 ) -> Result<chat::Message, ApiError> {
     let answered = match super::retrieval::retrieve(state, client, uid, content).await {
         Ok(decision) => {
-            tracing::debug!(why = decision.why, mode = decision.mode.as_str(), "retrieved");
+            tracing::debug!(
+                why = decision.why,
+                mode = decision.mode.as_str(),
+                "retrieved"
+            );
             crate::rag::answer(content, &decision, state.llm.as_ref())
                 .await
                 .map_err(|e| e.to_string())

@@ -14,8 +14,8 @@ mod guard_body;
 pub mod limits;
 mod ops;
 mod pages;
-mod retrieval;
 pub mod per_user;
+mod retrieval;
 pub mod shares;
 pub mod ws;
 

@@ -35,13 +35,19 @@ pub(super) async fn retrieve(
     };
     let lexical = lexical::search(client, uid, question, depth as i64).await?;
     let dense = match (&state.embedder, cfg.mode.wants_dense()) {
-        (Some(e), true) => dense_hits(state, e, client, uid, question, &lexical.terms, depth).await?,
+        (Some(e), true) => {
+            dense_hits(state, e, client, uid, question, &lexical.terms, depth).await?
+        }
         _ => None,
     };
     let decision = retrieve::decide(&cfg, lexical, dense);
     metrics::histogram!("ragctl_retrieval_seconds", "mode" => decision.mode.as_str())
         .record(started.elapsed().as_secs_f64());
-    tracing::debug!(why = decision.why, mode = decision.mode.as_str(), "retrieved");
+    tracing::debug!(
+        why = decision.why,
+        mode = decision.mode.as_str(),
+        "retrieved"
+    );
     Ok(decision)
 }
 

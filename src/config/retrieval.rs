@@ -154,17 +154,32 @@ mod tests {
             let e = parse(&["--retrieval", mode]).unwrap().resolve(false);
             let e = e.unwrap_err().to_string();
             assert!(e.contains("--retrieval / RAG_RETRIEVAL"), "{e}");
-            assert!(e.contains("--embed-model") && e.contains("--embed-url"), "{e}");
+            assert!(
+                e.contains("--embed-model") && e.contains("--embed-url"),
+                "{e}"
+            );
         }
     }
 
     #[test]
     fn bad_values_name_the_flag_and_the_variable() {
         for (args, names) in [
-            (&["--retrieval", "vector"][..], "--retrieval / RAG_RETRIEVAL"),
-            (&["--min-relevance", "1.5"], "--min-relevance / RAG_MIN_RELEVANCE"),
-            (&["--min-relevance=-0.1"], "--min-relevance / RAG_MIN_RELEVANCE"),
-            (&["--min-relevance", "half"], "--min-relevance / RAG_MIN_RELEVANCE"),
+            (
+                &["--retrieval", "vector"][..],
+                "--retrieval / RAG_RETRIEVAL",
+            ),
+            (
+                &["--min-relevance", "1.5"],
+                "--min-relevance / RAG_MIN_RELEVANCE",
+            ),
+            (
+                &["--min-relevance=-0.1"],
+                "--min-relevance / RAG_MIN_RELEVANCE",
+            ),
+            (
+                &["--min-relevance", "half"],
+                "--min-relevance / RAG_MIN_RELEVANCE",
+            ),
             (&["--min-cosine", "2"], "--min-cosine / RAG_MIN_COSINE"),
             (&["--passages", "0"], "--passages / RAG_PASSAGES"),
             (&["--passages", "21"], "--passages / RAG_PASSAGES"),
@@ -172,7 +187,15 @@ mod tests {
             let e = parse(args).unwrap_err();
             assert!(e.contains(names), "{args:?}: {e}");
         }
-        let ok = parse(&["--min-relevance", "0", "--min-cosine", "1", "--passages", "20"]).unwrap();
+        let ok = parse(&[
+            "--min-relevance",
+            "0",
+            "--min-cosine",
+            "1",
+            "--passages",
+            "20",
+        ])
+        .unwrap();
         let r = ok.resolve(false).unwrap();
         assert_eq!((r.min_relevance, r.min_cosine, r.k), (0.0, 1.0, 20));
     }

@@ -125,8 +125,8 @@ pub async fn recount(client: &tokio_postgres::Client, users: &[Uuid]) -> Result<
 /// keeps them, and being absent from the documents they would carry the
 /// highest idf and pull an answerable question under the relevance floor.
 const QUESTION_FILLER: &[&str] = &[
-    "mani", "much", "get", "tell", "know", "need", "want", "explain", "describ", "pleas",
-    "someth", "anyth", "thing", "way", "kind", "sort",
+    "mani", "much", "get", "tell", "know", "need", "want", "explain", "describ", "pleas", "someth",
+    "anyth", "thing", "way", "kind", "sort",
 ];
 
 /// The user's collection, and the question's distinct lexemes with their
@@ -148,7 +148,9 @@ async fn query_terms(
              ORDER BY 2, 1",
         )
         .await?;
-    let rows = client.query(&stmt, &[&user_id, &question, &QUESTION_FILLER]).await?;
+    let rows = client
+        .query(&stmt, &[&user_id, &question, &QUESTION_FILLER])
+        .await?;
     let (chunks, tokens) = rows.first().map_or((0, 0), |r| {
         let chunks: Option<i64> = r.get(2);
         let tokens: Option<i64> = r.get(3);

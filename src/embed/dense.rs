@@ -21,6 +21,18 @@ pub enum DenseError {
 /// `ingested` (re-ingest in progress), which are dropped.
 const SPARE: usize = 8;
 
+/// How long a question waits for its vector: an endpoint that hangs must
+/// cost the asker this much at most before BM25 answers alone (the
+/// batch timeout of ingest is much longer).
+const QUESTION_EMBED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn slow() -> EmbedError {
+    EmbedError::Remote(format!(
+        "no vector for the question within {} s",
+        QUESTION_EMBED_TIMEOUT.as_secs()
+    ))
+}
+
 /// The `k` chunks closest to `question`, best first; `cosine` and `score`
 /// are the cosine, `coverage` 0 (the pipeline fills it).
 pub async fn search(
@@ -31,9 +43,9 @@ pub async fn search(
     question: &str,
     k: usize,
 ) -> Result<Vec<Hit>, DenseError> {
-    let q = embedder
-        .embed(&[question])
-        .await?
+    let q = tokio::time::timeout(QUESTION_EMBED_TIMEOUT, embedder.embed(&[question]))
+        .await
+        .map_err(|_| slow())??
         .pop()
         .ok_or_else(|| EmbedError::Model("no vector for the question".into()))?;
     let stored = cache.get(client, user_id, embedder.id(), q.len()).await?;

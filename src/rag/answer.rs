@@ -174,21 +174,39 @@ mod tests {
 
     #[tokio::test]
     async fn extractive_answer_cites_its_sources_in_rank_order() {
-        let mut a = hit(1, "Refunds are paid within 30 days. Reimbursement needs a receipt. Lunch is free.");
+        let mut a = hit(
+            1,
+            "Refunds are paid within 30 days. Reimbursement needs a receipt. Lunch is free.",
+        );
         a.filename = "handbook.pdf".into();
         a.chunk_index = 2;
         let b = hit(2, "Vacation days accrue monthly.");
-        let a = answer("How does reimbursement work?", &decision(vec![a, b], true), None)
-            .await
-            .unwrap();
+        let a = answer(
+            "How does reimbursement work?",
+            &decision(vec![a, b], true),
+            None,
+        )
+        .await
+        .unwrap();
         assert!(
-            a.content.starts_with("From your documents:\n- Reimbursement needs a receipt. [1]\n\nSources:\n"),
+            a.content.starts_with(
+                "From your documents:\n- Reimbursement needs a receipt. [1]\n\nSources:\n"
+            ),
             "{}",
             a.content
         );
-        assert!(a.content.contains("[1] handbook.pdf, chunk 2\n[2] doc2.md, chunk 2"), "{}", a.content);
+        assert!(
+            a.content
+                .contains("[1] handbook.pdf, chunk 2\n[2] doc2.md, chunk 2"),
+            "{}",
+            a.content
+        );
         assert!(!a.content.contains("Lunch"), "{}", a.content);
-        let names: Vec<_> = a.sources.iter().map(|s| (s.n, s.filename.as_str())).collect();
+        let names: Vec<_> = a
+            .sources
+            .iter()
+            .map(|s| (s.n, s.filename.as_str()))
+            .collect();
         assert_eq!(names, vec![(1, "handbook.pdf"), (2, "doc2.md")]);
     }
 
@@ -198,12 +216,16 @@ mod tests {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let llm = LlmClient::new("http://127.0.0.1:1/v1/chat/completions", "m", None);
         let d = decision(vec![hit(1, "Reimbursement needs a receipt.")], false);
-        let a = answer("How does reimbursement work?", &d, Some(&llm)).await.unwrap();
+        let a = answer("How does reimbursement work?", &d, Some(&llm))
+            .await
+            .unwrap();
         assert_eq!(a.content, NOT_FOUND);
         assert_eq!(a.content, "I could not find that in your documents.");
         assert!(a.sources.is_empty());
         assert_eq!(a.sources_json(), json!([]));
-        let a = answer("anything?", &decision(vec![], true), None).await.unwrap();
+        let a = answer("anything?", &decision(vec![], true), None)
+            .await
+            .unwrap();
         assert_eq!(a.content, NOT_FOUND);
     }
 }

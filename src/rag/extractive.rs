@@ -44,7 +44,9 @@ impl Read {
     }
 
     fn one_section(&self, start: usize, len: usize) -> bool {
-        self.section[start..start + len].iter().all(|s| *s == self.section[start])
+        self.section[start..start + len]
+            .iter()
+            .all(|s| *s == self.section[start])
     }
 }
 
@@ -119,7 +121,12 @@ fn holds(text: &str, terms: &[QueryTerm]) -> Vec<bool> {
 /// The window with the most uncovered mass among its own sentences (it
 /// must hold one, a heading alone is not an answer); ties go to the shorter
 /// window, then the better-ranked passage, then the earlier sentence.
-fn best_window(read: &[Read], weights: &[f32], covered: &[bool], picked: &[Window]) -> Option<Window> {
+fn best_window(
+    read: &[Read],
+    weights: &[f32],
+    covered: &[bool],
+    picked: &[Window],
+) -> Option<Window> {
     let mut best: Option<Window> = None;
     for (rank, r) in read.iter().enumerate() {
         for start in 0..r.sentences.len() {
@@ -127,10 +134,18 @@ fn best_window(read: &[Read], weights: &[f32], covered: &[bool], picked: &[Windo
                 if !r.one_section(start, len) {
                     break;
                 }
-                let mut w = Window { rank, start, len, gain: 0.0 };
+                let mut w = Window {
+                    rank,
+                    start,
+                    len,
+                    gain: 0.0,
+                };
                 let mass = |with_heading: bool| -> f32 {
                     (0..weights.len())
-                        .filter(|&i| !covered[i] && (r.holds(&w, i) || (with_heading && r.heading_holds(&w, i))))
+                        .filter(|&i| {
+                            !covered[i]
+                                && (r.holds(&w, i) || (with_heading && r.heading_holds(&w, i)))
+                        })
                         .map(|i| weights[i])
                         .sum()
                 };
@@ -191,7 +206,12 @@ fn fallback(read: &[Read]) -> String {
     let Some(len) = len else {
         return String::new();
     };
-    let w = Window { rank: 0, start: 0, len, gain: 0.0 };
+    let w = Window {
+        rank: 0,
+        start: 0,
+        len,
+        gain: 0.0,
+    };
     format!("From your documents:\n{}", quote(top, w))
 }
 
@@ -205,8 +225,14 @@ mod tests {
     fn the_rare_term_s_window_beats_a_sentence_repeating_common_words() {
         let terms = pressure_valve();
         let hits = vec![
-            hit(1, "You must sign in. You must, must, must wear shoes. Lunch is late."),
-            hit(2, "Coffee is free. The pressure valve is inspected every six months. Ask Sam."),
+            hit(
+                1,
+                "You must sign in. You must, must, must wear shoes. Lunch is late.",
+            ),
+            hit(
+                2,
+                "Coffee is free. The pressure valve is inspected every six months. Ask Sam.",
+            ),
         ];
         let a = extract(&terms, &hits);
         assert_eq!(
@@ -217,7 +243,11 @@ mod tests {
 
     #[test]
     fn a_window_of_adjacent_sentences_covers_what_one_sentence_cannot() {
-        let terms = vec![term("refund", 3.0), term("receipt", 2.0), term("lunch", 40.0)];
+        let terms = vec![
+            term("refund", 3.0),
+            term("receipt", 2.0),
+            term("lunch", 40.0),
+        ];
         let hits = vec![hit(
             1,
             "Lunch is served at noon. Refunds are paid in 30 days. A receipt is needed. Parking is free.",
@@ -225,7 +255,9 @@ mod tests {
         let a = extract(&terms, &hits);
         // The window that holds all three terms; not the sentence after it.
         assert!(
-            a.contains("- Lunch is served at noon. Refunds are paid in 30 days. A receipt is needed. [1]"),
+            a.contains(
+                "- Lunch is served at noon. Refunds are paid in 30 days. A receipt is needed. [1]"
+            ),
             "{a}"
         );
     }
@@ -233,7 +265,10 @@ mod tests {
     #[test]
     fn the_heading_is_context_never_the_quote() {
         let terms = vec![term("instal", 4.0), term("linux", 6.0)];
-        let hits = vec![hit(1, "Install › Linux\nRun the script as root. Then reboot the machine.")];
+        let hits = vec![hit(
+            1,
+            "Install › Linux\nRun the script as root. Then reboot the machine.",
+        )];
         let a = extract(&terms, &hits);
         // Only the heading holds the terms: the fallback quotes the body.
         assert_eq!(
@@ -281,7 +316,11 @@ mod tests {
 
     #[test]
     fn repeated_terms_count_once_and_only_the_rarest_are_kept() {
-        let mut terms = vec![term("refund", 3.0), term("refund", 3.0), term("receipt", 2.0)];
+        let mut terms = vec![
+            term("refund", 3.0),
+            term("refund", 3.0),
+            term("receipt", 2.0),
+        ];
         terms.extend((0..100).map(|i| term(&format!("w{i}"), 100.0)));
         let kept = dedup(&terms);
         assert_eq!(kept.len(), MAX_TERMS);
@@ -297,8 +336,14 @@ mod tests {
     #[test]
     fn equal_windows_go_to_the_better_ranked_passage() {
         let terms = vec![term("refund", 3.0)];
-        let hits = vec![hit(1, "Refunds take a week."), hit(2, "Refunds take a day.")];
-        assert_eq!(extract(&terms, &hits), "From your documents:\n- Refunds take a week. [1]");
+        let hits = vec![
+            hit(1, "Refunds take a week."),
+            hit(2, "Refunds take a day."),
+        ];
+        assert_eq!(
+            extract(&terms, &hits),
+            "From your documents:\n- Refunds take a week. [1]"
+        );
     }
 
     #[test]

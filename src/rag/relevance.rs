@@ -64,8 +64,10 @@ impl Signals {
 pub const LOW_COVERAGE: &str = "the passages cover too little of the question's informative terms";
 pub const LOW_COSINE: &str = "no passage is close enough to the question (cosine)";
 pub const NO_COSINE: &str = "no passage was scored by the model";
-pub const WEAK_COSINE: &str = "the lexical match is a coincidence: the passages are unrelated by meaning (cosine)";
-pub const WEAK_COVERAGE: &str = "hardly any informative term of the question occurs in the passages";
+pub const WEAK_COSINE: &str =
+    "the lexical match is a coincidence: the passages are unrelated by meaning (cosine)";
+pub const WEAK_COVERAGE: &str =
+    "hardly any informative term of the question occurs in the passages";
 
 /// BM25 alone: coverage must clear the floor.
 pub fn lexical(floor: Floor, s: Signals) -> Result<(), &'static str> {

@@ -141,7 +141,11 @@ mod tests {
     fn bm25_keeps_the_lexical_order_and_k() {
         let lexical = Lexical {
             terms: vec![term("refund", 2.0)],
-            hits: vec![covered(3, 1.0, None), covered(1, 1.0, None), covered(2, 1.0, None)],
+            hits: vec![
+                covered(3, 1.0, None),
+                covered(1, 1.0, None),
+                covered(2, 1.0, None),
+            ],
         };
         let d = decide(&cfg(Mode::Bm25, 2), lexical, None);
         assert_eq!(ids(&d), vec![3, 1]);

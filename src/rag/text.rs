@@ -95,7 +95,10 @@ pub fn sentences(text: &str) -> Vec<String> {
                 cur.push(' ');
             }
             cur.push_str(word);
-            let number = word.trim_end_matches('.').chars().all(|c| c.is_ascii_digit());
+            let number = word
+                .trim_end_matches('.')
+                .chars()
+                .all(|c| c.is_ascii_digit());
             if ends_sentence(word) && !(first && number) {
                 flush(&mut cur, &mut out);
             }
@@ -120,8 +123,8 @@ fn is_list_item(line: &str) -> bool {
 }
 
 const ABBREVIATIONS: &[&str] = &[
-    "e.g.", "i.e.", "etc.", "vs.", "mr.", "mrs.", "ms.", "dr.", "st.", "fig.", "approx.",
-    "cf.", "al.",
+    "e.g.", "i.e.", "etc.", "vs.", "mr.", "mrs.", "ms.", "dr.", "st.", "fig.", "approx.", "cf.",
+    "al.",
 ];
 
 fn ends_sentence(word: &str) -> bool {
@@ -129,7 +132,9 @@ fn ends_sentence(word: &str) -> bool {
     if !w.ends_with(['.', '!', '?']) {
         return false;
     }
-    let lower = w.trim_start_matches(['"', '\'', '(', '[', '“', '‘']).to_lowercase();
+    let lower = w
+        .trim_start_matches(['"', '\'', '(', '[', '“', '‘'])
+        .to_lowercase();
     // An initial ("J.") is not an end either.
     let initial = w.len() <= 2 && w.starts_with(char::is_uppercase);
     !ABBREVIATIONS.contains(&lower.as_str()) && !initial
@@ -146,7 +151,12 @@ pub fn words(text: &str) -> Vec<String> {
             continue;
         }
         if token.contains('-') {
-            out.extend(token.split('-').filter(|p| !p.is_empty()).map(str::to_string));
+            out.extend(
+                token
+                    .split('-')
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string),
+            );
         }
         out.push(token);
     }
@@ -248,7 +258,10 @@ mod tests {
                 "2. Close it.",
             ]
         );
-        assert_eq!(sentences("Version 3.5 is out. Yes."), vec!["Version 3.5 is out.", "Yes."]);
+        assert_eq!(
+            sentences("Version 3.5 is out. Yes."),
+            vec!["Version 3.5 is out.", "Yes."]
+        );
     }
 
     #[test]
@@ -271,7 +284,9 @@ mod tests {
     #[test]
     fn packed_sections_keep_their_own_headings() {
         // Two small sections in one chunk, as the chunker packs them.
-        let s = sections("Install › Linux\nRun apt.\n\nMore on Linux.\n\nInstall › macOS\nRun brew. Done.");
+        let s = sections(
+            "Install › Linux\nRun apt.\n\nMore on Linux.\n\nInstall › macOS\nRun brew. Done.",
+        );
         assert_eq!(s.headings, vec!["Install › Linux", "Install › macOS"]);
         assert_eq!(
             s.sentences,
@@ -289,6 +304,9 @@ mod tests {
 
     #[test]
     fn words_split_and_keep_compounds() {
-        assert_eq!(words("Send an E-mail, now!"), vec!["send", "an", "e", "mail", "e-mail", "now"]);
+        assert_eq!(
+            words("Send an E-mail, now!"),
+            vec!["send", "an", "e", "mail", "e-mail", "now"]
+        );
     }
 }
