@@ -167,9 +167,11 @@ pub struct RuntimeOpts {
     #[arg(long, env = "RAG_WORKER_POLL_MS", default_value_t = 2000)]
     pub worker_poll_ms: u64,
     /// Chunk size for ingest, in characters.
-    // 1000 / 150 measured best for recall@1 on fixtures/qa (bm25, heading-
-    // aware chunks; docs/benchmarks.md "Retrieval (#19)"), and a chunk this
-    // size fits all-MiniLM-L6-v2's 256-token window.
+    // 1000 / 150 measured best on fixtures/qa end to end (hybrid with the
+    // relevance floor: recall@1, recall@5, MRR and answers that state the
+    // fact). 1500 / 200 ranks slightly better with the floor off, but its
+    // cosines are lower and the floor refuses more (docs/benchmarks.md
+    // "Retrieval (#19)").
     #[arg(long, env = "RAG_CHUNK_SIZE", default_value_t = 1000)]
     pub chunk_size: usize,
     /// Overlap between consecutive chunks, in characters.

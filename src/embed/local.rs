@@ -11,9 +11,12 @@ use tokenizers::Encoding;
 
 use super::EmbedError;
 
-/// Texts per forward pass. Texts are sorted by token count first, so a
-/// batch pads little; measured in docs/benchmarks.md ("Embedding (#19)").
-pub const BATCH: usize = 16;
+/// Texts per forward pass. One: on this CPU backend a batch gains nothing
+/// from sharing matrix products and pays for padding, so batch 1 measured
+/// fastest (17.6 chunks/s against 14.8 for 32, two threads; docs/benchmarks.md
+/// "Embedding (#19)"). Texts are still sorted by token count, for larger
+/// batches.
+pub const BATCH: usize = 1;
 
 /// A loaded sentence-transformers model directory.
 pub struct LocalModel {
