@@ -4,22 +4,12 @@
 
 mod common;
 
+use common::holding::post_message as post;
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
 const NOT_FOUND: &str = "I could not find that in your documents.";
-
-async fn post(api: &Api, user: Uuid, conv: &str, content: &str) -> (u16, Value) {
-    let r = http()
-        .post(format!("{}/conversations/{conv}/messages", api.url))
-        .bearer_auth(token(user))
-        .json(&json!({ "content": content }))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
-}
 
 #[tokio::test]
 async fn bad_questions_get_a_clear_400_or_the_could_not_find_answer() {

@@ -269,25 +269,7 @@ async fn stop_words_find_nothing_and_search_stays_on_the_indexes() {
     let pool = migrated(&db).await;
     let c = pool.get().await.unwrap();
     // Three users with 3,000 chunks each; "common" is in every chunk.
-    c.batch_execute(
-        "SELECT setseed(0.19);
-         INSERT INTO documents (id, user_id, filename, mime_type, size_bytes, status)
-         SELECT gen_random_uuid(), u, 'seed.txt', 'text/plain', 1, 'ingested'
-         FROM unnest(ARRAY['00000000-0000-0000-0000-00000000000a',
-                           '00000000-0000-0000-0000-00000000000b',
-                           '00000000-0000-0000-0000-00000000000c']::uuid[]) u, generate_series(1, 30);
-         INSERT INTO chunks (id, document_id, user_id, chunk_index, content)
-         SELECT gen_random_uuid(), d.id, d.user_id, i,
-                'common ' || (SELECT string_agg('w' || floor(exp(random() * ln(3000)))::int, ' ')
-                              FROM generate_series(1, 60 + i % 2))
-         FROM documents d, generate_series(1, 100) i;
-         INSERT INTO bm25_users SELECT user_id, count(*), sum(tokens) FROM chunks GROUP BY 1;
-         INSERT INTO bm25_terms SELECT c.user_id, l, count(*) FROM chunks c,
-                unnest(tsvector_to_array(c.tsv)) l GROUP BY 1, 2;
-         ANALYZE;",
-    )
-    .await
-    .unwrap();
+    seed_three_users(&c, 30, 3000, 60).await;
     assert_stats_exact(&pool).await;
     let user: Uuid = "00000000-0000-0000-0000-00000000000a".parse().unwrap();
 
@@ -379,24 +361,7 @@ async fn measure_search_latency_at_10k_chunks() {
     let pool = migrated(&db).await;
     let c = pool.get().await.unwrap();
     let seed = std::time::Instant::now();
-    c.batch_execute(
-        "INSERT INTO documents (id, user_id, filename, mime_type, size_bytes, status)
-         SELECT gen_random_uuid(), u, 'seed.txt', 'text/plain', 1, 'ingested'
-         FROM unnest(ARRAY['00000000-0000-0000-0000-00000000000a',
-                           '00000000-0000-0000-0000-00000000000b',
-                           '00000000-0000-0000-0000-00000000000c']::uuid[]) u, generate_series(1, 100);
-         INSERT INTO chunks (id, document_id, user_id, chunk_index, content)
-         SELECT gen_random_uuid(), d.id, d.user_id, i,
-                'common ' || (SELECT string_agg('w' || floor(exp(random() * ln(20000)))::int, ' ')
-                              FROM generate_series(1, 150 + i % 2))
-         FROM documents d, generate_series(1, 100) i;
-         INSERT INTO bm25_users SELECT user_id, count(*), sum(tokens) FROM chunks GROUP BY 1;
-         INSERT INTO bm25_terms SELECT c.user_id, l, count(*) FROM chunks c,
-                unnest(tsvector_to_array(c.tsv)) l GROUP BY 1, 2;
-         ANALYZE;",
-    )
-    .await
-    .unwrap();
+    seed_three_users(&c, 100, 20000, 150).await;
     c.batch_execute("VACUUM ANALYZE chunks").await.unwrap();
     println!("seeded in {:?}", seed.elapsed());
     if std::env::var("DBG_KEEP").is_ok() {
@@ -460,4 +425,30 @@ async fn measure_search_latency_at_10k_chunks() {
             lexical::explain(&c, user, &qs[0]).await.unwrap().join("\n")
         );
     }
+}
+
+/// Users …0a, …0b and …0c with `docs` documents of 100 chunks each:
+/// "common" and about `words` words drawn Zipf-like from `vocabulary`, from
+/// a fixed seed (the planner's choice depends on the data, and a test must
+/// see the same plan every run); statistics recounted, tables analysed.
+async fn seed_three_users(c: &tokio_postgres::Client, docs: i32, vocabulary: i32, words: i32) {
+    c.batch_execute(&format!(
+        "SELECT setseed(0.19);
+         INSERT INTO documents (id, user_id, filename, mime_type, size_bytes, status)
+         SELECT gen_random_uuid(), u, 'seed.txt', 'text/plain', 1, 'ingested'
+         FROM unnest(ARRAY['00000000-0000-0000-0000-00000000000a',
+                           '00000000-0000-0000-0000-00000000000b',
+                           '00000000-0000-0000-0000-00000000000c']::uuid[]) u, generate_series(1, {docs});
+         INSERT INTO chunks (id, document_id, user_id, chunk_index, content)
+         SELECT gen_random_uuid(), d.id, d.user_id, i,
+                'common ' || (SELECT string_agg('w' || floor(exp(random() * ln({vocabulary})))::int, ' ')
+                              FROM generate_series(1, {words} + i % 2))
+         FROM documents d, generate_series(1, 100) i;
+         INSERT INTO bm25_users SELECT user_id, count(*), sum(tokens) FROM chunks GROUP BY 1;
+         INSERT INTO bm25_terms SELECT c.user_id, l, count(*) FROM chunks c,
+                unnest(tsvector_to_array(c.tsv)) l GROUP BY 1, 2;
+         ANALYZE;"
+    ))
+    .await
+    .unwrap();
 }

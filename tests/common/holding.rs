@@ -175,6 +175,13 @@ pub async fn upload_text(api: &Api, user: Uuid, i: usize) -> String {
 }
 
 pub async fn ask(api: &Api, user: Uuid, conv: &str, content: &str) -> Value {
+    let (status, body) = post_message(api, user, conv, content).await;
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+/// `POST /conversations/{conv}/messages`: the status and the JSON body.
+pub async fn post_message(api: &Api, user: Uuid, conv: &str, content: &str) -> (u16, Value) {
     let r = http()
         .post(format!("{}/conversations/{conv}/messages", api.url))
         .bearer_auth(token(user))
@@ -182,10 +189,7 @@ pub async fn ask(api: &Api, user: Uuid, conv: &str, content: &str) -> Value {
         .send()
         .await
         .unwrap();
-    let status = r.status();
-    let body = r.text().await.unwrap();
-    assert_eq!(status, 201, "{body}");
-    serde_json::from_str(&body).unwrap()
+    (r.status().as_u16(), r.json().await.unwrap())
 }
 
 /// Sets documents' and their jobs' states as workers would (each write

@@ -28,9 +28,6 @@ use super::{BenchArgs, progress};
 use crate::config::ConnectOpts;
 use crate::harness::{Ready, ScratchDb, random_hex};
 
-/// Database server used when none is configured.
-const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-
 pub(super) async fn run(
     connect: &ConnectOpts,
     args: &BenchArgs,
@@ -141,13 +138,7 @@ async fn start(
     channel: &str,
     mode: &str,
 ) -> anyhow::Result<Served> {
-    let admin = connect
-        .database_url()
-        .unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string());
-    let prefix = format!("bench_{}", std::process::id());
-    let db = ScratchDb::create(&admin, &prefix, None)
-        .await
-        .context("cannot create the benchmark database")?;
+    let db = super::server::scratch_db(connect).await?;
     let secret = random_hex(32);
     match spawn(&db, &secret, channel, args, mode).await {
         Ok((child, pid, api)) => Ok(Served {

@@ -52,15 +52,7 @@ impl Site {
                 own: None,
             });
         }
-        let admin = connect
-            .database_url()
-            .unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string());
-        let prefix = format!("bench_{}", std::process::id());
-        let db = ScratchDb::create(&admin, &prefix, None)
-            .await
-            .with_context(|| {
-                format!("cannot create the benchmark database on {}", redact(&admin))
-            })?;
+        let db = scratch_db(connect).await?;
         let secret = random_hex(32);
         progress(&format!(
             "database {} created; starting `ragctl serve --no-workers`",
@@ -291,4 +283,16 @@ pub(super) async fn endpoint(api: &str) -> anyhow::Result<Endpoint> {
         .next()
         .with_context(|| format!("no address for {host}"))?;
     Ok(Endpoint { addr, host })
+}
+
+/// A fresh benchmark database on the configured server (or the local
+/// default).
+pub(super) async fn scratch_db(connect: &ConnectOpts) -> anyhow::Result<ScratchDb> {
+    let admin = connect
+        .database_url()
+        .unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string());
+    let prefix = format!("bench_{}", std::process::id());
+    ScratchDb::create(&admin, &prefix, None)
+        .await
+        .with_context(|| format!("cannot create the benchmark database on {}", redact(&admin)))
 }
