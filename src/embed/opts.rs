@@ -31,11 +31,6 @@ pub struct EmbedOpts {
 }
 
 impl EmbedOpts {
-    /// Whether an embedder is configured (no check).
-    pub fn configured(&self) -> bool {
-        set(&self.embed_url).is_some() || self.embed_model.is_some()
-    }
-
     /// The configured embedder, or `None`. A missing or corrupt model
     /// directory, a malformed URL or both flags at once fail here, naming
     /// the flag; an endpoint that is down does not (a runtime condition).

@@ -238,7 +238,7 @@ pub async fn run(connect: ConnectOpts, mut args: ServeArgs) -> anyhow::Result<Ex
     args.limits.check(args.runtime.max_upload_bytes)?;
     args.limits.check_search_pool(args.runtime.pool_size)?;
     // Checked before anything starts; the state resolves it again.
-    args.retrieval.resolve(state::embedder_configured(&args))?;
+    args.retrieval.resolve(embedder.is_some())?;
     // Checked before anything starts; the state reads it again.
     api::cors::Cors::parse(&args.cors_origins)?;
     api::limits::return_big_buffers_to_the_os();

@@ -49,7 +49,7 @@ pub fn build(
         rt.publish_timeout(),
     );
     let (hub, bridge, bridge_task) = realtime(args, &parts, &events)?;
-    let retrieval = args.retrieval.resolve(embedder_configured(args))?;
+    let retrieval = args.retrieval.resolve(parts.embedder.is_some())?;
     tracing::info!(
         mode = retrieval.mode.as_str(),
         min_relevance = retrieval.min_relevance,
@@ -109,12 +109,6 @@ pub fn build(
         vectors: crate::embed::VectorCache::new(args.retrieval.vector_cache_bytes()),
     }));
     Ok((state, bridge_task))
-}
-
-/// Whether an embedding model or endpoint is configured (`auto` retrieval
-/// is hybrid then).
-pub(super) fn embedder_configured(args: &ServeArgs) -> bool {
-    args.runtime.embed.configured()
 }
 
 fn ws_config(args: &ServeArgs) -> WsConfig {
