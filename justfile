@@ -41,6 +41,10 @@ model *ARGS:
 test *ARGS:
     cargo test "$@"
 
+# The whole suite RUNS times while stress-ng keeps both cores busy (installs stress-ng)
+stress-test RUNS="3" *ARGS:
+    bash scripts/stress-test.sh "$@"
+
 # End-to-end run with real processes on a throwaway database (tests/e2e.sh)
 e2e:
     bash tests/e2e.sh

@@ -420,22 +420,24 @@ async fn an_expired_token_reconnects_at_once_with_a_fresh_one() {
     let mut page = browser.page(&format!("{}/healthz", api.url)).await;
     // A backoff days long: only the 4001 policy reconnects in time.
     harness(&mut page, 1_000_000_000).await;
-    let short = ragctl::auth::mint(SECRET, user, Duration::from_secs(3)).unwrap();
+    // Long enough to outlive the first handshake on a busy machine; the
+    // client's refreshes get the same token back, so it is never renewed.
+    let short = ragctl::auth::mint(SECRET, user, Duration::from_secs(5)).unwrap();
     let short = serde_json::to_string(&short).unwrap();
+    let fresh = serde_json::to_string(&token(user)).unwrap();
+    // The page decides which token a waiter gets from its own statuses,
+    // in the same turn of its event loop: a reconnection reported between
+    // two of our evals can never be handed the short token.
+    let answer = format!(
+        "(() => {{ const again = __t.statuses.filter((s) => s.status === 'connecting').length >= 2;
+           while (__t.waiters.length) __t.give(again ? {fresh} : {short}); return true; }})()"
+    );
     let deadline = Instant::now() + PATIENCE;
     let state = loop {
+        page.eval(&answer).await;
         let state = page.eval(STATE).await;
-        let seen = statuses(&state);
-        if seen.iter().filter(|s| **s == "live").count() == 2 {
+        if statuses(&state).iter().filter(|s| **s == "live").count() == 2 {
             break state;
-        }
-        if seen.iter().filter(|s| **s == "connecting").count() == 2 {
-            give_tokens(&mut page, user).await;
-        } else {
-            page.eval(&format!(
-                "while (__t.waiters.length) __t.give({short}); true"
-            ))
-            .await;
         }
         assert!(Instant::now() < deadline, "no reconnection: {state}");
         tokio::time::sleep(Duration::from_millis(100)).await;
