@@ -120,6 +120,9 @@ async fn a_flood_of_big_uploads_stays_within_the_memory_bound() {
         match status {
             201 => created += 1,
             503 => assert_eq!(body["error"]["code"], "server_busy"),
+            // Refused before the body was read: the 503 can be lost to the
+            // reset when the server closes on unread bytes.
+            RawResponse::CUT => {}
             other => panic!("unexpected {other}: {body}"),
         }
     }

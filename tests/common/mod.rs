@@ -266,6 +266,21 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test failed: its processes' last words are the evidence.
+            let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+            let tail = &log[log.len().saturating_sub(80)..];
+            let dir = std::env::temp_dir().join("ragctl-test-logs");
+            let file = dir.join(format!("{}-{}.log", self.name, self.pid()));
+            let _ = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&file, log.join("\n")));
+            eprintln!(
+                "--- {} (last {} log lines; all in {}) ---\n{}",
+                self.name,
+                tail.len(),
+                file.display(),
+                tail.join("\n")
+            );
+        }
         if let Ok(None) = self.child.try_wait() {
             self.signal(libc::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -326,7 +341,16 @@ impl Api {
         let mut args = vec!["serve", "--port", &port, "--no-workers"];
         args.extend_from_slice(&["--ready-file", ready_arg]);
         args.extend_from_slice(extra);
-        let mut proc = Proc::spawn_with("api", db_url, &args, env, configure);
+        // A client left unread through a long phase of a test (uploads on a
+        // busy machine) answers no ping and would be closed as idle (4002);
+        // tests of the idle close set their own timings.
+        let timed = extra.iter().any(|a| a.starts_with("--ws-idle") || a.starts_with("--ws-ping"))
+            || env.iter().any(|(k, _)| k.starts_with("RAG_WS_IDLE") || k.starts_with("RAG_WS_PING"));
+        let mut env = env.to_vec();
+        if !timed {
+            env.push(("RAG_WS_IDLE_SECS", "86400"));
+        }
+        let mut proc = Proc::spawn_with("api", db_url, &args, &env, configure);
         let child = &mut proc.child;
         let ready = Ready::wait(&ready_path, PATIENCE, || {
             matches!(child.try_wait(), Ok(None))

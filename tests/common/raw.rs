@@ -17,12 +17,29 @@ pub const MIB: usize = 1024 * 1024;
 /// body is sent and when the connection goes away.
 pub struct Raw {
     pub stream: TcpStream,
+    /// Why the request could not be written whole: a server that refuses
+    /// an upload early answers and closes without reading the body.
+    cut: Option<std::io::Error>,
 }
 
 pub struct RawResponse {
     pub status: u16,
     pub head: String,
     pub body: Value,
+}
+
+impl RawResponse {
+    /// Status 0: the connection was closed on a request not yet written
+    /// whole, before any response arrived.
+    pub const CUT: u16 = 0;
+
+    fn cut(e: &std::io::Error) -> RawResponse {
+        RawResponse {
+            status: Self::CUT,
+            head: format!("request cut: {e}"),
+            body: Value::Null,
+        }
+    }
 }
 
 impl Raw {
@@ -44,12 +61,19 @@ impl Raw {
             token(user)
         );
         stream.write_all(head.as_bytes()).await.unwrap();
-        stream.write_all(body).await.unwrap();
-        Raw { stream }
+        let mut raw = Raw { stream, cut: None };
+        raw.send(body).await;
+        raw
     }
 
+    /// Writes more of the request; after a failed write, nothing more is
+    /// sent and `response` tells what the server said, if anything.
     pub async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
+        if self.cut.is_none()
+            && let Err(e) = self.stream.write_all(bytes).await
+        {
+            self.cut = Some(e);
+        }
     }
 
     /// Reads the whole response (the server answers with a Content-Length).
@@ -58,16 +82,17 @@ impl Raw {
         let read = async {
             loop {
                 let mut chunk = [0u8; 8192];
-                let n = self
-                    .stream
-                    .read(&mut chunk)
-                    .await
-                    .expect("read the response");
-                assert!(
-                    n > 0,
-                    "connection closed before a whole response: {:?}",
-                    String::from_utf8_lossy(&buf)
-                );
+                let n = match (self.stream.read(&mut chunk).await, &self.cut) {
+                    (Ok(n), _) if n > 0 => n,
+                    // Refused before the body was taken, the answer lost to
+                    // the reset (RST discards what the socket had queued).
+                    (_, Some(cut)) if buf.is_empty() => return RawResponse::cut(cut),
+                    (r, _) => panic!(
+                        "connection closed before a whole response ({r:?}, request {:?}): {:?}",
+                        self.cut,
+                        String::from_utf8_lossy(&buf)
+                    ),
+                };
                 buf.extend_from_slice(&chunk[..n]);
                 if let Some(end) = find(&buf, b"\r\n\r\n") {
                     let head = String::from_utf8_lossy(&buf[..end]).to_string();
