@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use io_uring::squeue::PushError;
-use io_uring::{SubmissionQueue, opcode, types};
+use io_uring::{SubmissionQueue, cqueue, opcode, types};
 
 /// Buffers leaked by guards dropped with sends not reaped, in this process.
 static LEAKED: AtomicU64 = AtomicU64::new(0);
@@ -24,8 +24,9 @@ static LEAKED: AtomicU64 = AtomicU64::new(0);
 /// One buffer and the sends of it that the kernel may still read.
 pub struct InFlight {
     buf: Bytes,
-    /// Sends pushed into a ring whose completion was not reaped yet.
-    pending: usize,
+    /// The user data of the sends pushed into a ring whose completion was
+    /// not reaped yet.
+    pending: Vec<u64>,
 }
 
 impl InFlight {
@@ -33,12 +34,12 @@ impl InFlight {
     pub fn new(buf: &Bytes) -> InFlight {
         InFlight {
             buf: buf.clone(),
-            pending: 0,
+            pending: Vec::new(),
         }
     }
 
     /// Pushes a send of the whole buffer (at most 4 GiB) to `fd`, tagged
-    /// `user_data`, and counts it in flight.
+    /// `user_data` (distinct per send), and counts it in flight.
     pub fn push_send(
         &mut self,
         sq: &mut SubmissionQueue<'_>,
@@ -56,20 +57,27 @@ impl InFlight {
         // open now; once submitted, the kernel holds its own reference to
         // the file.
         unsafe { sq.push(&send) }?;
-        self.pending += 1;
+        self.pending.push(user_data);
         Ok(())
     }
 
-    /// The completion of one pushed send was reaped: the kernel no longer
-    /// reads the buffer for it.
-    pub fn reaped(&mut self) {
-        debug_assert!(self.pending > 0, "a completion of a send never pushed");
-        self.pending = self.pending.saturating_sub(1);
+    /// Takes `cqe`, a completion reaped from the ring: true if it is one of
+    /// this guard's sends (which no longer reads the buffer), false for
+    /// any other operation's. Each send is reaped once.
+    pub fn reaped(&mut self, cqe: &cqueue::Entry) -> bool {
+        let tag = cqe.user_data();
+        match self.pending.iter().position(|&t| t == tag) {
+            Some(at) => {
+                self.pending.swap_remove(at);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Sends pushed whose completion was not reaped.
     pub fn pending(&self) -> usize {
-        self.pending
+        self.pending.len()
     }
 
     /// Buffers leaked so far in this process (see `Drop`).
@@ -83,13 +91,13 @@ impl Drop for InFlight {
     /// With a send not reaped, the kernel may still read the buffer: it is
     /// never freed (counted in `ragctl_bridge_io_uring_leaked_buffers_total`).
     fn drop(&mut self) {
-        if self.pending == 0 {
+        if self.pending.is_empty() {
             return;
         }
         LEAKED.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("ragctl_bridge_io_uring_leaked_buffers_total").increment(1);
         tracing::warn!(
-            sends = self.pending,
+            sends = self.pending.len(),
             bytes = self.buf.len(),
             "io_uring sends not reaped: their buffer is kept for the life of the process"
         );

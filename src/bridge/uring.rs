@@ -9,6 +9,12 @@
 //! `EAGAIN` (never parked in the ring): the outcomes are exactly those of
 //! plain sends, and the outlet queues what was not taken as before.
 //!
+//! The buffer is never borrowed by the ring: each send is pushed through
+//! `InFlight`, which owns a clone of it until the send's completion is
+//! reaped, and the `Sender` gets its ring back only once all are. On any
+//! early exit the ring is dropped without being entered again, and a guard
+//! with sends not reaped keeps the buffer for good (`inflight.rs`).
+//!
 //! Where io_uring cannot be had (an old kernel, a seccomp profile, the
 //! `kernel.io_uring_disabled` sysctl) or is switched off, the same calls
 //! are plain sends, one per socket.
@@ -211,16 +217,16 @@ fn retry_interrupted(mut f: impl FnMut() -> io::Result<usize>) -> io::Result<usi
 /// (a cancelled send sent nothing: `WouldBlock`).
 fn drain(ring: &mut IoUring, sends: &mut InFlight, out: &mut [SendOutcome], done: &mut [bool]) {
     for cqe in ring.completion() {
-        let (i, res) = (cqe.user_data(), cqe.result());
-        if i == CANCEL {
+        // Not a send: a cancel's completion.
+        if !sends.reaped(&cqe) {
             continue;
         }
-        sends.reaped();
-        out[i as usize] = match res {
+        let (i, res) = (cqe.user_data() as usize, cqe.result());
+        out[i] = match res {
             _ if -res == libc::ECANCELED => SendOutcome::WouldBlock,
             _ => SendOutcome::from_raw(res),
         };
-        done[i as usize] = true;
+        done[i] = true;
     }
 }
 
