@@ -6,11 +6,12 @@
 //! which moves the socket's expiry (see `refresh`); its other data
 //! messages are ignored, within a size and rate bound.
 //!
-//! Close codes: 1001 server shutting down, 4001 token expired, 4002 peer
-//! silent past the idle timeout, 4003 / 4004 an `auth.refresh` token that
-//! is invalid / another user's, 4008 slow consumer (its queue overflowed;
-//! resync through REST before reconnecting), and RFC 6455's 1002, 1007 and
-//! 1009 for a client that breaks the protocol (see `close`).
+//! Close codes (`bridge::CloseCode`, the one list): 1001 server shutting
+//! down, 4001 token expired, 4002 peer silent past the idle timeout, 4003 /
+//! 4004 an `auth.refresh` token that is invalid / another user's, 4008 slow
+//! consumer (its queue overflowed; resync through REST before
+//! reconnecting), and RFC 6455's 1002, 1007, 1009 and 1011 for a client
+//! that breaks the protocol (see `close`).
 //!
 //! `?since=<cursor>` resumes: the socket catches up on what changed since
 //! the cursor before it goes live (see `resume`), within the token's
@@ -46,15 +47,10 @@ use crate::auth::AuthUser;
 use crate::events::resume::Cursor;
 pub use catchups::Catchups;
 pub use handshake::{Credentials, Upgrade, credentials};
-pub use refresh::{CLOSE_REFRESH_INVALID, CLOSE_REFRESH_OTHER_USER};
 pub use socket::READ_CHUNK;
 use socket::{Resume, SocketCtx, Start};
 // For the submodules.
 use socket::{Socket, flush};
-
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
-pub const CLOSE_IDLE: u16 = 4002;
 
 #[derive(Debug, Clone)]
 pub struct WsConfig {

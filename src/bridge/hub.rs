@@ -2,7 +2,6 @@
 
 use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -17,10 +16,6 @@ use super::hold::{Held, Hold};
 use super::outlet::{Begun, Chunk, Outlet, Pushed, Sink, delivery_histogram, record_latency};
 use super::uring::Sender;
 use crate::events::{Envelope, Frame, LocalDelivery};
-
-/// Close code for a socket whose queue overflowed: the client fell behind,
-/// and should resync through REST before reconnecting.
-pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
 /// How many recent envelope ids are remembered to drop duplicates (an event
 /// delivered locally after a publish that timed out but did commit).
@@ -327,9 +322,12 @@ impl Hub {
                 Begun::Direct(d) => direct.push(d),
             }
         }
-        let fds: Vec<RawFd> = direct.iter().map(|d| d.fd).collect();
-        let mut results = Vec::with_capacity(fds.len());
-        sender.send_all(&fds, &chunk.bytes, &mut results);
+        let mut results = Vec::with_capacity(direct.len());
+        {
+            // Borrowed from the locked outlets: open until `finish`.
+            let fds: Vec<_> = direct.iter().map(|d| d.fd()).collect();
+            sender.send_all(&fds, &chunk.bytes, &mut results);
+        }
         for (d, r) in direct.into_iter().zip(results) {
             count(d.finish(&chunk, r));
         }

@@ -16,10 +16,14 @@
 //! socket cannot take at once waits in its bounded queue for the socket's
 //! task, and a socket whose queue overflows is closed.
 
+mod close_code;
+mod control;
 mod heal;
 mod hold;
 mod hub;
+mod inflight;
 mod outlet;
+mod send;
 mod throttle;
 mod uring;
 
@@ -29,10 +33,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use close_code::CloseCode;
+pub use control::{ControlWriter, unbuffered_ws_config};
 pub use heal::{HealConfig, instance_name};
 pub use hold::{Held, Hold, Step};
-pub use hub::{CLOSE_SLOW_CONSUMER, ConnGuard, Hub, HubStats, put_text_frame};
-pub use outlet::{Begun, Chunk, ControlWriter, Direct, Outlet, Pushed, Sink, TcpSink};
+pub use hub::{ConnGuard, Hub, HubStats, put_text_frame};
+pub use outlet::{Begun, Chunk, Direct, Outlet, Pushed, Sink, TcpSink};
+pub use send::SendOutcome;
 pub use throttle::{RESYNC_THROTTLED, ThrottleConfig};
 pub use uring::Sender;
 

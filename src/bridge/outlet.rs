@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -21,11 +21,11 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::close_code::is_close_frame;
+use super::send::{SendOutcome, send_now};
+
 /// Pings and pongs allowed beyond the queue bound.
 const CONTROL_HEADROOM: usize = 8;
-
-/// The first byte of an unfragmented close frame (FIN, opcode 8).
-const CLOSE_FRAME: u8 = 0x88;
 
 /// Where an outlet writes: the raw byte stream of the socket. It must not
 /// buffer (a successful write means the bytes are with the kernel).
@@ -44,8 +44,17 @@ pub enum Sink {
 /// finds it out again, clears it and waits for the edge, so no wake-up is
 /// lost.
 pub struct TcpSink {
+    /// The descriptor of `half`, open as long as `half` is.
     fd: RawFd,
     half: OwnedWriteHalf,
+}
+
+impl AsFd for TcpSink {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: `fd` is `half`'s descriptor, which `half` keeps open
+        // while `self` (and so the borrow) lives.
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
+    }
 }
 
 impl Sink {
@@ -58,16 +67,16 @@ impl Sink {
         Sink::Stream(Box::pin(w))
     }
 
-    /// Writes what the kernel takes now, never waiting: `Pending` when it
-    /// takes nothing.
-    fn write_now(&mut self, buf: &[u8]) -> Poll<io::Result<usize>> {
+    /// Writes what the kernel takes now, never waiting.
+    fn write_now(&mut self, buf: &[u8]) -> SendOutcome {
         match self {
-            Sink::Tcp(t) => send_now(t.fd, buf),
-            // The no-op waker is fine because on `Pending` the socket's
+            Sink::Tcp(t) => send_now(t.as_fd(), buf),
+            // The no-op waker is fine because on `WouldBlock` the socket's
             // task is woken and polls with its own.
-            Sink::Stream(s) => s
-                .as_mut()
-                .poll_write(&mut Context::from_waker(Waker::noop()), buf),
+            Sink::Stream(s) => SendOutcome::from_poll(
+                s.as_mut()
+                    .poll_write(&mut Context::from_waker(Waker::noop()), buf),
+            ),
         }
     }
 
@@ -90,27 +99,6 @@ impl Sink {
             Sink::Tcp(t) => Pin::new(&mut t.half).poll_shutdown(cx),
             Sink::Stream(s) => s.as_mut().poll_shutdown(cx),
         }
-    }
-}
-
-/// One non-blocking `send(2)` of `buf` on `fd`: `Pending` when the kernel
-/// takes nothing now.
-pub(super) fn send_now(fd: RawFd, buf: &[u8]) -> Poll<io::Result<usize>> {
-    // SAFETY: `buf` is valid for its length, and `fd` is the descriptor of
-    // a `TcpSink` the caller holds (locked in its outlet), whose write half
-    // keeps it open: it cannot be closed and reused meanwhile.
-    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
-    match n {
-        0.. => Poll::Ready(Ok(n as usize)),
-        _ => sent(io::Error::last_os_error()),
-    }
-}
-
-/// What a failed send means here: `Pending` for "not now".
-pub(super) fn sent(e: io::Error) -> Poll<io::Result<usize>> {
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Poll::Pending,
-        _ => Poll::Ready(Err(e)),
     }
 }
 
@@ -227,7 +215,7 @@ impl Outlet {
         match self.begin(chunk) {
             Begun::Done(p) => p,
             Begun::Direct(d) => {
-                let sent = send_now(d.fd, &chunk.bytes);
+                let sent = send_now(d.fd(), &chunk.bytes);
                 d.finish(chunk, sent)
             }
         }
@@ -243,11 +231,7 @@ impl Outlet {
             return Begun::Done(Pushed::Closed);
         }
         match &st.sink {
-            Sink::Tcp(t) if st.queue.is_empty() => Begun::Direct(Direct {
-                fd: t.fd,
-                outlet: self,
-                st,
-            }),
+            Sink::Tcp(_) if st.queue.is_empty() => Begun::Direct(Direct { outlet: self, st }),
             _ => Begun::Done(self.enqueue(&mut st, chunk, self.limit)),
         }
     }
@@ -263,7 +247,7 @@ impl Outlet {
         // One close frame always fits, whatever fills the queue: room is
         // kept for it beyond the bound (and the headroom of pings and
         // pongs, which a client flooding pings without reading can fill).
-        let limit = if bytes.first() == Some(&CLOSE_FRAME) && !st.close_sent {
+        let limit = if is_close_frame(&bytes) && !st.close_sent {
             st.close_sent = true;
             usize::MAX
         } else {
@@ -290,12 +274,12 @@ impl Outlet {
 
     /// Takes the outcome of writing `chunk` straight to the socket: the
     /// rest is queued for the socket's task, a failure breaks the outlet.
-    fn wrote(&self, st: &mut State, chunk: &Chunk, result: Poll<io::Result<usize>>) -> Pushed {
+    fn wrote(&self, st: &mut State, chunk: &Chunk, result: SendOutcome) -> Pushed {
         let written = match result {
-            Poll::Ready(Ok(0)) => Err(()),
-            Poll::Ready(Ok(n)) => Ok(n),
-            Poll::Pending => Ok(0),
-            Poll::Ready(Err(_)) => Err(()),
+            SendOutcome::Sent(0) => Err(()),
+            SendOutcome::Sent(n) => Ok(n),
+            SendOutcome::WouldBlock => Ok(0),
+            SendOutcome::Failed(_) => Err(()),
         };
         match written {
             Ok(n) if n == chunk.bytes.len() => Pushed::Written,
@@ -385,154 +369,32 @@ impl Outlet {
 /// See [`Outlet::begin`].
 pub enum Begun<'a> {
     Done(Pushed),
-    /// The caller writes the chunk to `fd`, then calls `finish`.
+    /// The caller writes the chunk to `Direct::fd`, then calls `finish`.
     Direct(Direct<'a>),
 }
 
-/// A locked outlet whose socket takes the chunk straight away.
+/// A locked outlet whose socket (a `TcpSink`) takes the chunk straight away.
 pub struct Direct<'a> {
-    pub fd: RawFd,
     outlet: &'a Outlet,
     st: std::sync::MutexGuard<'a, State>,
 }
 
 impl Direct<'_> {
+    /// The socket to write to, borrowed from the locked outlet: it stays
+    /// open, and is no other file, while the borrow lives.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        match &self.st.sink {
+            Sink::Tcp(t) => t.as_fd(),
+            Sink::Stream(_) => unreachable!("`Outlet::begin` makes a Direct of a TCP sink only"),
+        }
+    }
+
     /// Takes the outcome of the caller's write of `chunk` to `fd`.
-    pub fn finish(mut self, chunk: &Chunk, result: Poll<io::Result<usize>>) -> Pushed {
+    pub fn finish(mut self, chunk: &Chunk, result: SendOutcome) -> Pushed {
         self.outlet.wrote(&mut self.st, chunk, result)
     }
 }
 
-/// The write half handed to the WebSocket protocol library: what it writes
-/// (pongs, pings, close frames) goes through the outlet, behind the frames
-/// already queued, so frames never interleave.
-pub struct ControlWriter(pub Arc<Outlet>);
-
-impl AsyncWrite for ControlWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        // The library writes whole frames from its own buffer, so one call
-        // carries complete frames.
-        match self.0.push_control(Bytes::copy_from_slice(buf)) {
-            Pushed::Written | Pushed::Queued => Poll::Ready(Ok(buf.len())),
-            Pushed::Slow => Poll::Ready(Err(io::Error::other("slow consumer"))),
-            Pushed::Closed => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The socket's task flushes the outlet.
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::AsyncReadExt;
-
-    fn chunk(s: &str) -> Chunk {
-        Chunk {
-            bytes: Bytes::copy_from_slice(s.as_bytes()),
-            frames: 1,
-            stamps: Arc::from([Utc::now()]),
-        }
-    }
-
-    #[tokio::test]
-    async fn writes_at_once_when_nothing_is_queued() {
-        let (w, mut r) = tokio::io::duplex(64);
-        let out = Outlet::new(Sink::stream(w), 4);
-        assert_eq!(out.push(&chunk("hello")), Pushed::Written);
-        assert_eq!(out.queued(), 0);
-        let mut buf = [0u8; 5];
-        r.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"hello");
-    }
-
-    #[tokio::test]
-    async fn queues_what_the_peer_cannot_take_and_flushes_in_order() {
-        let (w, mut r) = tokio::io::duplex(4);
-        let out = Arc::new(Outlet::new(Sink::stream(w), 8));
-        assert_eq!(out.push(&chunk("abcdef")), Pushed::Queued); // 4 written, 2 left
-        assert_eq!(out.push(&chunk("gh")), Pushed::Queued);
-        assert_eq!(out.push_control(Bytes::from_static(b"ij")), Pushed::Queued);
-        assert_eq!(out.queued(), 3);
-        let flusher = {
-            let out = out.clone();
-            tokio::spawn(async move { out.flush().await })
-        };
-        let mut got = vec![0u8; 10];
-        r.read_exact(&mut got).await.unwrap();
-        flusher.await.unwrap().unwrap();
-        assert_eq!(got, b"abcdefghij");
-        assert_eq!(out.queued(), 0);
-    }
-
-    #[tokio::test]
-    async fn overflow_marks_slow_and_close_keeps_the_partial_frame() {
-        let (w, mut r) = tokio::io::duplex(2);
-        let out = Outlet::new(Sink::stream(w), 2);
-        assert_eq!(out.push(&chunk("abcd")), Pushed::Queued); // "ab" written
-        assert_eq!(out.push(&chunk("ef")), Pushed::Queued);
-        assert_eq!(out.push(&chunk("gh")), Pushed::Slow);
-        assert!(out.slow.is_cancelled());
-        out.close(true);
-        assert_eq!(
-            out.push(&chunk("ij")),
-            Pushed::Closed,
-            "events refused while closing"
-        );
-        assert_eq!(out.push_control(Bytes::from_static(b"XY")), Pushed::Queued);
-        let mut got = vec![0u8; 6];
-        let read = async {
-            r.read_exact(&mut got).await.unwrap();
-        };
-        let (_, flushed) = tokio::join!(read, out.flush());
-        flushed.unwrap();
-        // The rest of the partial frame, then the control frame; "ef" dropped.
-        assert_eq!(got, b"abcdXY");
-    }
-
-    #[tokio::test]
-    async fn a_close_frame_fits_behind_a_queue_full_of_pongs() {
-        let (w, mut r) = tokio::io::duplex(2);
-        let out = Outlet::new(Sink::stream(w), 2);
-        assert_eq!(out.push(&chunk("abcd")), Pushed::Queued); // "ab" written
-        let mut pongs = 0;
-        while out.push_control(Bytes::from_static(b"\x8a\x00")) == Pushed::Queued {
-            pongs += 1;
-        }
-        assert_eq!(pongs, 2 + CONTROL_HEADROOM - 1);
-        assert!(out.slow.is_cancelled());
-        out.close(false);
-        let close = Bytes::from_static(b"\x88\x02\x0f\xa8");
-        assert_eq!(out.push_control(close), Pushed::Queued);
-        let mut got = vec![0u8; 4 + 2 * pongs + 4];
-        let read = async {
-            r.read_exact(&mut got).await.unwrap();
-        };
-        let (_, flushed) = tokio::join!(read, out.flush());
-        flushed.unwrap();
-        // The partial frame, the pongs, then the close (4008).
-        assert_eq!(&got[..4], b"abcd");
-        assert_eq!(&got[4 + 2 * pongs..], b"\x88\x02\x0f\xa8");
-    }
-
-    #[tokio::test]
-    async fn a_dead_peer_breaks_the_outlet() {
-        let (w, r) = tokio::io::duplex(8);
-        drop(r);
-        let out = Outlet::new(Sink::stream(w), 2);
-        assert_eq!(out.push(&chunk("abc")), Pushed::Closed);
-        assert!(out.flush().await.is_err());
-        assert_eq!(out.push(&chunk("abc")), Pushed::Closed);
-    }
-}
+#[path = "outlet_tests.rs"]
+mod tests;

@@ -9,18 +9,24 @@
 //! `EAGAIN` (never parked in the ring): the outcomes are exactly those of
 //! plain sends, and the outlet queues what was not taken as before.
 //!
+//! The buffer is never borrowed by the ring: each send is pushed through
+//! `InFlight`, which owns a clone of it until the send's completion is
+//! reaped, and the `Sender` gets its ring back only once all are. On any
+//! early exit the ring is dropped without being entered again, and a guard
+//! with sends not reaped keeps the buffer for good (`inflight.rs`).
+//!
 //! Where io_uring cannot be had (an old kernel, a seccomp profile, the
 //! `kernel.io_uring_disabled` sysctl) or is switched off, the same calls
 //! are plain sends, one per socket.
 
 use std::io;
-use std::os::fd::RawFd;
-use std::task::Poll;
+use std::os::fd::BorrowedFd;
 
 use bytes::Bytes;
-use io_uring::{IoUring, Probe, opcode, types};
+use io_uring::{IoUring, Probe, opcode};
 
-use super::outlet::{send_now, sent};
+use super::inflight::InFlight;
+use super::send::{SendOutcome, send_now};
 
 /// Done inline or failed at once, never waiting; no SIGPIPE.
 const SEND_FLAGS: i32 = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
@@ -31,12 +37,17 @@ const RING_ENTRIES: u32 = 256;
 /// How the bridge sends to sockets: through its ring, or one call each.
 pub struct Sender {
     ring: Option<IoUring>,
+    /// Sends per submission: as many as the submission queue holds.
+    batch: usize,
 }
 
 impl Sender {
     /// One `send(2)` per socket.
     pub fn plain() -> Sender {
-        Sender { ring: None }
+        Sender {
+            ring: None,
+            batch: RING_ENTRIES as usize,
+        }
     }
 
     /// Batches through io_uring when `enabled` and the kernel allows it;
@@ -46,8 +57,11 @@ impl Sender {
             tracing::info!("io_uring off: the bridge sends one system call per frame");
             Sender::plain()
         } else {
-            match ring_with_send() {
-                Ok(ring) => Sender { ring: Some(ring) },
+            match ring_with_send(RING_ENTRIES) {
+                Ok(ring) => Sender {
+                    batch: ring.params().sq_entries() as usize,
+                    ring: Some(ring),
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "io_uring unavailable: the bridge sends one system call per frame");
                     Sender::plain()
@@ -68,27 +82,37 @@ impl Sender {
     }
 
     /// Sends `buf` to each of `fds` without waiting; the outcome of each,
-    /// in order, is appended to `out` (`Pending`: the kernel took nothing).
-    pub fn send_all(&mut self, fds: &[RawFd], buf: &Bytes, out: &mut Vec<Poll<io::Result<usize>>>) {
-        for part in fds.chunks(RING_ENTRIES as usize) {
+    /// in order, is appended to `out`.
+    pub fn send_all(&mut self, fds: &[BorrowedFd<'_>], buf: &Bytes, out: &mut Vec<SendOutcome>) {
+        for part in fds.chunks(self.batch.max(1)) {
             let start = out.len();
-            let Some(ring) = &mut self.ring else {
+            let Some(ring) = self.ring.take() else {
                 out.extend(part.iter().map(|&fd| send_now(fd, buf)));
                 continue;
             };
-            out.extend(part.iter().map(|_| Poll::Pending));
-            if let Err(e) = submit(ring, part, buf, &mut out[start..], SEND_FLAGS) {
-                // The ring itself failed: it is dropped, and every send of
-                // this part that took nothing (`Pending`: failed with
-                // EAGAIN, or never submitted) is done the plain way.
-                tracing::warn!(error = %e, "io_uring submission failed: sending one call per frame");
-                self.ring = None;
-                self.report();
-                for (slot, &fd) in out[start..].iter_mut().zip(part) {
-                    if slot.is_pending() {
-                        *slot = send_now(fd, buf);
-                    }
-                }
+            out.extend(part.iter().map(|_| SendOutcome::WouldBlock));
+            match submit(ring, part, buf, &mut out[start..], SEND_FLAGS) {
+                Ok(ring) => self.ring = Some(ring),
+                Err(e) => self.give_up(&e, part, buf, &mut out[start..]),
+            }
+        }
+    }
+
+    /// The ring failed (and is gone): every send of `part` that took
+    /// nothing (`WouldBlock`: EAGAIN, or never submitted) is done the
+    /// plain way, as is everything after.
+    fn give_up(
+        &mut self,
+        e: &io::Error,
+        part: &[BorrowedFd<'_>],
+        buf: &Bytes,
+        out: &mut [SendOutcome],
+    ) {
+        tracing::warn!(error = %e, "io_uring submission failed: sending one call per frame");
+        self.report();
+        for (slot, &fd) in out.iter_mut().zip(part) {
+            if slot.would_block() {
+                *slot = send_now(fd, buf);
             }
         }
     }
@@ -96,8 +120,8 @@ impl Sender {
 
 /// A ring whose kernel has the send operation (5.6 and later): on an older
 /// one every send would fail with EINVAL and close its socket.
-fn ring_with_send() -> io::Result<IoUring> {
-    let ring = IoUring::new(RING_ENTRIES)?;
+fn ring_with_send(entries: u32) -> io::Result<IoUring> {
+    let ring = IoUring::new(entries)?;
     let mut probe = Probe::new();
     ring.submitter().register_probe(&mut probe)?;
     if !probe.is_supported(opcode::Send::CODE) {
@@ -108,61 +132,73 @@ fn ring_with_send() -> io::Result<IoUring> {
     Ok(ring)
 }
 
-/// Submits one send per fd, writing each outcome into `out`. Each send
-/// completes during the submission (`MSG_DONTWAIT`: done inline, or failed
-/// with EAGAIN). Should a kernel park one instead (wait for the socket),
-/// the router must not wait with it: what is left is cancelled, its
-/// outcome taken (cancelled = nothing sent), and an error returned so that
-/// the caller stops using the ring. On any error the caller drops the ring
-/// before `buf` is released: nothing is left in flight, and what was not
-/// submitted is discarded with the ring.
+/// Submits one send of `buf` per fd and writes each outcome into `out`.
+/// Each send completes during the submission (`MSG_DONTWAIT`: done inline,
+/// or failed with EAGAIN); should a kernel park one instead, what is parked
+/// is cancelled and its completion reaped (cancelled = `WouldBlock`).
+///
+/// The ring comes back only when the completion of every send was reaped;
+/// on an error it is dropped, so nothing left in it is ever submitted, and
+/// the sends' `InFlight` keeps the buffer alive if one may still be read.
+/// A send whose outcome cannot be known then is `Failed` (its socket is
+/// closed: bytes may or may not have gone out); one never submitted stays
+/// `WouldBlock`.
 fn submit(
-    ring: &mut IoUring,
-    fds: &[RawFd],
+    mut ring: IoUring,
+    fds: &[BorrowedFd<'_>],
     buf: &Bytes,
-    out: &mut [Poll<io::Result<usize>>],
+    out: &mut [SendOutcome],
     flags: i32,
-) -> io::Result<()> {
-    let len = u32::try_from(buf.len()).unwrap_or(u32::MAX);
+) -> io::Result<IoUring> {
+    let mut sends = InFlight::new(buf);
     {
         let mut sq = ring.submission();
         for (i, &fd) in fds.iter().enumerate() {
-            let send = opcode::Send::new(types::Fd(fd), buf.as_ptr(), len)
-                .flags(flags)
-                .build()
-                .user_data(i as u64);
-            // SAFETY: `buf` outlives the operation: it is borrowed until
-            // `send_all` returns, which is after every submitted send has
-            // completed, or after the ring was dropped (see above).
-            unsafe { sq.push(&send) }.map_err(|_| io::Error::other("submission queue full"))?;
+            sends
+                .push_send(&mut sq, fd, flags, i as u64)
+                .map_err(|_| io::Error::other("submission queue full"))?;
         }
     }
     let mut done = vec![false; fds.len()];
+    // An error of io_uring_enter(2) means it consumed nothing.
     retry_interrupted(|| ring.submit())?;
-    drain(ring, out, &mut done);
-    let parked: Vec<usize> = (0..fds.len()).filter(|&i| !done[i]).collect();
-    if parked.is_empty() {
-        return Ok(());
+    drain(&mut ring, &mut sends, out, &mut done);
+    if sends.pending() == 0 {
+        return Ok(ring);
     }
+    let cancelled = cancel_parked(&mut ring, &mut sends, out, &mut done);
+    if sends.pending() > 0 {
+        for (slot, _) in out.iter_mut().zip(&done).filter(|(_, d)| !**d) {
+            *slot =
+                SendOutcome::Failed(io::Error::other("io_uring failed with this send in flight"));
+        }
+    }
+    cancelled?;
+    Err(io::Error::other(
+        "the kernel parked a MSG_DONTWAIT send instead of failing it with EAGAIN",
+    ))
+}
+
+/// Cancels the sends not done and waits for every send's completion.
+fn cancel_parked(
+    ring: &mut IoUring,
+    sends: &mut InFlight,
+    out: &mut [SendOutcome],
+    done: &mut [bool],
+) -> io::Result<()> {
     {
         let mut sq = ring.submission();
-        for &i in &parked {
+        for i in (0..done.len()).filter(|&i| !done[i]) {
             let cancel = opcode::AsyncCancel::new(i as u64).build().user_data(CANCEL);
             // SAFETY: a cancel refers to no buffer.
             unsafe { sq.push(&cancel) }.map_err(|_| io::Error::other("submission queue full"))?;
         }
     }
-    while done.iter().any(|d| !d) {
-        if let Err(e) = retry_interrupted(|| ring.submit_and_wait(1)) {
-            // A send may still be in flight: its buffer must outlive it.
-            std::mem::forget(buf.clone());
-            return Err(e);
-        }
-        drain(ring, out, &mut done);
+    while sends.pending() > 0 {
+        retry_interrupted(|| ring.submit_and_wait(1))?;
+        drain(ring, sends, out, done);
     }
-    Err(io::Error::other(
-        "the kernel parked a MSG_DONTWAIT send instead of failing it with EAGAIN",
-    ))
+    Ok(())
 }
 
 /// The user data of cancel requests (sends use their index).
@@ -177,149 +213,23 @@ fn retry_interrupted(mut f: impl FnMut() -> io::Result<usize>) -> io::Result<usi
     }
 }
 
-/// Moves the completions that arrived into `out` (a cancelled send sent
-/// nothing: `Pending`).
-fn drain(ring: &mut IoUring, out: &mut [Poll<io::Result<usize>>], done: &mut [bool]) {
+/// Moves the completions that arrived into `out`, each reaped off `sends`
+/// (a cancelled send sent nothing: `WouldBlock`).
+fn drain(ring: &mut IoUring, sends: &mut InFlight, out: &mut [SendOutcome], done: &mut [bool]) {
     for cqe in ring.completion() {
-        let (i, res) = (cqe.user_data(), cqe.result());
-        if i == CANCEL {
+        // Not a send: a cancel's completion.
+        if !sends.reaped(&cqe) {
             continue;
         }
-        out[i as usize] = match res {
-            0.. => Poll::Ready(Ok(res as usize)),
-            _ if -res == libc::ECANCELED => Poll::Pending,
-            _ => sent(io::Error::from_raw_os_error(-res)),
+        let (i, res) = (cqe.user_data() as usize, cqe.result());
+        out[i] = match res {
+            _ if -res == libc::ECANCELED => SendOutcome::WouldBlock,
+            _ => SendOutcome::from_raw(res),
         };
-        done[i as usize] = true;
+        done[i] = true;
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read;
-    use std::net::{TcpListener, TcpStream};
-    use std::os::fd::AsRawFd;
-
-    /// Connected pairs: (server end, non-blocking; client end).
-    fn pairs(n: usize) -> Vec<(TcpStream, TcpStream)> {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        (0..n)
-            .map(|_| {
-                let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-                let (s, _) = l.accept().unwrap();
-                s.set_nonblocking(true).unwrap();
-                (s, c)
-            })
-            .collect()
-    }
-
-    fn check(sender: &mut Sender) {
-        let mut socks = pairs(3);
-        let fds: Vec<RawFd> = socks.iter().map(|(s, _)| s.as_raw_fd()).collect();
-        let mut out = Vec::new();
-        sender.send_all(&fds, &Bytes::from_static(b"hello"), &mut out);
-        assert_eq!(out.len(), 3);
-        for (r, (_, c)) in out.iter().zip(&mut socks) {
-            assert!(matches!(r, Poll::Ready(Ok(5))), "{r:?}");
-            let mut got = [0u8; 5];
-            c.read_exact(&mut got).unwrap();
-            assert_eq!(&got, b"hello");
-        }
-        // A peer that never reads: its socket fills up and then takes
-        // nothing (`Pending`), while the other socket still gets its bytes.
-        let big = Bytes::from(vec![7u8; 1 << 20]);
-        let stuck = [fds[0]];
-        let mut outcome = Poll::Ready(Ok(0));
-        for _ in 0..256 {
-            out.clear();
-            sender.send_all(&stuck, &big, &mut out);
-            outcome = out.pop().unwrap();
-            if outcome.is_pending() {
-                break;
-            }
-        }
-        assert!(
-            outcome.is_pending(),
-            "a full socket must not block: {outcome:?}"
-        );
-        // A closed peer: the send fails (reset or broken pipe), no signal.
-        drop(socks.remove(1).1);
-        let dead = [fds[1]];
-        let mut failed = false;
-        for _ in 0..16 {
-            out.clear();
-            sender.send_all(&dead, &Bytes::from_static(b"x"), &mut out);
-            if matches!(out[0], Poll::Ready(Err(_))) {
-                failed = true;
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert!(failed, "sends to a closed peer must fail");
-        assert_eq!(out.len(), 1);
-    }
-
-    #[test]
-    fn plain_sends_report_written_full_and_failed() {
-        check(&mut Sender::plain());
-    }
-
-    #[test]
-    fn batched_sends_report_the_same_outcomes() {
-        let mut sender = Sender::new(true);
-        let batched = sender.batched();
-        if !batched {
-            // Still a real test: of the fallback that such a host uses.
-            eprintln!("io_uring is unavailable here: the plain sends were tested");
-        }
-        check(&mut sender);
-        // A full socket failed its send with EAGAIN during the submission
-        // (not parked in the ring, which would have made the sender give
-        // the ring up).
-        assert_eq!(sender.batched(), batched, "the ring was given up");
-    }
-
-    #[test]
-    fn a_send_the_kernel_parks_is_cancelled_not_waited_for() {
-        // Without MSG_DONTWAIT the kernel parks a send to a full socket
-        // until it drains: what `submit` must never wait for.
-        let Ok(mut ring) = ring_with_send() else {
-            return eprintln!("io_uring is unavailable here: nothing to park");
-        };
-        let socks = pairs(1);
-        let fd = [socks[0].0.as_raw_fd()];
-        let big = Bytes::from(vec![7u8; 1 << 20]);
-        let mut out = vec![Poll::Pending];
-        let mut parked = false;
-        for _ in 0..256 {
-            out[0] = Poll::Pending;
-            if let Err(e) = submit(&mut ring, &fd, &big, &mut out, libc::MSG_NOSIGNAL) {
-                assert!(e.to_string().contains("parked"), "{e}");
-                parked = true;
-                break;
-            }
-        }
-        assert!(parked, "the socket never filled up");
-        assert!(
-            out[0].is_pending(),
-            "a cancelled send sent nothing: {:?}",
-            out[0]
-        );
-    }
-
-    #[test]
-    fn more_sockets_than_ring_entries_go_in_several_submissions() {
-        let mut sender = Sender::new(true);
-        let n = RING_ENTRIES as usize + 3;
-        let mut socks = pairs(n);
-        let fds: Vec<RawFd> = socks.iter().map(|(s, _)| s.as_raw_fd()).collect();
-        let mut out = Vec::new();
-        sender.send_all(&fds, &Bytes::from_static(b"ab"), &mut out);
-        assert_eq!(out.len(), n);
-        assert!(out.iter().all(|r| matches!(r, Poll::Ready(Ok(2)))));
-        let mut got = [0u8; 2];
-        socks[n - 1].1.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"ab");
-    }
-}
+#[path = "uring_tests.rs"]
+mod tests;

@@ -16,13 +16,7 @@ use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 
 use super::{Socket, WsConfig};
-use crate::bridge::Outlet;
-
-/// RFC 6455 close codes for a client that breaks the protocol.
-pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
-pub const CLOSE_INVALID_DATA: u16 = 1007;
-pub const CLOSE_TOO_BIG: u16 = 1009;
-const CLOSE_INTERNAL: u16 = 1011;
+use crate::bridge::{CloseCode, Outlet};
 
 /// How long a close frame may take to leave (a slow consumer's gets the
 /// write timeout instead).
@@ -36,20 +30,16 @@ const MAX_REASON: usize = 123;
 /// Why the socket loop ended; `finish` does the rest.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ending {
-    /// The server closes: a close frame, then the client's reply.
+    /// The server closes: a close frame with the code's reason, then the
+    /// client's reply.
     Server {
-        code: u16,
-        reason: &'static str,
-        metric: &'static str,
+        code: CloseCode,
         /// A slow consumer's close skips the queued events.
         slow: bool,
     },
-    /// The client broke the protocol: a close frame, FIN, then drain.
-    Fail {
-        code: u16,
-        reason: String,
-        metric: &'static str,
-    },
+    /// The client broke the protocol: a close frame with the error's text,
+    /// FIN, then drain.
+    Fail { code: CloseCode, reason: String },
     /// The client closed; tungstenite has queued the reply.
     Replied,
     /// The connection is gone: nothing more to send.
@@ -57,27 +47,21 @@ pub enum Ending {
 }
 
 impl Ending {
-    pub fn server(code: u16, reason: &'static str, metric: &'static str) -> Ending {
-        Ending::Server {
-            code,
-            reason,
-            metric,
-            slow: false,
-        }
+    pub fn server(code: CloseCode) -> Ending {
+        Ending::Server { code, slow: false }
     }
 
-    pub fn slow(code: u16, reason: &'static str) -> Ending {
+    /// The close of a socket whose queue overflowed.
+    pub fn slow_consumer() -> Ending {
         Ending::Server {
-            code,
-            reason,
-            metric: "slow_consumer",
+            code: CloseCode::SlowConsumer,
             slow: true,
         }
     }
 
     /// The close code for an error tungstenite met reading the client.
     pub fn from_error(e: &WsError) -> Ending {
-        let (code, metric) = match e {
+        let code = match e {
             WsError::Io(_) | WsError::ConnectionClosed | WsError::AlreadyClosed => {
                 return Ending::Gone("client_closed");
             }
@@ -85,17 +69,14 @@ impl Ending {
             WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
                 return Ending::Gone("client_closed");
             }
-            WsError::Protocol(_) | WsError::AttackAttempt => {
-                (CLOSE_PROTOCOL_ERROR, "protocol_error")
-            }
-            WsError::Utf8(_) => (CLOSE_INVALID_DATA, "invalid_utf8"),
-            WsError::Capacity(_) => (CLOSE_TOO_BIG, "too_big"),
-            _ => (CLOSE_INTERNAL, "internal_error"),
+            WsError::Protocol(_) | WsError::AttackAttempt => CloseCode::ProtocolError,
+            WsError::Utf8(_) => CloseCode::InvalidData,
+            WsError::Capacity(_) => CloseCode::TooBig,
+            _ => CloseCode::Internal,
         };
         Ending::Fail {
             code,
             reason: truncate(e.to_string()),
-            metric,
         }
     }
 
@@ -107,31 +88,26 @@ impl Ending {
         cfg: &WsConfig,
     ) -> &'static str {
         match self {
-            Ending::Server {
-                code,
-                reason,
-                metric,
-                slow,
-            } => {
+            Ending::Server { code, slow } => {
                 // A slow consumer's close waits as long as any write may:
                 // it gets out if the client starts reading again in time.
                 let wait = if slow { cfg.write_timeout } else { CLOSE_FLUSH };
-                if send_close(socket, outlet, code, reason, slow, wait).await {
+                if send_close(socket, outlet, code, code.reason(), slow, wait).await {
                     await_reply(socket).await;
                 }
                 shutdown(outlet).await;
-                metric
+                code.label()
             }
-            Ending::Fail {
-                code,
-                reason,
-                metric,
-            } => {
-                tracing::debug!(code, reason, "closing a WebSocket that broke the protocol");
+            Ending::Fail { code, reason } => {
+                tracing::debug!(
+                    code = code.code(),
+                    reason,
+                    "closing a WebSocket that broke the protocol"
+                );
                 send_close(socket, outlet, code, &reason, false, CLOSE_FLUSH).await;
                 shutdown(outlet).await;
                 drain(socket).await;
-                metric
+                code.label()
             }
             Ending::Replied => {
                 let _ = socket.flush().await;
@@ -161,7 +137,7 @@ fn truncate(mut s: String) -> String {
 async fn send_close(
     socket: &mut Socket,
     outlet: &Outlet,
-    code: u16,
+    code: CloseCode,
     reason: &str,
     discard: bool,
     wait: Duration,
@@ -217,7 +193,7 @@ mod tests {
 
     fn code(e: WsError) -> Option<u16> {
         match Ending::from_error(&e) {
-            Ending::Fail { code, .. } => Some(code),
+            Ending::Fail { code, .. } => Some(code.code()),
             _ => None,
         }
     }

@@ -15,12 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::close::Ending;
 use crate::auth::{AuthUser, Verifier};
-
-/// `auth.refresh` with a token that is missing, malformed, forged, expired
-/// or has no user.
-pub const CLOSE_REFRESH_INVALID: u16 = 4003;
-/// `auth.refresh` with a valid token of another user (`sub` differs).
-pub const CLOSE_REFRESH_OTHER_USER: u16 = 4004;
+use crate::bridge::CloseCode;
 
 /// Messages a socket may send at once before the rate applies.
 pub const BURST: f64 = 10.0;
@@ -107,19 +102,14 @@ fn refresh(payload: &Value, verifier: &Verifier, user: &AuthUser) -> Action {
     let (result, action) = match verifier.verify(token) {
         Err(e) => {
             tracing::debug!(error = %e, "auth.refresh with an invalid token");
-            let end = Ending::server(
-                CLOSE_REFRESH_INVALID,
-                "refresh token invalid",
-                "refresh_invalid",
-            );
-            ("invalid", Action::Close(end))
+            // Missing, malformed, forged, expired, or no user.
+            (
+                "invalid",
+                Action::Close(Ending::server(CloseCode::RefreshInvalid)),
+            )
         }
         Ok(new) if new.user_id != user.user_id => {
-            let end = Ending::server(
-                CLOSE_REFRESH_OTHER_USER,
-                "refresh token is another user's",
-                "refresh_other_user",
-            );
+            let end = Ending::server(CloseCode::RefreshOtherUser);
             ("other_user", Action::Close(end))
         }
         Ok(new) => ("ok", Action::Refreshed(new, refreshed_frame(new.exp))),
@@ -164,7 +154,7 @@ mod tests {
 
     fn close_code(action: Action) -> Option<u16> {
         match action {
-            Action::Close(Ending::Server { code, .. }) => Some(code),
+            Action::Close(Ending::Server { code, .. }) => Some(code.code()),
             _ => None,
         }
     }
@@ -192,17 +182,17 @@ mod tests {
         let (v, user, mut inbox, now) = setup();
         let forged = crate::auth::mint("other-secret", user.user_id, Duration::from_secs(60));
         let cases = [
-            (refresh_msg(&forged.unwrap()), CLOSE_REFRESH_INVALID),
-            (refresh_msg("not.a.jwt"), CLOSE_REFRESH_INVALID),
+            (refresh_msg(&forged.unwrap()), 4003),
+            (refresh_msg("not.a.jwt"), 4003),
             (
                 Message::Text(r#"{"type":"auth.refresh","payload":{}}"#.into()),
-                CLOSE_REFRESH_INVALID,
+                4003,
             ),
             (
                 refresh_msg(
                     &crate::auth::mint(SECRET, Uuid::new_v4(), Duration::from_secs(60)).unwrap(),
                 ),
-                CLOSE_REFRESH_OTHER_USER,
+                4004,
             ),
         ];
         for (msg, code) in cases {

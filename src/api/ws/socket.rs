@@ -21,19 +21,19 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Duration, Instant, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
+use super::WsConfig;
 use super::catchups::Slot;
 use super::close::Ending;
 use super::deadlines::{Deadlines, Due, expiry_instant};
 use super::refresh::{Action, Inbox};
 use super::resume::{self, HELD_EVENTS};
-use super::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, WsConfig};
 use crate::api::conn::WatchedIo;
 use crate::api::shares::UserSlot;
 use crate::auth::{AuthUser, Verifier};
-use crate::bridge::{CLOSE_SLOW_CONSUMER, ConnGuard, ControlWriter, Hub, Outlet, Sink};
+use crate::bridge::{CloseCode, ConnGuard, ControlWriter, Hub, Outlet, Sink, unbuffered_ws_config};
 use crate::events::resume::Cursor;
 
 /// Bytes tungstenite reads from the socket at a time, and what its read
@@ -128,12 +128,11 @@ impl Start {
                 .register_holding(user, self.resync, write, HELD_EVENTS),
             None => self.hub.register(user, self.resync, write),
         };
-        let io = tokio::io::join(read, ControlWriter(conn.outlet.clone()));
-        let config = WebSocketConfig::default()
+        let config = unbuffered_ws_config()
             .max_message_size(Some(ctx.cfg.max_client_frame))
             .max_frame_size(Some(ctx.cfg.max_client_frame))
-            .read_buffer_size(READ_CHUNK)
-            .write_buffer_size(0);
+            .read_buffer_size(READ_CHUNK);
+        let io = tokio::io::join(read, ControlWriter::new(conn.outlet.clone(), &config));
         let socket = WebSocketStream::from_partially_read(io, early, Role::Server, Some(config));
         Some((socket.await, conn))
     }
@@ -166,7 +165,7 @@ async fn catch_up(
         _ = tokio::time::sleep_until(expiry) => {
             metrics::counter!("ragctl_ws_catchup_cut_total", "reason" => "token_expired")
                 .increment(1);
-            Some(Ending::server(CLOSE_TOKEN_EXPIRED, "token expired", "token_expired"))
+            Some(Ending::server(CloseCode::TokenExpired))
         }
     }
 }
@@ -199,16 +198,8 @@ fn on_timer(d: &mut Deadlines, timer: Pin<&mut Sleep>) -> Result<Option<Message>
     let due = d.due(Instant::now());
     timer.reset(d.next());
     match due {
-        Some(Due::Expiry) => Err(Ending::server(
-            CLOSE_TOKEN_EXPIRED,
-            "token expired",
-            "token_expired",
-        )),
-        Some(Due::Idle) => Err(Ending::server(
-            CLOSE_IDLE,
-            "nothing from the client within the idle timeout",
-            "idle",
-        )),
+        Some(Due::Expiry) => Err(Ending::server(CloseCode::TokenExpired)),
+        Some(Due::Idle) => Err(Ending::server(CloseCode::Idle)),
         Some(Due::Ping) => Ok(Some(Message::Ping(Default::default()))),
         None => Ok(None),
     }
@@ -241,9 +232,9 @@ async fn run_socket(socket: &mut Socket, outlet: &Outlet, ctx: &mut SocketCtx) -
     loop {
         let step = tokio::select! {
             biased;
-            _ = &mut shutting_down => Step::End(Ending::server(CLOSE_GOING_AWAY, "server shutting down", "shutdown")),
+            _ = &mut shutting_down => Step::End(Ending::server(CloseCode::GoingAway)),
             // The queue is full: the client missed events.
-            _ = &mut slow => Step::End(Ending::slow(CLOSE_SLOW_CONSUMER, "slow consumer: resync via REST")),
+            _ = &mut slow => Step::End(Ending::slow_consumer()),
             _ = &mut timer => Step::Timer,
             _ = outlet.wake.notified() => Step::Wake,
             incoming = socket.next() => match incoming {

@@ -15,7 +15,6 @@ use tokio_postgres::{AsyncMessage, Client};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::record::{Clock, Sink};
 use crate::db::listener::quote_ident;
@@ -85,9 +84,7 @@ pub(super) async fn ws_connect_query(ep: &Endpoint, query: &str) -> anyhow::Resu
     let tcp = TcpStream::connect(ep.addr).await?;
     tcp.set_nodelay(true)?;
     let request = format!("ws://{}/ws?{query}", ep.host).into_client_request()?;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
+    let config = crate::bridge::unbuffered_ws_config().read_buffer_size(4096);
     let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await?;
     Ok(ws)
 }

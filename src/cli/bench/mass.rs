@@ -24,7 +24,6 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use uuid::Uuid;
 
 use super::crowd::{Crowd, token};
@@ -110,9 +109,7 @@ pub(super) async fn connect_from(ep: &Endpoint, src: IpAddr, jwt: &str) -> anyho
     let tcp = socket.connect(ep.addr).await?;
     tcp.set_nodelay(true)?;
     let request = format!("ws://{}/ws?token={jwt}", ep.host).into_client_request()?;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(CLIENT_READ)
-        .write_buffer_size(0);
+    let config = crate::bridge::unbuffered_ws_config().read_buffer_size(CLIENT_READ);
     let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(config)).await?;
     Ok(ws)
 }
