@@ -25,13 +25,13 @@
 
 mod catchups;
 mod close;
+mod config;
 mod deadlines;
 mod handshake;
 mod refresh;
 mod resume;
 mod socket;
-
-use std::time::Duration;
+mod stream;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -45,47 +45,11 @@ use super::error::ApiError;
 use crate::auth::AuthUser;
 use crate::events::resume::Cursor;
 pub use catchups::Catchups;
+pub use config::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, WsConfig};
 pub use handshake::{Credentials, Upgrade, credentials};
 pub use refresh::{CLOSE_REFRESH_INVALID, CLOSE_REFRESH_OTHER_USER};
 pub use socket::READ_CHUNK;
 use socket::{Resume, SocketCtx, Start};
-// For the submodules.
-use socket::{Socket, flush};
-
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
-pub const CLOSE_IDLE: u16 = 4002;
-
-#[derive(Debug, Clone)]
-pub struct WsConfig {
-    pub ping_interval: Duration,
-    /// A peer that sends nothing (no pong, no frame) this long is closed
-    /// with 4002.
-    pub idle_timeout: Duration,
-    /// A write that takes longer than this drops the socket.
-    pub write_timeout: Duration,
-    /// Largest frame or message a client may send (`auth.refresh` is the
-    /// only message it means anything to send).
-    pub max_client_frame: usize,
-    /// Most state frames a resuming socket (`?since=`) is sent before
-    /// `realtime.resync` replaces the rest.
-    pub max_catchup: usize,
-    /// Catch-ups running at once, per process and per user.
-    pub catchups: Catchups,
-}
-
-impl Default for WsConfig {
-    fn default() -> Self {
-        WsConfig {
-            ping_interval: Duration::from_secs(20),
-            idle_timeout: Duration::from_secs(60),
-            write_timeout: Duration::from_secs(10),
-            max_client_frame: 4096,
-            max_catchup: 10_000,
-            catchups: Catchups::new(32, 2),
-        }
-    }
-}
 
 #[derive(Deserialize, Default)]
 pub struct WsQuery {
