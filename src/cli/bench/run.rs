@@ -24,7 +24,7 @@ use super::record::{Clock, Sink};
 use super::report::{CeilingReport, Config, IdleReport, PhaseResult, Report};
 use super::sample::rss_kib;
 use super::server::{Site, endpoint, wait_ready};
-use crate::cli::Failure;
+use crate::cli::failure::Failure;
 use crate::config::ConnectOpts;
 
 pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -34,7 +34,7 @@ pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCo
     if let Some(n) = args.abuse_child {
         return super::abuse_child::child(n).await;
     }
-    crate::cli::cancel_on_signal(cancel.clone());
+    crate::cli::signal::cancel_on_signal(cancel.clone());
     if args.abuse {
         // A fresh server per phase: the abuse run starts (and stops) its own.
         let outcome = tokio::select! {
