@@ -6,7 +6,7 @@ file B of the same folder; a child folder counts as one node, the folder's
 mod.rs (or FOLDER.rs) as the node `mod`. Modules are found by following
 `mod NAME;` from src/lib.rs, so `#[path]` and inline `mod NAME { }` resolve.
 
-    python3 scripts/import_cycles.py [-v] [FOLDER...]   # default: every folder
+    python3 scripts/import_cycles.py [-v] [src/FOLDER...]   # default: every folder
 
 Prints each strongly connected component of more than one node and exits 1
 if there is any; -v also prints every edge.
@@ -187,6 +187,7 @@ def folder_of(mods, arg):
 def main(argv):
     verbose = '-v' in argv
     args = [a for a in argv if a != '-v']
+    os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
     mods = walk('src')
     if args:
         folders = [folder_of(mods, a) for a in args]
