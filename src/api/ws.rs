@@ -23,9 +23,7 @@
 //! close), which go through the same outlet so that frames never
 //! interleave.
 
-mod catchups;
 mod close;
-mod config;
 mod deadlines;
 mod handshake;
 mod refresh;
@@ -40,12 +38,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::AppState;
+pub use super::catchups::Catchups;
 use super::error::ApiError;
+use super::state::AppState;
+pub use super::ws_config::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, WsConfig};
 use crate::auth::AuthUser;
 use crate::events::resume::Cursor;
-pub use catchups::Catchups;
-pub use config::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, WsConfig};
 pub use handshake::{Credentials, Upgrade, credentials};
 pub use refresh::{CLOSE_REFRESH_INVALID, CLOSE_REFRESH_OTHER_USER};
 pub use socket::READ_CHUNK;

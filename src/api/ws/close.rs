@@ -15,8 +15,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 
-use super::config::WsConfig;
 use super::stream::Socket;
+use crate::api::ws_config::WsConfig;
 use crate::bridge::Outlet;
 
 /// RFC 6455 close codes for a client that breaks the protocol.

@@ -22,15 +22,15 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 
-use super::catchups::Slot;
 use super::close::Ending;
-use super::config::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, WsConfig};
 use super::deadlines::{Deadlines, Due, expiry_instant};
 use super::refresh::{Action, Inbox};
 use super::resume::{self, HELD_EVENTS};
 use super::stream::{Socket, flush};
+use crate::api::catchups::Slot;
 use crate::api::conn::WatchedIo;
 use crate::api::shares::UserSlot;
+use crate::api::ws_config::{CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOKEN_EXPIRED, WsConfig};
 use crate::auth::{AuthUser, Verifier};
 use crate::bridge::{CLOSE_SLOW_CONSUMER, ConnGuard, ControlWriter, Hub, Outlet, Sink};
 use crate::events::resume::Cursor;

@@ -1,5 +1,7 @@
 //! The WebSocket settings and the server's own close codes, which every
-//! part of a socket's life reads. A leaf but for `Catchups`.
+//! part of a socket's life reads and `Shared` holds; here, not under
+//! `ws/`, so that `state.rs` need not import the folder whose handler
+//! imports it. A leaf but for `catchups.rs`.
 
 use std::time::Duration;
 
