@@ -45,6 +45,10 @@ test *ARGS:
 stress-test RUNS="3" *ARGS:
     bash scripts/stress-test.sh "$@"
 
+# Files within each folder import one way: the cycles, if any (-v lists the arrows)
+cycles *ARGS:
+    python3 scripts/import_cycles.py "$@"
+
 # End-to-end run with real processes on a throwaway database (tests/e2e.sh)
 e2e:
     bash tests/e2e.sh

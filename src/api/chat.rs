@@ -12,8 +12,9 @@ use uuid::Uuid;
 
 use super::error::ApiError;
 use super::pages::{List, PageParams, PageRequest};
+use super::request::parse_id;
 use super::shares::SearchPermit;
-use super::{AppState, parse_id};
+use super::state::AppState;
 use crate::auth::AuthUser;
 use crate::db::status::{MessageRole, MessageStatus};
 use crate::db::{Aftermath, DbError, chat};

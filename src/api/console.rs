@@ -12,7 +12,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::AppState;
+use super::state::AppState;
 
 const INDEX: &str = include_str!("console/index.html");
 const CONSOLE_JS: &str = include_str!("console/console.js");

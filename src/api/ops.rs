@@ -17,7 +17,8 @@ use tokio::net::TcpListener;
 
 use super::conn::{self, METRICS_MAX_CONNECTIONS};
 use super::error::ApiError;
-use super::{AppState, bearer};
+use super::request::bearer;
+use super::state::AppState;
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))

@@ -1,21 +1,14 @@
 //! One user's requests in flight, capped (`--max-requests-per-user`): fair
-//! by construction, since the count is keyed by the token's user. The
-//! token is verified once here and the [`AuthUser`] left in the request's
-//! extensions for the handler's extractor. Requests without a valid token
-//! are not counted (they end at once with 401), nor are health checks.
+//! by construction, since the count is keyed by the token's user. `gate.rs`
+//! is the middleware that counts them.
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
 use axum::http::StatusCode;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 use super::error::ApiError;
 use super::shares::{PerUser, UserSlot};
-use super::{AppState, bearer};
-use crate::auth::AuthUser;
 
 /// Seconds a refused request is told to wait.
 const RETRY_AFTER_SECS: u64 = 1;
@@ -48,29 +41,6 @@ impl UserRequests {
             .retry_after(RETRY_AFTER_SECS)
         })
     }
-}
-
-/// Paths never counted: a health checker must always get through.
-fn exempt(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz")
-}
-
-/// The middleware: verifies the bearer token once, counts the request
-/// against its user until the response body has been written (a `/ws`
-/// upgrade until its 101 is; the socket then is not a request).
-pub async fn gate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    if exempt(req.uri().path()) {
-        return next.run(req).await;
-    }
-    let Some(user) = bearer(req.headers()).and_then(|t| state.verifier.verify(t).ok()) else {
-        return next.run(req).await;
-    };
-    let permit = match state.requests.try_acquire(user.user_id) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    req.extensions_mut().insert::<AuthUser>(user);
-    super::guard_body::hold(next.run(req).await, permit)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
-use super::AppState;
+use super::state::AppState;
 use crate::db::{DbError, lexical};
 use crate::embed::dense::{self, DenseError};
 use crate::embed::{EmbedError, Embedder};

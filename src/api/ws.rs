@@ -24,15 +24,13 @@
 //! close), which go through the same outlet so that frames never
 //! interleave.
 
-mod catchups;
 mod close;
 mod deadlines;
 mod handshake;
 mod refresh;
 mod resume;
 mod socket;
-
-use std::time::Duration;
+mod stream;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -41,47 +39,15 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::AppState;
+pub use super::catchups::Catchups;
 use super::error::ApiError;
+use super::state::AppState;
+pub use super::ws_config::WsConfig;
 use crate::auth::AuthUser;
 use crate::events::resume::Cursor;
-pub use catchups::Catchups;
 pub use handshake::{Credentials, Upgrade, credentials};
 pub use socket::READ_CHUNK;
 use socket::{Resume, SocketCtx, Start};
-// For the submodules.
-use socket::{Socket, flush};
-
-#[derive(Debug, Clone)]
-pub struct WsConfig {
-    pub ping_interval: Duration,
-    /// A peer that sends nothing (no pong, no frame) this long is closed
-    /// with 4002.
-    pub idle_timeout: Duration,
-    /// A write that takes longer than this drops the socket.
-    pub write_timeout: Duration,
-    /// Largest frame or message a client may send (`auth.refresh` is the
-    /// only message it means anything to send).
-    pub max_client_frame: usize,
-    /// Most state frames a resuming socket (`?since=`) is sent before
-    /// `realtime.resync` replaces the rest.
-    pub max_catchup: usize,
-    /// Catch-ups running at once, per process and per user.
-    pub catchups: Catchups,
-}
-
-impl Default for WsConfig {
-    fn default() -> Self {
-        WsConfig {
-            ping_interval: Duration::from_secs(20),
-            idle_timeout: Duration::from_secs(60),
-            write_timeout: Duration::from_secs(10),
-            max_client_frame: 4096,
-            max_catchup: 10_000,
-            catchups: Catchups::new(32, 2),
-        }
-    }
-}
 
 #[derive(Deserialize, Default)]
 pub struct WsQuery {

@@ -20,7 +20,7 @@ use chrono::Utc;
 use deadpool_postgres::Pool;
 use uuid::Uuid;
 
-use super::Hub;
+use super::hub::Hub;
 use crate::db::changes::{self, Changes};
 use crate::db::listener::Gap;
 use crate::events::Envelope;

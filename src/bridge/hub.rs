@@ -405,7 +405,7 @@ mod tcp_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bridge::Step;
+    use crate::bridge::hold::Step;
     use crate::events::EventType;
     use futures_util::{FutureExt, StreamExt};
     use tokio::io::DuplexStream;

@@ -23,8 +23,8 @@ use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use super::Hub;
 use super::heal::HealConfig;
+use super::hub::Hub;
 use crate::db::changes::{self, Changes};
 use crate::events::Envelope;
 use crate::events::resume::{Sent, State, catch_up_states, state_of};
@@ -501,7 +501,7 @@ mod tests {
         for user in std::iter::repeat_n(many, 10).chain([one]) {
             let (server, _client) = tokio::io::duplex(64);
             let (_read, write) = tokio::io::split(server);
-            guards.push(hub.register(user, false, super::super::Sink::stream(write)));
+            guards.push(hub.register(user, false, super::super::outlet::Sink::stream(write)));
         }
         let cfg = ThrottleConfig {
             rate: 0.001,

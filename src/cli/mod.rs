@@ -7,10 +7,12 @@
 
 mod bench;
 mod emit;
+mod failure;
 mod metrics;
 pub mod queue;
 mod rest;
 pub mod serve;
+mod signal;
 mod tap;
 mod term_style;
 mod text;
@@ -23,6 +25,7 @@ use clap::{Parser, Subcommand};
 use uuid::Uuid;
 
 use crate::config::{ConnectOpts, parse_duration};
+pub use failure::Failure;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -93,24 +96,6 @@ pub enum DbCommand {
         #[arg(long)]
         name: String,
     },
-}
-
-/// An error with the exit code it should produce.
-#[derive(Debug, thiserror::Error)]
-#[error("{source:#}")]
-pub struct Failure {
-    pub code: u8,
-    #[source]
-    pub source: anyhow::Error,
-}
-
-impl Failure {
-    pub fn check(source: impl Into<anyhow::Error>) -> Failure {
-        Failure {
-            code: 1,
-            source: source.into(),
-        }
-    }
 }
 
 fn init_logging(filter: &str) {
@@ -212,25 +197,4 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// Cancels `token` on Ctrl-C or SIGTERM.
-pub(crate) fn cancel_on_signal(token: tokio_util::sync::CancellationToken) {
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot install the SIGTERM handler");
-                    let _ = tokio::signal::ctrl_c().await;
-                    token.cancel();
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        }
-        token.cancel();
-    });
 }

@@ -85,7 +85,7 @@ pub async fn run(connect: ConnectOpts, args: QueueArgs) -> anyhow::Result<ExitCo
         return Ok(ExitCode::SUCCESS);
     }
     let stop = CancellationToken::new();
-    super::cancel_on_signal(stop.clone());
+    super::signal::cancel_on_signal(stop.clone());
     watch(&mut client, bounds, args.json, stop).await?;
     Ok(ExitCode::SUCCESS)
 }

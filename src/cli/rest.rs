@@ -10,7 +10,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::Failure;
+use super::failure::Failure;
 use super::text::{error_detail, value_text};
 use crate::config::{ConnectOpts, parse_duration};
 use crate::db::status::DocumentStatus;

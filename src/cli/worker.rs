@@ -121,7 +121,7 @@ pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitC
         embedder,
         max_retries: rt.max_retries,
     };
-    super::cancel_on_signal(shutdown.clone());
+    super::signal::cancel_on_signal(shutdown.clone());
     workers::run(pool, events, cfg, shutdown.clone()).await;
     shutdown.cancel();
     if let Some(task) = metrics_task {

@@ -6,38 +6,20 @@
 //! variable, then the state file, then the default. Errors name both the
 //! flag and the variable.
 
+mod error;
 pub mod retrieval;
 mod state;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use error::ConfigError;
 pub use retrieval::RetrievalOpts;
 pub use state::{State, StateError};
 
 use crate::events::DEFAULT_CHANNEL;
 
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8080";
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error(
-        "no database configured: pass --database-url or set DATABASE_URL (or run `ragctl serve` here first, which starts an embedded database and records it in {state})"
-    )]
-    NoDatabase { state: String },
-    #[error(
-        "no JWT secret configured: pass --jwt-secret or set RAG_JWT_SECRET (or SUPABASE_JWT_SECRET), or run `ragctl serve` here first"
-    )]
-    NoJwtSecret,
-    #[error("invalid {flag} / {var}: {problem}")]
-    Invalid {
-        flag: &'static str,
-        var: &'static str,
-        problem: String,
-    },
-    #[error(transparent)]
-    State(#[from] StateError),
-}
 
 /// How to reach the database, the event channel and the API. Flattened into
 /// every subcommand so that they all resolve it the same way.

@@ -1,6 +1,6 @@
 //! The API's retrieval flags (`serve` only: workers never answer).
 
-use super::ConfigError;
+use super::error::ConfigError;
 use crate::rag::relevance::{DEFAULT_MIN_COSINE, DEFAULT_MIN_RELEVANCE};
 use crate::rag::retrieve::{Mode, Retrieval};
 

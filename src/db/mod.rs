@@ -23,6 +23,7 @@ pub mod vectors;
 
 use error::pool_error_text;
 pub use error::{DbError, error_text};
+pub use tls::TlsConnector;
 
 use std::time::Duration;
 
@@ -64,7 +65,6 @@ mod embedded_migrations {
 /// (serve and its workers start at the same moment).
 const MIGRATION_LOCK: i64 = 0x7261_6763_746c; // "ragctl"
 
-pub type TlsConnector = tokio_postgres_rustls::MakeRustlsConnect;
 pub type Connection =
     tokio_postgres::Connection<Socket, <TlsConnector as MakeTlsConnect<Socket>>::Stream>;
 

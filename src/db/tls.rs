@@ -13,7 +13,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::config::SslMode;
 
-use super::TlsConnector;
+pub type TlsConnector = tokio_postgres_rustls::MakeRustlsConnect;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsMode {

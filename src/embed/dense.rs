@@ -5,7 +5,9 @@
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
-use super::{EmbedError, Embedder, VectorCache};
+use super::cache::VectorCache;
+use super::embedder::Embedder;
+use super::error::EmbedError;
 use crate::db::{DbError, vectors};
 use crate::rag::hit::Hit;
 

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use tokenizers::Encoding;
 
-use super::EmbedError;
+use super::error::EmbedError;
 
 /// Texts per forward pass. One: on this CPU backend a batch gains nothing
 /// from sharing matrix products and pays for padding, so batch 1 measured

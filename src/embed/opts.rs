@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use super::{EmbedError, Embedder, local, remote};
+use super::embedder::Embedder;
+use super::error::EmbedError;
+use super::{local, remote};
 
 #[derive(clap::Args, Debug, Clone, Default, serde::Serialize)]
 pub struct EmbedOpts {

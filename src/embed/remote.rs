@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::EmbedError;
+use super::error::EmbedError;
 
 /// Texts per request: endpoints cap their batch (OpenAI 2048, TEI 32 by
 /// default); small batches also keep one request short.

@@ -8,6 +8,9 @@ use serde_json::{Map, Value};
 pub use super::kind::{EventType, Field};
 use super::payloads::Payload;
 
+/// Current envelope version; any other `v` is rejected.
+pub const ENVELOPE_VERSION: u64 = 1;
+
 impl EventType {
     /// The required fields, declared next to each payload's struct.
     fn fields(self) -> &'static [(&'static str, Field)] {

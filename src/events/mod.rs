@@ -10,17 +10,25 @@ mod drop;
 mod kind;
 pub mod ops;
 mod payloads;
+#[cfg(test)]
+mod payloads_tests;
 mod publish;
+mod publish_error;
 pub mod resume;
 mod scan;
+#[cfg(test)]
+mod scan_tests;
 mod wire;
 
-pub use contract::{ContractError, EventType, Field, Shape, validate_fields, validate_payload};
+pub use contract::{
+    ContractError, ENVELOPE_VERSION, EventType, Field, Shape, validate_fields, validate_payload,
+};
 pub use payloads::{
     DocumentCreated, DocumentStatusUpdated, JobStatusUpdated, MessageCreated, MessageStatusUpdated,
     Outgoing, Payload,
 };
-pub use publish::{LocalDelivery, PublishError, Publisher};
+pub use publish::{LocalDelivery, Publisher};
+pub use publish_error::PublishError;
 pub use scan::{Scanned, scan};
 #[cfg(test)]
 pub(crate) use wire::malformed_variants;
@@ -28,9 +36,6 @@ pub use wire::{
     DropReason, Envelope, FRAGMENT_CHUNK_BYTES, Frame, GroupProgress, MAX_ENVELOPE_BYTES,
     MAX_NOTIFY_BYTES, Reassembler, WireMessage, decode, encode_notifications, envelope,
 };
-
-/// Current envelope version; any other `v` is rejected.
-pub const ENVELOPE_VERSION: u64 = 1;
 
 /// Default NOTIFY channel for events.
 pub const DEFAULT_CHANNEL: &str = "rag_events";

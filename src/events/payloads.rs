@@ -213,6 +213,3 @@ impl Payload for MessageStatusUpdated<'_> {
         ("updated_at", Field::Time),
     ];
 }
-
-#[cfg(test)]
-mod tests;

@@ -14,31 +14,9 @@ use uuid::Uuid;
 
 use super::contract::EventType;
 use super::payloads::{Outgoing, Payload};
+use super::publish_error::PublishError;
 use super::wire::{Envelope, encode_notifications};
 use crate::db::error_text as db_error_text;
-
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("envelope is {0} bytes, over the 1 MiB limit")]
-    TooLarge(usize),
-    #[error("no database connection for publishing: {0}")]
-    Pool(String),
-    #[error("pg_notify failed: {0}")]
-    Notify(String),
-    #[error("publish timed out after {0:?}")]
-    Timeout(Duration),
-}
-
-impl PublishError {
-    pub fn label(&self) -> &'static str {
-        match self {
-            PublishError::TooLarge(_) => "too_large",
-            PublishError::Pool(_) => "pool",
-            PublishError::Notify(_) => "notify",
-            PublishError::Timeout(_) => "timeout",
-        }
-    }
-}
 
 /// Where an event goes when it could not be put on the bus: the API process
 /// hands it to its own sockets directly.

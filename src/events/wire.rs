@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::contract::EventType;
+use super::contract::{ENVELOPE_VERSION, EventType};
 pub use super::drop::DropReason;
+use super::publish_error::PublishError;
 use super::scan::{Scanned, scan};
-use super::{ENVELOPE_VERSION, PublishError};
 
 /// PostgreSQL rejects a NOTIFY payload of 8000 bytes or more.
 pub const MAX_NOTIFY_BYTES: usize = 7999;

@@ -1,6 +1,7 @@
 //! A scratch database: created under a fresh name on a server, dropped
 //! (connections included) when done.
 
+use super::hex::random_hex;
 use crate::db::listener::quote_ident;
 
 /// `url` with its database name replaced by `db` (query string kept).
@@ -38,7 +39,7 @@ impl ScratchDb {
         prefix: &str,
         owner: Option<&str>,
     ) -> anyhow::Result<ScratchDb> {
-        let name = format!("{prefix}_{}", super::random_hex(8));
+        let name = format!("{prefix}_{}", random_hex(8));
         let owner = owner
             .map(|r| format!(" OWNER {}", quote_ident(r)))
             .unwrap_or_default();

@@ -14,7 +14,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::{FD_RESERVE_BASE, MIN_CONNECTIONS, SHED_WAIT};
+/// Descriptors kept out of the connection budget: stdio, the runtime's
+/// own, the listeners, worker pipes, log files, the embedded cluster's
+/// control, and the `/metrics` listener's connections.
+pub const FD_RESERVE_BASE: usize = 64 + METRICS_MAX_CONNECTIONS;
+/// Connections the separate `/metrics` listener holds at most.
+pub const METRICS_MAX_CONNECTIONS: usize = 16;
+/// Smallest connection budget `serve` starts with.
+pub const MIN_CONNECTIONS: usize = 16;
+/// How long the accept loop waits for a shed connection to close.
+pub(crate) const SHED_WAIT: Duration = Duration::from_millis(100);
 
 /// How the open-file limit is shared out.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -29,22 +29,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backoff::Backoff;
-pub use limiter::{FdBudget, Limiter, WsCount};
+pub use limiter::{
+    FD_RESERVE_BASE, FdBudget, Limiter, METRICS_MAX_CONNECTIONS, MIN_CONNECTIONS, WsCount,
+};
 use limiter::{InFlight, Slot};
 pub use slow::{BodyRate, WatchedIo};
 
-/// Descriptors kept out of the connection budget: stdio, the runtime's
-/// own, the listeners, worker pipes, log files, the embedded cluster's
-/// control, and the `/metrics` listener's connections.
-pub const FD_RESERVE_BASE: usize = 64 + METRICS_MAX_CONNECTIONS;
-/// Connections the separate `/metrics` listener holds at most.
-pub const METRICS_MAX_CONNECTIONS: usize = 16;
-/// Smallest connection budget `serve` starts with.
-pub const MIN_CONNECTIONS: usize = 16;
 /// How long shutdown waits for requests in flight.
 const HTTP_DRAIN: Duration = Duration::from_secs(30);
-/// How long the accept loop waits for a shed connection to close.
-pub(crate) const SHED_WAIT: Duration = Duration::from_millis(100);
 
 /// HTTP serving settings, in [`super::Shared`].
 #[derive(Debug, Clone)]

@@ -15,7 +15,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 
-use super::{Socket, WsConfig};
+use super::stream::Socket;
+use crate::api::ws_config::WsConfig;
 use crate::bridge::{CloseCode, Outlet};
 
 /// How long a close frame may take to leave (a slow consumer's gets the

@@ -30,7 +30,7 @@ pub fn credentials(query_token: Option<&str>, headers: &HeaderMap) -> Credential
         .position(|p| p.eq_ignore_ascii_case("bearer"));
     let token = query_token
         .filter(|t| !t.is_empty())
-        .or_else(|| crate::api::bearer(headers))
+        .or_else(|| crate::api::request::bearer(headers))
         .or_else(|| bearer.and_then(|pos| protocols.get(pos + 1).copied()));
     Credentials {
         token: token.map(str::to_string),

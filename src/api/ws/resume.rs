@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{WsConfig, flush};
+use super::stream::flush;
+use crate::api::ws_config::WsConfig;
 use crate::bridge::{ConnGuard, Held, Outlet, Step, put_text_frame};
 use crate::db::changes::{self, Changes, PageKey, Table};
 use crate::events::resume::{Cursor, Sent, State, catch_up_states};

@@ -14,24 +14,23 @@ use std::pin::Pin;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::Join;
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{Duration, Instant, Sleep};
+use tokio::time::{Instant, Sleep};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
-use super::WsConfig;
-use super::catchups::Slot;
 use super::close::Ending;
 use super::deadlines::{Deadlines, Due, expiry_instant};
 use super::refresh::{Action, Inbox};
 use super::resume::{self, HELD_EVENTS};
+use super::stream::{Socket, flush};
+use crate::api::catchups::Slot;
 use crate::api::conn::WatchedIo;
 use crate::api::shares::UserSlot;
+use crate::api::ws_config::WsConfig;
 use crate::auth::{AuthUser, Verifier};
 use crate::bridge::{CloseCode, ConnGuard, ControlWriter, Hub, Outlet, Sink, unbuffered_ws_config};
 use crate::events::resume::Cursor;
@@ -42,10 +41,6 @@ use crate::events::resume::Cursor;
 /// the 4 KiB it was made half of an idle socket's cost. A larger frame
 /// grows it to the frame's size (at most `max_client_frame`).
 pub const READ_CHUNK: usize = 256;
-
-/// What tungstenite reads from (the socket's read half) and writes to (the
-/// outlet, for the protocol's own frames).
-pub(super) type Socket = WebSocketStream<Join<OwnedReadHalf, ControlWriter>>;
 
 /// The socket's slot of the process's WebSockets and of its user's share;
 /// given back when the task ends.
@@ -175,21 +170,6 @@ async fn catch_up(
 fn token_expiry(exp: u64) -> Instant {
     let now_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
     expiry_instant(exp, now_ms, Instant::now())
-}
-
-/// Writes what is queued in the outlet, giving up when the socket is marked
-/// slow, the server shuts down, or no flush completes within `timeout`.
-pub(super) async fn flush(
-    outlet: &Outlet,
-    shutdown: &CancellationToken,
-    timeout: Duration,
-) -> bool {
-    tokio::select! {
-        r = tokio::time::timeout(timeout, outlet.flush()) => matches!(r, Ok(Ok(()))),
-        // Both are handled by the socket loop, which closes the socket.
-        _ = outlet.slow.cancelled() => true,
-        _ = shutdown.cancelled() => true,
-    }
 }
 
 /// What the timer calls for: the end, a ping, or nothing yet (the idle

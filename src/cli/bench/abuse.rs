@@ -21,14 +21,15 @@ use super::abuse_report::ATTACKS;
 use super::abuse_report::{AbuseConfig, AbusePhase, AbuseReport, judge};
 use super::abuse_seed as seed;
 use super::abuse_target::Target;
+use super::args::BenchArgs;
 use super::crowd::{Crowd, token};
 use super::machine::machine;
 use super::phase::{Bench, Kind};
+use super::progress::progress;
 use super::record::stats;
 use super::report::PhaseResult;
 use super::sample::{rss_kib, status_kib};
 use super::server::{Site, endpoint, wait_ready};
-use super::{BenchArgs, progress};
 use crate::config::ConnectOpts;
 
 /// Honest users, each with one socket.

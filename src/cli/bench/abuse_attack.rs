@@ -44,7 +44,7 @@ pub(super) async fn run(n: u8, t: Arc<Target>, tally: Arc<Tally>, cancel: Cancel
         _ => Ok(()),
     };
     if let Err(e) = result {
-        super::progress(&format!("attack {n} failed: {e:#}"));
+        super::progress::progress(&format!("attack {n} failed: {e:#}"));
         tally.fail(reason(&e));
     }
 }

@@ -16,12 +16,13 @@ use std::time::Duration;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::args::BenchArgs;
 use super::fleet::start_fleet_on;
 use super::phase::{Bench, Kind};
+use super::progress::progress;
 use super::report::{Ceiling, PhaseResult};
 use super::sample::{cpu_ns, scrape};
 use super::server::{Instance, Site, endpoint, launch};
-use super::{BenchArgs, progress};
 
 /// Instance counts the ceiling is measured with.
 const SPREADS: [usize; 3] = [1, 2, 4];

@@ -17,13 +17,14 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use super::args::BenchArgs;
 use super::crowd::{Crowd, token};
 use super::fleet::{Endpoint, HANDSHAKES, ws_connect};
 use super::phase::{Bench, Kind};
+use super::progress::progress;
 use super::publish::connect_publisher;
 use super::report::{Machine, PhaseResult, TargetCheck};
 use super::server::Site;
-use super::{BenchArgs, progress};
 
 /// Documents the attacker's events are about (not rows: what the bench
 /// measures is the router's fan-out, not the heal's query).

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::fleet::{Endpoint, ws_connect_query};
-use super::progress;
+use super::progress::progress;
 use super::report::TargetCheck;
 use crate::db::listener::{self, API_LISTENER_NAME, ListenItem, ListenerConfig};
 use crate::events::ops::{HealReport, OPS_CHANNEL};

@@ -26,14 +26,15 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use uuid::Uuid;
 
+use super::args::BenchArgs;
 use super::crowd::{Crowd, token};
 use super::fleet::{Endpoint, Ws, start_fleet};
 use super::limits::{Limits, metric_value, source_addr};
 use super::phase::{Bench, Kind};
+use super::progress::progress;
 use super::report::{CpuShare, Machine, PhaseResult};
 use super::sample::{CpuSnap, rss_kib};
 use super::server::Site;
-use super::{BenchArgs, progress};
 
 /// Concurrent handshakes while opening the mass sockets.
 const HANDSHAKES_MASS: usize = 512;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use super::fleet::{Fleet, RawListener};
-use super::progress;
+use super::progress::progress;
 use super::publish::{Batch, PublishRuntime, Published, Publisher, publish};
 use super::record::{Clock, Rec, Sink, stats};
 use super::report::{Ceiling, CpuShare, PhaseResult, ServerSide};

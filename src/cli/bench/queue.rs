@@ -19,8 +19,10 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::args::BenchArgs;
 use super::crowd::token;
 use super::machine::machine;
+use super::progress::progress;
 use super::queue_docs::{BOMB, note, text_pdf};
 use super::queue_load::{Tally, Uploader, honest, keep_bombs};
 use super::queue_measure::{self as measure, Sampler, connect};
@@ -29,7 +31,6 @@ use super::queue_report::{
 };
 use super::queue_workers::{Spec, Workers};
 use super::server::{Site, wait_ready};
-use super::{BenchArgs, progress};
 use crate::config::ConnectOpts;
 
 /// Honest users, and the hostile user's bombs kept queued.

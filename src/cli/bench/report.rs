@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::BenchArgs;
+use super::args::BenchArgs;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
 use super::fleet::{Endpoint, ws_connect_query};
-use super::progress;
+use super::progress::progress;
 use super::report::TargetCheck;
 
 /// Rows changed after the cursor; the server is started with at least this

@@ -18,13 +18,14 @@ use anyhow::Context;
 use tokio_postgres::Client as Db;
 use uuid::Uuid;
 
+use super::args::BenchArgs;
 use super::crowd::token;
+use super::progress::progress;
 use super::retrieval_ask::{ask_all, count_chunks};
 use super::retrieval_client::Client;
 use super::retrieval_report::{Latency, ModeRun, RetrievalReport, Scale};
 use super::retrieval_set::{QaSet, quality};
 use super::server::OwnServer;
-use super::{BenchArgs, progress};
 use crate::config::ConnectOpts;
 use crate::harness::{Ready, ScratchDb, random_hex};
 

@@ -9,7 +9,7 @@ use tokio_postgres::Client as Db;
 use uuid::Uuid;
 
 use super::crowd::token;
-use super::progress;
+use super::progress::progress;
 use super::retrieval_ask::{ask_all, count_chunks};
 use super::retrieval_client::Client;
 use super::retrieval_set::QaSet;

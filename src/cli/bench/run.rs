@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::abuse_report::{AbuseReport, render as abuse_render};
+use super::args::BenchArgs;
 use super::capacity;
 use super::crowd::{Crowd, token};
 use super::fleet::{Endpoint, open_idle, raw_listener, start_fleet};
@@ -17,13 +18,13 @@ use super::machine::machine;
 use super::mass_report::{Judged, judge, render as mass_render};
 use super::phase::{Bench, Kind};
 use super::phases::PhasesReport;
+use super::progress::progress;
 use super::publish::{PublishRuntime, connect_publisher};
 use super::record::{Clock, Sink};
 use super::report::{CeilingReport, Config, IdleReport, PhaseResult, Report};
 use super::sample::rss_kib;
 use super::server::{Site, endpoint, wait_ready};
-use super::{BenchArgs, progress};
-use crate::cli::Failure;
+use crate::cli::failure::Failure;
 use crate::config::ConnectOpts;
 
 pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -33,7 +34,7 @@ pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCo
     if let Some(n) = args.abuse_child {
         return super::abuse_child::child(n).await;
     }
-    crate::cli::cancel_on_signal(cancel.clone());
+    crate::cli::signal::cancel_on_signal(cancel.clone());
     if args.abuse {
         // A fresh server per phase: the abuse run starts (and stops) its own.
         let outcome = tokio::select! {

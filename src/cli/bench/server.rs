@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use super::args::BenchArgs;
 use super::fleet::Endpoint;
-use super::{BenchArgs, progress};
+use super::progress::progress;
 use crate::config::ConnectOpts;
 use crate::harness::{Ready, ScratchDb, random_hex};
 

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::ServeArgs;
+use super::args::ServeArgs;
 use crate::api::{self, AppState, HttpConfig, Shared, WsConfig};
 use crate::auth::Verifier;
 use crate::bridge::{self, Bridge, BridgeConfig, Hub};

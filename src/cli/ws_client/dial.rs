@@ -12,7 +12,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite};
 use uuid::Uuid;
 
-use super::{WsClientArgs, WsClientError};
+use super::args::WsClientArgs;
+use super::error::WsClientError;
 use crate::cli::text::error_detail;
 use crate::config::ConnectOpts;
 

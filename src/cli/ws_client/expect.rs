@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::WsClientError;
+use super::error::WsClientError;
 use crate::cli::text::loose_json;
 use crate::events::EventType;
 

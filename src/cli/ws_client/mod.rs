@@ -6,10 +6,13 @@
 
 //!
 //! `dial` reaches `/ws`, `expect` matches frames to `--expect`, `print`
-//! writes what a person or a script reads; this file holds the arguments
-//! and the run: connect, read, reconnect, and the verdict.
+//! writes what a person or a script reads, `args` and `error` are the
+//! leaves they share; this file holds the run: connect, read, reconnect,
+//! and the verdict.
 
+mod args;
 mod dial;
+mod error;
 mod expect;
 mod print;
 
@@ -22,112 +25,16 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
-use super::Failure;
+use super::failure::Failure;
 use super::term_style::color_for;
 use crate::backoff::Backoff;
-use crate::config::{ConnectOpts, parse_duration};
+use crate::config::ConnectOpts;
 use dial::{Dialer, Socket, close_politely, io_detail};
 use expect::{Expectation, Matcher};
 use print::Style;
 
-#[derive(clap::Args, Debug)]
-#[command(after_help = "\
-Exit codes: 0 all expectations met (or --count frames received, or the \
-connection ended with nothing pending); 1 an expectation or --count was not \
-met before --timeout or the end of the connection; 2 usage, connection or \
-authentication error.
-
-Examples:
-  ragctl ws-client --user $U
-  ragctl ws-client --user $U --expect 'job.status_updated kind=parse status=success' \\
-      --expect 'document.status_updated status=ingested' --timeout 60s
-  ragctl ws-client --user $U --resync --reconnect --format raw
-  ragctl ws-client --user $U --since 2026-11-28T10:00:00Z --reconnect")]
-pub struct WsClientArgs {
-    /// Mint a token for this user with the configured JWT secret.
-    #[arg(long, required_unless_present_any = ["token", "headers"])]
-    pub user: Option<Uuid>,
-    /// Use this JWT instead of minting one (sent as Authorization: Bearer).
-    #[arg(long, hide_env_values = true)]
-    pub token: Option<String>,
-    /// Extra request header, 'Name: value'. An Authorization or a
-    /// `Sec-WebSocket-Protocol: bearer, <jwt>` header replaces the minted token.
-    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
-    pub headers: Vec<String>,
-    /// Ask for `realtime.resync` frames when the server may have missed events.
-    #[arg(long)]
-    pub resync: bool,
-    /// `pretty` (default on a terminal), `json` (JSON Lines, default
-    /// otherwise) or `raw` (each frame's text exactly as received).
-    #[arg(long, value_enum)]
-    pub format: Option<WsFormat>,
-    /// 'TYPE key=value ...': wait for a frame of TYPE whose payload has these
-    /// values (JSON-typed: retry_count=3 is a number, status=parsed a string;
-    /// quote to keep spaces: error_message="no text"). Repeatable; each
-    /// expectation needs its own frame.
-    #[arg(long = "expect", value_name = "TYPE KEY=VALUE...")]
-    pub expect: Vec<String>,
-    /// Give up after this long [default: 30s with --expect, else never].
-    #[arg(long, value_parser = parse_duration)]
-    pub timeout: Option<Duration>,
-    /// Stop after N frames (or once every expectation is met, if sooner).
-    /// Without --expect, fewer than N frames before the end is exit 1.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub count: Option<u64>,
-    /// Send a ping this often (the client always answers the server's pings).
-    #[arg(long, value_parser = parse_duration)]
-    pub ping_interval: Option<Duration>,
-    /// Reconnect with exponential backoff when the connection closes or fails.
-    #[arg(long)]
-    pub reconnect: bool,
-    /// Lifetime of the minted token.
-    #[arg(long, default_value = "1h", value_parser = parse_duration)]
-    pub ttl: Duration,
-    /// Resume: first the state of everything changed since this cursor
-    /// (a `realtime.caught_up` cursor or an RFC 3339 time), then live.
-    /// With --reconnect, each reconnect resumes from the last cursor seen.
-    #[arg(long, value_name = "CURSOR")]
-    pub since: Option<String>,
-}
-
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WsFormat {
-    Pretty,
-    Json,
-    Raw,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WsClientError {
-    #[error(
-        "{0}: this build speaks plain ws:// only; use an http:// or ws:// URL (--url / RAG_API_URL), or put a TLS-terminating proxy in front"
-    )]
-    Tls(String),
-    #[error("invalid API URL {url:?} (--url / RAG_API_URL): {problem}")]
-    BadUrl { url: String, problem: String },
-    #[error("-H {0:?} is not 'Name: value'")]
-    BadHeader(String),
-    #[error("--expect {text:?}: {problem}")]
-    BadExpect { text: String, problem: String },
-    #[error("WebSocket handshake refused: {status} {detail}")]
-    Refused { status: u16, detail: String },
-    #[error("cannot connect to {url}: {detail}")]
-    Connect { url: String, detail: String },
-}
-
-impl WsClientError {
-    /// Worth another attempt with --reconnect: the server may come back;
-    /// a refused token or a bad request will not get better.
-    fn retryable(&self) -> bool {
-        match self {
-            WsClientError::Connect { .. } => true,
-            WsClientError::Refused { status, .. } => *status == 429 || *status >= 500,
-            _ => false,
-        }
-    }
-}
+pub use args::{WsClientArgs, WsFormat};
 
 /// How one connection ended.
 enum End {
@@ -522,7 +429,7 @@ pub async fn run(connect: ConnectOpts, args: WsClientArgs) -> anyhow::Result<Exi
         ping_interval: args.ping_interval,
         reconnect: args.reconnect,
     };
-    super::cancel_on_signal(limits.cancel.clone());
+    super::signal::cancel_on_signal(limits.cancel.clone());
     let end = connect_loop(&dialer, &mut session, &limits).await?;
     session.outcome(end, started.elapsed(), timeout)
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use serde_json::Value;
 
-use super::WsFormat;
+use super::args::WsFormat;
 use super::expect::RESYNC_TYPE;
 use crate::cli::term_style::{Tone, status_tone};
 use crate::cli::text::{short_id, snippet, value_text};

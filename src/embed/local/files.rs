@@ -11,7 +11,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokenizers::{Tokenizer, TruncationParams};
 
-use crate::embed::EmbedError;
+use crate::embed::error::EmbedError;
 
 /// sentence-transformers' own default when `sentence_bert_config.json`
 /// does not say (all-MiniLM-L6-v2 says 256, less than the 512 positions).

@@ -4,7 +4,7 @@
 //! section on its own line (`Install › Linux`), so a passage knows where it
 //! comes from, for BM25, embeddings and the reader alike.
 
-use super::chunk_plain;
+use super::plain::chunk_plain;
 
 /// Joins the titles of a heading path.
 pub const PATH_SEPARATOR: &str = " › ";

@@ -1,7 +1,8 @@
 //! Tests of heading-aware chunking.
 
+use super::chunk_text;
+use super::plain::chunk_plain;
 use super::sections::{heading, sections};
-use super::{chunk_plain, chunk_text};
 
 fn sentences(prefix: &str, n: usize) -> String {
     (0..n)

@@ -1,8 +1,17 @@
-use chrono::TimeZone;
-use serde_json::json;
+//! The payload structs against the contract: a sibling, not a child of
+//! `payloads.rs`, since `contract` imports `payloads`.
 
-use super::*;
-use crate::events::validate_payload;
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::contract::validate_payload;
+use super::kind::EventType;
+use super::payloads::*;
+use crate::db::chat::Message;
+use crate::db::documents::Document;
+use crate::db::jobs::Job;
+use crate::db::status::{DocumentStatus, JobKind, JobStatus, MessageRole, MessageStatus};
 
 fn at(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_790_000_000 + secs, 123_456_000)
