@@ -272,7 +272,8 @@ impl Drop for Proc {
             let tail = &log[log.len().saturating_sub(80)..];
             let dir = std::env::temp_dir().join("ragctl-test-logs");
             let file = dir.join(format!("{}-{}.log", self.name, self.pid()));
-            let _ = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&file, log.join("\n")));
+            let _ =
+                std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(&file, log.join("\n")));
             eprintln!(
                 "--- {} (last {} log lines; all in {}) ---\n{}",
                 self.name,
@@ -344,8 +345,12 @@ impl Api {
         // A client left unread through a long phase of a test (uploads on a
         // busy machine) answers no ping and would be closed as idle (4002);
         // tests of the idle close set their own timings.
-        let timed = extra.iter().any(|a| a.starts_with("--ws-idle") || a.starts_with("--ws-ping"))
-            || env.iter().any(|(k, _)| k.starts_with("RAG_WS_IDLE") || k.starts_with("RAG_WS_PING"));
+        let timed = extra
+            .iter()
+            .any(|a| a.starts_with("--ws-idle") || a.starts_with("--ws-ping"))
+            || env
+                .iter()
+                .any(|(k, _)| k.starts_with("RAG_WS_IDLE") || k.starts_with("RAG_WS_PING"));
         let mut env = env.to_vec();
         if !timed {
             env.push(("RAG_WS_IDLE_SECS", "86400"));
