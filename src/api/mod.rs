@@ -42,6 +42,7 @@ use crate::bridge::{Bridge, Hub};
 use crate::events::Publisher;
 use crate::rag::LlmClient;
 pub use conn::{FdBudget, HttpConfig, WsCount};
+pub use documents::read_file;
 use error::ApiError;
 pub use ops::serve_metrics;
 pub use ws::WsConfig;

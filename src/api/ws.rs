@@ -45,8 +45,9 @@ use super::error::ApiError;
 use crate::auth::AuthUser;
 use crate::events::resume::Cursor;
 pub use catchups::Catchups;
+pub use close::Ending;
 pub use handshake::{Credentials, Upgrade, credentials};
-pub use refresh::{CLOSE_REFRESH_INVALID, CLOSE_REFRESH_OTHER_USER};
+pub use refresh::{Action, CLOSE_REFRESH_INVALID, CLOSE_REFRESH_OTHER_USER, Inbox};
 pub use socket::READ_CHUNK;
 use socket::{Resume, SocketCtx, Start};
 // For the submodules.
