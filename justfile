@@ -49,6 +49,14 @@ stress-test RUNS="3" *ARGS:
 cycles *ARGS:
     python3 scripts/import_cycles.py "$@"
 
+# Fuzz one target for SECONDS, one process (installs cargo-fuzz; docs/fuzzing.md)
+fuzz TARGET SECONDS="60":
+    bash scripts/fuzz.sh run "$@"
+
+# Replay every committed fuzz corpus once through its target (CI does this)
+fuzz-replay:
+    bash scripts/fuzz.sh replay
+
 # End-to-end run with real processes on a throwaway database (tests/e2e.sh)
 e2e:
     bash tests/e2e.sh

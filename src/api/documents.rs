@@ -125,8 +125,9 @@ pub async fn upload(
 }
 
 /// The one `file` field, read chunk by chunk into one buffer that grows
-/// only as far as the budget lets it.
-async fn read_file(
+/// only as far as the budget lets it. Public for the fuzz target, which
+/// drives it without a database.
+pub async fn read_file(
     multipart: &mut Multipart,
     headers: &HeaderMap,
     budget: &mut Reservation<'_>,

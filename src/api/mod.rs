@@ -35,6 +35,7 @@ use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 pub use conn::{FdBudget, HttpConfig, WsCount};
+pub use documents::read_file;
 use error::ApiError;
 pub use ops::serve_metrics;
 pub use state::{AppState, Shared};

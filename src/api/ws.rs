@@ -45,7 +45,9 @@ use super::state::AppState;
 pub use super::ws_config::WsConfig;
 use crate::auth::AuthUser;
 use crate::events::resume::Cursor;
+pub use close::Ending;
 pub use handshake::{Credentials, Upgrade, credentials};
+pub use refresh::{Action, Inbox};
 pub use socket::READ_CHUNK;
 use socket::{Resume, SocketCtx, Start};
 

@@ -147,3 +147,22 @@ fn escapes_trailing_bytes_and_repeated_keys_read_as_a_parsed_value_does() {
         assert_eq!(scanned(&text), tree_check(&text), "{text}");
     }
 }
+
+/// Regression (found writing fuzz/envelope_scan): values the scan skips (an
+/// unknown key, `frag`, inside the payload's arrays and objects) are still
+/// checked as a parsed `Value` checks them. as a parsed `Value` checks them.
+#[test]
+fn skipped_values_are_refused_where_a_parsed_value_is() {
+    let good = good(Uuid::new_v4()).to_string();
+    let deep = format!("{}1{}", "[".repeat(130), "]".repeat(130));
+    for bad in [r#""\ud800""#, "1e999", "-1e999", &deep] {
+        for text in [
+            format!("{{\"x\":{bad},{}", &good[1..]),
+            good.replacen("\"payload\":{", &format!("\"payload\":{{\"x\":[{bad}],"), 1),
+            format!("{{\"v\":1,\"frag\":{bad}}}"),
+        ] {
+            assert_eq!(scanned(&text), Err(DropReason::NotJson), "{text}");
+            assert_eq!(tree_check(&text), Err(DropReason::NotJson), "{text}");
+        }
+    }
+}

@@ -123,7 +123,7 @@ impl Budget<'_> {
 /// (also chained: a stream deflated twice) is inflated as a stream into
 /// nothing; other filters are rare in content streams and are measured by
 /// decoding (the sandbox's memory limit bounds that).
-fn inflated_len(stream: &Stream, cap: u64) -> u64 {
+pub fn inflated_len(stream: &Stream, cap: u64) -> u64 {
     let filters = stream.filters().unwrap_or_default();
     if filters.is_empty() {
         return stream.content.len() as u64;
