@@ -89,6 +89,14 @@ mod retrieval_set;
 mod run;
 mod sample;
 mod server;
+mod soak;
+mod soak_check;
+mod soak_faults;
+mod soak_load;
+mod soak_procs;
+mod soak_report;
+mod soak_view;
+mod soak_ws;
 
 use std::time::Duration;
 
@@ -271,6 +279,19 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', value_parser = ["bm25", "dense", "hybrid"],
           requires = "retrieval")]
     pub modes: Vec<String>,
+    // Soak (#20).
+    /// Instead of the phases above: everything at once for this long (e.g.
+    /// 30m) on a PostgreSQL cluster of its own, with faults, then checks
+    /// (see soak.rs and docs/benchmarks.md).
+    #[arg(long, value_name = "DURATION", value_parser = soak_report::parse_length,
+          conflicts_with_all = ["server_url", "sockets", "capacity", "resume", "abuse", "fanout_attack", "queue", "retrieval"])]
+    pub soak: Option<Duration>,
+    /// Users uploading during --soak.
+    #[arg(long, default_value_t = 50, value_parser = parse_positive, requires = "soak")]
+    pub soak_users: usize,
+    /// WebSockets churning during --soak.
+    #[arg(long, default_value_t = 1000, value_parser = parse_positive, requires = "soak")]
+    pub soak_sockets: usize,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {

@@ -1,0 +1,185 @@
+//! `ragctl bench --soak DURATION` (issue #20): everything at once for
+//! DURATION against the real binary run as separate processes, on a
+//! PostgreSQL cluster of the soak's own (so restarting it disturbs nothing
+//! else): two `serve --no-workers` instances, a `worker parse` and a
+//! `worker ingest`, `--soak-users` users uploading (some hostile files),
+//! `--soak-sockets` WebSockets churning and resuming across both instances
+//! with in-band token refreshes, and the faults of `soak_faults`. Then the
+//! load stops, the queue drains, and `soak_check` compares every socket's
+//! view with REST; `soak_report` judges.
+//!
+//! Files: `soak_procs` (the cluster and the children, logs to files),
+//! `soak_load`, `soak_ws` and `soak_view` (the sockets and what they
+//! believe), `soak_faults`, `soak_check`, `soak_report`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::soak_check::{agree, drain, panics};
+use super::soak_faults::{self as faults, Fleet, Plan};
+use super::soak_load::Load;
+use super::soak_procs::{Ground, Urls, say, url_of, usage_median};
+use super::soak_report::{SoakReport, Usage, judge, missed, render};
+use super::soak_ws::Sockets;
+use crate::cli::Failure;
+use crate::db::embedded::Embedded;
+
+/// What `--soak` was asked for.
+pub struct SoakOpts {
+    pub length: Duration,
+    pub users: usize,
+    pub sockets: usize,
+    pub json: bool,
+}
+
+/// Instances of the API.
+const APIS: usize = 2;
+/// Readings of RSS and descriptors whose median is one sample.
+const READINGS: usize = 5;
+
+pub async fn run(opts: SoakOpts, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
+    let (ground, cluster) = Ground::open(crate::harness::random_hex(32)).await?;
+    say(&format!(
+        "own PostgreSQL on port {}; logs in {}",
+        cluster.port,
+        ground.logs.display()
+    ));
+    let outcome = tokio::select! {
+        r = soak(&opts, &ground, &cluster) => Some(r),
+        _ = cancel.cancelled() => None,
+    };
+    if let Err(e) = cluster.stop().await {
+        say(&format!("could not stop its PostgreSQL: {e}"));
+    }
+    let _ = std::fs::remove_dir_all(ground.dir.join("pg"));
+    let Some(report) = outcome else {
+        eprintln!("ragctl: interrupted");
+        return Ok(ExitCode::from(130));
+    };
+    conclude(&opts, &report?)
+}
+
+fn conclude(opts: &SoakOpts, report: &SoakReport) -> anyhow::Result<ExitCode> {
+    match opts.json {
+        true => println!("{}", serde_json::to_string_pretty(report)?),
+        false => print!("{}", render(report)),
+    }
+    let missed = missed(&report.checks);
+    if missed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    Err(Failure::check(anyhow!(
+        "soak checks failed: {} (see the report)",
+        missed.join(", ")
+    ))
+    .into())
+}
+
+/// The two instances (one after the other: the first migrates) and the
+/// two workers.
+async fn start_fleet(ground: &Ground) -> anyhow::Result<Fleet> {
+    let mut apis = Vec::new();
+    for i in 0..APIS {
+        apis.push(ground.api(i, 1).await?);
+    }
+    let urls: Urls = std::sync::Arc::new(std::sync::RwLock::new(
+        apis.iter().map(|a| a.url.clone()).collect(),
+    ));
+    let workers = vec![ground.worker("parse", 1)?, ground.worker("ingest", 1)?];
+    Ok(Fleet {
+        apis,
+        workers,
+        urls,
+    })
+}
+
+/// After the warm-up: 10% of the run, at least a minute, at most the run.
+fn warm_at(length: Duration) -> Duration {
+    length
+        .mul_f64(0.1)
+        .max(Duration::from_secs(60))
+        .min(length.mul_f64(0.9))
+}
+
+async fn soak(o: &SoakOpts, ground: &Ground, cluster: &Embedded) -> anyhow::Result<SoakReport> {
+    let mut fleet = start_fleet(ground).await?;
+    let users: Vec<Uuid> = (0..o.users).map(|_| Uuid::new_v4()).collect();
+    say(&format!(
+        "{} users uploading, {} sockets, for {:?}",
+        o.users, o.sockets, o.length
+    ));
+    let sockets = Sockets::start(fleet.urls.clone(), &ground.secret, &users, o.sockets);
+    let load = Load::start(&fleet.urls, &ground.secret, &users)?;
+    // Instance 1 is never restarted: its growth is the one judged.
+    let (watched, warm) = (fleet.apis[1].proc.pid, warm_at(o.length));
+    let sampler = tokio::spawn(async move {
+        tokio::time::sleep(warm).await;
+        usage_median(watched, READINGS).await
+    });
+    let started = std::time::Instant::now();
+    let stop = CancellationToken::new();
+    let fault_counts = faults::run(
+        &mut fleet,
+        ground,
+        cluster,
+        &Plan { length: o.length },
+        &stop,
+    )
+    .await;
+    let warm_usage = sampler.await.ok().flatten();
+    let end_usage = usage_median(watched, READINGS).await;
+    let uploads = load.stop().await;
+    let seconds = started.elapsed().as_secs_f64().round();
+    say("load stopped; waiting for the queue to drain");
+    let drained = drain(&ground.db_url).await?;
+    say(&format!(
+        "drained: {} (in {:.1} s); comparing every socket with REST",
+        drained.drained, drained.seconds
+    ));
+    let agreement = agree(&sockets, &url_of(&fleet.urls, 1), &ground.secret, &users).await?;
+    let ws = sockets.counters.snapshot();
+    sockets.stop().await;
+    stop_fleet(fleet).await;
+    let (panic_count, panic_lines) = panics(&ground.log_files());
+    let usage = match (warm_usage, end_usage) {
+        (Some((rw, fw)), Some((re, fe))) => Some(Usage {
+            process: "api-1".into(),
+            warm_at_s: warm.as_secs_f64(),
+            rss_warm_kib: rw,
+            rss_end_kib: re,
+            fds_warm: fw,
+            fds_end: fe,
+        }),
+        _ => None,
+    };
+    let mut report = SoakReport {
+        seconds,
+        users: o.users,
+        sockets: o.sockets,
+        uploads,
+        ws,
+        faults: fault_counts,
+        drain: drained,
+        agreement,
+        usage,
+        panics: panic_count,
+        panic_lines,
+        checks: vec![],
+    };
+    report.checks = judge(&report);
+    Ok(report)
+}
+
+async fn stop_fleet(fleet: Fleet) {
+    for mut p in fleet
+        .workers
+        .into_iter()
+        .chain(fleet.apis.into_iter().map(|a| a.proc))
+    {
+        p.stop().await;
+    }
+}
