@@ -105,6 +105,15 @@ fn warm_at(length: Duration) -> Duration {
         .min(length.mul_f64(0.9))
 }
 
+/// What the load phase left: the faults' counts, the uploads, the
+/// samples of instance 1, how long it ran.
+struct Loaded {
+    faults: faults::FaultCounts,
+    uploads: super::soak_load::LoadCounts,
+    usage: Option<Usage>,
+    seconds: f64,
+}
+
 async fn soak(o: &SoakOpts, ground: &Ground, cluster: &Embedded) -> anyhow::Result<SoakReport> {
     let mut fleet = start_fleet(ground).await?;
     let users: Vec<Uuid> = (0..o.users).map(|_| Uuid::new_v4()).collect();
@@ -113,27 +122,7 @@ async fn soak(o: &SoakOpts, ground: &Ground, cluster: &Embedded) -> anyhow::Resu
         o.users, o.sockets, o.length
     ));
     let sockets = Sockets::start(fleet.urls.clone(), &ground.secret, &users, o.sockets);
-    let load = Load::start(&fleet.urls, &ground.secret, &users)?;
-    // Instance 1 is never restarted: its growth is the one judged.
-    let (watched, warm) = (fleet.apis[1].proc.pid, warm_at(o.length));
-    let sampler = tokio::spawn(async move {
-        tokio::time::sleep(warm).await;
-        usage_median(watched, READINGS).await
-    });
-    let started = std::time::Instant::now();
-    let stop = CancellationToken::new();
-    let fault_counts = faults::run(
-        &mut fleet,
-        ground,
-        cluster,
-        &Plan { length: o.length },
-        &stop,
-    )
-    .await;
-    let warm_usage = sampler.await.ok().flatten();
-    let end_usage = usage_median(watched, READINGS).await;
-    let uploads = load.stop().await;
-    let seconds = started.elapsed().as_secs_f64().round();
+    let loaded = load(o, ground, cluster, &mut fleet, &users).await?;
     say("load stopped; waiting for the queue to drain");
     let drained = drain(&ground.db_url).await?;
     say(&format!(
@@ -144,34 +133,65 @@ async fn soak(o: &SoakOpts, ground: &Ground, cluster: &Embedded) -> anyhow::Resu
     let ws = sockets.counters.snapshot();
     sockets.stop().await;
     stop_fleet(fleet).await;
-    let (panic_count, panic_lines) = panics(&ground.log_files());
-    let usage = match (warm_usage, end_usage) {
-        (Some((rw, fw)), Some((re, fe))) => Some(Usage {
-            process: "api-1".into(),
-            warm_at_s: warm.as_secs_f64(),
-            rss_warm_kib: rw,
-            rss_end_kib: re,
-            fds_warm: fw,
-            fds_end: fe,
-        }),
-        _ => None,
-    };
+    let (panics, panic_lines) = panics(&ground.log_files());
     let mut report = SoakReport {
-        seconds,
+        seconds: loaded.seconds,
         users: o.users,
         sockets: o.sockets,
-        uploads,
+        uploads: loaded.uploads,
         ws,
-        faults: fault_counts,
+        faults: loaded.faults,
         drain: drained,
         agreement,
-        usage,
-        panics: panic_count,
+        usage: loaded.usage,
+        panics,
         panic_lines,
         checks: vec![],
     };
     report.checks = judge(&report);
     Ok(report)
+}
+
+/// The uploads and the faults for `o.length`, instance 1 sampled after
+/// the warm-up and at the end (it is never restarted: its growth is the
+/// one judged).
+async fn load(
+    o: &SoakOpts,
+    ground: &Ground,
+    cluster: &Embedded,
+    fleet: &mut Fleet,
+    users: &[Uuid],
+) -> anyhow::Result<Loaded> {
+    let load = Load::start(&fleet.urls, &ground.secret, users)?;
+    let (watched, warm) = (fleet.apis[1].proc.pid, warm_at(o.length));
+    let sampler = tokio::spawn(async move {
+        tokio::time::sleep(warm).await;
+        usage_median(watched, READINGS).await
+    });
+    let started = std::time::Instant::now();
+    let plan = Plan { length: o.length };
+    let faults = faults::run(fleet, ground, cluster, &plan, &CancellationToken::new()).await;
+    let warm_usage = sampler.await.ok().flatten();
+    let end_usage = usage_median(watched, READINGS).await;
+    let uploads = load.stop().await;
+    let usage = match (warm_usage, end_usage) {
+        (Some((rss_warm_kib, fds_warm)), Some((rss_end_kib, fds_end))) => Some(Usage {
+            process: "api-1".into(),
+            warm_at_s: warm.as_secs_f64(),
+            rss_warm_kib,
+            rss_end_kib,
+            fds_warm,
+            fds_end,
+        }),
+        _ => None,
+    };
+    let seconds = started.elapsed().as_secs_f64().round();
+    Ok(Loaded {
+        faults,
+        uploads,
+        usage,
+        seconds,
+    })
 }
 
 async fn stop_fleet(fleet: Fleet) {

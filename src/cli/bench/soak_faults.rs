@@ -109,8 +109,8 @@ async fn step(
         due.listener += LISTENER_EVERY;
         match kill_listeners(&ground.db_url).await {
             Ok(n) => {
-                (c.listener_rounds, c.listener_backends) =
-                    (c.listener_rounds + 1, c.listener_backends + n)
+                c.listener_rounds += 1;
+                c.listener_backends += n;
             }
             Err(e) => note(c, format!("listener kill: {e:#}")),
         }
@@ -124,6 +124,19 @@ async fn step(
         c.worker_kills += 1;
         respawn_worker(w, ground, c);
     }
+    once(fleet, ground, cluster, plan, now, due, c).await;
+}
+
+/// The one-off restarts: PostgreSQL, then instance 0.
+async fn once(
+    fleet: &mut Fleet,
+    ground: &Ground,
+    cluster: &Embedded,
+    plan: &Plan,
+    now: Duration,
+    due: &mut Due,
+    c: &mut FaultCounts,
+) {
     if !due.pg && now >= plan.pg_at() {
         due.pg = true;
         say("restarting PostgreSQL (pg_ctl restart -m fast)");

@@ -83,9 +83,16 @@ fn check(key: &'static str, name: &str, measured: String, met: bool) -> Check {
 /// `error`, no process died unasked, no panic, RSS and descriptors grew
 /// by less than 5%.
 pub(super) fn judge(r: &SoakReport) -> Vec<Check> {
-    let a = &r.agreement;
-    let d = &r.drain;
-    let mut out = vec![
+    let mut out = state_checks(r);
+    out.extend(health_checks(r));
+    out.extend(usage_checks(r.usage.as_ref()));
+    out
+}
+
+/// What the clients and the database end with.
+fn state_checks(r: &SoakReport) -> Vec<Check> {
+    let (a, d) = (&r.agreement, &r.drain);
+    vec![
         check(
             "views",
             "every socket's view equals REST",
@@ -107,6 +114,12 @@ pub(super) fn judge(r: &SoakReport) -> Vec<Check> {
             format!("{} of {}", d.hostile_error, d.hostile_total),
             d.hostile_error == d.hostile_total,
         ),
+    ]
+}
+
+/// The processes: none died unasked, none panicked.
+fn health_checks(r: &SoakReport) -> Vec<Check> {
+    vec![
         check(
             "crashes",
             "no process exited unasked",
@@ -119,9 +132,7 @@ pub(super) fn judge(r: &SoakReport) -> Vec<Check> {
             format!("{}", r.panics),
             r.panics == 0,
         ),
-    ];
-    out.extend(usage_checks(r.usage.as_ref()));
-    out
+    ]
 }
 
 fn usage_checks(u: Option<&Usage>) -> Vec<Check> {
@@ -161,6 +172,13 @@ pub(super) fn missed(checks: &[Check]) -> Vec<&'static str> {
 
 pub(super) fn render(r: &SoakReport) -> String {
     let mut s = String::new();
+    render_load(&mut s, r);
+    render_end(&mut s, r);
+    s
+}
+
+/// What ran: the uploads, the sockets, the faults.
+fn render_load(s: &mut String, r: &SoakReport) {
     let u = &r.uploads;
     let w = &r.ws;
     let f = &r.faults;
@@ -192,6 +210,10 @@ pub(super) fn render(r: &SoakReport) -> String {
     for e in f.unexpected_exits.iter().chain(&f.errors) {
         let _ = writeln!(s, "  ! {e}");
     }
+}
+
+/// The queue at the end, the differences, the checks.
+fn render_end(s: &mut String, r: &SoakReport) {
     let d = &r.drain;
     let _ = writeln!(
         s,
@@ -210,7 +232,6 @@ pub(super) fn render(r: &SoakReport) -> String {
             c.measured
         );
     }
-    s
 }
 
 #[cfg(test)]
