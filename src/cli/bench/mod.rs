@@ -95,6 +95,7 @@ mod soak_faults;
 mod soak_load;
 mod soak_procs;
 mod soak_report;
+mod soak_rest;
 mod soak_view;
 mod soak_ws;
 

@@ -121,7 +121,7 @@ async fn soak(o: &SoakOpts, ground: &Ground, cluster: &Embedded) -> anyhow::Resu
         "{} users uploading, {} sockets, for {:?}",
         o.users, o.sockets, o.length
     ));
-    let sockets = Sockets::start(fleet.urls.clone(), &ground.secret, &users, o.sockets);
+    let sockets = Sockets::start(fleet.urls.clone(), &ground.secret, &users, o.sockets)?;
     let loaded = load(o, ground, cluster, &mut fleet, &users).await?;
     say("load stopped; waiting for the queue to drain");
     let drained = drain(&ground.db_url).await?;

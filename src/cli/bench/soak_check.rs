@@ -10,11 +10,11 @@ use std::time::Duration;
 use anyhow::Context;
 use futures_util::StreamExt;
 use serde::Serialize;
-use serde_json::Value;
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::soak_procs::say;
+use super::soak_rest::{Truth, fetch, statuses};
 use super::soak_view::diff;
 use super::soak_ws::Sockets;
 
@@ -97,57 +97,6 @@ pub(super) async fn drain(db_url: &str) -> anyhow::Result<Drain> {
     }
 }
 
-/// A user's documents and jobs (id → status) as REST tells them.
-#[derive(Default)]
-struct Truth {
-    docs: HashMap<Uuid, String>,
-    jobs: HashMap<Uuid, String>,
-}
-
-fn statuses(list: &Value, key: &str, out: &mut HashMap<Uuid, String>) {
-    for row in list[key].as_array().into_iter().flatten() {
-        let id = row["id"].as_str().and_then(|s| s.parse().ok());
-        if let (Some(id), Some(s)) = (id, row["status"].as_str()) {
-            out.insert(id, s.to_string());
-        }
-    }
-}
-
-async fn get(http: &reqwest::Client, url: &str, token: &str) -> anyhow::Result<Value> {
-    let r = http.get(url).bearer_auth(token).send().await?;
-    let r = r.error_for_status()?;
-    Ok(r.json().await?)
-}
-
-/// `GET /documents` (every page), then `GET /documents/{id}/jobs` of each.
-async fn truth(
-    http: &reqwest::Client,
-    api: &str,
-    secret: &str,
-    user: Uuid,
-) -> anyhow::Result<Truth> {
-    let token = crate::auth::mint(secret, user, Duration::from_secs(3600))?;
-    let mut t = Truth::default();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = match &cursor {
-            Some(c) => format!("{api}/documents?limit=200&cursor={c}"),
-            None => format!("{api}/documents?limit=200"),
-        };
-        let page = get(http, &page, &token).await?;
-        statuses(&page, "documents", &mut t.docs);
-        cursor = page["next_cursor"].as_str().map(str::to_string);
-        if cursor.is_none() {
-            break;
-        }
-    }
-    for id in t.docs.keys() {
-        let jobs = get(http, &format!("{api}/documents/{id}/jobs"), &token).await?;
-        statuses(&jobs, "jobs", &mut t.jobs);
-    }
-    Ok(t)
-}
-
 /// Every user's truth, eight users at a time.
 async fn truths(api: &str, secret: &str, users: &[Uuid]) -> anyhow::Result<HashMap<Uuid, Truth>> {
     let http = reqwest::Client::builder()
@@ -157,7 +106,7 @@ async fn truths(api: &str, secret: &str, users: &[Uuid]) -> anyhow::Result<HashM
         futures_util::stream::iter(users.iter().copied())
             .map(|u| {
                 let http = http.clone();
-                async move { (u, truth(&http, api, secret, u).await) }
+                async move { (u, fetch(&http, api, secret, u).await) }
             })
             .buffer_unordered(8)
             .collect()
@@ -186,8 +135,12 @@ pub(super) async fn agree(
     while sockets.live() < sockets.views.len() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let open = sockets
+        .counters
+        .open
+        .load(std::sync::atomic::Ordering::Relaxed);
     say(&format!(
-        "{} of {} sockets caught up; reading REST",
+        "{} of {} sockets caught up ({open} open); reading REST",
         sockets.live(),
         sockets.views.len()
     ));
@@ -210,8 +163,8 @@ fn compare(sockets: &Sockets, truth: &HashMap<Uuid, Truth>) -> Agreement {
     for (user, view) in &sockets.views {
         let v = view.lock().expect("view");
         let t = &truth[user];
-        let mut d = diff("document", &v.docs, &t.docs, KEEP);
-        d.extend(diff("job", &v.jobs, &t.jobs, KEEP));
+        let mut d = diff("document", &v.docs, &statuses(&t.docs), KEEP);
+        d.extend(diff("job", &v.jobs, &statuses(&t.jobs), KEEP));
         a.resynced += usize::from(v.resynced);
         if d.is_empty() {
             a.matching += 1;

@@ -194,8 +194,20 @@ fn render_load(s: &mut String, r: &SoakReport) {
     );
     let _ = writeln!(
         s,
-        "sockets: {} connects ({} caught up, {} refused, {} failed), {} churned, {} dropped, {} frames, {} resyncs",
-        w.connects, w.caught_up, w.refused, w.failed, w.churned, w.dropped, w.frames, w.resyncs
+        "sockets: {} connects ({} caught up; refused {} by the user's and {} by the process's catch-up cap, {} failed), {} churned, {} dropped, {} frames",
+        w.connects,
+        w.caught_up,
+        w.refused,
+        w.refused_process,
+        w.failed,
+        w.churned,
+        w.dropped,
+        w.frames
+    );
+    let _ = writeln!(
+        s,
+        "resyncs: {} {:?}, {} REST reloads ({} failed)",
+        w.resyncs, w.resync_reasons, w.reloads, w.reload_failed
     );
     let _ = writeln!(
         s,

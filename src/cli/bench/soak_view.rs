@@ -33,7 +33,8 @@ pub(super) struct View {
 pub(super) enum Frame {
     State,
     CaughtUp,
-    Resync,
+    /// With its reason.
+    Resync(String),
     Refreshed,
     Other,
 }
@@ -55,11 +56,26 @@ impl View {
             }
             "realtime.resync" => {
                 self.resynced = true;
-                Frame::Resync
+                Frame::Resync(p["reason"].as_str().unwrap_or("").to_string())
             }
             "auth.refreshed" => Frame::Refreshed,
             _ => Frame::Other,
         }
+    }
+}
+
+impl View {
+    /// Merges a REST reload (after `realtime.resync`): the newer state of
+    /// each entity wins; the view is whole again.
+    pub(super) fn merge(&mut self, docs: &HashMap<Uuid, Seen>, jobs: &HashMap<Uuid, Seen>) {
+        for (mine, theirs) in [(&mut self.docs, docs), (&mut self.jobs, jobs)] {
+            for (id, seen) in theirs {
+                if mine.get(id).is_none_or(|s| seen.at >= s.at) {
+                    mine.insert(*id, seen.clone());
+                }
+            }
+        }
+        self.resynced = false;
     }
 }
 
@@ -141,12 +157,36 @@ mod tests {
         assert_eq!(f, Frame::CaughtUp);
         assert_eq!(v.cursor.as_deref(), Some("AQAG"));
         assert!(v.live);
-        assert_eq!(
-            v.apply(r#"{"type":"realtime.resync","payload":{}}"#),
-            Frame::Resync
-        );
+        let resync = r#"{"type":"realtime.resync","payload":{"reason":"catchup_failed"}}"#;
+        assert_eq!(v.apply(resync), Frame::Resync("catchup_failed".into()));
         assert!(v.resynced);
         assert_eq!(v.apply("not json"), Frame::Other);
+        let (id, old, new) = (
+            Uuid::new_v4(),
+            Utc::now(),
+            Utc::now() + chrono::Duration::seconds(1),
+        );
+        v.docs.insert(
+            id,
+            Seen {
+                status: "ingested".into(),
+                at: new,
+            },
+        );
+        let reloaded = HashMap::from([(
+            id,
+            Seen {
+                status: "parsing".into(),
+                at: old,
+            },
+        )]);
+        v.merge(&reloaded, &reloaded);
+        assert_eq!(
+            v.docs[&id].status, "ingested",
+            "an older REST row does not win"
+        );
+        assert_eq!(v.jobs[&id].status, "parsing");
+        assert!(!v.resynced);
     }
 
     #[test]

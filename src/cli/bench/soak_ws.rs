@@ -5,6 +5,7 @@
 //! told to settle it stays connected, so that its view can be compared
 //! with REST.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use uuid::Uuid;
 
 use super::fleet::{Endpoint, Ws, ws_connect_query};
 use super::soak_procs::{Urls, url_of};
+use super::soak_rest::{Truth, fetch};
 use super::soak_view::{Frame, View};
 
 /// A socket's token lives this long: a socket that outlives it stays open
@@ -37,13 +39,19 @@ const HANDSHAKES: usize = 64;
 pub(super) struct WsCounters {
     pub(super) connects: AtomicU64,
     pub(super) refused: AtomicU64,
+    pub(super) refused_process: AtomicU64,
     pub(super) failed: AtomicU64,
     pub(super) caught_up: AtomicU64,
     pub(super) resyncs: AtomicU64,
+    pub(super) resync_reasons: Mutex<BTreeMap<String, u64>>,
+    pub(super) reloads: AtomicU64,
+    pub(super) reload_failed: AtomicU64,
     pub(super) frames: AtomicU64,
     pub(super) refresh_sent: AtomicU64,
     pub(super) refresh_acked: AtomicU64,
     pub(super) churned: AtomicU64,
+    /// Sockets open now.
+    pub(super) open: AtomicU64,
     pub(super) closed_expired: AtomicU64,
     pub(super) closed_refresh: AtomicU64,
     pub(super) dropped: AtomicU64,
@@ -53,10 +61,17 @@ pub(super) struct WsCounters {
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct WsCounts {
     pub connects: u64,
+    /// 429 (the user's catch-ups) and 503 (the process's) before the upgrade.
     pub refused: u64,
+    pub refused_process: u64,
     pub failed: u64,
     pub caught_up: u64,
     pub resyncs: u64,
+    pub resync_reasons: BTreeMap<String, u64>,
+    /// REST reloads after a resync (one serves a user's sockets resynced
+    /// before it started).
+    pub reloads: u64,
+    pub reload_failed: u64,
     pub frames: u64,
     pub refresh_sent: u64,
     pub refresh_acked: u64,
@@ -72,9 +87,13 @@ impl WsCounters {
         WsCounts {
             connects: g(&self.connects),
             refused: g(&self.refused),
+            refused_process: g(&self.refused_process),
             failed: g(&self.failed),
             caught_up: g(&self.caught_up),
             resyncs: g(&self.resyncs),
+            resync_reasons: self.resync_reasons.lock().expect("reasons").clone(),
+            reloads: g(&self.reloads),
+            reload_failed: g(&self.reload_failed),
             frames: g(&self.frames),
             refresh_sent: g(&self.refresh_sent),
             refresh_acked: g(&self.refresh_acked),
@@ -95,6 +114,9 @@ struct Shared {
     gate: Semaphore,
     settle: CancellationToken,
     stop: CancellationToken,
+    http: reqwest::Client,
+    /// Per user, the last REST reload and when it started.
+    reloads: HashMap<Uuid, tokio::sync::Mutex<Option<(Instant, Arc<Truth>)>>>,
 }
 
 /// Every socket, with its user and view.
@@ -108,8 +130,17 @@ pub(super) struct Sockets {
 impl Sockets {
     /// `n` sockets; socket `i` is `users[i % len]`'s, on instance
     /// `(i / len) % instances`, so each user has sockets on every instance.
-    pub(super) fn start(urls: Urls, secret: &str, users: &[Uuid], n: usize) -> Sockets {
+    pub(super) fn start(
+        urls: Urls,
+        secret: &str,
+        users: &[Uuid],
+        n: usize,
+    ) -> anyhow::Result<Sockets> {
         let instances = urls.read().expect("urls").len();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let reloads = users.iter().map(|u| (*u, Default::default())).collect();
         let shared = Arc::new(Shared {
             urls,
             secret: secret.to_string(),
@@ -118,6 +149,8 @@ impl Sockets {
             gate: Semaphore::new(HANDSHAKES),
             settle: CancellationToken::new(),
             stop: CancellationToken::new(),
+            http,
+            reloads,
         });
         let mut tasks = JoinSet::new();
         let mut views = Vec::with_capacity(n);
@@ -128,12 +161,12 @@ impl Sockets {
             let api = (i / users.len()) % instances;
             tasks.spawn(socket(user, api, shared.clone(), view));
         }
-        Sockets {
+        Ok(Sockets {
             views,
             counters: shared.counters.clone(),
             shared,
             tasks,
-        }
+        })
     }
 
     /// No more churn: every socket stays (or gets) connected.
@@ -177,49 +210,64 @@ async fn socket(user: Uuid, api: usize, sh: Arc<Shared>, view: Arc<Mutex<View>>)
             _ = sh.stop.cancelled() => return,
         };
         match ws {
-            Some(ws) => {
+            Ok(ws) => {
                 sh.counters.connects.fetch_add(1, Ordering::Relaxed);
-                live(ws, user, &sh, &view).await;
+                sh.counters.open.fetch_add(1, Ordering::Relaxed);
+                live(ws, user, api, &sh, &view).await;
+                sh.counters.open.fetch_sub(1, Ordering::Relaxed);
                 view.lock().expect("view").live = false;
             }
-            None => tokio::time::sleep(Duration::from_secs(1)).await,
+            Err(wait) => tokio::time::sleep(uniform(&wait)).await,
         }
     }
 }
 
-/// One handshake from the view's cursor; refusals and failures counted.
-async fn connect(user: Uuid, api: usize, sh: &Shared, view: &Mutex<View>) -> Option<Ws> {
-    let token = crate::auth::mint(&sh.secret, user, TOKEN_TTL).ok()?;
+/// After a refusal (Retry-After is 2 s), after a failure (s, uniform).
+const REFUSED_WAIT: std::ops::Range<f64> = 2.0..4.0;
+const FAILED_WAIT: std::ops::Range<f64> = 0.5..2.0;
+
+/// One handshake from the view's cursor; refusals and failures counted,
+/// with how long to wait before the next try.
+async fn connect(
+    user: Uuid,
+    api: usize,
+    sh: &Shared,
+    view: &Mutex<View>,
+) -> Result<Ws, std::ops::Range<f64>> {
+    let token = crate::auth::mint(&sh.secret, user, TOKEN_TTL).map_err(|_| FAILED_WAIT)?;
     let since = view.lock().expect("view").cursor.clone();
     let since = since.unwrap_or_else(|| sh.start.clone());
-    let ep = endpoint(&url_of(&sh.urls, api))?;
+    let ep = endpoint(&url_of(&sh.urls, api)).ok_or(FAILED_WAIT)?;
     let query = format!("token={token}&since={since}");
-    let _permit = sh.gate.acquire().await.ok()?;
+    let permit = sh.gate.acquire().await.map_err(|_| FAILED_WAIT)?;
     let r = tokio::time::timeout(Duration::from_secs(30), ws_connect_query(&ep, &query)).await;
-    match r {
-        Ok(Ok(ws)) => Some(ws),
-        Ok(Err(e)) if refused(&e) => {
-            sh.counters.refused.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-        _ => {
-            sh.counters.failed.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
+    drop(permit);
+    let c = &sh.counters;
+    let counter = match r {
+        Ok(Ok(ws)) => return Ok(ws),
+        Ok(Err(e)) => match status(&e) {
+            Some(429) => &c.refused,
+            Some(503) => &c.refused_process,
+            _ => &c.failed,
+        },
+        Err(_) => &c.failed,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    let failed = std::ptr::eq(counter, &c.failed);
+    Err(if failed { FAILED_WAIT } else { REFUSED_WAIT })
 }
 
-/// A 429 or 503 before the upgrade (too many catch-ups): try again later.
-fn refused(e: &anyhow::Error) -> bool {
+/// The HTTP status of a refused upgrade.
+fn status(e: &anyhow::Error) -> Option<u16> {
     match e.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Http(r)) => matches!(r.status().as_u16(), 429 | 503),
-        _ => false,
+        Some(tungstenite::Error::Http(r)) => Some(r.status().as_u16()),
+        _ => None,
     }
 }
 
 /// A connected socket: frames into the view, refreshes on schedule, closes
 /// at the end of its lifetime (unless settling).
-async fn live(mut ws: Ws, user: Uuid, sh: &Shared, view: &Mutex<View>) {
+async fn live(mut ws: Ws, user: Uuid, api: usize, sh: &Arc<Shared>, view: &Arc<Mutex<View>>) {
     let end = Instant::now() + uniform(&LIFETIME);
     let mut refresh_at = Instant::now() + uniform(&REFRESH);
     loop {
@@ -237,9 +285,49 @@ async fn live(mut ws: Ws, user: Uuid, sh: &Shared, view: &Mutex<View>) {
                     return;
                 }
             }
-            m = ws.next() => if !on_message(m, sh, view) {
-                return;
+            m = ws.next() => match on_message(m, sh, view) {
+                Read::More => {}
+                Read::Resync => {
+                    tokio::spawn(reload(sh.clone(), user, api, view.clone(), Instant::now()));
+                }
+                Read::Done => return,
             },
+        }
+    }
+}
+
+/// After a `realtime.resync`, as a client must: the user's state through
+/// REST, merged into the view. One reload serves every socket of the user
+/// resynced before it started.
+async fn reload(sh: Arc<Shared>, user: Uuid, api: usize, view: Arc<Mutex<View>>, at: Instant) {
+    let mut last = sh.reloads[&user].lock().await;
+    let fresh = last.as_ref().filter(|(started, _)| *started >= at);
+    let truth = match fresh {
+        Some((_, t)) => t.clone(),
+        None => {
+            let (started, t) = fetch_until_done(&sh, user, api).await;
+            let t = Arc::new(t);
+            *last = Some((started, t.clone()));
+            t
+        }
+    };
+    view.lock().expect("view").merge(&truth.docs, &truth.jobs);
+}
+
+/// A REST reload, tried again (each failure counted) until it succeeds;
+/// when its successful try started.
+async fn fetch_until_done(sh: &Shared, user: Uuid, api: usize) -> (Instant, Truth) {
+    loop {
+        let started = Instant::now();
+        match fetch(&sh.http, &url_of(&sh.urls, api), &sh.secret, user).await {
+            Ok(t) => {
+                sh.counters.reloads.fetch_add(1, Ordering::Relaxed);
+                return (started, t);
+            }
+            Err(_) => {
+                sh.counters.reload_failed.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(uniform(&FAILED_WAIT)).await;
+            }
         }
     }
 }
@@ -253,23 +341,36 @@ async fn send_refresh(ws: &mut Ws, user: Uuid, sh: &Shared) -> bool {
     ws.send(Message::text(frame.to_string())).await.is_ok()
 }
 
-/// One message read; false when the socket is done.
+/// What a read calls for.
+enum Read {
+    More,
+    Resync,
+    Done,
+}
+
+/// One message read.
 fn on_message(
     m: Option<Result<Message, tungstenite::Error>>,
     sh: &Shared,
     view: &Mutex<View>,
-) -> bool {
+) -> Read {
     let c = &sh.counters;
     match m {
         Some(Ok(Message::Text(t))) => {
             c.frames.fetch_add(1, Ordering::Relaxed);
-            match view.lock().expect("view").apply(t.as_str()) {
+            let frame = view.lock().expect("view").apply(t.as_str());
+            match frame {
                 Frame::CaughtUp => c.caught_up.fetch_add(1, Ordering::Relaxed),
-                Frame::Resync => c.resyncs.fetch_add(1, Ordering::Relaxed),
+                Frame::Resync(why) => {
+                    c.resyncs.fetch_add(1, Ordering::Relaxed);
+                    let mut reasons = c.resync_reasons.lock().expect("reasons");
+                    *reasons.entry(why).or_default() += 1;
+                    return Read::Resync;
+                }
                 Frame::Refreshed => c.refresh_acked.fetch_add(1, Ordering::Relaxed),
                 Frame::State | Frame::Other => 0,
             };
-            true
+            Read::More
         }
         Some(Ok(Message::Close(frame))) => {
             let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
@@ -279,12 +380,12 @@ fn on_message(
                 _ => &c.dropped,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            false
+            Read::Done
         }
-        Some(Ok(_)) => true,
+        Some(Ok(_)) => Read::More,
         Some(Err(_)) | None => {
             c.dropped.fetch_add(1, Ordering::Relaxed);
-            false
+            Read::Done
         }
     }
 }
