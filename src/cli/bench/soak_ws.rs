@@ -305,7 +305,9 @@ async fn reload(sh: Arc<Shared>, user: Uuid, api: usize, view: Arc<Mutex<View>>,
     let truth = match fresh {
         Some((_, t)) => t.clone(),
         None => {
-            let (started, t) = fetch_until_done(&sh, user, api).await;
+            let Some((started, t)) = fetch_until_done(&sh, user, api).await else {
+                return;
+            };
             let t = Arc::new(t);
             *last = Some((started, t.clone()));
             t
@@ -314,15 +316,15 @@ async fn reload(sh: Arc<Shared>, user: Uuid, api: usize, view: Arc<Mutex<View>>,
     view.lock().expect("view").merge(&truth.docs, &truth.jobs);
 }
 
-/// A REST reload, tried again (each failure counted) until it succeeds;
-/// when its successful try started.
-async fn fetch_until_done(sh: &Shared, user: Uuid, api: usize) -> (Instant, Truth) {
-    loop {
+/// A REST reload, tried again (each failure counted) until it succeeds
+/// or the soak stops; when its successful try started.
+async fn fetch_until_done(sh: &Shared, user: Uuid, api: usize) -> Option<(Instant, Truth)> {
+    while !sh.stop.is_cancelled() {
         let started = Instant::now();
         match fetch(&sh.http, &url_of(&sh.urls, api), &sh.secret, user).await {
             Ok(t) => {
                 sh.counters.reloads.fetch_add(1, Ordering::Relaxed);
-                return (started, t);
+                return Some((started, t));
             }
             Err(_) => {
                 sh.counters.reload_failed.fetch_add(1, Ordering::Relaxed);
@@ -330,6 +332,7 @@ async fn fetch_until_done(sh: &Shared, user: Uuid, api: usize) -> (Instant, Trut
             }
         }
     }
+    None
 }
 
 async fn send_refresh(ws: &mut Ws, user: Uuid, sh: &Shared) -> bool {
