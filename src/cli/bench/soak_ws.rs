@@ -105,6 +105,9 @@ impl WsCounters {
     }
 }
 
+/// A user's last REST reload and when it started.
+type LastReload = tokio::sync::Mutex<Option<(Instant, Arc<Truth>)>>;
+
 /// What every socket shares.
 struct Shared {
     urls: Urls,
@@ -116,7 +119,7 @@ struct Shared {
     stop: CancellationToken,
     http: reqwest::Client,
     /// Per user, the last REST reload and when it started.
-    reloads: HashMap<Uuid, tokio::sync::Mutex<Option<(Instant, Arc<Truth>)>>>,
+    reloads: HashMap<Uuid, LastReload>,
 }
 
 /// Every socket, with its user and view.
