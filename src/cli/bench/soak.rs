@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::soak_check::{agree, drain, panics};
 use super::soak_faults::{self as faults, Fleet, Plan};
 use super::soak_load::Load;
-use super::soak_procs::{Ground, Urls, say, url_of, usage_median};
+use super::soak_procs::{Ground, Urls, say, url_of, usage, usage_median};
 use super::soak_report::{SoakReport, Usage, judge, missed, render};
 use super::soak_ws::Sockets;
 use crate::cli::Failure;
@@ -169,8 +169,12 @@ async fn load(
         usage_median(watched, READINGS).await
     });
     let started = std::time::Instant::now();
+    let trail_stop = CancellationToken::new();
+    let trail = tokio::spawn(trail(watched, trail_stop.clone()));
     let plan = Plan { length: o.length };
     let faults = faults::run(fleet, ground, cluster, &plan, &CancellationToken::new()).await;
+    trail_stop.cancel();
+    let trail = trail.await.unwrap_or_default();
     let warm_usage = sampler.await.ok().flatten();
     let end_usage = usage_median(watched, READINGS).await;
     let uploads = load.stop().await;
@@ -182,6 +186,7 @@ async fn load(
             rss_end_kib,
             fds_warm,
             fds_end,
+            trail,
         }),
         _ => None,
     };
@@ -192,6 +197,21 @@ async fn load(
         usage,
         seconds,
     })
+}
+
+/// One reading of `pid` a minute (s, RSS KiB, descriptors) until `stop`:
+/// the trajectory between the two judged samples.
+async fn trail(pid: u32, stop: CancellationToken) -> Vec<(u64, u64, u64)> {
+    let (start, mut out) = (std::time::Instant::now(), Vec::new());
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = stop.cancelled() => return out,
+        }
+        if let Some((rss, fds)) = usage(pid) {
+            out.push((start.elapsed().as_secs(), rss, fds));
+        }
+    }
 }
 
 async fn stop_fleet(fleet: Fleet) {

@@ -35,6 +35,8 @@ pub struct Usage {
     pub rss_end_kib: u64,
     pub fds_warm: u64,
     pub fds_end: u64,
+    /// One reading a minute: seconds into the load, RSS KiB, descriptors.
+    pub trail: Vec<(u64, u64, u64)>,
 }
 
 /// One end check.
@@ -234,6 +236,14 @@ fn render_end(s: &mut String, r: &SoakReport) {
     );
     for line in r.agreement.differences.iter().chain(&r.panic_lines) {
         let _ = writeln!(s, "  ! {line}");
+    }
+    if let Some(u) = &r.usage {
+        let rss: Vec<String> = u
+            .trail
+            .iter()
+            .map(|t| format!("{}s {}", t.0, t.1))
+            .collect();
+        let _ = writeln!(s, "{} RSS KiB each minute: {}", u.process, rss.join(", "));
     }
     for c in &r.checks {
         let _ = writeln!(
