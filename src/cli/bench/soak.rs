@@ -178,24 +178,32 @@ async fn load(
     let warm_usage = sampler.await.ok().flatten();
     let end_usage = usage_median(watched, READINGS).await;
     let uploads = load.stop().await;
-    let usage = match (warm_usage, end_usage) {
-        (Some((rss_warm_kib, fds_warm)), Some((rss_end_kib, fds_end))) => Some(Usage {
-            process: "api-1".into(),
-            warm_at_s: warm.as_secs_f64(),
-            rss_warm_kib,
-            rss_end_kib,
-            fds_warm,
-            fds_end,
-            trail,
-        }),
-        _ => None,
-    };
+    let usage = judged_usage(warm, warm_usage, end_usage, trail);
     let seconds = started.elapsed().as_secs_f64().round();
     Ok(Loaded {
         faults,
         uploads,
         usage,
         seconds,
+    })
+}
+
+/// Instance 1's two judged samples and its trajectory, if both were read.
+fn judged_usage(
+    warm: Duration,
+    warm_usage: Option<(u64, u64)>,
+    end_usage: Option<(u64, u64)>,
+    trail: Vec<(u64, u64, u64)>,
+) -> Option<Usage> {
+    let ((rss_warm_kib, fds_warm), (rss_end_kib, fds_end)) = (warm_usage?, end_usage?);
+    Some(Usage {
+        process: "api-1".into(),
+        warm_at_s: warm.as_secs_f64(),
+        rss_warm_kib,
+        rss_end_kib,
+        fds_warm,
+        fds_end,
+        trail,
     })
 }
 

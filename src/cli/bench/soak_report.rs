@@ -183,7 +183,6 @@ pub(super) fn render(r: &SoakReport) -> String {
 fn render_load(s: &mut String, r: &SoakReport) {
     let u = &r.uploads;
     let w = &r.ws;
-    let f = &r.faults;
     let _ = writeln!(
         s,
         "soak: {:.0} s, {} users, {} sockets over 2 API instances",
@@ -216,6 +215,11 @@ fn render_load(s: &mut String, r: &SoakReport) {
         "refresh: {} sent, {} acknowledged; closes 4001 expired {}, 4003/4004 {}",
         w.refresh_sent, w.refresh_acked, w.closed_expired, w.closed_refresh
     );
+    render_faults(s, &r.faults);
+}
+
+/// What the faults did, and what went wrong injecting them.
+fn render_faults(s: &mut String, f: &FaultCounts) {
     let _ = writeln!(
         s,
         "faults: listener killed {} times ({} backends), {} worker SIGKILLs, {} PostgreSQL restarts, {} API restarts",
