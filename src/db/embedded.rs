@@ -212,6 +212,20 @@ impl Embedded {
         }
     }
 
+    /// Restarts the cluster on the same port (fast shutdown: open sessions
+    /// are disconnected; pg_ctl reuses the options it was started with).
+    pub async fn restart(&self) -> Result<(), EmbeddedError> {
+        let cwd = self.data_dir.parent().unwrap_or(Path::new("/"));
+        let mut cmd = command(&self.pg_ctl, self.run_as, cwd);
+        // A log file, or the new postmaster would hold our stdout pipe open.
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .arg("-l")
+            .arg(cwd.join("postgres.log"))
+            .args(["-m", "fast", "-w", "-t", "60", "restart"]);
+        output(cmd, "pg_ctl restart").await.map(|_| ())
+    }
+
     /// Stops the cluster (fast shutdown: open sessions are disconnected).
     pub async fn stop(&self) -> Result<(), EmbeddedError> {
         let cwd = self.data_dir.parent().unwrap_or(Path::new("/"));

@@ -180,6 +180,19 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', value_parser = ["bm25", "dense", "hybrid"],
           requires = "retrieval")]
     pub modes: Vec<String>,
+    // Soak (#20).
+    /// Instead of the phases above: everything at once for this long (e.g.
+    /// 30m) on a PostgreSQL cluster of its own, with faults, then checks
+    /// (see soak.rs and docs/benchmarks.md).
+    #[arg(long, value_name = "DURATION", value_parser = parse_soak_length,
+          conflicts_with_all = ["server_url", "sockets", "capacity", "resume", "abuse", "fanout_attack", "queue", "retrieval"])]
+    pub soak: Option<Duration>,
+    /// Users uploading during --soak.
+    #[arg(long, default_value_t = 50, value_parser = parse_positive, requires = "soak")]
+    pub soak_users: usize,
+    /// WebSockets churning during --soak.
+    #[arg(long, default_value_t = 1000, value_parser = parse_positive, requires = "soak")]
+    pub soak_sockets: usize,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -195,5 +208,39 @@ fn parse_positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!("expected a positive integer, got {s:?}")),
+    }
+}
+
+/// A soak shorter than this is refused (no warm-up to compare with).
+const MIN_LENGTH: Duration = Duration::from_secs(10);
+
+/// `--soak`'s value: a duration (`30m`, `90s`, `1h`) of at least 10 s.
+fn parse_soak_length(s: &str) -> Result<Duration, String> {
+    let d = crate::config::parse_duration(s)?;
+    if d < MIN_LENGTH {
+        return Err(format!("--soak {s:?} is too short: at least 10s"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soak_length_parses_like_other_durations_and_has_a_floor() {
+        assert_eq!(parse_soak_length("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_soak_length("20s"), Ok(Duration::from_secs(20)));
+        assert!(parse_soak_length("5s").unwrap_err().contains("too short"));
+        assert!(
+            parse_soak_length("thirty")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert!(
+            parse_soak_length("3x")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
     }
 }

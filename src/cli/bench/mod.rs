@@ -93,6 +93,15 @@ mod retrieval_set;
 mod run;
 mod sample;
 mod server;
+mod soak;
+mod soak_check;
+mod soak_faults;
+mod soak_load;
+mod soak_procs;
+mod soak_report;
+mod soak_rest;
+mod soak_view;
+mod soak_ws;
 
 pub use args::BenchArgs;
 pub use run::run;

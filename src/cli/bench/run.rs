@@ -35,6 +35,16 @@ pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCo
         return super::abuse_child::child(n).await;
     }
     crate::cli::signal::cancel_on_signal(cancel.clone());
+    if let Some(length) = args.soak {
+        let (users, sockets, json) = (args.soak_users, args.soak_sockets, args.json);
+        let opts = super::soak::SoakOpts {
+            length,
+            users,
+            sockets,
+            json,
+        };
+        return super::soak::run(opts, cancel).await;
+    }
     if args.abuse {
         // A fresh server per phase: the abuse run starts (and stops) its own.
         let outcome = tokio::select! {

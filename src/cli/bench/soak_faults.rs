@@ -1,0 +1,243 @@
+//! The soak's faults, on a schedule over the load: the API listeners'
+//! backends killed every `LISTENER_EVERY`, a worker SIGKILLed (parse and
+//! ingest in turn) and started again every `WORKER_EVERY`, the soak's own
+//! PostgreSQL restarted once (at 40% of the run) and API instance 0
+//! restarted once (at 60%; its sockets resume from their cursors on the new
+//! one). A process that exits unasked is counted and started again.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::soak_procs::{Api, Ground, Proc, Urls, say};
+use crate::db::embedded::Embedded;
+use crate::db::listener::API_LISTENER_NAME;
+
+const LISTENER_EVERY: Duration = Duration::from_secs(30);
+const WORKER_EVERY: Duration = Duration::from_secs(60);
+/// Errors kept for the report.
+const KEEP_ERRORS: usize = 20;
+
+/// What the faults did.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct FaultCounts {
+    /// Rounds of listener kills, and backends killed in them.
+    pub listener_rounds: u64,
+    pub listener_backends: u64,
+    pub worker_kills: u64,
+    pub pg_restarts: u64,
+    pub api_restarts: u64,
+    /// Processes that exited without being told to (`name: status`).
+    pub unexpected_exits: Vec<String>,
+    /// Faults that could not be injected.
+    pub errors: Vec<String>,
+}
+
+/// The processes under test.
+pub(super) struct Fleet {
+    pub(super) apis: Vec<Api>,
+    /// `parse`, then `ingest`.
+    pub(super) workers: Vec<Proc>,
+    pub(super) urls: Urls,
+}
+
+/// When the one-off faults come.
+pub(super) struct Plan {
+    pub(super) length: Duration,
+}
+
+/// The one-off restarts come this long (at most 5% of the run) after
+/// their mark, off the grid of the periodic kills (a worker started while
+/// PostgreSQL is down exits: that is the two faults' coincidence, not what
+/// either tests).
+const OFF_GRID: Duration = Duration::from_secs(15);
+
+impl Plan {
+    fn off_grid(&self) -> Duration {
+        OFF_GRID.min(self.length.mul_f64(0.05))
+    }
+    fn pg_at(&self) -> Duration {
+        self.length.mul_f64(0.4) + self.off_grid()
+    }
+    fn api_at(&self) -> Duration {
+        self.length.mul_f64(0.6) + self.off_grid()
+    }
+}
+
+/// The schedule's next instants.
+struct Due {
+    listener: Duration,
+    worker: Duration,
+    pg: bool,
+    api: bool,
+    turn: usize,
+}
+
+/// Runs the faults until `plan.length` has passed or `stop`.
+pub(super) async fn run(
+    fleet: &mut Fleet,
+    ground: &Ground,
+    cluster: &Embedded,
+    plan: &Plan,
+    stop: &CancellationToken,
+) -> FaultCounts {
+    let start = Instant::now();
+    let mut c = FaultCounts::default();
+    let mut due = Due {
+        listener: LISTENER_EVERY,
+        worker: WORKER_EVERY,
+        pg: false,
+        api: false,
+        turn: 0,
+    };
+    while start.elapsed() < plan.length && !stop.is_cancelled() {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.cancelled() => break,
+        }
+        let now = start.elapsed();
+        step(fleet, ground, cluster, plan, now, &mut due, &mut c).await;
+        restart_exited(fleet, ground, &mut c).await;
+    }
+    c
+}
+
+/// Whatever is due at `now`.
+async fn step(
+    fleet: &mut Fleet,
+    ground: &Ground,
+    cluster: &Embedded,
+    plan: &Plan,
+    now: Duration,
+    due: &mut Due,
+    c: &mut FaultCounts,
+) {
+    if now >= due.listener {
+        due.listener += LISTENER_EVERY;
+        match kill_listeners(&ground.db_url).await {
+            Ok(n) => {
+                c.listener_rounds += 1;
+                c.listener_backends += n;
+            }
+            Err(e) => note(c, format!("listener kill: {e:#}")),
+        }
+    }
+    if now >= due.worker {
+        due.worker += WORKER_EVERY;
+        let n = fleet.workers.len();
+        let w = &mut fleet.workers[due.turn % n];
+        due.turn += 1;
+        w.kill().await;
+        c.worker_kills += 1;
+        respawn_worker(w, ground, c);
+    }
+    once(fleet, ground, cluster, plan, now, due, c).await;
+}
+
+/// The one-off restarts: PostgreSQL, then instance 0.
+async fn once(
+    fleet: &mut Fleet,
+    ground: &Ground,
+    cluster: &Embedded,
+    plan: &Plan,
+    now: Duration,
+    due: &mut Due,
+    c: &mut FaultCounts,
+) {
+    if !due.pg && now >= plan.pg_at() {
+        due.pg = true;
+        say("restarting PostgreSQL (pg_ctl restart -m fast)");
+        match cluster.restart().await {
+            Ok(()) => c.pg_restarts += 1,
+            Err(e) => note(c, format!("PostgreSQL restart: {e}")),
+        }
+    }
+    if !due.api && now >= plan.api_at() {
+        due.api = true;
+        say("restarting API instance 0");
+        match restart_api(fleet, ground, 0).await {
+            Ok(()) => c.api_restarts += 1,
+            Err(e) => note(c, format!("API restart: {e:#}")),
+        }
+    }
+}
+
+fn note(c: &mut FaultCounts, what: String) {
+    say(&what);
+    if c.errors.len() < KEEP_ERRORS {
+        c.errors.push(what);
+    }
+}
+
+/// `pg_terminate_backend` on every API listener of the soak's cluster.
+async fn kill_listeners(db_url: &str) -> anyhow::Result<u64> {
+    let (db, conn) = crate::db::connect(db_url, "ragctl-soak-faults").await?;
+    let conn = tokio::spawn(conn);
+    let rows = db
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&API_LISTENER_NAME],
+        )
+        .await;
+    drop(db);
+    let _ = conn.await;
+    Ok(rows?.iter().filter(|r| r.get::<_, bool>(0)).count() as u64)
+}
+
+fn respawn_worker(w: &mut Proc, ground: &Ground, c: &mut FaultCounts) {
+    let kind = w.name.trim_start_matches("worker-").to_string();
+    match ground.worker(&kind, w.starts + 1) {
+        Ok(fresh) => *w = fresh,
+        Err(e) => note(c, format!("restarting {}: {e:#}", w.name)),
+    }
+}
+
+/// SIGTERM instance `i`, start it again, point its sockets and uploaders
+/// at its new address.
+pub(super) async fn restart_api(
+    fleet: &mut Fleet,
+    ground: &Ground,
+    i: usize,
+) -> anyhow::Result<()> {
+    let api = &mut fleet.apis[i];
+    api.proc.stop().await;
+    let fresh = ground.api(i, api.proc.starts + 1).await?;
+    fleet.urls.write().expect("urls")[i] = fresh.url.clone();
+    *api = fresh;
+    Ok(())
+}
+
+/// Counts and restarts any process that exited on its own.
+async fn restart_exited(fleet: &mut Fleet, ground: &Ground, c: &mut FaultCounts) {
+    for w in &mut fleet.workers {
+        if w.exited() {
+            c.unexpected_exits
+                .push(format!("{}.{}: {}", w.name, w.starts, status(&mut w.child)));
+            respawn_worker(w, ground, c);
+        }
+    }
+    for i in 0..fleet.apis.len() {
+        let api = &mut fleet.apis[i];
+        if api.proc.exited() {
+            let what = format!(
+                "{}.{}: {}",
+                api.proc.name,
+                api.proc.starts,
+                status(&mut api.proc.child)
+            );
+            c.unexpected_exits.push(what);
+            if let Err(e) = restart_api(fleet, ground, i).await {
+                note(c, format!("restarting api-{i}: {e:#}"));
+            }
+        }
+    }
+}
+
+fn status(child: &mut tokio::process::Child) -> String {
+    match child.try_wait() {
+        Ok(Some(s)) => s.to_string(),
+        _ => "unknown".into(),
+    }
+}

@@ -1,0 +1,215 @@
+//! The soak's processes: its own PostgreSQL cluster, the API instances and
+//! the workers, each a child of this process whose stderr goes to a file of
+//! its own (one per incarnation), so that every log can be searched for
+//! panics at the end.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::process::Child;
+
+use crate::db::embedded::Embedded;
+use crate::harness::Ready;
+
+/// Where the soak keeps its cluster and its logs, and what its children
+/// share.
+pub(super) struct Ground {
+    pub(super) dir: PathBuf,
+    pub(super) logs: PathBuf,
+    pub(super) db_url: String,
+    pub(super) secret: String,
+}
+
+/// One child process: its name (`api-0`, `worker-parse`), incarnation and
+/// pid.
+pub(super) struct Proc {
+    pub(super) name: String,
+    pub(super) child: Child,
+    pub(super) pid: u32,
+    /// Starts so far, this one included.
+    pub(super) starts: u32,
+}
+
+/// A started API instance: its process and base URL.
+pub(super) struct Api {
+    pub(super) proc: Proc,
+    pub(super) url: String,
+}
+
+impl Ground {
+    /// A temporary folder with a fresh cluster in it (never the shared one).
+    pub(super) async fn open(secret: String) -> anyhow::Result<(Ground, Embedded)> {
+        let dir = std::env::temp_dir().join(format!("ragctl-soak-{}", std::process::id()));
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs).context("creating the soak's folder")?;
+        let cluster = Embedded::start(&dir.join("pg"))
+            .await
+            .context("starting the soak's own PostgreSQL cluster")?;
+        let db_url = cluster.url.clone();
+        Ok((
+            Ground {
+                dir,
+                logs,
+                db_url,
+                secret,
+            },
+            cluster,
+        ))
+    }
+
+    /// Every log file of every child, for the panic search.
+    pub(super) fn log_files(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.logs) else {
+            return vec![];
+        };
+        let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        files.sort();
+        files
+    }
+
+    fn command(&self, args: &[&str], log: &Path) -> anyhow::Result<tokio::process::Command> {
+        let exe = std::env::current_exe().context("cannot find the ragctl executable")?;
+        let file =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args(args)
+            .current_dir(&self.dir)
+            .env("DATABASE_URL", &self.db_url)
+            .env("RAG_LOG", "warn")
+            .env_remove("RAG_LISTEN_DATABASE_URL")
+            .env_remove("RAG_NO_REALTIME")
+            .env_remove("RAG_EMBED_MODEL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    /// `ragctl worker KIND` (no JWT secret: workers never verify tokens).
+    pub(super) fn worker(&self, kind: &str, starts: u32) -> anyhow::Result<Proc> {
+        let name = format!("worker-{kind}");
+        let log = self.logs.join(format!("{name}.{starts}.log"));
+        let mut cmd = self.command(&["worker", kind], &log)?;
+        cmd.env_remove("RAG_JWT_SECRET");
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting `ragctl worker {kind}`"))?;
+        Ok(Proc::new(name, child, starts))
+    }
+
+    /// `ragctl serve --no-workers` on a free port; waits for its ready file.
+    pub(super) async fn api(&self, index: usize, starts: u32) -> anyhow::Result<Api> {
+        let name = format!("api-{index}");
+        let log = self.logs.join(format!("{name}.{starts}.log"));
+        let ready = self.dir.join(format!("{name}.{starts}.ready"));
+        let ready_s = ready.display().to_string();
+        let args = [
+            "serve",
+            "--no-workers",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--ready-file",
+            &ready_s,
+        ];
+        let mut cmd = self.command(&args, &log)?;
+        cmd.env("RAG_JWT_SECRET", &self.secret);
+        let child = cmd.spawn().context("starting `ragctl serve`")?;
+        let mut proc = Proc::new(name, child, starts);
+        let waited = Ready::wait(&ready, Duration::from_secs(120), || {
+            matches!(proc.child.try_wait(), Ok(None))
+        })
+        .await;
+        match waited {
+            Ok(Some(r)) => Ok(Api { proc, url: r.url }),
+            _ => {
+                proc.kill().await;
+                bail!("{} did not start; see {}", proc.name, log.display())
+            }
+        }
+    }
+}
+
+impl Proc {
+    fn new(name: String, child: Child, starts: u32) -> Proc {
+        let pid = child.id().unwrap_or_default();
+        Proc {
+            name,
+            child,
+            pid,
+            starts,
+        }
+    }
+
+    /// SIGKILL, and reap it.
+    pub(super) async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within 15 s.
+    pub(super) async fn stop(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        let waited = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
+        if waited.is_err() {
+            self.kill().await;
+        }
+    }
+
+    /// Whether it exited without being told to.
+    pub(super) fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// A process's RSS (KiB) and open descriptors, from /proc.
+pub(super) fn usage(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    Some((rss, fds))
+}
+
+/// The median of `n` readings of `usage`, one a second (sockets come and go
+/// between two readings).
+pub(super) async fn usage_median(pid: u32, n: usize) -> Option<(u64, u64)> {
+    let mut rss = Vec::new();
+    let mut fds = Vec::new();
+    for i in 0..n {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if let Some((r, f)) = usage(pid) {
+            rss.push(r);
+            fds.push(f);
+        }
+    }
+    rss.sort_unstable();
+    fds.sort_unstable();
+    Some((*rss.get(rss.len() / 2)?, *fds.get(fds.len() / 2)?))
+}
+
+/// The API instances' base URLs, index by index; a restart replaces one.
+pub(super) type Urls = std::sync::Arc<std::sync::RwLock<Vec<String>>>;
+
+/// The URL of instance `i` now.
+pub(super) fn url_of(urls: &Urls, i: usize) -> String {
+    let urls = urls.read().expect("urls");
+    urls[i % urls.len()].clone()
+}
+
+/// A progress line on stderr (the soak's own, so that its files import
+/// nothing from the bench module itself).
+pub(super) fn say(line: &str) {
+    eprintln!("bench: soak: {line}");
+}
