@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use ragctl::api::ws::{Action, CLOSE_REFRESH_INVALID, CLOSE_REFRESH_OTHER_USER, Ending, Inbox};
+use ragctl::api::ws::{Action, Ending, Inbox};
+use ragctl::bridge::CloseCode;
 use ragctl::auth::{AuthUser, Verifier, mint};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
@@ -50,8 +51,8 @@ fn check(action: Action, text: &str, s: &Setup) {
             assert!(f["payload"]["expires_at"].is_string());
         }
         Action::Close(Ending::Server { code, .. }) => {
-            assert!(code == CLOSE_REFRESH_INVALID || code == CLOSE_REFRESH_OTHER_USER);
-            if code == CLOSE_REFRESH_OTHER_USER {
+            assert!(code == CloseCode::RefreshInvalid || code == CloseCode::RefreshOtherUser);
+            if code == CloseCode::RefreshOtherUser {
                 assert!(text.contains(&s.other), "another user's token from nowhere");
             }
         }
