@@ -164,10 +164,42 @@ pub async fn enqueue_one(
     Ok(row.as_ref().map(Job::from_row))
 }
 
+/// An embed job's result and the backfill's decision of what is missing
+/// serialise on this lock (shared by each result's transaction, exclusive
+/// for the decision): otherwise a decision whose snapshot predates a job's
+/// commit, but which checks the pending-job index after it, queues the
+/// document a second time.
+const BACKFILL_LOCK: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended('ragctl-embed-backfill', 0))";
+const BACKFILL_LOCK_SHARED: &str =
+    "SELECT pg_advisory_xact_lock_shared(hashtextextended('ragctl-embed-backfill', 0))";
+
+/// Holds the backfill lock shared until `tx` ends (an embed job's result).
+pub async fn hold_for_result(tx: &impl GenericClient) -> Result<(), DbError> {
+    tx.execute(BACKFILL_LOCK_SHARED, &[]).await?;
+    Ok(())
+}
+
+/// Queues an embed job for every `ingested` document with chunks lacking a
+/// vector for `model`, at most one pending per document; in its own
+/// transaction, after every embed result being committed has committed.
+pub async fn enqueue_backfill(
+    client: &mut deadpool_postgres::Object,
+    model: &str,
+    max_retries: i32,
+    embargo_secs: f64,
+) -> Result<Vec<Job>, DbError> {
+    let tx = client.transaction().await?;
+    tx.execute(BACKFILL_LOCK, &[]).await?;
+    let queued = enqueue_missing(&tx, model, max_retries, embargo_secs).await?;
+    tx.commit().await?;
+    Ok(queued)
+}
+
 /// The backfill: queues an embed job for every `ingested` document with a
 /// chunk lacking a vector for `$1` (the model id), unless one is pending.
 /// Embargoed by `embargo_secs` like [`super::jobs::enqueue`].
-pub async fn enqueue_backfill(
+async fn enqueue_missing(
     client: &impl GenericClient,
     model: &str,
     max_retries: i32,

@@ -55,9 +55,9 @@ async fn queue(
     model: &str,
     retries: i32,
 ) -> Result<usize, DbError> {
-    let client = pool.get().await?;
+    let mut client = pool.get().await?;
     let embargo = events.embargo().as_secs_f64();
-    let queued = vectors::enqueue_backfill(&client, model, retries, embargo).await?;
+    let queued = vectors::enqueue_backfill(&mut client, model, retries, embargo).await?;
     for job in &queued {
         events
             .emit_payload(job.user_id, &JobStatusUpdated::from(job))

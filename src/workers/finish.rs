@@ -61,6 +61,7 @@ pub(super) async fn finish_success(
             (doc, later) = store_chunks(&tx, cfg, &done, &chunks, vectors).await?
         }
         Outcome::Embedded { model, ids, vecs } => {
+            vectors::hold_for_result(&tx).await?;
             vectors::put_chunks(&tx, &model, &ids, &vecs).await?;
         }
     };
