@@ -24,9 +24,12 @@ static LEAKED: AtomicU64 = AtomicU64::new(0);
 /// One buffer and the sends of it that the kernel may still read.
 pub struct InFlight {
     buf: Bytes,
-    /// The user data of the sends pushed into a ring whose completion was
-    /// not reaped yet.
-    pending: Vec<u64>,
+    /// By send index (its user data): pushed, completion not reaped yet.
+    /// Indexed rather than searched: a batch holds up to a ring's worth of
+    /// sends, and each completion is looked up once.
+    pending: Vec<bool>,
+    /// How many of `pending` are true.
+    count: usize,
 }
 
 impl InFlight {
@@ -35,49 +38,53 @@ impl InFlight {
         InFlight {
             buf: buf.clone(),
             pending: Vec::new(),
+            count: 0,
         }
     }
 
     /// Pushes a send of the whole buffer (at most 4 GiB) to `fd`, tagged
-    /// `user_data` (distinct per send), and counts it in flight.
+    /// with `index` (its place in the batch, distinct per send; its user
+    /// data), and counts it in flight.
     pub fn push_send(
         &mut self,
         sq: &mut SubmissionQueue<'_>,
         fd: BorrowedFd<'_>,
         flags: i32,
-        user_data: u64,
+        index: usize,
     ) -> Result<(), PushError> {
         let len = u32::try_from(self.buf.len()).unwrap_or(u32::MAX);
         let send = opcode::Send::new(types::Fd(fd.as_raw_fd()), self.buf.as_ptr(), len)
             .flags(flags)
             .build()
-            .user_data(user_data);
+            .user_data(index as u64);
         // SAFETY: the send reads `self.buf`, which this guard holds until
         // the send's completion is reaped, or forever (`Drop`). The fd is
         // open now; once submitted, the kernel holds its own reference to
         // the file.
         unsafe { sq.push(&send) }?;
-        self.pending.push(user_data);
+        if self.pending.len() <= index {
+            self.pending.resize(index + 1, false);
+        }
+        assert!(!self.pending[index], "send index {index} pushed twice");
+        self.pending[index] = true;
+        self.count += 1;
         Ok(())
     }
 
-    /// Takes `cqe`, a completion reaped from the ring: true if it is one of
-    /// this guard's sends (which no longer reads the buffer), false for
-    /// any other operation's. Each send is reaped once.
-    pub fn reaped(&mut self, cqe: &cqueue::Entry) -> bool {
-        let tag = cqe.user_data();
-        match self.pending.iter().position(|&t| t == tag) {
-            Some(at) => {
-                self.pending.swap_remove(at);
-                true
-            }
-            None => false,
-        }
+    /// Takes `cqe`, a completion reaped from the ring: the index of one of
+    /// this guard's sends (which no longer reads the buffer), or `None`
+    /// for any other operation's. Each send is reaped once.
+    pub fn reaped(&mut self, cqe: &cqueue::Entry) -> Option<usize> {
+        let index = usize::try_from(cqe.user_data()).ok()?;
+        let slot = self.pending.get_mut(index).filter(|p| **p)?;
+        *slot = false;
+        self.count -= 1;
+        Some(index)
     }
 
     /// Sends pushed whose completion was not reaped.
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.count
     }
 
     /// Buffers leaked so far in this process (see `Drop`).
@@ -91,13 +98,13 @@ impl Drop for InFlight {
     /// With a send not reaped, the kernel may still read the buffer: it is
     /// never freed (counted in `ragctl_bridge_io_uring_leaked_buffers_total`).
     fn drop(&mut self) {
-        if self.pending.is_empty() {
+        if self.count == 0 {
             return;
         }
         LEAKED.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("ragctl_bridge_io_uring_leaked_buffers_total").increment(1);
         tracing::warn!(
-            sends = self.pending.len(),
+            sends = self.count,
             bytes = self.buf.len(),
             "io_uring sends not reaped: their buffer is kept for the life of the process"
         );

@@ -155,7 +155,7 @@ fn submit(
         let mut sq = ring.submission();
         for (i, &fd) in fds.iter().enumerate() {
             sends
-                .push_send(&mut sq, fd, flags, i as u64)
+                .push_send(&mut sq, fd, flags, i)
                 .map_err(|_| io::Error::other("submission queue full"))?;
         }
     }
@@ -218,10 +218,10 @@ fn retry_interrupted(mut f: impl FnMut() -> io::Result<usize>) -> io::Result<usi
 fn drain(ring: &mut IoUring, sends: &mut InFlight, out: &mut [SendOutcome], done: &mut [bool]) {
     for cqe in ring.completion() {
         // Not a send: a cancel's completion.
-        if !sends.reaped(&cqe) {
+        let Some(i) = sends.reaped(&cqe) else {
             continue;
-        }
-        let (i, res) = (cqe.user_data() as usize, cqe.result());
+        };
+        let res = cqe.result();
         out[i] = match res {
             _ if -res == libc::ECANCELED => SendOutcome::WouldBlock,
             _ => SendOutcome::from_raw(res),

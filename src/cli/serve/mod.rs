@@ -3,6 +3,7 @@
 //! With no database configured it starts the embedded local cluster.
 
 mod args;
+mod heap;
 mod state;
 mod supervise;
 
@@ -189,6 +190,7 @@ async fn serve(
         embedder: site.embedder.clone(),
     };
     let (state, bridge_task) = state::build(args, parts)?;
+    heap::spawn(shutdown.clone());
     let metrics_task = metrics_listener.map(|l| tokio::spawn(api::serve_metrics(l, state.clone())));
     // Before the children: a ready file that cannot be written stops here.
     announce(args, &api_url, bound.port())?;
