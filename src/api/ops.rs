@@ -66,6 +66,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             "available": pool.available,
             "waiting": pool.waiting,
         },
+        "bus": state.bus.as_str(),
         "realtime": match &listener {
             None => json!({"enabled": false}),
             Some(s) => json!({
@@ -77,6 +78,14 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             }),
         },
     });
+    let mut body = body;
+    if state.bus == crate::config::BusKind::Nats {
+        let role = state
+            .relay
+            .as_ref()
+            .map_or("off", |r| r.role.borrow().as_str());
+        body["relay"] = json!({ "role": role });
+    }
     let status = if ready {
         StatusCode::OK
     } else {

@@ -1,0 +1,243 @@
+//! The NATS relay (issue #21): real `ragctl relay` processes on a fresh
+//! database, a real `nats-server` per test, and a NATS subscriber in the
+//! test reading what the relay publishes.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::nats::NatsServer;
+use common::{Api, PATIENCE, Proc, TestDb, assert_usage_error, doc_status, publish};
+use futures_util::StreamExt;
+use serde_json::Value;
+use uuid::Uuid;
+
+fn relay(db: &TestDb, nats: &NatsServer, name: &str) -> Proc {
+    Proc::spawn(name, &db.url, &["relay", "--nats-url", &nats.url()], &[])
+}
+
+/// A subscription on `subject`, registered with the server before it returns.
+async fn subscribe(client: &async_nats::Client, subject: &str) -> async_nats::Subscriber {
+    let sub = client.subscribe(subject.to_string()).await.unwrap();
+    client.flush().await.unwrap();
+    sub
+}
+
+/// The next message on `sub` whose JSON matches `pred` (messages before it
+/// are skipped).
+async fn next_json(
+    sub: &mut async_nats::Subscriber,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = tokio::time::timeout(left, sub.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} within {PATIENCE:?}"))
+            .expect("subscription open");
+        let v: Value = serde_json::from_slice(&msg.payload).expect("JSON on the relay subject");
+        if pred(&v) {
+            return v;
+        }
+    }
+}
+
+/// The next message's payload text on `sub`.
+async fn next_text(sub: &mut async_nats::Subscriber, what: &str) -> String {
+    let msg = tokio::time::timeout(PATIENCE, sub.next())
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within {PATIENCE:?}"))
+        .expect("subscription open");
+    String::from_utf8(msg.payload.to_vec()).expect("UTF-8")
+}
+
+async fn relay_listeners(db: &TestDb) -> i64 {
+    let rows = db
+        .query(&format!(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = 'ragctl-relay' AND datname = '{}'",
+            db.name
+        ))
+        .await;
+    rows[0].get(0)
+}
+
+/// Waits until the relay LISTEN backends on `db` are `n`.
+async fn wait_listeners(db: &TestDb, n: i64) {
+    let deadline = Instant::now() + PATIENCE;
+    while relay_listeners(db).await != n {
+        assert!(Instant::now() < deadline, "never {n} ragctl-relay backends");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Which of `procs` logs `needle` (waits for one to).
+async fn which_logs<'a>(procs: &'a [&'a Proc], needle: &str) -> usize {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(i) = procs.iter().position(|p| p.logs().contains(needle)) {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "no process logged {needle:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn with_error_text(user: Uuid, len: usize) -> ragctl::events::Envelope {
+    let mut env = doc_status(user, Uuid::new_v4(), "error");
+    env.payload["error_message"] = Value::String("x".repeat(len));
+    env
+}
+
+#[tokio::test]
+async fn one_relay_listens_republishes_and_a_standby_takes_over() {
+    let db = TestDb::new();
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut relay_sub = subscribe(&client, "ragctl.relay").await;
+    let user = Uuid::new_v4();
+    let mut user_sub = subscribe(&client, &format!("ragctl.u.{user}")).await;
+
+    let mut a = relay(&db, &nats, "relay a");
+    let mut b = relay(&db, &nats, "relay b");
+    let first = next_json(&mut relay_sub, "a heartbeat", |v| v["kind"] == "heartbeat").await;
+    let leader = which_logs(&[&a, &b], "relay leading").await;
+    which_logs(&[&a, &b], "standing by").await;
+    assert_eq!(
+        relay_listeners(&db).await,
+        1,
+        "one LISTEN backend for two relays"
+    );
+
+    // The envelope's own text, on its user's subject.
+    let env = doc_status(user, Uuid::new_v4(), "parsed");
+    publish(&db, env.clone()).await;
+    let got = next_text(&mut user_sub, "the envelope").await;
+    assert_eq!(got, serde_json::to_string(&env).unwrap());
+    // A fragmented envelope arrives whole.
+    let big = with_error_text(user, 20_000);
+    publish(&db, big.clone()).await;
+    let got: Value =
+        serde_json::from_str(&next_text(&mut user_sub, "the big envelope").await).unwrap();
+    assert_eq!(got, serde_json::to_value(&big).unwrap());
+
+    // SIGKILL the leader: the standby leads under a new epoch.
+    let (dead, standby) = if leader == 0 {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    dead.signal(libc::SIGKILL);
+    dead.wait_exit().await;
+    let old = first["epoch"].clone();
+    let second = next_json(&mut relay_sub, "a new epoch", |v| {
+        v["kind"] == "heartbeat" && v["epoch"] != old
+    })
+    .await;
+    wait_listeners(&db, 1).await;
+    let after = doc_status(user, Uuid::new_v4(), "ingested");
+    publish(&db, after.clone()).await;
+    // Whatever the old leader published before dying came first.
+    let want = serde_json::to_string(&after).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while next_text(&mut user_sub, "the event after failover").await != want {
+        assert!(Instant::now() < deadline);
+    }
+
+    // SIGTERM: the leader resigns its epoch and exits cleanly.
+    standby.signal(libc::SIGTERM);
+    let epoch = second["epoch"].clone();
+    next_json(&mut relay_sub, "the resignation", |v| {
+        v["kind"] == "resigned" && v["epoch"] == epoch
+    })
+    .await;
+    assert!(standby.wait_exit().await.success(), "{}", standby.logs());
+    wait_listeners(&db, 0).await;
+}
+
+#[tokio::test]
+async fn an_envelope_over_max_payload_is_named_not_dropped_silently() {
+    let db = TestDb::new();
+    let nats = NatsServer::start_with_config("max_payload: 2048\n");
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut relay_sub = subscribe(&client, "ragctl.relay").await;
+    let user = Uuid::new_v4();
+    let mut user_sub = subscribe(&client, &format!("ragctl.u.{user}")).await;
+    let _relay = relay(&db, &nats, "relay");
+    next_json(&mut relay_sub, "a heartbeat", |v| v["kind"] == "heartbeat").await;
+
+    // Under the NOTIFY limit (one notification), over the NATS one.
+    publish(&db, with_error_text(user, 3_000)).await;
+    let msg = next_json(&mut relay_sub, "the oversize notice", |v| {
+        v["kind"] == "oversize"
+    })
+    .await;
+    assert_eq!(msg["user_id"], user.to_string());
+    assert!(
+        msg["since"].as_str().is_some_and(|s| s.ends_with('Z')),
+        "{msg}"
+    );
+    // The relay goes on.
+    let small = doc_status(user, Uuid::new_v4(), "parsed");
+    publish(&db, small.clone()).await;
+    let got = next_text(&mut user_sub, "the next envelope").await;
+    assert_eq!(got, serde_json::to_string(&small).unwrap());
+}
+
+#[test]
+fn the_nats_bus_wants_its_url() {
+    let env = [("RAG_NATS_URL", "")];
+    assert_usage_error(
+        &["serve", "--bus", "nats"],
+        &env,
+        &["--nats-url", "RAG_NATS_URL", "--bus nats"],
+    );
+    assert_usage_error(&["relay"], &env, &["--nats-url", "RAG_NATS_URL"]);
+    assert_usage_error(
+        &[
+            "serve",
+            "--bus",
+            "nats",
+            "--nats-url",
+            "nats://h",
+            "--nats-prefix",
+            "a.*",
+        ],
+        &[],
+        &["--nats-prefix", "RAG_NATS_PREFIX"],
+    );
+}
+
+async fn relay_role(api: &Api) -> Value {
+    api.readyz().await.1["relay"]["role"].clone()
+}
+
+#[tokio::test]
+async fn readyz_reports_the_bus_and_the_relay_role() {
+    let db = TestDb::new();
+    let plain = Api::start(&db, &[], &[]).await;
+    let (_, body) = plain.readyz().await;
+    assert_eq!(body["bus"], "postgres");
+    assert!(body.get("relay").is_none(), "{body}");
+    drop(plain);
+
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let off = Api::start(
+        &db,
+        &["--bus", "nats", "--nats-url", &url, "--relay", "off"],
+        &[],
+    )
+    .await;
+    assert_eq!(off.readyz().await.1["bus"], "nats");
+    assert_eq!(relay_role(&off).await, "off");
+    let on = Api::start(&db, &["--bus", "nats", "--nats-url", &url], &[]).await;
+    let deadline = Instant::now() + PATIENCE;
+    while relay_role(&on).await != "leader" {
+        assert!(Instant::now() < deadline, "{}", on.proc.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(relay_listeners(&db).await, 1);
+}
