@@ -13,7 +13,43 @@ use serde_json::Value;
 use uuid::Uuid;
 
 fn relay(db: &TestDb, nats: &NatsServer, name: &str) -> Proc {
-    Proc::spawn(name, &db.url, &["relay", "--nats-url", &nats.url()], &[])
+    let args = [
+        "relay",
+        "--nats-url",
+        &nats.url(),
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ];
+    Proc::spawn(name, &db.url, &args, &[])
+}
+
+/// The value of the metric line of `relay` starting with `prefix`, 0 if none.
+async fn metric(relay: &Proc, prefix: &str) -> f64 {
+    let line = relay.wait_line("metrics on http://").await;
+    let url = &line[line.find("http://").unwrap()..];
+    let text = common::http()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Terminates the backends of `db` named `app`.
+async fn terminate(db: &TestDb, app: &str) {
+    db.query(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = '{app}' AND datname = '{}'",
+        db.name
+    ))
+    .await;
 }
 
 /// A subscription on `subject`, registered with the server before it returns.
@@ -137,6 +173,8 @@ async fn one_relay_listens_republishes_and_a_standby_takes_over() {
     })
     .await;
     wait_listeners(&db, 1).await;
+    assert_eq!(metric(standby, "ragctl_relay_failovers_total").await, 1.0);
+    assert_eq!(metric(standby, "ragctl_relay_leader").await, 1.0);
     let after = doc_status(user, Uuid::new_v4(), "ingested");
     publish(&db, after.clone()).await;
     // Whatever the old leader published before dying came first.
@@ -240,4 +278,58 @@ async fn readyz_reports_the_bus_and_the_relay_role() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(relay_listeners(&db).await, 1);
+}
+
+#[tokio::test]
+async fn every_way_the_relay_can_miss_events_is_a_gap_or_a_new_epoch() {
+    let db = TestDb::new();
+    let mut nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut relay_sub = subscribe(&client, "ragctl.relay").await;
+    let user = Uuid::new_v4();
+    let mut user_sub = subscribe(&client, &format!("ragctl.u.{user}")).await;
+    let relay = relay(&db, &nats, "relay");
+    let first = next_json(&mut relay_sub, "a heartbeat", |v| v["kind"] == "heartbeat").await;
+    let flows = async |user_sub: &mut async_nats::Subscriber, status: &str| {
+        let env = doc_status(user, Uuid::new_v4(), status);
+        publish(&db, env.clone()).await;
+        let want = serde_json::to_string(&env).unwrap();
+        while next_text(user_sub, "the event").await != want {}
+    };
+
+    // Its LISTEN connection is cut: a gap, in the same epoch.
+    terminate(&db, "ragctl-relay").await;
+    let gap = next_json(&mut relay_sub, "a gap", |v| v["kind"] == "gap").await;
+    assert_eq!(gap["reason"], "relay_listen_reconnected");
+    assert_eq!(gap["epoch"], first["epoch"]);
+    assert!(
+        gap["since"].as_str().is_some_and(|s| s.ends_with('Z')),
+        "{gap}"
+    );
+    flows(&mut user_sub, "parsing").await;
+    let gaps = "ragctl_relay_gaps_total{reason=\"relay_listen_reconnected\"}";
+    assert_eq!(metric(&relay, gaps).await, 1.0);
+    assert!(metric(&relay, "ragctl_relay_published_total").await >= 1.0);
+
+    // Its lock session is cut: it stops, and leads again under a new epoch.
+    terminate(&db, "ragctl-relay-lock").await;
+    let old = first["epoch"].clone();
+    next_json(&mut relay_sub, "a new epoch", |v| {
+        v["kind"] == "heartbeat" && v["epoch"] != old
+    })
+    .await;
+    wait_listeners(&db, 1).await;
+    flows(&mut user_sub, "parsed").await;
+
+    // NATS restarts: the relay owes a gap from before the drop. The test's
+    // own client may come back after it was sent: the relay's log says it.
+    nats.restart();
+    relay.wait_line("relay_nats_reconnected").await;
+    // Resubscribed (both subscriptions come back together) once a
+    // heartbeat arrives again.
+    next_json(&mut relay_sub, "a heartbeat after the restart", |v| {
+        v["kind"] == "heartbeat"
+    })
+    .await;
+    flows(&mut user_sub, "ingesting").await;
 }
