@@ -14,6 +14,9 @@ use super::error::BusError;
 use crate::backoff::Backoff;
 use crate::config::{BusOpts, NatsOpts};
 
+/// How often the client pings the server (async-nats' default is 60 s).
+pub const PING: Duration = Duration::from_secs(10);
+
 /// The connection's history, as counters: a reader that looks late still
 /// sees that a disconnect happened, even if it was followed by a connect.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -75,6 +78,8 @@ async fn options(
         // Reconnect forever: every outage is a gap the subscribers heal.
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
+        // A dead connection is found after two unanswered pings.
+        .ping_interval(PING)
         .event_callback(move |event| {
             record(&state, &event);
             std::future::ready(())

@@ -26,6 +26,11 @@ use crate::events::{self, DropReason, Reassembler, Scanned, WireMessage};
 
 /// How often the leader says it is alive, and how far it has published.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
+/// How far back a NATS drop is dated from its detection: async-nats finds
+/// a dead connection after two unanswered pings (`connect::PING`, 10 s).
+const NATS_LOOKBACK: Duration = Duration::from_secs(60);
+/// Horizons kept, one per heartbeat: past the lookback.
+const SAMPLES: usize = 2 * 120;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TermEnd {
@@ -45,7 +50,7 @@ pub async fn lead(
     let listen_stop = CancellationToken::new();
     // However the term ends, its LISTEN ends with it.
     let _stop_listening = listen_stop.clone().drop_guard();
-    let (tx, mut rx) = mpsc::channel(cfg.queue);
+    let (tx, rx) = mpsc::channel(cfg.queue);
     let listen_cfg = ListenerConfig::new(
         &cfg.listen_url,
         RELAY_LISTENER_NAME,
@@ -59,12 +64,25 @@ pub async fn lead(
         _ = shutdown.cancelled() => return TermEnd::Shutdown,
         r = status.wait_for(|s| s.connected) => if r.is_err() { return TermEnd::Lost },
     }
-    let mut term = Term::new(cfg, link, handle.counters.clone(), lost.clone());
+    let term = Term::new(cfg, link, handle.counters.clone(), lost.clone());
     role.send_replace(RelayRole::Leader);
     metrics::gauge!("ragctl_relay_leader").set(1.0);
     tracing::info!(epoch = %term.epoch, channel = %cfg.channel, "relay leading");
+    publish_loop(term, rx, link, lost, shutdown).await
+}
+
+/// The leader's loop: queued notifications, heartbeats, NATS drops.
+async fn publish_loop(
+    mut term: Term,
+    mut rx: mpsc::Receiver<ListenItem>,
+    link: &Link,
+    lost: &CancellationToken,
+    shutdown: &CancellationToken,
+) -> TermEnd {
     let mut link_state = link.state.clone();
     term.seen = *link_state.borrow_and_update();
+    // Closed with the client only; then there is nothing more to watch.
+    let mut link_open = true;
     let mut beat = tokio::time::interval(HEARTBEAT);
     let mut expire = tokio::time::interval(Duration::from_secs(5));
     loop {
@@ -75,7 +93,8 @@ pub async fn lead(
                 term.resign().await;
                 return TermEnd::Shutdown;
             }
-            _ = link_state.changed() => {
+            changed = link_state.changed(), if link_open => {
+                link_open = changed.is_ok();
                 let now = *link_state.borrow_and_update();
                 term.link_changed(now).await;
             }
@@ -111,6 +130,11 @@ struct Term {
     /// published as a gap once it is back.
     nats_gap: Option<DateTime<Utc>>,
     seen: LinkState,
+    /// The older horizon at each heartbeat, to date a gap from when an
+    /// item was read off the socket, however long it queued since.
+    samples: std::collections::VecDeque<(Instant, DateTime<Utc>)>,
+    /// The older horizon as the term began: before anything it read.
+    first: DateTime<Utc>,
     published: metrics::Counter,
     drop_log: DropLog,
 }
@@ -128,18 +152,34 @@ impl Term {
             relay_subject: relay_subject(&cfg.nats.prefix),
             epoch: Uuid::new_v4(),
             seq: 0,
-            counters,
+            counters: counters.clone(),
             lost,
             frags: Reassembler::default(),
             nats_gap: None,
             seen: LinkState::default(),
+            samples: std::collections::VecDeque::with_capacity(SAMPLES),
+            first: counters.horizons.gap_since(),
             published: metrics::counter!("ragctl_relay_published_total"),
             drop_log: DropLog::default(),
         }
     }
 
-    fn since(&self) -> Micros {
-        Micros(self.counters.horizons.gap_since())
+    /// Where a gap that begins now begins (recorded for `since_read`).
+    fn since(&mut self) -> Micros {
+        let h = self.counters.horizons.gap_since();
+        if self.samples.len() == SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((Instant::now(), h));
+        Micros(h)
+    }
+
+    /// Where a gap begins for an item read off the socket at `at`: the
+    /// older horizon as it was then. One read later may postdate the
+    /// item's transaction if the queue lagged past a probe interval.
+    fn since_read(&self, at: Instant) -> DateTime<Utc> {
+        let before = self.samples.iter().rev().find(|(t, _)| *t <= at);
+        before.map_or(self.first, |(_, h)| *h)
     }
 
     async fn item(&mut self, item: ListenItem) {
@@ -173,7 +213,7 @@ impl Term {
         if text.len() > self.client.max_payload() {
             metrics::counter!("ragctl_relay_oversize_total").increment(1);
             tracing::warn!(user = %user, bytes = text.len(), max = self.client.max_payload(), "envelope over the NATS max_payload; subscribers heal it");
-            let since = self.since();
+            let since = Micros(self.since_read(n.received_at));
             self.say(|epoch, seq| RelayMessage::Oversize {
                 epoch,
                 seq,
@@ -210,15 +250,20 @@ impl Term {
 
     async fn link_changed(&mut self, now: LinkState) {
         if now.disconnects > self.seen.disconnects {
-            // Read as the drop is seen: the older horizon is a probe
-            // interval behind, which covers the moment it happened.
-            let since = self.counters.horizons.gap_since();
-            self.nats_gap.get_or_insert(since);
+            self.nats_dropped();
         }
         self.seen = now;
         if now.connected {
             self.owed_gap().await;
         }
+    }
+
+    /// What was published since the connection died (found up to
+    /// [`NATS_LOOKBACK`] later) may be lost: a gap, sent once it is back.
+    fn nats_dropped(&mut self) {
+        let at = Instant::now().checked_sub(NATS_LOOKBACK);
+        let since = at.map_or(self.first, |at| self.since_read(at));
+        self.nats_gap.get_or_insert(since);
     }
 
     async fn owed_gap(&mut self) {
@@ -287,8 +332,7 @@ impl Term {
             Err(e) => {
                 tracing::warn!(error = %e, "relay publish failed");
                 dropped("publish_failed");
-                let since = self.counters.horizons.gap_since();
-                self.nats_gap.get_or_insert(since);
+                self.nats_dropped();
                 false
             }
         }
