@@ -246,6 +246,17 @@ fn the_nats_bus_wants_its_url() {
         &[],
         &["--nats-prefix", "RAG_NATS_PREFIX"],
     );
+    assert_usage_error(
+        &[
+            "relay",
+            "--nats-url",
+            "nats://h",
+            "--nats-creds",
+            "/nonexistent/x.creds",
+        ],
+        &[],
+        &["--nats-creds", "RAG_NATS_CREDS", "/nonexistent/x.creds"],
+    );
 }
 
 async fn relay_role(api: &Api) -> Value {
@@ -332,4 +343,49 @@ async fn every_way_the_relay_can_miss_events_is_a_gap_or_a_new_epoch() {
     })
     .await;
     flows(&mut user_sub, "ingesting").await;
+}
+
+/// A relay whose NATS URL carries `auth@`, and a heartbeat read with `client`.
+async fn relays_with(
+    db: &TestDb,
+    nats: &NatsServer,
+    auth: &str,
+    client: async_nats::Client,
+) -> Proc {
+    let url = format!("nats://{auth}@127.0.0.1:{}", nats.port);
+    let relay = Proc::spawn("relay", &db.url, &["relay", "--nats-url", &url], &[]);
+    let mut sub = subscribe(&client, "ragctl.relay").await;
+    next_json(&mut sub, "a heartbeat", |v| v["kind"] == "heartbeat").await;
+    relay
+}
+
+#[tokio::test]
+async fn credentials_in_the_url_are_used_and_never_logged() {
+    let db = TestDb::new();
+    let addr = |n: &NatsServer| format!("127.0.0.1:{}", n.port);
+
+    let nats = NatsServer::start_with_config("authorization { token: \"t0ken-s3cret\" }\n");
+    let client = async_nats::ConnectOptions::with_token("t0ken-s3cret".into())
+        .connect(addr(&nats))
+        .await
+        .unwrap();
+    let relay = relays_with(&db, &nats, "t0ken-s3cret", client).await;
+    drop(relay);
+
+    let nats = NatsServer::start_with_config(
+        "authorization { user: \"ragctl\", password: \"pa55-s3cret\" }\n",
+    );
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("ragctl".into(), "pa55-s3cret".into())
+            .connect(addr(&nats))
+            .await
+            .unwrap();
+    let relay = relays_with(&db, &nats, "ragctl:pa55-s3cret", client).await;
+    drop(relay);
+
+    // A wrong password: refused, retried, and the log never shows it.
+    let url = format!("nats://ragctl:wr0ng-s3cret@127.0.0.1:{}", nats.port);
+    let relay = Proc::spawn("relay", &db.url, &["relay", "--nats-url", &url], &[]);
+    relay.wait_line("cannot connect to NATS").await;
+    assert!(!relay.logs().contains("s3cret"), "{}", relay.logs());
 }
