@@ -389,3 +389,58 @@ async fn credentials_in_the_url_are_used_and_never_logged() {
     relay.wait_line("cannot connect to NATS").await;
     assert!(!relay.logs().contains("s3cret"), "{}", relay.logs());
 }
+
+#[tokio::test]
+async fn tap_shows_the_envelopes_and_the_relay_as_they_cross_nats() {
+    use std::io::BufRead;
+    let db = TestDb::new();
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut relay_sub = subscribe(&client, "ragctl.relay").await;
+    let _relay = relay(&db, &nats, "relay");
+    let first = next_json(&mut relay_sub, "a heartbeat", |v| v["kind"] == "heartbeat").await;
+
+    let url = nats.url();
+    let args = [
+        "tap",
+        "--bus",
+        "nats",
+        "--nats-url",
+        &url,
+        "--no-tui",
+        "--count",
+        "2",
+    ];
+    let mut tap = Proc::spawn_with("tap", &db.url, &args, &[], |cmd| {
+        cmd.stdout(std::process::Stdio::piped());
+    });
+    let stdout = tap.child.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap())
+            .collect::<Vec<_>>()
+    });
+    tap.wait_line("ragctl tap: connected").await;
+    let user = Uuid::new_v4();
+    let env = doc_status(user, Uuid::new_v4(), "parsed");
+    publish(&db, env.clone()).await;
+    assert!(tap.wait_exit().await.success(), "{}", tap.logs());
+    let lines = lines.join().unwrap();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    // The relay line: the epoch the tap found leading.
+    let relay = lines
+        .iter()
+        .find(|l| l.get("relay").is_some())
+        .expect("a relay line");
+    assert_eq!(relay["relay"]["epoch"], first["epoch"], "{relay}");
+    assert_eq!(relay["relay"]["kind"], "heartbeat");
+    // The envelope, on its user's subject.
+    let event = lines
+        .iter()
+        .find(|l| l.get("envelope").is_some())
+        .expect("an event line");
+    assert_eq!(event["channel"], format!("ragctl.u.{user}"));
+    assert_eq!(event["valid"], true);
+    assert_eq!(event["envelope"]["id"], env.id.to_string());
+}
