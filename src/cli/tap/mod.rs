@@ -15,9 +15,10 @@
 //! Dependencies point one way (no module imports one that imports it):
 //! `decode` and `report` need no sibling, `source` needs `report`;
 //! `layout` needs `source`, `filter` `decode` and `report`, `msg` `filter`
-//! and `source`, `keymap` `msg`; `app` needs those; `style`, `detail`,
-//! `report_view` (and `detail`) and `view` need `app`; `term` needs
-//! `view`; `jsonl` needs `source`, `decode` and `report`.
+//! and `source`, `keymap` `msg`; `app` needs those and `relay` (a leaf);
+//! `style`, `detail`, `report_view` (and `detail`) and `view` need `app`;
+//! `term` needs `view`; `jsonl` needs `source`, `decode`, `report` and
+//! `relay`; `nats_source` (`--bus nats`) needs `source`.
 
 mod app;
 mod decode;
