@@ -19,6 +19,10 @@ pub struct RelayArgs {
     #[arg(long, env = "RAG_RELAY_QUEUE", default_value_t = 16_384,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub queue: u64,
+    /// A direct (or session-pooled) URL for the LISTEN and lock sessions,
+    /// when DATABASE_URL goes through a transaction pooler.
+    #[arg(long, env = "RAG_LISTEN_DATABASE_URL", hide_env_values = true)]
+    pub listen_database_url: Option<String>,
     /// Serve Prometheus `/metrics` on this address, e.g. 127.0.0.1:9102.
     /// Its own variable: serve's RAG_METRICS_ADDR is not for this process.
     #[arg(long, env = "RAG_RELAY_METRICS_ADDR")]
@@ -27,7 +31,10 @@ pub struct RelayArgs {
 
 pub async fn run(connect: ConnectOpts, args: RelayArgs) -> anyhow::Result<ExitCode> {
     let nats = args.bus.nats_required("required by `ragctl relay`")?;
-    let url = connect.database_url()?;
+    let url = match args.listen_database_url.as_deref().map(str::trim) {
+        Some(u) if !u.is_empty() => u.to_string(),
+        _ => connect.database_url()?,
+    };
     let channel = connect.channel()?;
     let shutdown = CancellationToken::new();
     let metrics = match &args.metrics_addr {

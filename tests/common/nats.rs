@@ -31,8 +31,14 @@ impl NatsServer {
             child: None,
             config,
         };
-        server.spawn();
-        server
+        // The port was free when asked; another process may take it first.
+        for _ in 0..5 {
+            if server.try_spawn() {
+                return server;
+            }
+            server.port = free_port();
+        }
+        panic!("nats-server never started (ports taken?)");
     }
 
     pub fn url(&self) -> String {
@@ -53,6 +59,11 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
+        assert!(self.try_spawn(), "nats-server on port {} exited", self.port);
+    }
+
+    /// Starts the server; false if it exited before accepting.
+    fn try_spawn(&mut self) -> bool {
         let port = self.port.to_string();
         let mut cmd = Command::new("nats-server");
         cmd.args(["-a", "127.0.0.1", "-p", &port]);
@@ -66,19 +77,20 @@ impl NatsServer {
             .spawn()
             .expect("spawn nats-server (the Debian package nats-server)");
         self.child = Some(child);
-        self.wait_accepting();
+        self.wait_accepting()
     }
 
-    fn wait_accepting(&mut self) {
+    fn wait_accepting(&mut self) -> bool {
         let deadline = Instant::now() + PATIENCE;
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
         loop {
             let child = self.child.as_mut().expect("spawned");
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("nats-server on port {} exited: {status}", self.port);
+            if let Ok(Some(_)) = child.try_wait() {
+                self.child = None;
+                return false;
             }
             if std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
-                return;
+                return true;
             }
             assert!(
                 Instant::now() < deadline,
