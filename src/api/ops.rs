@@ -57,7 +57,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let listener_ok = listener.as_ref().is_none_or(|s| s.connected);
     let ready = db.is_ok() && listener_ok;
     let pool = state.pool.status();
-    let body = json!({
+    let mut body = json!({
         "ready": ready,
         "database": match &db { Ok(()) => json!({"ok": true}), Err(e) => json!({"ok": false, "error": e}) },
         "pool": {
@@ -78,7 +78,6 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             }),
         },
     });
-    let mut body = body;
     if state.bus == crate::config::BusKind::Nats {
         let role = state
             .relay
