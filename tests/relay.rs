@@ -289,6 +289,22 @@ async fn readyz_reports_the_bus_and_the_relay_role() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(relay_listeners(&db).await, 1);
+
+    // A second candidate stands by; when the leader stops, it leads.
+    let second = Api::start(&db, &["--bus", "nats", "--nats-url", &url], &[]).await;
+    second
+        .proc
+        .wait_line("another relay leads; standing by")
+        .await;
+    assert_eq!(relay_role(&second).await, "standby");
+    assert_eq!(relay_listeners(&db).await, 1);
+    drop(on);
+    let deadline = Instant::now() + PATIENCE;
+    while relay_role(&second).await != "leader" {
+        assert!(Instant::now() < deadline, "{}", second.proc.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_listeners(&db, 1).await;
 }
 
 #[tokio::test]
