@@ -460,3 +460,96 @@ async fn tap_shows_the_envelopes_and_the_relay_as_they_cross_nats() {
     assert_eq!(event["valid"], true);
     assert_eq!(event["envelope"]["id"], env.id.to_string());
 }
+
+/// A CA and a server certificate for 127.0.0.1 (openssl), in `dir`;
+/// returns the CA's path.
+fn make_certs(dir: &std::path::Path) -> std::path::PathBuf {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=ragctl-test-ca"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    run(&ca);
+    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    run(&csr);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
+    dir.join("ca.pem")
+}
+
+#[tokio::test]
+async fn a_tls_url_is_tls_verified_against_the_system_roots() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new();
+    let certs = tempfile::tempdir().unwrap();
+    let ca = make_certs(certs.path());
+    let dir = certs.path().display();
+    let nats = NatsServer::start_with_config(&format!(
+        "tls {{\n  cert_file: \"{dir}/server.pem\"\n  key_file: \"{dir}/server.key\"\n}}\n"
+    ));
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca.clone())
+        .require_tls(true)
+        .connect(format!("tls://127.0.0.1:{}", nats.port))
+        .await
+        .unwrap();
+    let mut sub = subscribe(&client, "ragctl.relay").await;
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+
+    // The system's roots do not know the test's CA: refused (and retried).
+    let args = ["relay", "--nats-url", &url];
+    let stranger = Proc::spawn_with("relay", &db.url, &args, &[], |cmd| {
+        cmd.env_remove("SSL_CERT_FILE").env_remove("SSL_CERT_DIR");
+    });
+    let line = stranger.wait_line("cannot connect to NATS").await;
+    assert!(line.to_lowercase().contains("certificate"), "{line}");
+    drop(stranger);
+
+    // The CA in the roots (SSL_CERT_FILE is what the system roots read).
+    let ca = ca.to_str().unwrap();
+    let _relay = Proc::spawn(
+        "relay",
+        &db.url,
+        &["relay", "--nats-url", &url],
+        &[("SSL_CERT_FILE", ca)],
+    );
+    next_json(&mut sub, "a heartbeat over TLS", |v| {
+        v["kind"] == "heartbeat"
+    })
+    .await;
+}
