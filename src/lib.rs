@@ -27,6 +27,7 @@ pub mod api;
 pub mod auth;
 pub mod backoff;
 pub mod bridge;
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod db;

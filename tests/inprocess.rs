@@ -48,6 +48,7 @@ async fn start(db: &TestDb) -> InProcess {
         metrics_separate: false,
         shutdown: shutdown.clone(),
         embedder: None,
+        relay: None,
     };
     let (state, _bridge) = build_state(&args, parts).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -57,7 +57,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let listener_ok = listener.as_ref().is_none_or(|s| s.connected);
     let ready = db.is_ok() && listener_ok;
     let pool = state.pool.status();
-    let body = json!({
+    let mut body = json!({
         "ready": ready,
         "database": match &db { Ok(()) => json!({"ok": true}), Err(e) => json!({"ok": false, "error": e}) },
         "pool": {
@@ -66,6 +66,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             "available": pool.available,
             "waiting": pool.waiting,
         },
+        "bus": state.bus.as_str(),
         "realtime": match &listener {
             None => json!({"enabled": false}),
             Some(s) => json!({
@@ -77,6 +78,13 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             }),
         },
     });
+    if state.bus == crate::config::BusKind::Nats {
+        let role = state
+            .relay
+            .as_ref()
+            .map_or("off", |r| r.role.borrow().as_str());
+        body["relay"] = json!({ "role": role });
+    }
     let status = if ready {
         StatusCode::OK
     } else {

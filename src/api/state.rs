@@ -34,6 +34,10 @@ pub struct Shared {
     /// `None` with `--no-realtime`.
     pub hub: Option<Hub>,
     pub bridge: Option<Bridge>,
+    /// The event bus (`--bus`), for `/readyz`.
+    pub bus: crate::config::BusKind,
+    /// The in-process relay candidate (`--bus nats`, unless `--relay off`).
+    pub relay: Option<crate::bus::RelayHandle>,
     pub metrics: Option<PrometheusHandle>,
     pub ws: WsConfig,
     /// The WebSocket slots (`--ws-max-connections`, within the fd budget).

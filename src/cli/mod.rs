@@ -10,6 +10,7 @@ mod emit;
 mod failure;
 mod metrics;
 pub mod queue;
+mod relay;
 mod rest;
 pub mod serve;
 mod signal;
@@ -49,6 +50,9 @@ pub enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Run one worker process.
     Worker(worker::WorkerArgs),
+    /// Run a NATS relay (--bus nats): LISTEN on the event channel while
+    /// leading, republish each envelope to its user's NATS subject.
+    Relay(relay::RelayArgs),
     /// Database maintenance.
     Db {
         #[command(subcommand)]
@@ -161,6 +165,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(connect, *args).await,
         Command::Worker(args) => worker::run(connect, args).await,
+        Command::Relay(args) => relay::run(connect, args).await,
         Command::Db {
             command: DbCommand::Migrate,
         } => {

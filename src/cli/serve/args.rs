@@ -1,7 +1,7 @@
 //! The arguments of `ragctl serve`, which `state` builds the API from. A
 //! leaf.
 
-use crate::config::{ApiLimitOpts, RetrievalOpts, RuntimeOpts};
+use crate::config::{ApiLimitOpts, BusOpts, RelayMode, RetrievalOpts, RuntimeOpts};
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -87,6 +87,13 @@ pub struct ServeArgs {
     pub console: bool,
     #[command(flatten)]
     pub runtime: RuntimeOpts,
+    /// The event bus: --bus, --nats-url, --nats-creds, --nats-prefix (#21).
+    #[command(flatten)]
+    pub bus: BusOpts,
+    /// With --bus nats: `auto` makes this serve a relay candidate (one
+    /// leads per database and channel), `off` leaves relaying to others.
+    #[arg(long, env = "RAG_RELAY", value_enum, default_value_t = RelayMode::Auto)]
+    pub relay: RelayMode,
     #[command(flatten)]
     pub limits: ApiLimitOpts,
     /// Chat retrieval: --retrieval, --min-relevance, --min-cosine, --passages.

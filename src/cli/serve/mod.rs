@@ -92,6 +92,8 @@ fn fd_budget(args: &ServeArgs) -> anyhow::Result<api::FdBudget> {
 
 pub async fn run(connect: ConnectOpts, mut args: ServeArgs) -> anyhow::Result<ExitCode> {
     args.runtime.check()?;
+    // A NATS bus without its URL stops serve before anything starts.
+    args.bus.nats()?;
     // A missing model directory or a malformed --embed-url stops serve
     // before anything starts (its ingest child would fail the same way);
     // the API embeds questions with this one.
@@ -178,6 +180,7 @@ async fn serve(
 
     let shutdown = CancellationToken::new();
     super::signal::cancel_on_signal(shutdown.clone());
+    let (relay, relay_task) = relay(&site, &shutdown)?.unzip();
     let parts = state::Parts {
         pool,
         url: site.url,
@@ -188,6 +191,7 @@ async fn serve(
         metrics_separate: metrics_listener.is_some(),
         shutdown: shutdown.clone(),
         embedder: site.embedder.clone(),
+        relay,
     };
     let (state, bridge_task) = state::build(args, parts)?;
     heap::spawn(shutdown.clone());
@@ -204,7 +208,34 @@ async fn serve(
         let _ = std::fs::remove_file(path);
     }
     wind_down(metrics_task, children, bridge_task).await;
+    if let Some(task) = relay_task {
+        // It resigns (flushing to NATS for at most 2 s) and releases the lock.
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The relay candidate of `--bus nats` (unless `--relay off`), a task of
+/// this process.
+fn relay(
+    site: &Site<'_>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<(crate::bus::RelayHandle, tokio::task::JoinHandle<()>)>> {
+    let args = site.args;
+    let Some(nats) = args.bus.nats()? else {
+        return Ok(None);
+    };
+    if args.relay == crate::config::RelayMode::Off {
+        tracing::info!("--relay off: this serve does not relay events to NATS");
+        return Ok(None);
+    }
+    let cfg = crate::bus::RelayConfig {
+        listen_url: args.runtime.listen_url(site.url),
+        channel: site.channel.to_string(),
+        nats,
+        queue: args.bridge_queue,
+    };
+    Ok(Some(crate::bus::relay::spawn(cfg, shutdown.clone())))
 }
 
 impl Site<'_> {

@@ -33,6 +33,8 @@ pub struct Parts<'a> {
     pub shutdown: CancellationToken,
     /// Loaded once at start (`--embed-model`/`--embed-url`), or none.
     pub embedder: Option<crate::embed::Embedder>,
+    /// The in-process relay candidate, if any.
+    pub relay: Option<crate::bus::RelayHandle>,
 }
 
 /// The state, and the bridge's task (`None` with `--no-realtime`), which
@@ -68,6 +70,8 @@ pub fn build(
             .map(|u| LlmClient::new(u, &rt.llm_model, rt.llm_api_key.clone())),
         hub,
         bridge,
+        bus: args.bus.bus,
+        relay: parts.relay,
         metrics: parts.metrics,
         ws: ws_config(args),
         ws_slots: api::WsCount::new(parts.budget.websockets),

@@ -141,6 +141,8 @@ pub struct App {
     pub spark: VecDeque<u64>,
     pub spark_head: i64,
     pub toast: Option<Toast>,
+    /// The NATS relay, as its messages tell (`--bus nats`).
+    pub relay: super::relay::RelaySeen,
     pub now: Instant,
     base: (Instant, DateTime<Utc>),
     decoder: Decoder,
@@ -187,6 +189,7 @@ impl App {
             spark: std::iter::repeat_n(0, SPARK_SECS).collect(),
             spark_head: wall.timestamp(),
             toast: None,
+            relay: Default::default(),
             now,
             base: (now, wall),
             decoder: Decoder::default(),
@@ -515,6 +518,12 @@ impl App {
             Input::Status(status) => {
                 self.status = status;
                 self.status_seen = true;
+                None
+            }
+            Input::Relay { message, .. } => {
+                if let Some(n) = self.relay.note(&message) {
+                    self.toast(n.text, n.alarm);
+                }
                 None
             }
         }

@@ -8,13 +8,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::Receiver;
 
 use super::decode::Decoder;
+use super::relay::RelaySeen;
 use super::report::OpsReport;
 use super::source::{Input, SourceStatus};
 
-/// One line to print: an event's record or a report's.
+/// One line to print: an event's record, a report's, or a notable relay
+/// message's (`--bus nats`).
 enum Line {
     Event(super::decode::Event),
     Report(OpsReport),
+    Relay(serde_json::Value),
 }
 
 impl Line {
@@ -22,6 +25,7 @@ impl Line {
         match self {
             Line::Event(ev) => serde_json::to_writer(out, &ev.record()),
             Line::Report(r) => serde_json::to_writer(out, &r.record()),
+            Line::Relay(v) => serde_json::to_writer(out, v),
         }
     }
 }
@@ -39,6 +43,7 @@ pub async fn run_jsonl<W: Write>(
         let mut decoder = Decoder::default();
         let mut written = 0u64;
         let mut last_status: Option<SourceStatus> = None;
+        let mut relay = RelaySeen::default();
         if count == Some(0) {
             return Ok(());
         }
@@ -54,6 +59,10 @@ pub async fn run_jsonl<W: Write>(
                         .map(Line::Event)
                         .collect(),
                     Some(Input::Report(report)) => vec![Line::Report(*report)],
+                    Some(Input::Relay { message, received_at }) => match relay.note(&message) {
+                        Some(n) => vec![Line::Relay(relay_record(&message, &n.text, received_at))],
+                        None => continue,
+                    },
                     Some(Input::Status(status)) => {
                         if let Some(line) = status_line(last_status.as_ref(), &status) {
                             eprintln!("ragctl tap: {line}");
@@ -89,6 +98,19 @@ pub async fn run_jsonl<W: Write>(
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }
+}
+
+/// A relay message's record: the message as sent, what it means, when.
+fn relay_record(
+    message: &crate::bus::relay_msg::RelayMessage,
+    note: &str,
+    received_at: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "relay": message,
+        "note": note,
+        "received_at": received_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    })
 }
 
 /// A one-line description of a status change worth telling a `--no-tui`

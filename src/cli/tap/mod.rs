@@ -15,9 +15,10 @@
 //! Dependencies point one way (no module imports one that imports it):
 //! `decode` and `report` need no sibling, `source` needs `report`;
 //! `layout` needs `source`, `filter` `decode` and `report`, `msg` `filter`
-//! and `source`, `keymap` `msg`; `app` needs those; `style`, `detail`,
-//! `report_view` (and `detail`) and `view` need `app`; `term` needs
-//! `view`; `jsonl` needs `source`, `decode` and `report`.
+//! and `source`, `keymap` `msg`; `app` needs those and `relay` (a leaf);
+//! `style`, `detail`, `report_view` (and `detail`) and `view` need `app`;
+//! `term` needs `view`; `jsonl` needs `source`, `decode`, `report` and
+//! `relay`; `nats_source` (`--bus nats`) needs `source`.
 
 mod app;
 mod decode;
@@ -27,6 +28,8 @@ mod jsonl;
 mod keymap;
 mod layout;
 mod msg;
+mod nats_source;
+mod relay;
 mod report;
 mod report_view;
 mod source;
@@ -85,16 +88,28 @@ pub struct TapArgs {
     /// Where `w` saves the buffer (a folder, or a path ending in .jsonl).
     #[arg(long, default_value = ".")]
     pub save: PathBuf,
+    /// `--bus nats` taps NATS (`<prefix>.>`: envelopes per user subject,
+    /// the relay's heartbeats and gaps) instead of the NOTIFY channel.
+    #[command(flatten)]
+    pub bus: crate::config::BusOpts,
 }
 
 pub async fn run(
     connect: crate::config::ConnectOpts,
     args: TapArgs,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let url = connect.database_url()?;
-    let channel = connect.channel()?;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let rx = source::spawn(&url, &channel, shutdown.clone());
+    let rx = match args.bus.nats()? {
+        Some(nats) => {
+            let link = crate::bus::connect_link(&nats, "ragctl-tap").await?;
+            nats_source::spawn(link, &nats.prefix, shutdown.clone()).await?
+        }
+        None => {
+            let url = connect.database_url()?;
+            let channel = connect.channel()?;
+            source::spawn(&url, &channel, shutdown.clone())
+        }
+    };
     let result = if use_tui(args.no_tui) {
         run_tui(
             rx,

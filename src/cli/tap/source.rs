@@ -32,6 +32,11 @@ pub enum Input {
     /// The state of the LISTEN connection, sent whenever it changes and
     /// periodically with fresh queue usage and listener counts.
     Status(SourceStatus),
+    /// A message of the NATS relay (`tap --bus nats`).
+    Relay {
+        message: crate::bus::relay_msg::RelayMessage,
+        received_at: DateTime<Utc>,
+    },
 }
 
 impl Input {

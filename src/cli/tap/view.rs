@@ -488,6 +488,17 @@ fn render_status(app: &App, frame: &mut Frame, area: Rect) {
         Style::default()
     };
     spans.push(Span::styled(format!("dropped {}", app.dropped), dstyle));
+    if let Some(epoch) = app.relay.epoch {
+        spans.push(sep());
+        let r = &app.relay;
+        spans.push(Span::raw(format!(
+            "relay {} #{} failovers {} gaps {}",
+            &epoch.to_string()[..8],
+            r.seq,
+            r.failovers,
+            r.gaps
+        )));
+    }
     let pending = app.fragments_in_flight();
     if pending > 0 {
         spans.push(sep());
