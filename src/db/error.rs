@@ -7,7 +7,13 @@ pub enum DbError {
     #[error("invalid database URL: {0}")]
     Url(String),
     #[error("cannot connect to PostgreSQL at {target}: {detail}")]
-    Connect { target: String, detail: String },
+    Connect {
+        target: String,
+        detail: String,
+        /// The server's SQLSTATE when it answered and refused (no such
+        /// database, bad credentials, starting up); none when unreachable.
+        code: Option<tokio_postgres::error::SqlState>,
+    },
     #[error("database pool: {0}")]
     Pool(String),
     #[error("migration failed: {0}")]
@@ -30,6 +36,35 @@ impl DbError {
         match self {
             DbError::Query(e) | DbError::Timeout(e) => e.code(),
             _ => None,
+        }
+    }
+}
+
+impl DbError {
+    /// Whether waiting can mend it: PostgreSQL unreachable, starting up or
+    /// restarting, the database not created yet, a connection lost. Not a
+    /// bad URL, refused credentials (SQLSTATE class 28: a wrong password
+    /// stays wrong) nor a failed migration or query.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Connect { code, .. } => {
+                !code.as_ref().is_some_and(|c| c.code().starts_with("28"))
+            }
+            DbError::Pool(_) => true,
+            DbError::Query(e) => connection_lost(e),
+            _ => false,
+        }
+    }
+}
+
+/// A query that failed because its connection did: closed, I/O, or the
+/// server's connection-exception and shutdown codes (08xxx, 57P01-57P03).
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
         }
     }
 }
@@ -65,6 +100,16 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
             Some(src) => format!("{e}: {src}"),
             None => e.to_string(),
         },
+    }
+}
+
+/// The SQLSTATE behind a pool's failure to connect, if the server sent one.
+pub(super) fn pool_error_code(
+    e: &deadpool_postgres::PoolError,
+) -> Option<tokio_postgres::error::SqlState> {
+    match e {
+        deadpool_postgres::PoolError::Backend(pg) => pg.code().cloned(),
+        _ => None,
     }
 }
 
