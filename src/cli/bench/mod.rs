@@ -92,6 +92,7 @@ mod retrieval_scale;
 mod retrieval_set;
 mod run;
 mod sample;
+mod serve_cmd;
 mod server;
 mod soak;
 mod soak_check;

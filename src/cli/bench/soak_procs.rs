@@ -8,10 +8,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::process::Child;
+use tokio::process::{Child, Command};
 
+use super::serve_cmd::{ready_url, serve_command};
 use crate::db::embedded::Embedded;
-use crate::harness::Ready;
 
 /// Where the soak keeps its cluster and its logs, and what its children
 /// share.
@@ -69,64 +69,51 @@ impl Ground {
         files
     }
 
-    fn command(&self, args: &[&str], log: &Path) -> anyhow::Result<tokio::process::Command> {
-        let exe = std::env::current_exe().context("cannot find the ragctl executable")?;
+    /// What every child of the soak shares: its folder, quiet logs to
+    /// `log`, no embedding model (ingest chunks only), and `kill_on_drop`.
+    fn settle(&self, cmd: &mut Command, log: &Path) -> anyhow::Result<()> {
         let file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let mut cmd = tokio::process::Command::new(exe);
-        cmd.args(args)
-            .current_dir(&self.dir)
-            .env("DATABASE_URL", &self.db_url)
+        cmd.current_dir(&self.dir)
             .env("RAG_LOG", "warn")
-            .env_remove("RAG_LISTEN_DATABASE_URL")
-            .env_remove("RAG_NO_REALTIME")
             .env_remove("RAG_EMBED_MODEL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(Stdio::from(file))
             .kill_on_drop(true);
-        Ok(cmd)
+        Ok(())
     }
 
     /// `ragctl worker KIND` (no JWT secret: workers never verify tokens).
     pub(super) fn worker(&self, kind: &str, starts: u32) -> anyhow::Result<Proc> {
         let name = format!("worker-{kind}");
         let log = self.logs.join(format!("{name}.{starts}.log"));
-        let mut cmd = self.command(&["worker", kind], &log)?;
-        cmd.env_remove("RAG_JWT_SECRET");
+        let exe = std::env::current_exe().context("cannot find the ragctl executable")?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["worker", kind])
+            .env("DATABASE_URL", &self.db_url)
+            .env_remove("RAG_JWT_SECRET")
+            .env_remove("RAG_LISTEN_DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        self.settle(&mut cmd, &log)?;
         let child = cmd
             .spawn()
             .with_context(|| format!("starting `ragctl worker {kind}`"))?;
         Ok(Proc::new(name, child, starts))
     }
 
-    /// `ragctl serve --no-workers` on a free port; waits for its ready file.
+    /// `ragctl serve --no-workers` (`serve_cmd`, as the benchmark starts
+    /// it) on a free port; waits for its ready file.
     pub(super) async fn api(&self, index: usize, starts: u32) -> anyhow::Result<Api> {
         let name = format!("api-{index}");
         let log = self.logs.join(format!("{name}.{starts}.log"));
         let ready = self.dir.join(format!("{name}.{starts}.ready"));
-        let ready_s = ready.display().to_string();
-        let args = [
-            "serve",
-            "--no-workers",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--ready-file",
-            &ready_s,
-        ];
-        let mut cmd = self.command(&args, &log)?;
-        cmd.env("RAG_JWT_SECRET", &self.secret);
+        let mut cmd = serve_command(&self.db_url, &self.secret, &ready)?;
+        self.settle(&mut cmd, &log)?;
         let child = cmd.spawn().context("starting `ragctl serve`")?;
         let mut proc = Proc::new(name, child, starts);
-        let waited = Ready::wait(&ready, Duration::from_secs(120), || {
-            matches!(proc.child.try_wait(), Ok(None))
-        })
-        .await;
-        match waited {
-            Ok(Some(r)) => Ok(Api { proc, url: r.url }),
-            _ => {
+        match ready_url(&mut proc.child, &ready, Duration::from_secs(120)).await {
+            Some(url) => Ok(Api { proc, url }),
+            None => {
                 proc.kill().await;
                 bail!("{} did not start; see {}", proc.name, log.display())
             }
