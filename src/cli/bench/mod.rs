@@ -101,6 +101,7 @@ mod soak_load;
 mod soak_procs;
 mod soak_report;
 mod soak_rest;
+mod soak_usage;
 mod soak_view;
 mod soak_ws;
 

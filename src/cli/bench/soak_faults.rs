@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::soak_procs::{Api, Ground, Proc, Urls, say};
+use super::soak_procs::{Api, Ground, Instances, Proc, say};
 use crate::db::embedded::Embedded;
 use crate::db::listener::API_LISTENER_NAME;
 
@@ -40,7 +40,7 @@ pub(super) struct Fleet {
     pub(super) apis: Vec<Api>,
     /// `parse`, then `ingest`.
     pub(super) workers: Vec<Proc>,
-    pub(super) urls: Urls,
+    pub(super) urls: Instances,
 }
 
 /// When the one-off faults come.
@@ -242,7 +242,7 @@ async fn restart(fleet: &mut Fleet, ground: &Ground, who: Who, down: Down) -> an
         }
         Who::Api(i) => {
             let fresh = ground.api(i, starts).await?;
-            fleet.urls.write().expect("urls")[i] = fresh.url.clone();
+            fleet.urls.write().expect("instances")[i] = fresh.live();
             fleet.apis[i] = fresh;
         }
     }

@@ -186,13 +186,34 @@ pub(super) async fn usage_median(pid: u32, n: usize) -> Option<(u64, u64)> {
     Some((*rss.get(rss.len() / 2)?, *fds.get(fds.len() / 2)?))
 }
 
-/// The API instances' base URLs, index by index; a restart replaces one.
-pub(super) type Urls = std::sync::Arc<std::sync::RwLock<Vec<String>>>;
+/// One API instance as it is now: where it listens, its process, which
+/// start it is and when it was ready.
+#[derive(Debug, Clone)]
+pub(super) struct Live {
+    pub(super) url: String,
+    pub(super) pid: u32,
+    pub(super) starts: u32,
+    pub(super) since: std::time::Instant,
+}
+
+impl Api {
+    pub(super) fn live(&self) -> Live {
+        Live {
+            url: self.url.clone(),
+            pid: self.proc.pid,
+            starts: self.proc.starts,
+            since: std::time::Instant::now(),
+        }
+    }
+}
+
+/// The API instances, index by index; a restart replaces one.
+pub(super) type Instances = std::sync::Arc<std::sync::RwLock<Vec<Live>>>;
 
 /// The URL of instance `i` now.
-pub(super) fn url_of(urls: &Urls, i: usize) -> String {
-    let urls = urls.read().expect("urls");
-    urls[i % urls.len()].clone()
+pub(super) fn url_of(instances: &Instances, i: usize) -> String {
+    let all = instances.read().expect("instances");
+    all[i % all.len()].url.clone()
 }
 
 /// A progress line on stderr (the soak's own, so that its files import
