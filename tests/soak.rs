@@ -4,7 +4,15 @@
 //! the report must show that the faults happened and every socket agreed
 //! with REST. Needs PostgreSQL's server binaries (initdb, pg_ctl).
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// The soak's logs folder, from its "logs in PATH (…)" line.
+fn logs_dir(line: &str) -> PathBuf {
+    let rest = line.split("logs in ").nth(1).expect("a logs line");
+    PathBuf::from(rest.split(" (").next().unwrap())
+}
 
 #[test]
 fn a_short_soak_with_its_faults_passes_its_checks() {
@@ -32,6 +40,10 @@ fn a_short_soak_with_its_faults_passes_its_checks() {
     );
     // Met, or not measured: a 20 s run leaves no instance the warm-up and
     // the minute its growth is judged over, and that is never a pass.
+    // Every check passed: its folder (logs, cluster) is gone.
+    let line = stderr.lines().find(|l| l.contains("logs in ")).unwrap();
+    let logs = logs_dir(line);
+    assert!(!logs.parent().unwrap().exists(), "{} left", logs.display());
     let checks = report["checks"].as_array().unwrap();
     for c in checks {
         let ok = c["verdict"] == "ok" && c["met"] == true;
@@ -62,4 +74,38 @@ fn a_short_soak_with_its_faults_passes_its_checks() {
         api0_starts.contains(&2),
         "read after its restart: {report:#}"
     );
+}
+
+/// An interrupted soak is no pass: it exits 130 and keeps its logs,
+/// naming the folder on stderr.
+#[test]
+fn an_interrupted_soak_keeps_its_logs() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ragctl"))
+        .args(["bench", "--soak", "10m", "--soak-users", "2"])
+        .args(["--soak-sockets", "4"])
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ragctl bench --soak");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let logs = loop {
+        let line = lines.next().expect("stderr closed").unwrap();
+        seen.push(line.clone());
+        if line.contains("logs in ") {
+            break logs_dir(&line);
+        }
+    };
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    seen.extend(lines.map_while(Result::ok));
+    let status = child.wait().unwrap();
+    let stderr = seen.join("\n");
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    let kept = format!("logs kept in {}", logs.display());
+    assert!(stderr.contains(&kept), "{stderr}");
+    assert!(logs.is_dir(), "{stderr}");
+    assert!(!logs.parent().unwrap().join("pg").exists(), "{stderr}");
+    std::fs::remove_dir_all(logs.parent().unwrap()).unwrap();
 }

@@ -43,7 +43,7 @@ const APIS: usize = 2;
 pub async fn run(opts: SoakOpts, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
     let (ground, cluster) = Ground::open(crate::harness::random_hex(32)).await?;
     say(&format!(
-        "own PostgreSQL on port {}; logs in {}",
+        "own PostgreSQL on port {}; logs in {} (removed if every check passes)",
         cluster.port,
         ground.logs.display()
     ));
@@ -55,11 +55,26 @@ pub async fn run(opts: SoakOpts, cancel: CancellationToken) -> anyhow::Result<Ex
         say(&format!("could not stop its PostgreSQL: {e}"));
     }
     let _ = std::fs::remove_dir_all(ground.dir.join("pg"));
+    let passed = matches!(&outcome, Some(Ok(r)) if missed(&r.checks).is_empty());
+    tidy(&ground, passed);
     let Some(report) = outcome else {
         eprintln!("ragctl: interrupted");
         return Ok(ExitCode::from(130));
     };
     conclude(&opts, &report?)
+}
+
+/// The soak's folder (its logs, the ready files) goes once every check
+/// passed; after a failure, an error or an interrupt it stays, named on
+/// stderr.
+fn tidy(ground: &Ground, passed: bool) {
+    if !passed {
+        say(&format!("logs kept in {}", ground.logs.display()));
+        return;
+    }
+    if let Err(e) = std::fs::remove_dir_all(&ground.dir) {
+        say(&format!("could not remove {}: {e}", ground.dir.display()));
+    }
 }
 
 fn conclude(opts: &SoakOpts, report: &SoakReport) -> anyhow::Result<ExitCode> {

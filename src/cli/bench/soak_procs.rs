@@ -44,9 +44,12 @@ impl Ground {
         let dir = std::env::temp_dir().join(format!("ragctl-soak-{}", std::process::id()));
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).context("creating the soak's folder")?;
-        let cluster = Embedded::start(&dir.join("pg"))
-            .await
-            .context("starting the soak's own PostgreSQL cluster")?;
+        let cluster = Embedded::start(&dir.join("pg")).await.with_context(|| {
+            format!(
+                "starting the soak's own PostgreSQL cluster in {} (left for a look)",
+                dir.join("pg").display()
+            )
+        })?;
         let db_url = cluster.url.clone();
         Ok((
             Ground {
