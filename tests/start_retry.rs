@@ -91,6 +91,8 @@ async fn sigterm_while_waiting_exits_cleanly() {
 }
 
 /// Waiting cannot mend these: exit 2 at once, the cause named, no retry.
+/// TLS: the local server has none (the server refuses `verify-full`) or a
+/// certificate not for 127.0.0.1 (it does not verify).
 #[tokio::test]
 async fn bad_urls_and_refused_credentials_fail_at_once() {
     let db = TestDb::new();
@@ -98,9 +100,11 @@ async fn bad_urls_and_refused_credentials_fail_at_once() {
         "nobody_{}",
         &Uuid::new_v4().simple().to_string()[..8]
     ));
+    let base = db.url.split('?').next().unwrap().to_string();
     for (url, says) in [
         ("not a url".to_string(), "invalid database URL"),
         (nobody, "does not exist"),
+        (format!("{base}?sslmode=verify-full"), "TLS"),
     ] {
         let mut w = Proc::spawn("worker parse", &url, &["worker", "parse"], &[]);
         let status = w.wait_exit().await;

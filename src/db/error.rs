@@ -10,9 +10,8 @@ pub enum DbError {
     Connect {
         target: String,
         detail: String,
-        /// The server's SQLSTATE when it answered and refused (no such
-        /// database, bad credentials, starting up); none when unreachable.
-        code: Option<tokio_postgres::error::SqlState>,
+        /// Waiting may mend it (`connect_is_transient`).
+        transient: bool,
     },
     #[error("database pool: {0}")]
     Pool(String),
@@ -47,14 +46,35 @@ impl DbError {
     /// stays wrong) nor a failed migration or query.
     pub fn is_transient(&self) -> bool {
         match self {
-            DbError::Connect { code, .. } => {
-                !code.as_ref().is_some_and(|c| c.code().starts_with("28"))
-            }
+            DbError::Connect { transient, .. } => *transient,
             DbError::Pool(_) => true,
             DbError::Query(e) => connection_lost(e),
             _ => false,
         }
     }
+}
+
+/// Whether a failed connect may succeed later: not when the server
+/// refused the credentials (SQLSTATE class 28: a wrong password stays
+/// wrong) nor when TLS was refused (a certificate that does not verify, a
+/// server without TLS under `sslmode=require`); yes when the server is
+/// unreachable, starting up, or has no such database yet.
+pub(super) fn connect_is_transient(e: &tokio_postgres::Error) -> bool {
+    if let Some(code) = e.code() {
+        return !code.code().starts_with("28");
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let io_inner = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        let rustls = io_inner.is_some_and(|i| i.is::<rustls::Error>());
+        if rustls || c.is::<rustls::Error>() || c.to_string() == "server does not support TLS" {
+            return false;
+        }
+        cause = c.source();
+    }
+    true
 }
 
 /// A query that failed because its connection did: closed, I/O, or the
@@ -103,13 +123,11 @@ pub fn error_text(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// The SQLSTATE behind a pool's failure to connect, if the server sent one.
-pub(super) fn pool_error_code(
-    e: &deadpool_postgres::PoolError,
-) -> Option<tokio_postgres::error::SqlState> {
+/// `connect_is_transient` for a pool's failure to connect (a timeout is).
+pub(super) fn pool_error_is_transient(e: &deadpool_postgres::PoolError) -> bool {
     match e {
-        deadpool_postgres::PoolError::Backend(pg) => pg.code().cloned(),
-        _ => None,
+        deadpool_postgres::PoolError::Backend(pg) => connect_is_transient(pg),
+        _ => true,
     }
 }
 

@@ -23,7 +23,7 @@ pub mod uploads;
 pub mod vectors;
 
 pub use error::{DbError, error_text};
-use error::{pool_error_code, pool_error_text};
+use error::{connect_is_transient, pool_error_is_transient, pool_error_text};
 pub use tls::TlsConnector;
 
 use std::time::Duration;
@@ -123,7 +123,7 @@ pub async fn connect(url: &str, application_name: &str) -> Result<(Client, Conne
     t.config.connect(t.tls).await.map_err(|e| DbError::Connect {
         target: t.display.clone(),
         detail: error_text(&e),
-        code: e.code().cloned(),
+        transient: connect_is_transient(&e),
     })
 }
 
@@ -169,7 +169,7 @@ pub async fn pool_with_timeout(
     let _probe = pool.get().await.map_err(|e| DbError::Connect {
         target: display,
         detail: pool_error_text(&e),
-        code: pool_error_code(&e),
+        transient: pool_error_is_transient(&e),
     })?;
     Ok(pool)
 }
