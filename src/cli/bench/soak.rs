@@ -4,13 +4,15 @@
 //! else): two `serve --no-workers` instances, a `worker parse` and a
 //! `worker ingest`, `--soak-users` users uploading (some hostile files),
 //! `--soak-sockets` WebSockets churning and resuming across both instances
-//! with in-band token refreshes, and the faults of `soak_faults`. Then the
+//! with in-band token refreshes, and the faults of `soak_faults`, while
+//! `soak_usage` watches each instance's memory and descriptors. Then the
 //! load stops, the queue drains, and `soak_check` compares every socket's
-//! view with REST; `soak_report` judges.
+//! view with REST; `soak_report` judges. The soak's folder (its logs) is
+//! removed only if every check passed.
 //!
 //! Files: `soak_procs` (the cluster and the children, logs to files),
 //! `soak_load`, `soak_ws` and `soak_view` (the sockets and what they
-//! believe), `soak_faults`, `soak_check`, `soak_report`.
+//! believe), `soak_faults`, `soak_usage`, `soak_check`, `soak_report`.
 
 use std::process::ExitCode;
 use std::time::Duration;
