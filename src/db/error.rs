@@ -17,6 +17,11 @@ pub enum DbError {
     Pool(String),
     #[error("migration failed: {0}")]
     Migrate(String),
+    /// The migrations' connection was lost while they ran (a restart):
+    /// refinery commits each migration with its history row, so trying
+    /// again resumes where it stopped.
+    #[error("migration interrupted, its connection lost: {0}")]
+    MigrateLost(String),
     /// The query failed; the error keeps its SQLSTATE ([`DbError::code`]),
     /// which the API maps to a status.
     #[error("database error: {}", error_text(.0))]
@@ -47,7 +52,7 @@ impl DbError {
     pub fn is_transient(&self) -> bool {
         match self {
             DbError::Connect { transient, .. } => *transient,
-            DbError::Pool(_) => true,
+            DbError::Pool(_) | DbError::MigrateLost(_) => true,
             DbError::Query(e) => connection_lost(e),
             _ => false,
         }
@@ -75,6 +80,21 @@ pub(super) fn connect_is_transient(e: &tokio_postgres::Error) -> bool {
         cause = c.source();
     }
     true
+}
+
+/// A refinery failure as a `DbError`: `MigrateLost` when its database
+/// error is a lost connection, else `Migrate`.
+pub(super) fn migrate_error(e: refinery::Error) -> DbError {
+    let lost = match e.kind() {
+        refinery::error::Kind::Connection(_, source) => source
+            .downcast_ref::<tokio_postgres::Error>()
+            .is_some_and(connection_lost),
+        _ => false,
+    };
+    match lost {
+        true => DbError::MigrateLost(e.to_string()),
+        false => DbError::Migrate(e.to_string()),
+    }
 }
 
 /// A query that failed because its connection did: closed, I/O, or the

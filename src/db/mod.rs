@@ -285,6 +285,6 @@ pub async fn migrate(pool: &Pool) -> Result<usize, DbError> {
             &[&timeout],
         )
         .await?;
-    let report = result.map_err(|e| DbError::Migrate(e.to_string()))?;
+    let report = result.map_err(error::migrate_error)?;
     Ok(report.applied_migrations().len())
 }
