@@ -104,7 +104,9 @@ impl From<AuthError> for ApiError {
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
         let api = match &e {
-            DbError::Pool(_) | DbError::Connect { .. } => ApiError::db_unavailable(),
+            DbError::Pool(_) | DbError::Connect { .. } | DbError::MigrateLost(_) => {
+                ApiError::db_unavailable()
+            }
             DbError::Timeout(_) => ApiError::query_timeout(),
             DbError::Input(m) => ApiError::bad_request(m.clone()),
             DbError::Query(pg) => ApiError::from_query(pg),

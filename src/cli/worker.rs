@@ -66,6 +66,7 @@ pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitC
         _ => None,
     };
     let shutdown = CancellationToken::new();
+    super::signal::cancel_on_signal(shutdown.clone());
     // Bound first: a bad address stops the worker before it takes a job.
     let metrics = match &args.metrics_addr {
         Some(addr) => {
@@ -95,8 +96,19 @@ pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitC
             "--pool-size is small for --concurrency; slots will wait for connections"
         );
     }
-    let pool = crate::db::pool(&url, rt.pool_size, &format!("ragctl-worker-{}", kind)).await?;
-    crate::db::migrate(&pool).await?;
+    // PostgreSQL may be restarting, or not up yet: wait for it (a signal
+    // still stops the worker); a bad URL or credentials fail at once.
+    let spec = crate::db::open::Spec {
+        url: &url,
+        size: rt.pool_size,
+        application_name: &format!("ragctl-worker-{}", kind),
+        statement_timeout: Duration::ZERO,
+    };
+    let Some((pool, _)) = crate::db::open::when_up(&spec, &shutdown).await? else {
+        tracing::info!("stopped before PostgreSQL could be reached");
+        wind_down(&shutdown, metrics_task).await;
+        return Ok(ExitCode::SUCCESS);
+    };
     let events = Publisher::new(
         pool.clone(),
         &channel,
@@ -121,13 +133,20 @@ pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitC
         embedder,
         max_retries: rt.max_retries,
     };
-    super::signal::cancel_on_signal(shutdown.clone());
     workers::run(pool, events, cfg, shutdown.clone()).await;
+    wind_down(&shutdown, metrics_task).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stops the metrics listener, if any.
+async fn wind_down(
+    shutdown: &CancellationToken,
+    metrics_task: Option<tokio::task::JoinHandle<()>>,
+) {
     shutdown.cancel();
     if let Some(task) = metrics_task {
         let _ = task.await;
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

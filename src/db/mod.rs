@@ -12,6 +12,7 @@ mod error;
 pub mod jobs;
 pub mod lexical;
 pub mod listener;
+pub mod open;
 pub mod page;
 pub mod queue;
 mod queue_sql;
@@ -21,8 +22,8 @@ mod tls;
 pub mod uploads;
 pub mod vectors;
 
-use error::pool_error_text;
 pub use error::{DbError, error_text};
+use error::{connect_is_transient, pool_error_is_transient, pool_error_text};
 pub use tls::TlsConnector;
 
 use std::time::Duration;
@@ -122,6 +123,7 @@ pub async fn connect(url: &str, application_name: &str) -> Result<(Client, Conne
     t.config.connect(t.tls).await.map_err(|e| DbError::Connect {
         target: t.display.clone(),
         detail: error_text(&e),
+        transient: connect_is_transient(&e),
     })
 }
 
@@ -167,6 +169,7 @@ pub async fn pool_with_timeout(
     let _probe = pool.get().await.map_err(|e| DbError::Connect {
         target: display,
         detail: pool_error_text(&e),
+        transient: pool_error_is_transient(&e),
     })?;
     Ok(pool)
 }
@@ -282,6 +285,6 @@ pub async fn migrate(pool: &Pool) -> Result<usize, DbError> {
             &[&timeout],
         )
         .await?;
-    let report = result.map_err(|e| DbError::Migrate(e.to_string()))?;
+    let report = result.map_err(error::migrate_error)?;
     Ok(report.applied_migrations().len())
 }

@@ -92,6 +92,7 @@ mod retrieval_scale;
 mod retrieval_set;
 mod run;
 mod sample;
+mod serve_cmd;
 mod server;
 mod soak;
 mod soak_check;
@@ -100,6 +101,7 @@ mod soak_load;
 mod soak_procs;
 mod soak_report;
 mod soak_rest;
+mod soak_usage;
 mod soak_view;
 mod soak_ws;
 

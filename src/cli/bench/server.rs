@@ -13,8 +13,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use super::args::BenchArgs;
 use super::fleet::Endpoint;
 use super::progress::progress;
+use super::serve_cmd::{ready_url, serve_command};
 use crate::config::ConnectOpts;
-use crate::harness::{Ready, ScratchDb, random_hex};
+use crate::harness::{ScratchDb, random_hex};
 
 /// The server this command started, and the database it created.
 pub(super) struct OwnServer {
@@ -78,8 +79,8 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// `ragctl serve --no-workers --port 0` on `db_url`, its log piped and
-/// its address written to `ready`.
+/// `ragctl serve --no-workers --port 0` on `db_url` (`serve_cmd`), with
+/// this run's flags, its log piped and its address written to `ready`.
 fn spawn_serve(
     db_url: &str,
     ready: &Path,
@@ -87,16 +88,7 @@ fn spawn_serve(
     channel: &str,
     args: &BenchArgs,
 ) -> anyhow::Result<tokio::process::Child> {
-    let exe = std::env::current_exe().context("cannot find the ragctl executable")?;
-    tokio::process::Command::new(exe)
-        .args([
-            "serve",
-            "--no-workers",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-        ])
+    serve_command(db_url, secret, ready)?
         .arg(format!("--ws-queue={}", args.ws_queue))
         .args(
             args.resume
@@ -112,19 +104,9 @@ fn spawn_serve(
         .args((!args.abuse).then_some("--ws-max-per-user=1000000"))
         .args((!args.abuse && args.fanout_attack == 0).then_some("--user-frame-rate=0"))
         .args(&args.abuse_serve_args)
-        .arg("--ready-file")
-        .arg(ready)
-        .env("DATABASE_URL", db_url)
-        .env("RAG_JWT_SECRET", secret)
         .env("RAG_EVENTS_CHANNEL", channel)
-        .env("RAG_METRICS_TOKEN", super::sample::metrics_token())
         .env("RAG_LOG", if args.server_log { "info" } else { "warn" })
-        .env_remove("RAG_LISTEN_DATABASE_URL")
-        .env_remove("RAG_NO_REALTIME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .context("cannot start `ragctl serve`")
 }
@@ -196,10 +178,7 @@ pub(super) async fn launch(
     let mut child = spawn_serve(db_url, &ready_path, secret, channel, args)?;
     let pid = child.id().unwrap_or_default();
     let tail = watch_log(child.stderr.take().expect("piped"), args.server_log);
-    let ready = Ready::wait(&ready_path, Duration::from_secs(60), || {
-        matches!(child.try_wait(), Ok(None))
-    })
-    .await;
+    let ready = ready_url(&mut child, &ready_path, Duration::from_secs(60)).await;
     let _ = std::fs::remove_file(&ready_path);
     let mut instance = Instance {
         child,
@@ -207,11 +186,11 @@ pub(super) async fn launch(
         api: String::new(),
     };
     match ready {
-        Ok(Some(ready)) => {
-            instance.api = ready.url;
+        Some(url) => {
+            instance.api = url;
             Ok(instance)
         }
-        _ => {
+        None => {
             let log: Vec<String> = tail.lock().expect("tail").iter().cloned().collect();
             instance.stop().await;
             bail!(

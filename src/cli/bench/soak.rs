@@ -4,13 +4,15 @@
 //! else): two `serve --no-workers` instances, a `worker parse` and a
 //! `worker ingest`, `--soak-users` users uploading (some hostile files),
 //! `--soak-sockets` WebSockets churning and resuming across both instances
-//! with in-band token refreshes, and the faults of `soak_faults`. Then the
+//! with in-band token refreshes, and the faults of `soak_faults`, while
+//! `soak_usage` watches each instance's memory and descriptors. Then the
 //! load stops, the queue drains, and `soak_check` compares every socket's
-//! view with REST; `soak_report` judges.
+//! view with REST; `soak_report` judges. The soak's folder (its logs) is
+//! removed only if every check passed.
 //!
 //! Files: `soak_procs` (the cluster and the children, logs to files),
 //! `soak_load`, `soak_ws` and `soak_view` (the sockets and what they
-//! believe), `soak_faults`, `soak_check`, `soak_report`.
+//! believe), `soak_faults`, `soak_usage`, `soak_check`, `soak_report`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,8 +24,9 @@ use uuid::Uuid;
 use super::soak_check::{agree, drain, panics};
 use super::soak_faults::{self as faults, Fleet, Plan};
 use super::soak_load::Load;
-use super::soak_procs::{Ground, Urls, say, url_of, usage, usage_median};
-use super::soak_report::{SoakReport, Usage, judge, missed, render};
+use super::soak_procs::{Ground, Instances, say, url_of};
+use super::soak_report::{SoakReport, judge, missed, render};
+use super::soak_usage::{InstanceUsage, Span, watch};
 use super::soak_ws::Sockets;
 use crate::cli::failure::Failure;
 use crate::db::embedded::Embedded;
@@ -38,13 +41,11 @@ pub struct SoakOpts {
 
 /// Instances of the API.
 const APIS: usize = 2;
-/// Readings of RSS and descriptors whose median is one sample.
-const READINGS: usize = 5;
 
 pub async fn run(opts: SoakOpts, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
     let (ground, cluster) = Ground::open(crate::harness::random_hex(32)).await?;
     say(&format!(
-        "own PostgreSQL on port {}; logs in {}",
+        "own PostgreSQL on port {}; logs in {} (removed if every check passes)",
         cluster.port,
         ground.logs.display()
     ));
@@ -56,11 +57,26 @@ pub async fn run(opts: SoakOpts, cancel: CancellationToken) -> anyhow::Result<Ex
         say(&format!("could not stop its PostgreSQL: {e}"));
     }
     let _ = std::fs::remove_dir_all(ground.dir.join("pg"));
+    let passed = matches!(&outcome, Some(Ok(r)) if missed(&r.checks).is_empty());
+    tidy(&ground, passed);
     let Some(report) = outcome else {
         eprintln!("ragctl: interrupted");
         return Ok(ExitCode::from(130));
     };
     conclude(&opts, &report?)
+}
+
+/// The soak's folder (its logs, the ready files) goes once every check
+/// passed; after a failure, an error or an interrupt it stays, named on
+/// stderr.
+fn tidy(ground: &Ground, passed: bool) {
+    if !passed {
+        say(&format!("logs kept in {}", ground.logs.display()));
+        return;
+    }
+    if let Err(e) = std::fs::remove_dir_all(&ground.dir) {
+        say(&format!("could not remove {}: {e}", ground.dir.display()));
+    }
 }
 
 fn conclude(opts: &SoakOpts, report: &SoakReport) -> anyhow::Result<ExitCode> {
@@ -86,8 +102,8 @@ async fn start_fleet(ground: &Ground) -> anyhow::Result<Fleet> {
     for i in 0..APIS {
         apis.push(ground.api(i, 1).await?);
     }
-    let urls: Urls = std::sync::Arc::new(std::sync::RwLock::new(
-        apis.iter().map(|a| a.url.clone()).collect(),
+    let urls: Instances = std::sync::Arc::new(std::sync::RwLock::new(
+        apis.iter().map(|a| a.live()).collect(),
     ));
     let workers = vec![ground.worker("parse", 1)?, ground.worker("ingest", 1)?];
     Ok(Fleet {
@@ -97,20 +113,12 @@ async fn start_fleet(ground: &Ground) -> anyhow::Result<Fleet> {
     })
 }
 
-/// After the warm-up: 10% of the run, at least a minute, at most the run.
-fn warm_at(length: Duration) -> Duration {
-    length
-        .mul_f64(0.1)
-        .max(Duration::from_secs(60))
-        .min(length.mul_f64(0.9))
-}
-
-/// What the load phase left: the faults' counts, the uploads, the
-/// samples of instance 1, how long it ran.
+/// What the load phase left: the faults' counts, the uploads, each API
+/// instance's samples, how long it ran.
 struct Loaded {
     faults: faults::FaultCounts,
     uploads: super::soak_load::LoadCounts,
-    usage: Option<Usage>,
+    usage: Vec<InstanceUsage>,
     seconds: f64,
 }
 
@@ -152,9 +160,9 @@ async fn soak(o: &SoakOpts, ground: &Ground, cluster: &Embedded) -> anyhow::Resu
     Ok(report)
 }
 
-/// The uploads and the faults for `o.length`, instance 1 sampled after
-/// the warm-up and at the end (it is never restarted: its growth is the
-/// one judged).
+/// The uploads and the faults for `o.length`, every API instance watched
+/// (`soak_usage`): a reading a minute, and its growth from the warm-up
+/// after its last start to the end, where that span is long enough.
 async fn load(
     o: &SoakOpts,
     ground: &Ground,
@@ -163,63 +171,28 @@ async fn load(
     users: &[Uuid],
 ) -> anyhow::Result<Loaded> {
     let load = Load::start(&fleet.urls, &ground.secret, users)?;
-    let (watched, warm) = (fleet.apis[1].proc.pid, warm_at(o.length));
-    let sampler = tokio::spawn(async move {
-        tokio::time::sleep(warm).await;
-        usage_median(watched, READINGS).await
-    });
-    let started = std::time::Instant::now();
-    let trail_stop = CancellationToken::new();
-    let trail = tokio::spawn(trail(watched, trail_stop.clone()));
+    let span = Span {
+        start: tokio::time::Instant::now(),
+        length: o.length,
+    };
+    let stop = CancellationToken::new();
+    let watchers: Vec<_> = (0..APIS)
+        .map(|i| tokio::spawn(watch(i, fleet.urls.clone(), span, stop.clone())))
+        .collect();
     let plan = Plan { length: o.length };
     let faults = faults::run(fleet, ground, cluster, &plan, &CancellationToken::new()).await;
-    trail_stop.cancel();
-    let trail = trail.await.unwrap_or_default();
-    let warm_usage = sampler.await.ok().flatten();
-    let end_usage = usage_median(watched, READINGS).await;
+    stop.cancel();
+    let mut usage = Vec::new();
+    for w in watchers {
+        usage.push(w.await?);
+    }
     let uploads = load.stop().await;
-    let usage = judged_usage(warm, warm_usage, end_usage, trail);
-    let seconds = started.elapsed().as_secs_f64().round();
     Ok(Loaded {
         faults,
         uploads,
         usage,
-        seconds,
+        seconds: span.start.elapsed().as_secs_f64().round(),
     })
-}
-
-/// Instance 1's two judged samples and its trajectory, if both were read.
-fn judged_usage(
-    warm: Duration,
-    warm_usage: Option<(u64, u64)>,
-    end_usage: Option<(u64, u64)>,
-    trail: Vec<(u64, u64, u64)>,
-) -> Option<Usage> {
-    let ((rss_warm_kib, fds_warm), (rss_end_kib, fds_end)) = (warm_usage?, end_usage?);
-    Some(Usage {
-        process: "api-1".into(),
-        warm_at_s: warm.as_secs_f64(),
-        rss_warm_kib,
-        rss_end_kib,
-        fds_warm,
-        fds_end,
-        trail,
-    })
-}
-
-/// One reading of `pid` a minute (s, RSS KiB, descriptors) until `stop`:
-/// the trajectory between the two judged samples.
-async fn trail(pid: u32, stop: CancellationToken) -> Vec<(u64, u64, u64)> {
-    let (start, mut out) = (std::time::Instant::now(), Vec::new());
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-            _ = stop.cancelled() => return out,
-        }
-        if let Some((rss, fds)) = usage(pid) {
-            out.push((start.elapsed().as_secs(), rss, fds));
-        }
-    }
 }
 
 async fn stop_fleet(fleet: Fleet) {

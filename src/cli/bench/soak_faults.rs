@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::soak_procs::{Api, Ground, Proc, Urls, say};
+use super::soak_procs::{Api, Ground, Instances, Proc, say};
 use crate::db::embedded::Embedded;
 use crate::db::listener::API_LISTENER_NAME;
 
@@ -40,7 +40,7 @@ pub(super) struct Fleet {
     pub(super) apis: Vec<Api>,
     /// `parse`, then `ingest`.
     pub(super) workers: Vec<Proc>,
-    pub(super) urls: Urls,
+    pub(super) urls: Instances,
 }
 
 /// When the one-off faults come.
@@ -126,12 +126,12 @@ async fn step(
     }
     if now >= due.worker {
         due.worker += WORKER_EVERY;
-        let n = fleet.workers.len();
-        let w = &mut fleet.workers[due.turn % n];
+        let who = Who::Worker(due.turn % fleet.workers.len());
         due.turn += 1;
-        w.kill().await;
         c.worker_kills += 1;
-        respawn_worker(w, ground, c);
+        if let Err(e) = restart(fleet, ground, who, Down::Kill).await {
+            note(c, format!("restarting {}: {e:#}", who.name(fleet)));
+        }
     }
     once(fleet, ground, cluster, plan, now, due, c).await;
 }
@@ -157,7 +157,7 @@ async fn once(
     if !due.api && now >= plan.api_at() {
         due.api = true;
         say("restarting API instance 0");
-        match restart_api(fleet, ground, 0).await {
+        match restart(fleet, ground, Who::Api(0), Down::Term).await {
             Ok(()) => c.api_restarts += 1,
             Err(e) => note(c, format!("API restart: {e:#}")),
         }
@@ -186,51 +186,80 @@ async fn kill_listeners(db_url: &str) -> anyhow::Result<u64> {
     Ok(rows?.iter().filter(|r| r.get::<_, bool>(0)).count() as u64)
 }
 
-fn respawn_worker(w: &mut Proc, ground: &Ground, c: &mut FaultCounts) {
-    let kind = w.name.trim_start_matches("worker-").to_string();
-    match ground.worker(&kind, w.starts + 1) {
-        Ok(fresh) => *w = fresh,
-        Err(e) => note(c, format!("restarting {}: {e:#}", w.name)),
+/// One of the fleet's processes.
+#[derive(Debug, Clone, Copy)]
+enum Who {
+    Worker(usize),
+    Api(usize),
+}
+
+/// How a process goes down before it is started again.
+enum Down {
+    /// SIGKILL: the worker fault.
+    Kill,
+    /// SIGTERM (SIGKILL after 15 s): the API restart.
+    Term,
+    /// It exited on its own.
+    Exited,
+}
+
+impl Who {
+    fn every(fleet: &Fleet) -> Vec<Who> {
+        let workers = (0..fleet.workers.len()).map(Who::Worker);
+        workers.chain((0..fleet.apis.len()).map(Who::Api)).collect()
+    }
+
+    fn proc<'a>(&self, fleet: &'a mut Fleet) -> &'a mut Proc {
+        match *self {
+            Who::Worker(i) => &mut fleet.workers[i],
+            Who::Api(i) => &mut fleet.apis[i].proc,
+        }
+    }
+
+    fn name(&self, fleet: &mut Fleet) -> String {
+        self.proc(fleet).name.clone()
     }
 }
 
-/// SIGTERM instance `i`, start it again, point its sockets and uploaders
-/// at its new address.
-pub(super) async fn restart_api(
-    fleet: &mut Fleet,
-    ground: &Ground,
-    i: usize,
-) -> anyhow::Result<()> {
-    let api = &mut fleet.apis[i];
-    api.proc.stop().await;
-    let fresh = ground.api(i, api.proc.starts + 1).await?;
-    fleet.urls.write().expect("urls")[i] = fresh.url.clone();
-    *api = fresh;
+/// Brings `who` down, starts it again (its next start), and points an
+/// API's sockets and uploaders at its new address. A worker that cannot
+/// be started is left as it was (exited: the next round tries again).
+async fn restart(fleet: &mut Fleet, ground: &Ground, who: Who, down: Down) -> anyhow::Result<()> {
+    let p = who.proc(fleet);
+    match down {
+        Down::Kill => p.kill().await,
+        Down::Term => p.stop().await,
+        Down::Exited => {}
+    }
+    let starts = p.starts + 1;
+    match who {
+        Who::Worker(i) => {
+            let kind = fleet.workers[i]
+                .name
+                .trim_start_matches("worker-")
+                .to_string();
+            fleet.workers[i] = ground.worker(&kind, starts)?;
+        }
+        Who::Api(i) => {
+            let fresh = ground.api(i, starts).await?;
+            fleet.urls.write().expect("instances")[i] = fresh.live();
+            fleet.apis[i] = fresh;
+        }
+    }
     Ok(())
 }
 
 /// Counts and restarts any process that exited on its own.
 async fn restart_exited(fleet: &mut Fleet, ground: &Ground, c: &mut FaultCounts) {
-    for w in &mut fleet.workers {
-        if w.exited() {
-            c.unexpected_exits
-                .push(format!("{}.{}: {}", w.name, w.starts, status(&mut w.child)));
-            respawn_worker(w, ground, c);
+    for who in Who::every(fleet) {
+        let p = who.proc(fleet);
+        if !p.exited() {
+            continue;
         }
-    }
-    for i in 0..fleet.apis.len() {
-        let api = &mut fleet.apis[i];
-        if api.proc.exited() {
-            let what = format!(
-                "{}.{}: {}",
-                api.proc.name,
-                api.proc.starts,
-                status(&mut api.proc.child)
-            );
-            c.unexpected_exits.push(what);
-            if let Err(e) = restart_api(fleet, ground, i).await {
-                note(c, format!("restarting api-{i}: {e:#}"));
-            }
+        let what = format!("{}.{}: {}", p.name, p.starts, status(&mut p.child));
+        c.unexpected_exits.push(what);
+        if let Err(e) = restart(fleet, ground, who, Down::Exited).await {
+            note(c, format!("restarting {}: {e:#}", who.name(fleet)));
         }
     }
 }

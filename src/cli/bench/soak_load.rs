@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::soak_procs::{Urls, url_of};
+use super::soak_procs::{Instances, url_of};
 
 macro_rules! fixture {
     ($path:literal) => {
@@ -75,7 +75,7 @@ pub(super) struct Load {
 
 impl Load {
     /// One uploader per user; user `k` uploads to instance `k`.
-    pub(super) fn start(urls: &Urls, secret: &str, users: &[Uuid]) -> anyhow::Result<Load> {
+    pub(super) fn start(urls: &Instances, secret: &str, users: &[Uuid]) -> anyhow::Result<Load> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()?;
@@ -110,7 +110,7 @@ impl Load {
 
 struct Uploader {
     http: reqwest::Client,
-    urls: Urls,
+    urls: Instances,
     api: usize,
     token: String,
     counts: Arc<Mutex<LoadCounts>>,

@@ -8,10 +8,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::process::Child;
+use tokio::process::{Child, Command};
 
+use super::serve_cmd::{ready_url, serve_command};
 use crate::db::embedded::Embedded;
-use crate::harness::Ready;
 
 /// Where the soak keeps its cluster and its logs, and what its children
 /// share.
@@ -44,9 +44,12 @@ impl Ground {
         let dir = std::env::temp_dir().join(format!("ragctl-soak-{}", std::process::id()));
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).context("creating the soak's folder")?;
-        let cluster = Embedded::start(&dir.join("pg"))
-            .await
-            .context("starting the soak's own PostgreSQL cluster")?;
+        let cluster = Embedded::start(&dir.join("pg")).await.with_context(|| {
+            format!(
+                "starting the soak's own PostgreSQL cluster in {} (left for a look)",
+                dir.join("pg").display()
+            )
+        })?;
         let db_url = cluster.url.clone();
         Ok((
             Ground {
@@ -69,64 +72,51 @@ impl Ground {
         files
     }
 
-    fn command(&self, args: &[&str], log: &Path) -> anyhow::Result<tokio::process::Command> {
-        let exe = std::env::current_exe().context("cannot find the ragctl executable")?;
+    /// What every child of the soak shares: its folder, quiet logs to
+    /// `log`, no embedding model (ingest chunks only), and `kill_on_drop`.
+    fn settle(&self, cmd: &mut Command, log: &Path) -> anyhow::Result<()> {
         let file =
             std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let mut cmd = tokio::process::Command::new(exe);
-        cmd.args(args)
-            .current_dir(&self.dir)
-            .env("DATABASE_URL", &self.db_url)
+        cmd.current_dir(&self.dir)
             .env("RAG_LOG", "warn")
-            .env_remove("RAG_LISTEN_DATABASE_URL")
-            .env_remove("RAG_NO_REALTIME")
             .env_remove("RAG_EMBED_MODEL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .stderr(Stdio::from(file))
             .kill_on_drop(true);
-        Ok(cmd)
+        Ok(())
     }
 
     /// `ragctl worker KIND` (no JWT secret: workers never verify tokens).
     pub(super) fn worker(&self, kind: &str, starts: u32) -> anyhow::Result<Proc> {
         let name = format!("worker-{kind}");
         let log = self.logs.join(format!("{name}.{starts}.log"));
-        let mut cmd = self.command(&["worker", kind], &log)?;
-        cmd.env_remove("RAG_JWT_SECRET");
+        let exe = std::env::current_exe().context("cannot find the ragctl executable")?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["worker", kind])
+            .env("DATABASE_URL", &self.db_url)
+            .env_remove("RAG_JWT_SECRET")
+            .env_remove("RAG_LISTEN_DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        self.settle(&mut cmd, &log)?;
         let child = cmd
             .spawn()
             .with_context(|| format!("starting `ragctl worker {kind}`"))?;
         Ok(Proc::new(name, child, starts))
     }
 
-    /// `ragctl serve --no-workers` on a free port; waits for its ready file.
+    /// `ragctl serve --no-workers` (`serve_cmd`, as the benchmark starts
+    /// it) on a free port; waits for its ready file.
     pub(super) async fn api(&self, index: usize, starts: u32) -> anyhow::Result<Api> {
         let name = format!("api-{index}");
         let log = self.logs.join(format!("{name}.{starts}.log"));
         let ready = self.dir.join(format!("{name}.{starts}.ready"));
-        let ready_s = ready.display().to_string();
-        let args = [
-            "serve",
-            "--no-workers",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--ready-file",
-            &ready_s,
-        ];
-        let mut cmd = self.command(&args, &log)?;
-        cmd.env("RAG_JWT_SECRET", &self.secret);
+        let mut cmd = serve_command(&self.db_url, &self.secret, &ready)?;
+        self.settle(&mut cmd, &log)?;
         let child = cmd.spawn().context("starting `ragctl serve`")?;
         let mut proc = Proc::new(name, child, starts);
-        let waited = Ready::wait(&ready, Duration::from_secs(120), || {
-            matches!(proc.child.try_wait(), Ok(None))
-        })
-        .await;
-        match waited {
-            Ok(Some(r)) => Ok(Api { proc, url: r.url }),
-            _ => {
+        match ready_url(&mut proc.child, &ready, Duration::from_secs(120)).await {
+            Some(url) => Ok(Api { proc, url }),
+            None => {
                 proc.kill().await;
                 bail!("{} did not start; see {}", proc.name, log.display())
             }
@@ -199,13 +189,34 @@ pub(super) async fn usage_median(pid: u32, n: usize) -> Option<(u64, u64)> {
     Some((*rss.get(rss.len() / 2)?, *fds.get(fds.len() / 2)?))
 }
 
-/// The API instances' base URLs, index by index; a restart replaces one.
-pub(super) type Urls = std::sync::Arc<std::sync::RwLock<Vec<String>>>;
+/// One API instance as it is now: where it listens, its process, which
+/// start it is and when it was ready.
+#[derive(Debug, Clone)]
+pub(super) struct Live {
+    pub(super) url: String,
+    pub(super) pid: u32,
+    pub(super) starts: u32,
+    pub(super) since: std::time::Instant,
+}
+
+impl Api {
+    pub(super) fn live(&self) -> Live {
+        Live {
+            url: self.url.clone(),
+            pid: self.proc.pid,
+            starts: self.proc.starts,
+            since: std::time::Instant::now(),
+        }
+    }
+}
+
+/// The API instances, index by index; a restart replaces one.
+pub(super) type Instances = std::sync::Arc<std::sync::RwLock<Vec<Live>>>;
 
 /// The URL of instance `i` now.
-pub(super) fn url_of(urls: &Urls, i: usize) -> String {
-    let urls = urls.read().expect("urls");
-    urls[i % urls.len()].clone()
+pub(super) fn url_of(instances: &Instances, i: usize) -> String {
+    let all = instances.read().expect("instances");
+    all[i % all.len()].url.clone()
 }
 
 /// A progress line on stderr (the soak's own, so that its files import

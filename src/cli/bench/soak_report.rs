@@ -8,31 +8,30 @@ use serde::Serialize;
 use super::soak_check::{Agreement, Drain};
 use super::soak_faults::FaultCounts;
 use super::soak_load::LoadCounts;
+use super::soak_usage::InstanceUsage;
 use super::soak_ws::WsCounts;
 
 /// Growth allowed between the warm-up sample and the end, percent.
 pub(super) const MAX_GROWTH_PCT: f64 = 5.0;
 
-/// A process's RSS and descriptors after the warm-up and at the end.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct Usage {
-    pub process: String,
-    pub warm_at_s: f64,
-    pub rss_warm_kib: u64,
-    pub rss_end_kib: u64,
-    pub fds_warm: u64,
-    pub fds_end: u64,
-    /// One reading a minute: seconds into the load, RSS KiB, descriptors.
-    pub trail: Vec<(u64, u64, u64)>,
+/// What a check says: met, missed, or not measured (never a pass).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Ok,
+    Fail,
+    NotMeasured,
 }
 
 /// One end check.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Check {
-    pub key: &'static str,
+    pub key: String,
     pub name: String,
     pub measured: String,
+    /// `verdict` is `ok`.
     pub met: bool,
+    pub verdict: Verdict,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -45,7 +44,8 @@ pub struct SoakReport {
     pub faults: FaultCounts,
     pub drain: Drain,
     pub agreement: Agreement,
-    pub usage: Option<Usage>,
+    /// Each API instance: its trail and its judged samples.
+    pub usage: Vec<InstanceUsage>,
     pub panics: usize,
     pub panic_lines: Vec<String>,
     pub checks: Vec<Check>,
@@ -59,12 +59,13 @@ pub(super) fn growth_pct(a: u64, b: u64) -> f64 {
     ((b as f64 - a as f64) / a as f64 * 1000.0).round() / 10.0
 }
 
-fn check(key: &'static str, name: &str, measured: String, met: bool) -> Check {
+fn check(key: &str, name: &str, measured: String, met: bool) -> Check {
     Check {
-        key,
+        key: key.to_string(),
         name: name.to_string(),
         measured,
         met,
+        verdict: if met { Verdict::Ok } else { Verdict::Fail },
     }
 }
 
@@ -74,7 +75,7 @@ fn check(key: &'static str, name: &str, measured: String, met: bool) -> Check {
 pub(super) fn judge(r: &SoakReport) -> Vec<Check> {
     let mut out = state_checks(r);
     out.extend(health_checks(r));
-    out.extend(usage_checks(r.usage.as_ref()));
+    out.extend(r.usage.iter().flat_map(usage_checks));
     out
 }
 
@@ -124,39 +125,72 @@ fn health_checks(r: &SoakReport) -> Vec<Check> {
     ]
 }
 
-fn usage_checks(u: Option<&Usage>) -> Vec<Check> {
-    let Some(u) = u else {
+/// An instance's RSS and descriptors, from its warm-up sample to the end.
+fn usage_checks(u: &InstanceUsage) -> Vec<Check> {
+    let p = &u.process;
+    let (rss_name, fds_name) = (
+        format!("{p} RSS growth after warm-up < {MAX_GROWTH_PCT}%"),
+        format!("{p} descriptors growth after warm-up < {MAX_GROWTH_PCT}%"),
+    );
+    let (rss_key, fds_key) = (format!("rss {p}"), format!("fds {p}"));
+    if let Some(why) = &u.not_measured {
+        return [(rss_key, rss_name), (fds_key, fds_name)]
+            .into_iter()
+            .map(|(key, name)| Check {
+                key,
+                name,
+                measured: why.clone(),
+                met: false,
+                verdict: Verdict::NotMeasured,
+            })
+            .collect();
+    }
+    let (Some(w), Some(e)) = (&u.warm, &u.end) else {
         return vec![check(
-            "usage",
-            "RSS and descriptors sampled",
+            &format!("usage {p}"),
+            &format!("{p} RSS and descriptors sampled"),
             "no sample".into(),
             false,
         )];
     };
-    let rss = growth_pct(u.rss_warm_kib, u.rss_end_kib);
-    let fds = growth_pct(u.fds_warm, u.fds_end);
+    let rss = growth_pct(w.rss_kib, e.rss_kib);
+    let fds = growth_pct(w.fds, e.fds);
+    let heap = format!(
+        "heap in use {} → {}",
+        mb(w.heap_in_use_bytes),
+        mb(e.heap_in_use_bytes)
+    );
     vec![
         check(
-            "rss",
-            &format!("{} RSS growth after warm-up < {MAX_GROWTH_PCT}%", u.process),
-            format!("{} → {} KiB ({rss:+.1}%)", u.rss_warm_kib, u.rss_end_kib),
+            &rss_key,
+            &rss_name,
+            format!(
+                "{} → {} KiB ({rss:+.1}%), {}–{} s of start {}; {heap}",
+                w.rss_kib, e.rss_kib, w.at_s, e.at_s, e.start
+            ),
             rss < MAX_GROWTH_PCT,
         ),
         check(
-            "fds",
-            &format!(
-                "{} descriptors growth after warm-up < {MAX_GROWTH_PCT}%",
-                u.process
-            ),
-            format!("{} → {} ({fds:+.1}%)", u.fds_warm, u.fds_end),
+            &fds_key,
+            &fds_name,
+            format!("{} → {} ({fds:+.1}%)", w.fds, e.fds),
             fds < MAX_GROWTH_PCT,
         ),
     ]
 }
 
+/// Bytes as MB with one decimal, or `?` when the gauge was not read.
+fn mb(bytes: Option<u64>) -> String {
+    bytes.map_or("?".into(), |b| format!("{:.1} MB", b as f64 / 1e6))
+}
+
 /// The checks that failed, by key.
-pub(super) fn missed(checks: &[Check]) -> Vec<&'static str> {
-    checks.iter().filter(|c| !c.met).map(|c| c.key).collect()
+pub(super) fn missed(checks: &[Check]) -> Vec<&str> {
+    checks
+        .iter()
+        .filter(|c| c.verdict == Verdict::Fail)
+        .map(|c| c.key.as_str())
+        .collect()
 }
 
 pub(super) fn render(r: &SoakReport) -> String {
@@ -228,28 +262,51 @@ fn render_end(s: &mut String, r: &SoakReport) {
     for line in r.agreement.differences.iter().chain(&r.panic_lines) {
         let _ = writeln!(s, "  ! {line}");
     }
-    if let Some(u) = &r.usage {
-        let rss: Vec<String> = u
+    for u in &r.usage {
+        let trail: Vec<String> = u
             .trail
             .iter()
-            .map(|t| format!("{}s {}", t.0, t.1))
+            .map(|t| {
+                let heap = mb(t.heap_in_use_bytes);
+                format!("{}s#{} {} KiB/{heap}", t.at_s, t.start, t.rss_kib)
+            })
             .collect();
-        let _ = writeln!(s, "{} RSS KiB each minute: {}", u.process, rss.join(", "));
-    }
-    for c in &r.checks {
         let _ = writeln!(
             s,
-            "[{}] {}: {}",
-            if c.met { "ok" } else { "FAIL" },
-            c.name,
-            c.measured
+            "{} each minute (s#start RSS/heap in use): {}",
+            u.process,
+            trail.join(", ")
         );
+    }
+    for c in &r.checks {
+        let mark = match c.verdict {
+            Verdict::Ok => "ok",
+            Verdict::Fail => "FAIL",
+            Verdict::NotMeasured => "--",
+        };
+        let _ = writeln!(s, "[{mark}] {}: {}", c.name, c.measured);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::soak_usage::Sample;
     use super::*;
+
+    /// 1000 → 1049 KiB, 100 → 104 descriptors: just under 5%.
+    fn measured(process: &str) -> InstanceUsage {
+        let at = |rss_kib, fds| Sample {
+            rss_kib,
+            fds,
+            ..Sample::default()
+        };
+        InstanceUsage {
+            process: process.into(),
+            warm: Some(at(1000, 100)),
+            end: Some(at(1049, 104)),
+            ..InstanceUsage::default()
+        }
+    }
 
     fn report() -> SoakReport {
         SoakReport {
@@ -275,14 +332,7 @@ mod tests {
                 matching: 4,
                 ..Agreement::default()
             },
-            usage: Some(Usage {
-                process: "api-1".into(),
-                rss_warm_kib: 1000,
-                rss_end_kib: 1049,
-                fds_warm: 100,
-                fds_end: 104,
-                ..Usage::default()
-            }),
+            usage: vec![measured("api-0"), measured("api-1")],
             panics: 0,
             panic_lines: vec![],
             checks: vec![],
@@ -292,8 +342,30 @@ mod tests {
     #[test]
     fn a_clean_run_meets_every_check() {
         let checks = judge(&report());
-        assert_eq!(checks.len(), 7);
+        assert_eq!(checks.len(), 9);
         assert!(missed(&checks).is_empty(), "{checks:?}");
+        assert!(checks.iter().all(|c| c.met && c.verdict == Verdict::Ok));
+    }
+
+    #[test]
+    fn not_measured_is_neither_a_pass_nor_a_failure() {
+        let mut r = report();
+        r.usage[0] = InstanceUsage {
+            process: "api-0".into(),
+            not_measured: Some("not measured (too short): …".into()),
+            ..InstanceUsage::default()
+        };
+        let checks = judge(&r);
+        assert!(missed(&checks).is_empty(), "{checks:?}");
+        let api0: Vec<&Check> = checks.iter().filter(|c| c.key.ends_with("api-0")).collect();
+        assert_eq!(api0.len(), 2);
+        for c in api0 {
+            assert!(!c.met, "never a pass: {c:?}");
+            assert_eq!(c.verdict, Verdict::NotMeasured);
+        }
+        r.checks = checks;
+        let text = render(&r);
+        assert!(text.contains("[--] api-0 RSS growth"), "{text}");
     }
 
     #[test]
@@ -306,17 +378,23 @@ mod tests {
             .unexpected_exits
             .push("worker-parse.1: signal 11".into());
         r.panics = 1;
-        r.usage.as_mut().unwrap().rss_end_kib = 1050;
-        r.usage.as_mut().unwrap().fds_end = 106;
-        let keys = missed(&judge(&r));
+        let end = r.usage[0].end.as_mut().unwrap();
+        (end.rss_kib, end.fds) = (1050, 106);
+        let checks = judge(&r);
         assert_eq!(
-            keys,
+            missed(&checks),
             [
-                "views", "terminal", "hostile", "crashes", "panics", "rss", "fds"
+                "views",
+                "terminal",
+                "hostile",
+                "crashes",
+                "panics",
+                "rss api-0",
+                "fds api-0"
             ]
         );
-        r.usage = None;
-        assert!(missed(&judge(&r)).contains(&"usage"));
+        r.usage[1].end = None;
+        assert!(missed(&judge(&r)).contains(&"usage api-1"));
         r.agreement.sockets = 0;
         r.agreement.matching = 0;
         assert!(

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::fleet::{Endpoint, Ws, ws_connect_query};
-use super::soak_procs::{Urls, url_of};
+use super::soak_procs::{Instances, url_of};
 use super::soak_rest::{Truth, fetch};
 use super::soak_view::{Frame, View};
 
@@ -110,7 +110,7 @@ type LastReload = tokio::sync::Mutex<Option<(Instant, Arc<Truth>)>>;
 
 /// What every socket shares.
 struct Shared {
-    urls: Urls,
+    urls: Instances,
     secret: String,
     start: String,
     counters: Arc<WsCounters>,
@@ -134,7 +134,7 @@ impl Sockets {
     /// `n` sockets; socket `i` is `users[i % len]`'s, on instance
     /// `(i / len) % instances`, so each user has sockets on every instance.
     pub(super) fn start(
-        urls: Urls,
+        urls: Instances,
         secret: &str,
         users: &[Uuid],
         n: usize,

@@ -17,10 +17,13 @@ use tokio_util::sync::CancellationToken;
 /// How often the heap is measured and trimmed.
 const EVERY: Duration = Duration::from_secs(60);
 
-/// Measures and trims every [`EVERY`] until `shutdown`.
+/// Measures (and trims) once now, so the gauges are set before the
+/// process says it is ready, then every [`EVERY`] until `shutdown`.
 pub fn spawn(shutdown: CancellationToken) {
+    trim_and_measure();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(EVERY);
+        let start = tokio::time::Instant::now() + EVERY;
+        let mut tick = tokio::time::interval_at(start, EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

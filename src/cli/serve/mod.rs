@@ -164,7 +164,12 @@ async fn serve(
     budget: api::FdBudget,
 ) -> anyhow::Result<ExitCode> {
     let args = site.args;
-    let pool = open_pool(args, site.url).await?;
+    let shutdown = CancellationToken::new();
+    super::signal::cancel_on_signal(shutdown.clone());
+    let Some(pool) = open_pool(args, site.url, &shutdown).await? else {
+        tracing::info!("stopped before PostgreSQL could be reached");
+        return Ok(ExitCode::SUCCESS);
+    };
     let listener = bind_api(args)?;
     let bound = listener.local_addr()?;
     let api_url = format!("http://{bound}");
@@ -178,8 +183,6 @@ async fn serve(
         None => None,
     };
 
-    let shutdown = CancellationToken::new();
-    super::signal::cancel_on_signal(shutdown.clone());
     let (relay, relay_task) = relay(&site, &shutdown)?.unzip();
     let parts = state::Parts {
         pool,
@@ -275,16 +278,26 @@ async fn wind_down(
     }
 }
 
-/// The API's pool, migrations applied.
-async fn open_pool(args: &ServeArgs, url: &str) -> anyhow::Result<deadpool_postgres::Pool> {
-    let timeout = args.limits.statement_timeout();
-    let pool =
-        crate::db::pool_with_timeout(url, args.runtime.pool_size, "ragctl-api", timeout).await?;
-    let applied = crate::db::migrate(&pool).await?;
+/// The API's pool, migrations applied, once PostgreSQL answers (as a
+/// worker waits for it: `db::open`); `None` if a signal came first.
+async fn open_pool(
+    args: &ServeArgs,
+    url: &str,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<deadpool_postgres::Pool>> {
+    let spec = crate::db::open::Spec {
+        url,
+        size: args.runtime.pool_size,
+        application_name: "ragctl-api",
+        statement_timeout: args.limits.statement_timeout(),
+    };
+    let Some((pool, applied)) = crate::db::open::when_up(&spec, stop).await? else {
+        return Ok(None);
+    };
     if applied > 0 {
         tracing::info!(applied, "migrations applied");
     }
-    Ok(pool)
+    Ok(Some(pool))
 }
 
 fn bind_api(args: &ServeArgs) -> anyhow::Result<tokio::net::TcpListener> {
