@@ -19,6 +19,7 @@ use super::conn::{self, METRICS_MAX_CONNECTIONS};
 use super::error::ApiError;
 use super::request::bearer;
 use super::state::AppState;
+use crate::config::BusKind;
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
@@ -53,8 +54,13 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let listener = state
         .bridge
         .as_ref()
-        .map(|b| b.listener.status.borrow().clone());
-    let listener_ok = listener.as_ref().is_none_or(|s| s.connected);
+        .map(|b| (b.bus, b.listener.status.borrow().clone()));
+    // A LISTEN connection down means the database is in trouble; NATS down
+    // leaves business unaffected (realtime heals when it is back), so it is
+    // reported, not a reason to be taken out of rotation.
+    let listener_ok = listener
+        .as_ref()
+        .is_none_or(|(bus, s)| s.connected || *bus == BusKind::Nats);
     let ready = db.is_ok() && listener_ok;
     let pool = state.pool.status();
     let body = json!({
@@ -68,9 +74,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         },
         "realtime": match &listener {
             None => json!({"enabled": false}),
-            Some(s) => json!({
+            Some((bus, s)) => json!({
                 "enabled": true,
-                "listener_connected": s.connected,
+                "bus": bus.as_str(),
+                "bus_connected": s.connected,
+                "listener_connected": s.connected && *bus == BusKind::Postgres,
                 "reconnects": s.reconnects,
                 "last_error": s.last_error,
                 "notification_queue_usage": s.queue_usage,

@@ -6,6 +6,7 @@
 //! variable, then the state file, then the default. Errors name both the
 //! flag and the variable.
 
+pub mod bus;
 mod error;
 pub mod retrieval;
 mod state;
@@ -13,6 +14,7 @@ mod state;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use bus::{BusKind, BusOpts};
 pub use error::ConfigError;
 pub use retrieval::RetrievalOpts;
 pub use state::{State, StateError};

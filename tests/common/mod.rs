@@ -9,6 +9,7 @@
 pub mod chrome;
 pub mod holding;
 pub mod model;
+pub mod nats;
 pub mod raw;
 pub mod realtime_page;
 

@@ -1,7 +1,7 @@
 //! The arguments of `ragctl serve`, which `state` builds the API from. A
 //! leaf.
 
-use crate::config::{ApiLimitOpts, RetrievalOpts, RuntimeOpts};
+use crate::config::{ApiLimitOpts, BusOpts, RetrievalOpts, RuntimeOpts};
 
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
@@ -143,4 +143,29 @@ pub struct ServeArgs {
     #[arg(long, env = "RAG_USER_FRAME_BURST", default_value_t = 1_000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub user_frame_burst: u32,
+    // The event bus (issue #21).
+    /// --bus, --nats-url, --nats-creds, --nats-prefix.
+    #[command(flatten)]
+    pub bus: BusOpts,
+    /// With --bus nats: `auto` makes this serve a relay candidate, `off`
+    /// never relays.
+    #[arg(long, env = "RAG_RELAY", value_enum, default_value_t = RelayMode::Auto)]
+    pub relay: RelayMode,
+    /// With --bus nats: how long a user's subscription outlives their last
+    /// socket here (ms), so a reconnecting client does not churn it.
+    #[arg(
+        long,
+        env = "RAG_NATS_UNSUBSCRIBE_GRACE_MS",
+        default_value_t = 5_000,
+        hide = true
+    )]
+    pub nats_unsubscribe_grace_ms: u64,
+}
+
+/// Whether a `serve` with the NATS bus may be the relay.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RelayMode {
+    #[default]
+    Auto,
+    Off,
 }

@@ -1,0 +1,288 @@
+//! The API side of the NATS bus (issue #21): an instance started with
+//! `--bus nats` subscribes to the subjects of the users it holds sockets
+//! for, holds no LISTEN connection, and heals every gap the relay or NATS
+//! tells of from the rows. A real nats-server per test; the test plays the
+//! relay (envelopes on `ragctl.u.<user>`, heartbeats on `ragctl.relay`)
+//! with async-nats.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use common::holding::*;
+use common::nats::NatsServer;
+use common::*;
+use ragctl::events::{Envelope, encode_notifications};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// An API on the NATS bus, with no relay of its own.
+async fn start(db: &TestDb, nats: &NatsServer, extra: &[&str]) -> Api {
+    let url = nats.url();
+    let mut args = vec!["--bus", "nats", "--nats-url", &url, "--relay", "off"];
+    args.extend_from_slice(extra);
+    Api::start(db, &args, &[]).await
+}
+
+/// What the relay would send, sent by the test.
+struct Relay {
+    client: async_nats::Client,
+    epoch: Uuid,
+    seq: u64,
+}
+
+impl Relay {
+    async fn connect(nats: &NatsServer) -> Relay {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(nats.url())
+            .await
+            .expect("connect to nats");
+        Relay {
+            client,
+            epoch: Uuid::new_v4(),
+            seq: 0,
+        }
+    }
+
+    /// An envelope on its user's subject, as the NOTIFY payload.
+    async fn publish(&self, env: &Envelope) {
+        let [payload] = &encode_notifications(env).unwrap()[..] else {
+            panic!("a small envelope is one notification");
+        };
+        let subject = format!("ragctl.u.{}", env.user_id);
+        self.client
+            .publish(subject, payload.clone().into())
+            .await
+            .unwrap();
+        self.client.flush().await.unwrap();
+    }
+
+    async fn send(&mut self, mut msg: Value) {
+        self.seq += 1;
+        msg["epoch"] = json!(self.epoch);
+        msg["seq"] = json!(self.seq);
+        let body = msg.to_string().into_bytes();
+        // Best effort while the server is down: the subscriber then heals.
+        let _ = self.client.publish("ragctl.relay", body.into()).await;
+        let _ = self.client.flush().await;
+    }
+
+    async fn heartbeat(&mut self, horizon: DateTime<Utc>) {
+        self.send(json!({"kind": "heartbeat", "horizon": horizon}))
+            .await;
+    }
+
+    /// A new leadership term: the next heartbeat carries a new epoch.
+    fn failover(&mut self) {
+        self.epoch = Uuid::new_v4();
+    }
+}
+
+/// The database's clock: a horizon no later than any commit after it.
+async fn db_now(db: &TestDb) -> DateTime<Utc> {
+    db.query("SELECT clock_timestamp()").await[0].get(0)
+}
+
+/// Waits until the metric line starting with `prefix` satisfies `ok`.
+async fn wait_metric(api: &Api, prefix: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let v = api.metric(prefix).await;
+        if ok(v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{prefix} stuck at {v}; log:\n{}",
+            api.proc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `/readyz` answers 200 with the bus connected or not.
+async fn wait_bus_connected(api: &Api, connected: bool) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (code, body) = api.readyz().await;
+        if code == 200 && body["realtime"]["bus_connected"] == connected {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readyz never said bus_connected={connected}: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A client subscribed (the gauge counts it) holding what REST shows.
+async fn synced(api: &Api, user: Uuid, subscriptions: f64) -> (Client, Holding) {
+    let mut client = Client::connect(api, user, "").await;
+    wait_metric(api, "ragctl_bus_subscriptions ", |v| v == subscriptions).await;
+    let mut held = Holding::load(api, user, None).await;
+    let realtime = read_until_rest(api, user, &mut client, &mut held, None).await;
+    assert!(realtime.is_empty(), "{realtime:?}");
+    (client, held)
+}
+
+fn doc_frame(doc: Uuid, status: &str) -> impl Fn(&Value) -> bool {
+    let fields = [("document_id", s(&doc.to_string())), ("status", s(status))];
+    move |f| is(f, "document.status_updated", &fields)
+}
+
+/// Only the subjects of users with a socket reach the instance, and it
+/// has no LISTEN connection.
+#[tokio::test]
+async fn an_instance_receives_only_the_events_of_users_it_holds() {
+    let db = TestDb::new();
+    let nats = NatsServer::start();
+    let api = start(&db, &nats, &[]).await;
+    let (me, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut client = Client::connect(&api, me, "").await;
+    wait_metric(&api, "ragctl_bus_subscriptions ", |v| v == 1.0).await;
+
+    let relay = Relay::connect(&nats).await;
+    let doc = Uuid::new_v4();
+    // Published first on the same connection: had it been received, it
+    // would have been counted before mine.
+    relay.publish(&doc_status(other, doc, "failed")).await;
+    relay.publish(&doc_status(me, doc, "parsed")).await;
+    client.expect("my event", doc_frame(doc, "parsed")).await;
+    assert_eq!(api.metric("ragctl_bus_received_total ").await, 1.0);
+
+    let (code, body) = api.readyz().await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["realtime"]["bus"], "nats", "{body}");
+    assert_eq!(body["realtime"]["bus_connected"], true, "{body}");
+    let listeners = db
+        .query(
+            "SELECT 1 FROM pg_stat_activity WHERE application_name = 'ragctl-listener' \
+             AND datname = current_database()",
+        )
+        .await;
+    assert_eq!(listeners.len(), 0, "no LISTEN backend with --bus nats");
+}
+
+/// Events committed after a horizon and never published (no relay carried
+/// them) reach the client by a heal once a heartbeat of a new epoch comes.
+#[tokio::test]
+async fn a_new_epoch_heals_what_the_old_relay_never_published() {
+    let db = TestDb::new();
+    let nats = NatsServer::start();
+    let api = start(&db, &nats, &[]).await;
+    let user = Uuid::new_v4();
+    let (mut client, mut held) = synced(&api, user, 1.0).await;
+    let mut relay = Relay::connect(&nats).await;
+    relay.heartbeat(db_now(&db).await).await;
+
+    // The API publishes these on PostgreSQL only: nothing relays them.
+    let mut ids = vec![];
+    for i in 0..5 {
+        ids.push(upload_text(&api, user, i).await);
+    }
+    set_states(&db, &ids[..2], "parsed", None, "success", 0).await;
+    relay.failover();
+    relay.heartbeat(db_now(&db).await).await;
+
+    let realtime = read_until_rest(&api, user, &mut client, &mut held, None).await;
+    assert!(realtime.is_empty(), "healed, so no resync: {realtime:?}");
+    let gaps = "ragctl_bus_gaps_total{cause=\"relay_failover\"} ";
+    assert!(api.metric(gaps).await >= 1.0);
+    let heals = "ragctl_bridge_heals_by_cause_total{cause=\"relay_failover\"} ";
+    assert!(api.metric(heals).await >= 1.0);
+}
+
+/// An oversize notice heals that user only: the other user's next frame
+/// is the next event published for it.
+#[tokio::test]
+async fn an_oversize_notice_heals_its_user_only() {
+    let db = TestDb::new();
+    let nats = NatsServer::start();
+    let api = start(&db, &nats, &[]).await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let ids_a = [upload_text(&api, a, 0).await, upload_text(&api, a, 1).await];
+    let ids_b = [upload_text(&api, b, 0).await];
+    let (mut client_a, mut held_a) = synced(&api, a, 1.0).await;
+    let (mut client_b, _held_b) = synced(&api, b, 2.0).await;
+
+    let since = db_now(&db).await;
+    set_states(&db, &ids_a, "parsed", None, "success", 0).await;
+    set_states(&db, &ids_b, "parsed", None, "success", 0).await;
+    let mut relay = Relay::connect(&nats).await;
+    relay
+        .send(json!({"kind": "oversize", "user_id": a, "since": since}))
+        .await;
+    let realtime = read_until_rest(&api, a, &mut client_a, &mut held_a, None).await;
+    assert!(realtime.is_empty(), "{realtime:?}");
+
+    // The heal is over (a holds REST): had it sent b anything, it would
+    // be in b's socket before this.
+    let marker = Uuid::new_v4();
+    relay.publish(&doc_status(b, marker, "parsed")).await;
+    let first = client_b.expect("a frame", |_| true).await;
+    assert!(doc_frame(marker, "parsed")(&first), "b was healed: {first}");
+    let gaps = "ragctl_bus_gaps_total{cause=\"relay_oversize\"} ";
+    assert!(api.metric(gaps).await >= 1.0);
+}
+
+/// NATS restarted: uploads go on, /readyz tells of the outage while it
+/// lasts, and the client ends equal to REST without reconnecting.
+#[tokio::test]
+async fn a_nats_restart_is_healed_and_reported() {
+    let db = TestDb::new();
+    let mut nats = NatsServer::start();
+    let api = start(&db, &nats, &[]).await;
+    let user = Uuid::new_v4();
+    let (mut client, mut held) = synced(&api, user, 1.0).await;
+    let mut relay = Relay::connect(&nats).await;
+    relay.heartbeat(db_now(&db).await).await;
+    wait_metric(&api, "ragctl_bus_relay_heartbeats_total ", |v| v >= 1.0).await;
+
+    nats.kill();
+    let body = wait_bus_connected(&api, false).await;
+    assert_eq!(body["ready"], true, "business is unaffected: {body}");
+    let mut ids = vec![];
+    for i in 0..4 {
+        ids.push(upload_text(&api, user, i).await);
+    }
+    set_states(&db, &ids[..2], "error", Some("unreadable"), "failed", 3).await;
+    nats.restart();
+
+    let realtime = read_until_rest(&api, user, &mut client, &mut held, None).await;
+    assert!(realtime.is_empty(), "healed, so no resync: {realtime:?}");
+    let body = wait_bus_connected(&api, true).await;
+    assert!(body["realtime"]["reconnects"].as_u64() >= Some(1), "{body}");
+    let gaps = "ragctl_bus_gaps_total{cause=\"nats_reconnected\"} ";
+    assert!(api.metric(gaps).await >= 1.0);
+}
+
+/// One subscription per user with sockets here; none once they all left
+/// (after the grace), and again when one comes back.
+#[tokio::test]
+async fn subscriptions_follow_the_sockets() {
+    let db = TestDb::new();
+    let nats = NatsServer::start();
+    let api = start(&db, &nats, &["--nats-unsubscribe-grace-ms", "100"]).await;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut clients = vec![
+        Client::connect(&api, a, "").await,
+        Client::connect(&api, a, "").await,
+        Client::connect(&api, b, "").await,
+    ];
+    wait_metric(&api, "ragctl_bus_subscriptions ", |v| v == 2.0).await;
+    wait_metric(&api, "ragctl_ws_sockets ", |v| v == 3.0).await;
+    for c in &mut clients {
+        c.socket.close(None).await.unwrap();
+    }
+    wait_metric(&api, "ragctl_bus_subscriptions ", |v| v == 0.0).await;
+
+    let mut back = Client::connect(&api, a, "").await;
+    wait_metric(&api, "ragctl_bus_subscriptions ", |v| v == 1.0).await;
+    let relay = Relay::connect(&nats).await;
+    let doc = Uuid::new_v4();
+    relay.publish(&doc_status(a, doc, "parsed")).await;
+    back.expect("the event", doc_frame(doc, "parsed")).await;
+}
