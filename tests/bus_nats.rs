@@ -286,3 +286,32 @@ async fn subscriptions_follow_the_sockets() {
     relay.publish(&doc_status(a, doc, "parsed")).await;
     back.expect("the event", doc_frame(doc, "parsed")).await;
 }
+
+/// NATS down when the API starts and when a socket arrives: the socket
+/// goes on unsubscribed (the client subscribes once connected), business
+/// goes on, and the first connection heals what the socket missed.
+#[tokio::test]
+async fn a_socket_before_nats_is_up_is_healed_when_it_comes() {
+    let db = TestDb::new();
+    let mut nats = NatsServer::start();
+    nats.kill();
+    let api = start(&db, &nats, &[]).await;
+    let user = Uuid::new_v4();
+    let mut client = Client::connect(&api, user, "").await;
+    let mut held = Holding::load(&api, user, None).await;
+    wait_metric(&api, "ragctl_bus_subscribe_unconfirmed_total ", |v| {
+        v >= 1.0
+    })
+    .await;
+    let mut ids = vec![];
+    for i in 0..3 {
+        ids.push(upload_text(&api, user, i).await);
+    }
+    set_states(&db, &ids[..1], "parsed", None, "success", 0).await;
+    nats.restart();
+
+    let realtime = read_until_rest(&api, user, &mut client, &mut held, None).await;
+    assert!(realtime.is_empty(), "healed, so no resync: {realtime:?}");
+    wait_bus_connected(&api, true).await;
+    assert_eq!(api.metric("ragctl_bus_subscriptions ").await, 1.0);
+}

@@ -14,6 +14,7 @@
 //! own buffer fill, and its slow-consumer event heals the loss.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,9 @@ pub(super) struct Setup {
     /// Users kept in their grace at most (the socket limit).
     pub max_users: usize,
     pub shutdown: CancellationToken,
+    /// Set when a subscription went on unconfirmed: the events it missed
+    /// before the connection came up are healed then.
+    pub unconfirmed: Arc<AtomicBool>,
 }
 
 struct Inner {
@@ -142,7 +146,10 @@ impl Inner {
         // The server has the SUB once it answers the flush's PING.
         match tokio::time::timeout(CONFIRM_TIMEOUT, client.flush()).await {
             Ok(Ok(())) => {}
-            _ => metrics::counter!("ragctl_bus_subscribe_unconfirmed_total").increment(1),
+            _ => {
+                self.setup.unconfirmed.store(true, Ordering::Release);
+                metrics::counter!("ragctl_bus_subscribe_unconfirmed_total").increment(1);
+            }
         }
         Ok(stop)
     }
@@ -235,13 +242,11 @@ impl Forward {
     fn item(&self, payload: &[u8]) -> Option<ListenItem> {
         self.received.increment(1);
         let now = Utc::now();
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        let ms = now.timestamp_millis() as u64;
         self.counters
-            .received
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.counters.last_notification_ms.store(
-            now.timestamp_millis() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+            .last_notification_ms
+            .store(ms, Ordering::Relaxed);
         let Ok(text) = std::str::from_utf8(payload) else {
             metrics::counter!("ragctl_bus_dropped_total", "reason" => "not_utf8").increment(1);
             return None;

@@ -7,6 +7,7 @@
 //! either bus the same way.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::{Client, ConnectOptions, Event, Subscriber};
@@ -64,6 +65,7 @@ pub fn spawn(
     let (status_tx, status) = watch::channel(ListenerStatus::default());
     let (client_tx, client_rx) = watch::channel(None);
     let counters = Arc::new(ListenerCounters::default());
+    let unconfirmed = Arc::new(AtomicBool::new(false));
     let interest = Interest::new(Setup {
         client: client_rx,
         prefix: cfg.opts.nats_prefix.clone(),
@@ -73,13 +75,16 @@ pub fn spawn(
         grace: cfg.grace,
         max_users: cfg.max_users,
         shutdown: shutdown.clone(),
+        unconfirmed: unconfirmed.clone(),
     });
     let watcher = Watcher {
         queue,
         status: status_tx,
         tracker: Tracker::default(),
-        lost: None,
+        // Until the first connection, as if lost from the start.
+        lost: Some((Instant::now(), Utc::now())),
         connected_once: false,
+        unconfirmed,
         slow: None,
         client: None,
     };
@@ -101,6 +106,8 @@ struct Watcher {
     /// When the connection was lost, while it is.
     lost: Option<(Instant, DateTime<Utc>)>,
     connected_once: bool,
+    /// A socket went on before its subscription was confirmed.
+    unconfirmed: Arc<AtomicBool>,
     /// Slow-consumer losses since the last tick, healed together.
     slow: Option<DateTime<Utc>>,
     client: Option<Client>,
@@ -220,7 +227,10 @@ impl Watcher {
             s.last_error = None;
         });
         tracing::info!(first, "connected to NATS");
-        if first {
+        // A first connection heals only sockets whose subscription went
+        // on unconfirmed while NATS was not there yet.
+        let unconfirmed = self.unconfirmed.swap(false, Ordering::AcqRel);
+        if first && !unconfirmed {
             return;
         }
         let (at, wall) = lost.unwrap_or((Instant::now(), Utc::now()));
