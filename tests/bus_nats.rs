@@ -315,3 +315,51 @@ async fn a_socket_before_nats_is_up_is_healed_when_it_comes() {
     wait_bus_connected(&api, true).await;
     assert_eq!(api.metric("ragctl_bus_subscriptions ").await, 1.0);
 }
+
+/// A subscription made a slow consumer (a one-message buffer, a
+/// one-item bridge queue, a burst): the drop is detected and what the
+/// instance missed reaches the client by a heal.
+#[tokio::test]
+async fn a_slow_consumer_drop_is_healed() {
+    let db = TestDb::new();
+    let nats = NatsServer::start();
+    let slow = [
+        "--nats-subscription-capacity",
+        "1",
+        "--bridge-queue",
+        "1",
+        "--user-frame-rate",
+        "0",
+    ];
+    let api = start(&db, &nats, &slow).await;
+    let user = Uuid::new_v4();
+    let ids = [
+        upload_text(&api, user, 0).await,
+        upload_text(&api, user, 1).await,
+    ];
+    let (mut client, mut held) = synced(&api, user, 1.0).await;
+    let mut relay = Relay::connect(&nats).await;
+    relay.heartbeat(db_now(&db).await).await;
+    // Never published: only a heal brings it.
+    set_states(&db, &ids[..1], "parsed", None, "success", 0).await;
+
+    // A burst restating what REST shows of the other document, until the
+    // client's buffer overflows.
+    let (_, doc) = get_json(&api, user, &format!("/documents/{}", ids[1])).await;
+    let id: Uuid = ids[1].parse().unwrap();
+    let status = doc["status"].as_str().unwrap();
+    let dropped = "ragctl_bus_gaps_total{cause=\"nats_slow_consumer\"} ";
+    let deadline = Instant::now() + PATIENCE;
+    while api.metric(dropped).await < 1.0 {
+        assert!(Instant::now() < deadline, "never a slow consumer");
+        for _ in 0..2_000 {
+            let env = doc_status(user, id, status);
+            let payload = encode_notifications(&env).unwrap().remove(0);
+            let subject = format!("ragctl.u.{user}");
+            relay.client.publish(subject, payload.into()).await.unwrap();
+        }
+        relay.client.flush().await.unwrap();
+    }
+    let realtime = read_until_rest(&api, user, &mut client, &mut held, None).await;
+    assert!(realtime.is_empty(), "healed, so no resync: {realtime:?}");
+}

@@ -46,6 +46,8 @@ pub struct SubscriberConfig {
     pub max_users: usize,
     /// The NATS connection's name (`ragctl-api host:pid`).
     pub name: String,
+    /// Messages buffered per subscription (`--nats-subscription-capacity`).
+    pub capacity: Option<usize>,
 }
 
 /// The running source: the listener-style status, the sockets' interest,
@@ -121,14 +123,16 @@ impl Watcher {
         shutdown: CancellationToken,
     ) {
         let (ev_tx, mut events) = mpsc::channel::<Seen>(EVENTS);
-        let options = ConnectOptions::new()
-            .name(&cfg.name)
-            .event_callback(move |e| {
-                let tx = ev_tx.clone();
-                async move {
-                    let _ = tx.send((e, Instant::now(), Utc::now())).await;
-                }
-            });
+        let mut options = ConnectOptions::new();
+        if let Some(capacity) = cfg.capacity {
+            options = options.subscription_capacity(capacity);
+        }
+        let options = options.name(&cfg.name).event_callback(move |e| {
+            let tx = ev_tx.clone();
+            async move {
+                let _ = tx.send((e, Instant::now(), Utc::now())).await;
+            }
+        });
         let Some(mut relay) = self.start(&cfg, options, &client_tx).await else {
             return;
         };

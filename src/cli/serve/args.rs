@@ -160,6 +160,12 @@ pub struct ServeArgs {
         hide = true
     )]
     pub nats_unsubscribe_grace_ms: u64,
+    /// With --bus nats: messages the NATS client buffers per subscription
+    /// before it drops them as a slow consumer (healed); the client's own
+    /// default if unset (for tests of that heal).
+    #[arg(long, env = "RAG_NATS_SUBSCRIPTION_CAPACITY", hide = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub nats_subscription_capacity: Option<u64>,
 }
 
 /// Whether a `serve` with the NATS bus may be the relay.

@@ -187,6 +187,7 @@ fn source(args: &ServeArgs, parts: &Parts<'_>) -> anyhow::Result<Source> {
         channel: parts.channel.to_string(),
         grace: Duration::from_millis(args.nats_unsubscribe_grace_ms),
         max_users: parts.budget.websockets,
+        capacity: args.nats_subscription_capacity.map(|c| c as usize),
         name: format!("ragctl-api {}", bridge::instance_name()),
     }))
 }
