@@ -363,3 +363,13 @@ async fn a_slow_consumer_drop_is_healed() {
     let realtime = read_until_rest(&api, user, &mut client, &mut held, None).await;
     assert!(realtime.is_empty(), "healed, so no resync: {realtime:?}");
 }
+
+/// `--bus nats` without a usable URL stops serve before anything starts,
+/// naming the flag and the variable.
+#[test]
+fn the_nats_bus_wants_a_url() {
+    let names = ["--nats-url", "RAG_NATS_URL"];
+    assert_usage_error(&["serve", "--bus", "nats"], &[], &names);
+    let bad = ["serve", "--bus", "nats", "--nats-url", "ftp://127.0.0.1:1"];
+    assert_usage_error(&bad, &[], &names);
+}

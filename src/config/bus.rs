@@ -43,6 +43,23 @@ pub struct BusOpts {
 }
 
 impl BusOpts {
+    /// Checks the options the chosen bus needs, before anything starts.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.bus == BusKind::Postgres {
+            return Ok(());
+        }
+        for addr in self.nats_url()?.split(',') {
+            if let Err(e) = addr.trim().parse::<async_nats::ServerAddr>() {
+                return Err(ConfigError::Invalid {
+                    flag: "--nats-url",
+                    var: "RAG_NATS_URL",
+                    problem: format!("{addr:?}: {e}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The NATS URL, which `--bus nats` requires.
     pub fn nats_url(&self) -> Result<&str, ConfigError> {
         match self.nats_url.as_deref().map(str::trim) {

@@ -97,6 +97,7 @@ pub async fn run(connect: ConnectOpts, mut args: ServeArgs) -> anyhow::Result<Ex
     // the API embeds questions with this one.
     let embedder = args.runtime.embed.load()?;
     args.limits.check(args.runtime.max_upload_bytes)?;
+    args.bus.check()?;
     args.limits.check_search_pool(args.runtime.pool_size)?;
     // Checked before anything starts; the state resolves it again.
     args.retrieval.resolve(embedder.is_some())?;

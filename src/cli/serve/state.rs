@@ -173,7 +173,7 @@ fn source(args: &ServeArgs, parts: &Parts<'_>) -> anyhow::Result<Source> {
         let listen_url = args.runtime.listen_url(parts.url);
         return Ok(Source::Postgres { listen_url });
     }
-    bus.nats_url()?;
+    bus.check()?;
     if let Some(creds) = &bus.nats_creds {
         std::fs::metadata(creds).with_context(|| {
             format!(
