@@ -149,9 +149,18 @@ async fn an_instance_receives_only_the_events_of_users_it_holds() {
     // Published first on the same connection: had it been received, it
     // would have been counted before mine.
     relay.publish(&doc_status(other, doc, "failed")).await;
-    relay.publish(&doc_status(me, doc, "parsed")).await;
+    let mine = doc_status(me, doc, "parsed");
+    relay.publish(&mine).await;
     client.expect("my event", doc_frame(doc, "parsed")).await;
     assert_eq!(api.metric("ragctl_bus_received_total ").await, 1.0);
+
+    // The same envelope again (two relays overlapping at a failover): the
+    // socket's next frame is the next event, not the copy.
+    relay.publish(&mine).await;
+    let marker = Uuid::new_v4();
+    relay.publish(&doc_status(me, marker, "parsed")).await;
+    let next = client.expect("a frame", |_| true).await;
+    assert!(doc_frame(marker, "parsed")(&next), "a duplicate: {next}");
 
     let (code, body) = api.readyz().await;
     assert_eq!(code, 200, "{body}");
