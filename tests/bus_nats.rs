@@ -253,6 +253,7 @@ async fn a_nats_restart_is_healed_and_reported() {
     nats.kill();
     let body = wait_bus_connected(&api, false).await;
     assert_eq!(body["ready"], true, "business is unaffected: {body}");
+    assert_eq!(api.metric("ragctl_bus_connected ").await, 0.0);
     let mut ids = vec![];
     for i in 0..4 {
         ids.push(upload_text(&api, user, i).await);
@@ -264,6 +265,7 @@ async fn a_nats_restart_is_healed_and_reported() {
     assert!(realtime.is_empty(), "healed, so no resync: {realtime:?}");
     let body = wait_bus_connected(&api, true).await;
     assert!(body["realtime"]["reconnects"].as_u64() >= Some(1), "{body}");
+    assert_eq!(api.metric("ragctl_bus_connected ").await, 1.0);
     let gaps = "ragctl_bus_gaps_total{cause=\"nats_reconnected\"} ";
     assert!(api.metric(gaps).await >= 1.0);
 }
@@ -381,4 +383,38 @@ fn the_nats_bus_wants_a_url() {
     assert_usage_error(&["serve", "--bus", "nats"], &[], &names);
     let bad = ["serve", "--bus", "nats", "--nats-url", "ftp://127.0.0.1:1"];
     assert_usage_error(&bad, &[], &names);
+}
+
+/// A resuming socket is subscribed before its catch-up runs: once the
+/// catch-up ended the subscription is there (no waiting), and the next
+/// event arrives live.
+#[tokio::test]
+async fn a_resuming_socket_is_subscribed_before_its_catch_up() {
+    let db = TestDb::new();
+    let nats = NatsServer::start();
+    let api = start(&db, &nats, &[]).await;
+    let user = Uuid::new_v4();
+    for i in 0..3 {
+        upload_text(&api, user, i).await;
+    }
+    let since = "&since=2000-01-01T00:00:00Z";
+    let mut client = Client::connect(&api, user, since).await;
+    let mut held = Holding::default();
+    let end = loop {
+        let f = client.expect("a frame", |_| true).await;
+        if f["type"].as_str().unwrap().starts_with("realtime.") {
+            break f;
+        }
+        held.apply(&f);
+    };
+    assert_eq!(end["type"], "realtime.caught_up", "{end}");
+    assert_eq!(api.metric("ragctl_bus_subscriptions ").await, 1.0);
+    assert_eq!(held.view(), rest_view(&api, user, None).await);
+
+    let relay = Relay::connect(&nats).await;
+    let doc = Uuid::new_v4();
+    relay.publish(&doc_status(user, doc, "parsed")).await;
+    client
+        .expect("the live event", doc_frame(doc, "parsed"))
+        .await;
 }

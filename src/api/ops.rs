@@ -105,7 +105,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     }
     if let Some(bridge) = &state.bridge {
         let status = bridge.listener.status.borrow().clone();
-        metrics::gauge!("ragctl_listener_connected").set(if status.connected { 1.0 } else { 0.0 });
+        let connected = if status.connected { 1.0 } else { 0.0 };
+        match bridge.bus {
+            BusKind::Postgres => metrics::gauge!("ragctl_listener_connected").set(connected),
+            BusKind::Nats => metrics::gauge!("ragctl_bus_connected").set(connected),
+        }
         let last = bridge
             .listener
             .counters
