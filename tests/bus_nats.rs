@@ -102,6 +102,18 @@ async fn wait_metric(api: &Api, prefix: &str, ok: impl Fn(f64) -> bool) -> f64 {
     }
 }
 
+/// Waits until `beats` heartbeats were received and any heal the first
+/// one caused (no relay heard since the start) is over, so that a later
+/// change is healed only by what the test does next.
+async fn settle(api: &Api, beats: f64) {
+    wait_metric(api, "ragctl_bus_relay_heartbeats_total ", |v| v >= beats).await;
+    let gaps = api
+        .metric("ragctl_bus_gaps_total{cause=\"relay_silent\"} ")
+        .await;
+    let heals = "ragctl_bridge_heals_by_cause_total{cause=\"relay_silent\"} ";
+    wait_metric(api, heals, |v| v >= gaps).await;
+}
+
 /// Waits until `/readyz` answers 200 with the bus connected or not.
 async fn wait_bus_connected(api: &Api, connected: bool) -> Value {
     let deadline = Instant::now() + PATIENCE;
@@ -186,6 +198,7 @@ async fn a_new_epoch_heals_what_the_old_relay_never_published() {
     let (mut client, mut held) = synced(&api, user, 1.0).await;
     let mut relay = Relay::connect(&nats).await;
     relay.heartbeat(db_now(&db).await).await;
+    settle(&api, 1.0).await;
 
     // The API publishes these on PostgreSQL only: nothing relays them.
     let mut ids = vec![];
@@ -248,7 +261,7 @@ async fn a_nats_restart_is_healed_and_reported() {
     let (mut client, mut held) = synced(&api, user, 1.0).await;
     let mut relay = Relay::connect(&nats).await;
     relay.heartbeat(db_now(&db).await).await;
-    wait_metric(&api, "ragctl_bus_relay_heartbeats_total ", |v| v >= 1.0).await;
+    settle(&api, 1.0).await;
 
     nats.kill();
     let body = wait_bus_connected(&api, false).await;
@@ -351,6 +364,7 @@ async fn a_slow_consumer_drop_is_healed() {
     let (mut client, mut held) = synced(&api, user, 1.0).await;
     let mut relay = Relay::connect(&nats).await;
     relay.heartbeat(db_now(&db).await).await;
+    settle(&api, 1.0).await;
     // Never published: only a heal brings it.
     set_states(&db, &ids[..1], "parsed", None, "success", 0).await;
 
@@ -417,4 +431,26 @@ async fn a_resuming_socket_is_subscribed_before_its_catch_up() {
     client
         .expect("the live event", doc_frame(doc, "parsed"))
         .await;
+}
+
+/// No relay since the instance started: what its sockets missed meanwhile
+/// is healed when the first relay's first heartbeat comes.
+#[tokio::test]
+async fn the_first_relay_after_a_silence_heals_what_came_before_it() {
+    let db = TestDb::new();
+    let nats = NatsServer::start();
+    let api = start(&db, &nats, &[]).await;
+    let user = Uuid::new_v4();
+    let (mut client, mut held) = synced(&api, user, 1.0).await;
+    wait_metric(&api, "ragctl_bus_relay_silences_total ", |v| v >= 1.0).await;
+    for i in 0..3 {
+        upload_text(&api, user, i).await;
+    }
+    let mut relay = Relay::connect(&nats).await;
+    relay.heartbeat(db_now(&db).await).await;
+
+    let realtime = read_until_rest(&api, user, &mut client, &mut held, None).await;
+    assert!(realtime.is_empty(), "healed, so no resync: {realtime:?}");
+    let gaps = "ragctl_bus_gaps_total{cause=\"relay_silent\"} ";
+    assert!(api.metric(gaps).await >= 1.0);
 }

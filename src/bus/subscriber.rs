@@ -82,7 +82,7 @@ pub fn spawn(
     let watcher = Watcher {
         queue,
         status: status_tx,
-        tracker: Tracker::default(),
+        tracker: Tracker::starting(Instant::now(), Utc::now()),
         // Until the first connection, as if lost from the start.
         lost: Some((Instant::now(), Utc::now())),
         connected_once: false,
@@ -251,11 +251,14 @@ impl Watcher {
                 return;
             }
         };
-        if matches!(msg, RelayMsg::Heartbeat { .. }) {
-            metrics::counter!("ragctl_bus_relay_heartbeats_total").increment(1);
-        }
+        let beat = matches!(msg, RelayMsg::Heartbeat { .. });
         if let Some(gap) = self.tracker.on_message(msg, Instant::now()) {
             self.gap(gap).await;
+        }
+        // After its gap is counted: whoever sees the heartbeat counted
+        // sees the gap it caused too.
+        if beat {
+            metrics::counter!("ragctl_bus_relay_heartbeats_total").increment(1);
         }
     }
 

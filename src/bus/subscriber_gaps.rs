@@ -69,9 +69,23 @@ pub struct Tracker {
     last_beat: Option<Instant>,
     /// Heartbeats stopped for longer than [`SILENT_AFTER`].
     silent: bool,
+    /// When the subscriber started (wall clock), if it counts as a beat.
+    started: Option<DateTime<Utc>>,
 }
 
 impl Tracker {
+    /// A tracker for a subscriber starting now: no heartbeat within
+    /// [`SILENT_AFTER`] is a silence like any other, as sockets may
+    /// subscribe while no relay publishes; the first heartbeat then heals
+    /// from a margin before the start.
+    pub fn starting(now: Instant, wall: DateTime<Utc>) -> Tracker {
+        Tracker {
+            last_beat: Some(now),
+            started: Some(wall),
+            ..Tracker::default()
+        }
+    }
+
     /// The epoch of the relay heard last, if any.
     pub fn epoch(&self) -> Option<Uuid> {
         self.epoch
@@ -107,8 +121,14 @@ impl Tracker {
             self.horizons.pop_front();
         }
         self.horizons.push_back((now, horizon));
-        // With no horizon before, the sockets' catch-ups cover everything.
-        let since = last?;
+        let since = match (last, self.started) {
+            (Some(h), _) => h,
+            // No relay since the start: sockets may have missed events.
+            (None, Some(wall)) if was_silent => wall - NO_HORIZON_MARGIN,
+            // The first relay heard within the silence bound published
+            // all along: nothing was missed.
+            (None, _) => return None,
+        };
         match (new_epoch, was_silent) {
             (true, _) => Some(Gap::all(GapReason::RelayFailover, since)),
             (false, true) => Some(Gap::all(GapReason::RelaySilent, since)),

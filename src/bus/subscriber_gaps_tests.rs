@@ -100,3 +100,19 @@ fn a_connection_loss_heals_from_a_horizon_received_well_before_it() {
     let fresh = Tracker::default();
     assert_eq!(fresh.since_before(start, at(100)), at(90));
 }
+
+#[test]
+fn no_relay_since_the_start_heals_at_the_first_heartbeat() {
+    let now = Instant::now();
+    let a = Uuid::new_v4();
+    // A relay heard at once: nothing to heal.
+    let mut t = Tracker::starting(now, at(100));
+    assert!(!t.on_tick(now + Duration::from_millis(400)));
+    assert_eq!(t.on_message(beat(a, 99), now), None);
+    // None for longer than the bound: healed from before the start.
+    let mut t = Tracker::starting(now, at(100));
+    let later = now + SILENT_AFTER + Duration::from_millis(1);
+    assert!(t.on_tick(later));
+    let gap = t.on_message(beat(a, 120), later).unwrap();
+    assert_eq!(gap, Gap::all(GapReason::RelaySilent, at(90)));
+}
