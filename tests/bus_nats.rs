@@ -7,13 +7,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use chrono::{DateTime, Utc};
+use common::bus::*;
 use common::holding::*;
 use common::nats::NatsServer;
 use common::*;
-use ragctl::events::{Envelope, encode_notifications};
+use ragctl::events::encode_notifications;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -23,111 +23,6 @@ async fn start(db: &TestDb, nats: &NatsServer, extra: &[&str]) -> Api {
     let mut args = vec!["--bus", "nats", "--nats-url", &url, "--relay", "off"];
     args.extend_from_slice(extra);
     Api::start(db, &args, &[]).await
-}
-
-/// What the relay would send, sent by the test.
-struct Relay {
-    client: async_nats::Client,
-    epoch: Uuid,
-    seq: u64,
-}
-
-impl Relay {
-    async fn connect(nats: &NatsServer) -> Relay {
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connect(nats.url())
-            .await
-            .expect("connect to nats");
-        Relay {
-            client,
-            epoch: Uuid::new_v4(),
-            seq: 0,
-        }
-    }
-
-    /// An envelope on its user's subject, as the NOTIFY payload.
-    async fn publish(&self, env: &Envelope) {
-        let [payload] = &encode_notifications(env).unwrap()[..] else {
-            panic!("a small envelope is one notification");
-        };
-        let subject = format!("ragctl.u.{}", env.user_id);
-        self.client
-            .publish(subject, payload.clone().into())
-            .await
-            .unwrap();
-        self.client.flush().await.unwrap();
-    }
-
-    async fn send(&mut self, mut msg: Value) {
-        self.seq += 1;
-        msg["epoch"] = json!(self.epoch);
-        msg["seq"] = json!(self.seq);
-        let body = msg.to_string().into_bytes();
-        // Best effort while the server is down: the subscriber then heals.
-        let _ = self.client.publish("ragctl.relay", body.into()).await;
-        let _ = self.client.flush().await;
-    }
-
-    async fn heartbeat(&mut self, horizon: DateTime<Utc>) {
-        self.send(json!({"kind": "heartbeat", "horizon": horizon}))
-            .await;
-    }
-
-    /// A new leadership term: the next heartbeat carries a new epoch.
-    fn failover(&mut self) {
-        self.epoch = Uuid::new_v4();
-    }
-}
-
-/// The database's clock: a horizon no later than any commit after it.
-async fn db_now(db: &TestDb) -> DateTime<Utc> {
-    db.query("SELECT clock_timestamp()").await[0].get(0)
-}
-
-/// Waits until the metric line starting with `prefix` satisfies `ok`.
-async fn wait_metric(api: &Api, prefix: &str, ok: impl Fn(f64) -> bool) -> f64 {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let v = api.metric(prefix).await;
-        if ok(v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{prefix} stuck at {v}; log:\n{}",
-            api.proc.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until `beats` heartbeats were received and any heal the first
-/// one caused (no relay heard since the start) is over, so that a later
-/// change is healed only by what the test does next.
-async fn settle(api: &Api, beats: f64) {
-    wait_metric(api, "ragctl_bus_relay_heartbeats_total ", |v| v >= beats).await;
-    let gaps = api
-        .metric("ragctl_bus_gaps_total{cause=\"relay_silent\"} ")
-        .await;
-    let heals = "ragctl_bridge_heals_by_cause_total{cause=\"relay_silent\"} ";
-    wait_metric(api, heals, |v| v >= gaps).await;
-}
-
-/// Waits until `/readyz` answers 200 with the bus connected or not.
-async fn wait_bus_connected(api: &Api, connected: bool) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let (code, body) = api.readyz().await;
-        if code == 200 && body["realtime"]["bus_connected"] == connected {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "readyz never said bus_connected={connected}: {code} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A client subscribed (the gauge counts it) holding what REST shows.
