@@ -13,6 +13,8 @@
 //!   that knows the wire form. Publishing happens here.
 //! - [`bridge`]: LISTEN → validate → route by `user_id` to this process's
 //!   sockets.
+//! - [`bus`]: the NATS bus (issue #21): per-user subscriptions fed to the
+//!   bridge, and the relay's heartbeats and gaps.
 //! - [`api`]: REST, `/ws`, health, readiness and metrics.
 //! - [`workers`]: the parse and ingest workers, `--concurrency` job slots each.
 //! - [`rag`]: text extraction, chunking and answering.

@@ -19,6 +19,7 @@ use super::conn::{self, METRICS_MAX_CONNECTIONS};
 use super::error::ApiError;
 use super::request::bearer;
 use super::state::AppState;
+use crate::config::BusKind;
 
 pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
@@ -53,8 +54,13 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let listener = state
         .bridge
         .as_ref()
-        .map(|b| b.listener.status.borrow().clone());
-    let listener_ok = listener.as_ref().is_none_or(|s| s.connected);
+        .map(|b| (b.bus, b.listener.status.borrow().clone()));
+    // A LISTEN connection down means the database is in trouble; NATS down
+    // leaves business unaffected (realtime heals when it is back), so it is
+    // reported, not a reason to be taken out of rotation.
+    let listener_ok = listener
+        .as_ref()
+        .is_none_or(|(bus, s)| s.connected || *bus == BusKind::Nats);
     let ready = db.is_ok() && listener_ok;
     let pool = state.pool.status();
     let mut body = json!({
@@ -69,9 +75,11 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         "bus": state.bus.as_str(),
         "realtime": match &listener {
             None => json!({"enabled": false}),
-            Some(s) => json!({
+            Some((bus, s)) => json!({
                 "enabled": true,
-                "listener_connected": s.connected,
+                "bus": bus.as_str(),
+                "bus_connected": s.connected,
+                "listener_connected": s.connected && *bus == BusKind::Postgres,
                 "reconnects": s.reconnects,
                 "last_error": s.last_error,
                 "notification_queue_usage": s.queue_usage,
@@ -105,7 +113,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     }
     if let Some(bridge) = &state.bridge {
         let status = bridge.listener.status.borrow().clone();
-        metrics::gauge!("ragctl_listener_connected").set(if status.connected { 1.0 } else { 0.0 });
+        let connected = if status.connected { 1.0 } else { 0.0 };
+        match bridge.bus {
+            BusKind::Postgres => metrics::gauge!("ragctl_listener_connected").set(connected),
+            BusKind::Nats => metrics::gauge!("ragctl_bus_connected").set(connected),
+        }
         let last = bridge
             .listener
             .counters

@@ -117,6 +117,7 @@ pub async fn handler(
     };
     let start = Start {
         hub,
+        interest: state.bridge.as_ref().and_then(|b| b.interest.clone()),
         since,
         resync,
         pool: state.pool.clone(),

@@ -12,6 +12,7 @@
 //! at the same or a newer stamp is dropped (`superseded`), so a client
 //! never steps back to a state it has passed.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -140,10 +141,17 @@ impl Healer {
         };
         if run.outcome.resynced() {
             // Clients that opted in refetch through REST.
-            self.hub.resync(gap.reason.as_str());
+            match gap.user {
+                Some(user) => self
+                    .hub
+                    .resync_users(&HashSet::from([user]), gap.reason.as_str()),
+                None => self.hub.resync(gap.reason.as_str()),
+            }
         }
         let elapsed = started.elapsed();
         record(&run, elapsed);
+        metrics::counter!("ragctl_bridge_heals_by_cause_total", "cause" => gap.reason.as_str())
+            .increment(1);
         tracing::info!(
             reason = gap.reason.as_str(), from = %gap.since, users = run.users,
             rows = run.rows, frames = run.frames, outcome = run.outcome.as_str(),
@@ -156,7 +164,14 @@ impl Healer {
     }
 
     async fn run(&mut self, cfg: &HealConfig, gap: Gap) -> Run {
-        let (users, sockets) = self.hub.users();
+        let (users, sockets) = match gap.user {
+            // One user's gap (an envelope too large for NATS).
+            Some(user) => match self.hub.sockets_of(user) {
+                0 => (Vec::new(), 0),
+                n => (vec![user], n),
+            },
+            None => self.hub.users(),
+        };
         if users.is_empty() {
             return Run::empty(0, 0, HealOutcome::NoSockets);
         }

@@ -7,6 +7,9 @@
 //!                      └──────── thread `ragctl-bridge` ────────────────┘
 //! ```
 //!
+//! With `--bus nats` the source is [`bus`] instead (the users' subjects and
+//! the relay's heartbeats, no LISTEN connection); the router is the same.
+//!
 //! The listener and the router run on a thread of their own, so that the
 //! Postgres socket is read, and events routed, without waiting behind the
 //! API's tasks. The router takes whatever notifications are queued (up to
@@ -55,6 +58,8 @@ use throttle::{HealRead, Throttle};
 /// How often the router looks for throttled users whose budget refilled.
 const THROTTLE_TICK: Duration = Duration::from_millis(100);
 
+use crate::bus::{self, Interest, SubscriberConfig};
+use crate::config::BusKind;
 use crate::db::listener::{
     self, API_LISTENER_NAME, ListenItem, ListenerConfig, ListenerHandle, Notification,
 };
@@ -62,7 +67,6 @@ use crate::events::{self, DropReason, Envelope, Reassembler, Scanned, WireMessag
 
 #[derive(Debug, Clone)]
 pub struct BridgeConfig {
-    pub listen_url: String,
     pub channel: String,
     /// Capacity of the queue between the Postgres socket and the router.
     pub queue: usize,
@@ -74,16 +78,30 @@ pub struct BridgeConfig {
     pub throttle: ThrottleConfig,
 }
 
+/// Where the router's notifications and gaps come from.
+pub enum Source {
+    /// A LISTEN connection of this process (`--bus postgres`).
+    Postgres { listen_url: String },
+    /// The users' NATS subjects and the relay's (`--bus nats`).
+    Nats(SubscriberConfig),
+}
+
 /// A running bridge.
 #[derive(Clone)]
 pub struct Bridge {
+    /// The source's connection state: the LISTEN connection's, or the
+    /// NATS connection's (no queue usage, no listener count).
     pub listener: ListenerHandle,
+    pub bus: BusKind,
+    /// The sockets' subscriptions, with the NATS bus.
+    pub interest: Option<Interest>,
 }
 
-/// Starts the listener and the router on the `ragctl-bridge` thread; both
+/// Starts the source and the router on the `ragctl-bridge` thread; both
 /// stop on `shutdown`, and the returned task ends when the thread has.
 pub fn start(
     cfg: BridgeConfig,
+    source: Source,
     hub: Hub,
     shutdown: CancellationToken,
 ) -> std::io::Result<(Bridge, tokio::task::JoinHandle<()>)> {
@@ -93,13 +111,9 @@ pub fn start(
     let (tx, rx) = mpsc::channel(cfg.queue);
     let healer = Healer::new(cfg.heal.clone(), hub.clone());
     let throttle = Throttle::new(cfg.throttle, cfg.heal.clone());
-    let (handle, listen_task) = {
+    let (bridge, listen_task) = {
         let _on = runtime.enter();
-        listener::spawn(
-            ListenerConfig::new(&cfg.listen_url, API_LISTENER_NAME, &[cfg.channel.as_str()]),
-            tx,
-            shutdown,
-        )
+        spawn_source(source, &cfg.channel, tx, shutdown)
     };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
@@ -115,7 +129,38 @@ pub fn start(
     let done = tokio::spawn(async move {
         let _ = done_rx.await;
     });
-    Ok((Bridge { listener: handle }, done))
+    Ok((bridge, done))
+}
+
+/// Starts the source's task on the current runtime.
+fn spawn_source(
+    source: Source,
+    channel: &str,
+    tx: mpsc::Sender<ListenItem>,
+    shutdown: CancellationToken,
+) -> (Bridge, tokio::task::JoinHandle<()>) {
+    match source {
+        Source::Postgres { listen_url } => {
+            let cfg = ListenerConfig::new(&listen_url, API_LISTENER_NAME, &[channel]);
+            let (listener, task) = listener::spawn(cfg, tx, shutdown);
+            let bus = BusKind::Postgres;
+            let bridge = Bridge {
+                listener,
+                bus,
+                interest: None,
+            };
+            (bridge, task)
+        }
+        Source::Nats(cfg) => {
+            let nats = bus::spawn_subscriber(cfg, tx, shutdown);
+            let bridge = Bridge {
+                listener: nats.handle,
+                bus: BusKind::Nats,
+                interest: Some(nats.interest),
+            };
+            (bridge, nats.task)
+        }
+    }
 }
 
 /// Logs a drop reason at most once per interval, with how many were

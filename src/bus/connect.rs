@@ -5,6 +5,9 @@
 //! without end by async-nats. Its events (disconnected, connected, slow
 //! consumer) are kept on a watch, so callers find the gaps they open.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, Event, ServerAddr};
@@ -34,6 +37,21 @@ pub struct Link {
     pub state: watch::Receiver<LinkState>,
 }
 
+/// A caller's own view of the connection's events (after they are counted
+/// on the watch): the future is awaited by the client's event task, so a
+/// hook that waits on a bounded queue loses none.
+pub type EventHook =
+    Arc<dyn Fn(Event) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> + Send + Sync>;
+
+/// What a caller adds to the common options.
+#[derive(Clone, Default)]
+pub struct Extra {
+    /// Messages buffered per subscription before the client drops them as
+    /// a slow consumer (async-nats' default if unset).
+    pub subscription_capacity: Option<usize>,
+    pub on_event: Option<EventHook>,
+}
+
 /// Connects with the options of `--bus nats` (or the NATS flags alone);
 /// retries until connected.
 pub async fn connect(opts: &BusOpts, name: &str) -> Result<Client, BusError> {
@@ -44,6 +62,15 @@ pub async fn connect(opts: &BusOpts, name: &str) -> Result<Client, BusError> {
 /// Connects, retrying with backoff until the first connection (each
 /// failure logged); errors only on settings that cannot work.
 pub async fn connect_link(opts: &NatsOpts, name: &str) -> Result<Link, BusError> {
+    connect_link_with(opts, name, Extra::default()).await
+}
+
+/// [`connect_link`] with a caller's [`Extra`].
+pub async fn connect_link_with(
+    opts: &NatsOpts,
+    name: &str,
+    extra: Extra,
+) -> Result<Link, BusError> {
     let addr: ServerAddr = opts.url.parse().map_err(|e| BusError::Connect {
         target: "(the --nats-url)".into(),
         detail: format!("{e}"),
@@ -52,7 +79,7 @@ pub async fn connect_link(opts: &NatsOpts, name: &str) -> Result<Link, BusError>
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let (tx, rx) = watch::channel(LinkState::default());
-        let options = options(opts, &addr, name, tx).await?;
+        let options = options(opts, &addr, name, tx, &extra).await?;
         match options.connect(addr.clone()).await {
             Ok(client) => {
                 tracing::info!(%target, name, "connected to NATS");
@@ -72,7 +99,9 @@ async fn options(
     addr: &ServerAddr,
     name: &str,
     state: watch::Sender<LinkState>,
+    extra: &Extra,
 ) -> Result<ConnectOptions, BusError> {
+    let hook = extra.on_event.clone();
     let mut o = ConnectOptions::new()
         .name(name)
         // Reconnect forever: every outage is a gap the subscribers heal.
@@ -82,8 +111,16 @@ async fn options(
         .ping_interval(PING)
         .event_callback(move |event| {
             record(&state, &event);
-            std::future::ready(())
+            let then = hook.as_ref().map(|h| h(event));
+            async move {
+                if let Some(f) = then {
+                    f.await;
+                }
+            }
         });
+    if let Some(capacity) = extra.subscription_capacity {
+        o = o.subscription_capacity(capacity);
+    }
     if let Some(user) = addr.username().filter(|u| !u.is_empty()) {
         o = match addr.password() {
             Some(pass) => o.user_and_password(user.to_string(), pass.to_string()),

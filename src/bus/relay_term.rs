@@ -186,8 +186,10 @@ impl Term {
         match item {
             ListenItem::Gap(g) => {
                 let reason = match g.reason {
-                    GapReason::Reconnected => RelayGap::RelayListenReconnected,
                     GapReason::Overflow => RelayGap::RelayListenOverflow,
+                    // A listener reports only these two; the others are the
+                    // subscriber's. A lost connection is the safe reading.
+                    _ => RelayGap::RelayListenReconnected,
                 };
                 self.gap(Micros(g.since), reason).await;
             }

@@ -20,6 +20,7 @@ use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::changes::{HIDDEN_MARGIN, horizon};
+pub use super::gap::{Gap, GapReason};
 use super::{DbError, error_text};
 use crate::backoff::Backoff;
 
@@ -55,31 +56,6 @@ pub enum ListenItem {
     /// Notifications may have been missed: the connection was re-established,
     /// or the queue overflowed.
     Gap(Gap),
-}
-
-/// Notifications may have been missed since `since`: every transaction
-/// that committed after the last notification known to be read started
-/// at or after it (see [`Horizons`]). For a reconnect, whatever commits
-/// after the gap item is sent reaches the new connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gap {
-    pub reason: GapReason,
-    pub since: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GapReason {
-    Reconnected,
-    Overflow,
-}
-
-impl GapReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GapReason::Reconnected => "listener_reconnected",
-            GapReason::Overflow => "listener_overflow",
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -270,10 +246,7 @@ async fn session(
         .map_err(ListenError::Connection)?;
 
     // Dated before this session's first horizon is recorded.
-    let gap = Gap {
-        reason: GapReason::Reconnected,
-        since: counters.horizons.gap_since(),
-    };
+    let gap = Gap::all(GapReason::Reconnected, counters.horizons.gap_since());
     record_horizon(cfg, &client, counters).await?;
     backoff.reset();
     status.send_modify(|s| {
@@ -390,10 +363,7 @@ impl Reader {
             .last_notification_ms
             .store(now.timestamp_millis() as u64, Ordering::Relaxed);
         if let Some(since) = self.gap_pending {
-            let gap = Gap {
-                reason: GapReason::Overflow,
-                since,
-            };
+            let gap = Gap::all(GapReason::Overflow, since);
             if self.queue.try_send(ListenItem::Gap(gap)).is_ok() {
                 self.gap_pending = None;
             }

@@ -9,6 +9,7 @@ pub mod chunks;
 pub mod documents;
 pub mod embedded;
 mod error;
+mod gap;
 pub mod jobs;
 pub mod lexical;
 pub mod listener;

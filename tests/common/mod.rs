@@ -6,6 +6,7 @@
 //! started under `target/`.
 #![allow(dead_code)]
 
+pub mod bus;
 pub mod chrome;
 pub mod holding;
 pub mod model;

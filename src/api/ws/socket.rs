@@ -33,6 +33,7 @@ use crate::api::shares::UserSlot;
 use crate::api::ws_config::WsConfig;
 use crate::auth::{AuthUser, Verifier};
 use crate::bridge::{CloseCode, ConnGuard, ControlWriter, Hub, Outlet, Sink, unbuffered_ws_config};
+use crate::bus::Interest;
 use crate::events::resume::Cursor;
 
 /// Bytes tungstenite reads from the socket at a time, and what its read
@@ -49,6 +50,8 @@ pub(super) type Slots = (OwnedSemaphorePermit, UserSlot);
 /// What an upgraded socket starts with besides its context.
 pub(super) struct Start {
     pub(super) hub: Hub,
+    /// The user's NATS subscription (`--bus nats`).
+    pub(super) interest: Option<Interest>,
     /// `?since=`: boxed, as most sockets do not resume.
     pub(super) since: Option<Box<Resume>>,
     pub(super) resync: bool,
@@ -85,6 +88,13 @@ pub(super) async fn socket_task(
     let Some((mut socket, conn)) = start.open(upgraded, &ctx).await else {
         return;
     };
+    // Subscribed and confirmed by the server before the catch-up reads the
+    // rows: an event committed after that read arrives live. Boxed: done
+    // once, and only with the NATS bus.
+    let held = match &start.interest {
+        Some(interest) => Some(Box::pin(interest.hold(ctx.user.user_id)).await),
+        None => None,
+    };
     let cut = match start.since.take() {
         Some(resume) => Box::pin(catch_up(&start.pool, *resume, &conn, &ctx)).await,
         None => None,
@@ -94,7 +104,7 @@ pub(super) async fn socket_task(
         None => run_socket(&mut socket, &conn.outlet, &mut ctx).await,
     };
     let reason = Box::pin(ending.finish(&mut socket, &conn.outlet, &ctx.cfg)).await;
-    drop((socket, conn, slots));
+    drop((socket, conn, slots, held));
     metrics::counter!("ragctl_ws_closed_total", "reason" => reason).increment(1);
 }
 

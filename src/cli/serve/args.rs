@@ -150,4 +150,19 @@ pub struct ServeArgs {
     #[arg(long, env = "RAG_USER_FRAME_BURST", default_value_t = 1_000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub user_frame_burst: u32,
+    /// With --bus nats: how long a user's subscription outlives their last
+    /// socket here (ms), so a reconnecting client does not churn it.
+    #[arg(
+        long,
+        env = "RAG_NATS_UNSUBSCRIBE_GRACE_MS",
+        default_value_t = 5_000,
+        hide = true
+    )]
+    pub nats_unsubscribe_grace_ms: u64,
+    /// With --bus nats: messages the NATS client buffers per subscription
+    /// before it drops them as a slow consumer (healed); the client's own
+    /// default if unset (for tests of that heal).
+    #[arg(long, env = "RAG_NATS_SUBSCRIPTION_CAPACITY", hide = true,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub nats_subscription_capacity: Option<u64>,
 }

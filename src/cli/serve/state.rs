@@ -14,7 +14,8 @@ use tokio_util::task::TaskTracker;
 use super::args::ServeArgs;
 use crate::api::{self, AppState, HttpConfig, Shared, WsConfig};
 use crate::auth::Verifier;
-use crate::bridge::{self, Bridge, BridgeConfig, Hub};
+use crate::bridge::{self, Bridge, BridgeConfig, Hub, Source};
+use crate::bus::SubscriberConfig;
 use crate::events::{LocalDelivery, Publisher};
 use crate::rag::LlmClient;
 
@@ -138,10 +139,13 @@ fn realtime(args: &ServeArgs, parts: &Parts<'_>, events: &Publisher) -> anyhow::
         return Ok((None, None, None));
     }
     let hub = Hub::new(args.ws_queue);
+    // Only what could not be put on PostgreSQL goes straight to the
+    // sockets: it reaches no relay either, so with either bus each socket
+    // gets an event once.
     events.set_local_delivery(Arc::new(hub.clone()) as Arc<dyn LocalDelivery>);
+    let source = source(args, parts)?;
     let (bridge, task) = bridge::start(
         BridgeConfig {
-            listen_url: args.runtime.listen_url(parts.url),
             channel: parts.channel.to_string(),
             queue: args.bridge_queue,
             io_uring: !args.no_io_uring,
@@ -157,9 +161,26 @@ fn realtime(args: &ServeArgs, parts: &Parts<'_>, events: &Publisher) -> anyhow::
                 burst: f64::from(args.user_frame_burst),
             },
         },
+        source,
         hub.clone(),
         parts.shutdown.clone(),
     )
     .context("cannot start the realtime bridge's thread")?;
     Ok((Some(hub), Some(bridge), Some(task)))
+}
+
+/// The bridge's source: a LISTEN connection, or NATS (`--bus nats`).
+fn source(args: &ServeArgs, parts: &Parts<'_>) -> anyhow::Result<Source> {
+    let Some(nats) = args.bus.nats()? else {
+        let listen_url = args.runtime.listen_url(parts.url);
+        return Ok(Source::Postgres { listen_url });
+    };
+    Ok(Source::Nats(SubscriberConfig {
+        opts: nats,
+        channel: parts.channel.to_string(),
+        grace: Duration::from_millis(args.nats_unsubscribe_grace_ms),
+        max_users: parts.budget.websockets,
+        capacity: args.nats_subscription_capacity.map(|c| c as usize),
+        name: format!("ragctl-api {}", bridge::instance_name()),
+    }))
 }
