@@ -48,12 +48,13 @@ impl BusOpts {
         if self.bus == BusKind::Postgres {
             return Ok(());
         }
-        for addr in self.nats_url()?.split(',') {
+        for (i, addr) in self.nats_url()?.split(',').enumerate() {
+            // The address is not repeated: it may carry a password or token.
             if let Err(e) = addr.trim().parse::<async_nats::ServerAddr>() {
                 return Err(ConfigError::Invalid {
                     flag: "--nats-url",
                     var: "RAG_NATS_URL",
-                    problem: format!("{addr:?}: {e}"),
+                    problem: format!("address {} of the list: {e}", i + 1),
                 });
             }
         }
