@@ -50,6 +50,10 @@ pub struct Extra {
     /// a slow consumer (async-nats' default if unset).
     pub subscription_capacity: Option<usize>,
     pub on_event: Option<EventHook>,
+    /// Return a client at once and connect in the background (async-nats'
+    /// `retry_on_initial_connect`): what is subscribed before the first
+    /// connection is sent with it. Otherwise the call waits until connected.
+    pub background: bool,
 }
 
 /// Connects with the options of `--bus nats` (or the NATS flags alone);
@@ -82,7 +86,11 @@ pub async fn connect_link_with(
         let options = options(opts, &addr, name, tx, &extra).await?;
         match options.connect(addr.clone()).await {
             Ok(client) => {
-                tracing::info!(%target, name, "connected to NATS");
+                let what = match extra.background {
+                    true => "connecting to NATS (in the background)",
+                    false => "connected to NATS",
+                };
+                tracing::info!(%target, name, "{what}");
                 return Ok(Link { client, state: rx });
             }
             Err(e) => {
@@ -120,6 +128,9 @@ async fn options(
         });
     if let Some(capacity) = extra.subscription_capacity {
         o = o.subscription_capacity(capacity);
+    }
+    if extra.background {
+        o = o.retry_on_initial_connect();
     }
     if let Some(user) = addr.username().filter(|u| !u.is_empty()) {
         o = match addr.password() {

@@ -133,6 +133,9 @@ impl Watcher {
         let extra = Extra {
             subscription_capacity: cfg.capacity,
             on_event: Some(hook),
+            // Sockets subscribe before NATS is first reached; the first
+            // connection sends those subscriptions and heals them.
+            background: true,
         };
         let Some(mut relay) = self.start(&cfg, extra, &client_tx).await else {
             return;
