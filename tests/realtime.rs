@@ -299,6 +299,7 @@ async fn an_envelope_from_psql_reaches_the_client() {
     let api = Api::start(&db, &[], &[]).await;
     let user = Uuid::new_v4();
     let mut client = Client::connect(&api, user, "").await;
+    client.wait_live().await;
     let doc = Uuid::new_v4();
     let envelope = json!({
         "v": 1, "id": Uuid::new_v4(), "user_id": user, "type": "job.status_updated",
@@ -365,6 +366,7 @@ async fn malformed_payloads_are_counted_and_the_bridge_survives() {
     let api = Api::start(&db, &[], &[]).await;
     let user = Uuid::new_v4();
     let mut client = Client::connect(&api, user, "").await;
+    client.wait_live().await;
     let good = serde_json::to_value(doc_status(user, Uuid::new_v4(), "parsed")).unwrap();
     let bad = malformed(&good);
     notify_raw(&db, bad.iter().map(|(_, p)| p)).await;
@@ -568,6 +570,7 @@ async fn pings_and_closes_from_clients_are_answered() {
     let api = Api::start(&db, &[], &[]).await;
     let user = Uuid::new_v4();
     let mut client = Client::connect(&api, user, "").await;
+    client.wait_live().await;
     let doc = Uuid::new_v4();
     publish(&db, doc_status(user, doc, "parsed")).await;
     client

@@ -549,6 +549,8 @@ type Socket =
 pub struct Client {
     pub socket: Socket,
     pub frames: Vec<Value>,
+    /// Frames read by [`Client::wait_live`], handed out by `next` first.
+    pending: std::collections::VecDeque<Value>,
 }
 
 #[derive(Debug)]
@@ -568,11 +570,46 @@ impl Client {
         Ok(Client {
             socket,
             frames: vec![],
+            pending: Default::default(),
         })
+    }
+
+    /// Waits until the server runs this socket, so that a live event
+    /// published from now on reaches it: the client gets its 101 before
+    /// the server registers the socket with the hub, and the server answers
+    /// a ping only after. Frames that arrive meanwhile are kept for `next`.
+    pub async fn wait_live(&mut self) {
+        let tag = Uuid::new_v4().to_string();
+        self.socket
+            .send(Message::Ping(tag.clone().into_bytes().into()))
+            .await
+            .expect("send a ping");
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.socket.next())
+                .await
+                .expect("no pong within PATIENCE");
+            match msg {
+                Some(Ok(Message::Pong(p))) if p.as_ref() == tag.as_bytes() => return,
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).expect("frames are JSON");
+                    self.pending.push_back(v);
+                }
+                Some(Ok(Message::Ping(p))) => {
+                    let _ = self.socket.send(Message::Pong(p)).await;
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the socket ended before it went live: {other:?}"),
+            }
+        }
     }
 
     /// The next data frame (answering pings), or the close.
     pub async fn next(&mut self, within: Duration) -> Option<Next> {
+        if let Some(v) = self.pending.pop_front() {
+            self.frames.push(v.clone());
+            return Some(Next::Frame(v));
+        }
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let msg = tokio::time::timeout_at(deadline, self.socket.next())
