@@ -78,3 +78,16 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, shutdown: Ca
         tracing::warn!(error = %e, "the metrics listener failed");
     }
 }
+
+/// `--metrics-addr` of a process with no API (a worker, a relay): binds
+/// it if given (a bad address stops the process before it starts work),
+/// installs the recorder and serves `/metrics` until `shutdown`.
+pub async fn serve_own(
+    addr: Option<&str>,
+    flag: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let listener = bind(addr, flag).await?;
+    Ok(install().map(|handle| tokio::spawn(serve(listener, handle, shutdown.clone()))))
+}

@@ -37,20 +37,12 @@ pub async fn run(connect: ConnectOpts, args: RelayArgs) -> anyhow::Result<ExitCo
     };
     let channel = connect.channel()?;
     let shutdown = CancellationToken::new();
-    let metrics = match &args.metrics_addr {
-        Some(addr) => {
-            Some(super::metrics::bind(addr, "--metrics-addr / RAG_RELAY_METRICS_ADDR").await?)
-        }
-        None => None,
-    };
-    let metrics_task = metrics.and_then(|listener| {
-        let handle = super::metrics::install()?;
-        Some(tokio::spawn(super::metrics::serve(
-            listener,
-            handle,
-            shutdown.clone(),
-        )))
-    });
+    let metrics_task = super::metrics::serve_own(
+        args.metrics_addr.as_deref(),
+        "--metrics-addr / RAG_RELAY_METRICS_ADDR",
+        &shutdown,
+    )
+    .await?;
     super::signal::cancel_on_signal(shutdown.clone());
     let cfg = RelayConfig {
         listen_url: url,

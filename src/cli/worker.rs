@@ -68,20 +68,12 @@ pub async fn run(connect: ConnectOpts, args: WorkerArgs) -> anyhow::Result<ExitC
     let shutdown = CancellationToken::new();
     super::signal::cancel_on_signal(shutdown.clone());
     // Bound first: a bad address stops the worker before it takes a job.
-    let metrics = match &args.metrics_addr {
-        Some(addr) => {
-            Some(super::metrics::bind(addr, "--metrics-addr / RAG_WORKER_METRICS_ADDR").await?)
-        }
-        None => None,
-    };
-    let metrics_task = metrics.and_then(|listener| {
-        let handle = super::metrics::install()?;
-        Some(tokio::spawn(super::metrics::serve(
-            listener,
-            handle,
-            shutdown.clone(),
-        )))
-    });
+    let metrics_task = super::metrics::serve_own(
+        args.metrics_addr.as_deref(),
+        "--metrics-addr / RAG_WORKER_METRICS_ADDR",
+        &shutdown,
+    )
+    .await?;
     let url = connect.database_url()?;
     let channel = connect.channel()?;
     let rt = &args.runtime;
