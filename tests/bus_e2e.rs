@@ -135,3 +135,96 @@ async fn the_acceptance_criteria_hold_over_nats() {
     assert!(realtime.is_empty(), "healed, so no resync: {realtime:?}");
     wait_bus_connected(&api, true).await;
 }
+
+/// Whether each of `users` has `n` documents, each ingested or in error.
+async fn all_done(api: &Api, users: &[Uuid], n: usize) -> bool {
+    for u in users {
+        let (_, docs) = get_json(api, *u, "/documents").await;
+        let docs = docs["documents"].as_array().unwrap();
+        let done = |d: &Value| d["status"] == "ingested" || d["status"] == "error";
+        if docs.len() < n || !docs.iter().all(done) {
+            return false;
+        }
+    }
+    true
+}
+
+async fn wait_all_done(api: &Api, users: &[Uuid], n: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while !all_done(api, users, n).await {
+        assert!(Instant::now() < deadline, "documents never finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads `client` until it holds what REST shows (no resync on the way)
+/// and checks it got no frame twice; returns its frames.
+async fn ends_equal_to_rest(api: &Api, user: Uuid, client: &mut Client) -> Vec<String> {
+    let mut held = Holding::default();
+    for f in &client.frames.clone() {
+        held.apply_any(f);
+    }
+    let realtime = read_until_rest(api, user, client, &mut held, None).await;
+    assert!(realtime.is_empty(), "user {user}: {realtime:?}");
+    let frames: Vec<String> = client.frames.iter().map(Value::to_string).collect();
+    let distinct: std::collections::HashSet<_> = frames.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        frames.len(),
+        "a duplicate for {user}: {frames:#?}"
+    );
+    frames
+}
+
+/// Three instances, each a relay candidate, with users spread over them:
+/// every event reaches exactly its user's sockets once, each instance
+/// receives only the events of the users it holds, and one backend LISTENs.
+#[tokio::test]
+async fn three_instances_receive_only_their_users_events() {
+    let db = TestDb::new();
+    let nats = NatsServer::start();
+    let mut apis = vec![];
+    for _ in 0..3 {
+        apis.push(nats_api(&db, &nats, "auto").await);
+    }
+    let _workers = workers(&db);
+    // a on instances 0 and 1, b on 1, c on 2, d nowhere.
+    let users: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    let (a, b, c) = (users[0], users[1], users[2]);
+    let placement = [(a, 0), (a, 1), (b, 1), (c, 2)];
+    let mut clients = vec![];
+    for (user, i) in placement {
+        clients.push(Client::connect(&apis[i], user, "").await);
+    }
+    for (api, subs) in apis.iter().zip([1.0, 2.0, 1.0]) {
+        wait_metric(api, "ragctl_bus_subscriptions ", |v| v == subs).await;
+        settle(api, 1.0).await;
+    }
+    for (i, user) in users.iter().enumerate() {
+        for n in 0..3 {
+            upload_text(&apis[i % 3], *user, n).await;
+        }
+    }
+    wait_all_done(&apis[0], &users, 3).await;
+
+    let mut frames = vec![];
+    for ((user, i), client) in placement.iter().zip(clients.iter_mut()) {
+        frames.push(ends_equal_to_rest(&apis[*i], *user, client).await);
+    }
+    // Both of a's sockets got the same events.
+    let (mut a0, mut a1) = (frames[0].clone(), frames[1].clone());
+    a0.sort();
+    a1.sort();
+    assert_eq!(a0, a1, "a's two sockets differ");
+    // One message per event of a user held; none of the others.
+    let want = [
+        frames[0].len(),
+        frames[1].len() + frames[2].len(),
+        frames[3].len(),
+    ];
+    for (api, want) in apis.iter().zip(want) {
+        let got = api.metric("ragctl_bus_received_total ").await;
+        assert_eq!(got, want as f64, "{}", api.metrics().await);
+    }
+    assert_one_listen_backend(&db).await;
+}
