@@ -157,8 +157,8 @@ async fn wait_all_done(api: &Api, users: &[Uuid], n: usize) {
     }
 }
 
-/// Reads `client` until it holds what REST shows (no resync on the way)
-/// and checks it got no frame twice; returns its frames.
+/// Reads `client` until it holds what REST shows, with no resync on the
+/// way; returns every frame it got.
 async fn ends_equal_to_rest(api: &Api, user: Uuid, client: &mut Client) -> Vec<String> {
     let mut held = Holding::default();
     for f in &client.frames.clone() {
@@ -166,14 +166,15 @@ async fn ends_equal_to_rest(api: &Api, user: Uuid, client: &mut Client) -> Vec<S
     }
     let realtime = read_until_rest(api, user, client, &mut held, None).await;
     assert!(realtime.is_empty(), "user {user}: {realtime:?}");
-    let frames: Vec<String> = client.frames.iter().map(Value::to_string).collect();
-    let distinct: std::collections::HashSet<_> = frames.iter().collect();
-    assert_eq!(
-        distinct.len(),
-        frames.len(),
-        "a duplicate for {user}: {frames:#?}"
-    );
-    frames
+    client.frames.iter().map(Value::to_string).collect()
+}
+
+/// No frame twice. (Only where no heal ran: a heal re-sends the current
+/// state of every row changed in its window, which may repeat a frame.)
+fn assert_no_duplicates(user: Uuid, frames: &[String]) {
+    let mut seen = std::collections::HashSet::new();
+    let twice: Vec<&String> = frames.iter().filter(|f| !seen.insert(*f)).collect();
+    assert!(twice.is_empty(), "user {user} got these twice: {twice:#?}");
 }
 
 /// Three instances, each a relay candidate, with users spread over them:
@@ -209,7 +210,9 @@ async fn three_instances_receive_only_their_users_events() {
 
     let mut frames = vec![];
     for ((user, i), client) in placement.iter().zip(clients.iter_mut()) {
-        frames.push(ends_equal_to_rest(&apis[*i], *user, client).await);
+        let got = ends_equal_to_rest(&apis[*i], *user, client).await;
+        assert_no_duplicates(*user, &got);
+        frames.push(got);
     }
     // Both of a's sockets got the same events.
     let (mut a0, mut a1) = (frames[0].clone(), frames[1].clone());
@@ -225,6 +228,106 @@ async fn three_instances_receive_only_their_users_events() {
     for (api, want) in apis.iter().zip(want) {
         let got = api.metric("ragctl_bus_received_total ").await;
         assert_eq!(got, want as f64, "{}", api.metrics().await);
+    }
+    assert_one_listen_backend(&db).await;
+}
+
+/// A `ragctl relay` process (its metrics on a port of its own).
+fn relay(db: &TestDb, nats: &NatsServer, name: &str) -> Proc {
+    let url = nats.url();
+    let args = ["relay", "--nats-url", &url, "--metrics-addr", "127.0.0.1:0"];
+    Proc::spawn(name, &db.url, &args, &[])
+}
+
+/// Which of `relays` leads (waits for one to say so).
+async fn leader(relays: &[Proc]) -> usize {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(i) = relays
+            .iter()
+            .position(|p| p.logs().contains("relay leading"))
+        {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "no relay leads");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// 10 small text uploads for each of `users`, in rounds, through `api_url`.
+async fn upload_all(api_url: String, users: Vec<Uuid>) {
+    for i in 0..10 {
+        for u in &users {
+            let form = reqwest::multipart::Form::new().part(
+                "file",
+                reqwest::multipart::Part::bytes(format!("text {i} of {u}").into_bytes())
+                    .file_name(format!("n{i}.txt")),
+            );
+            let r = http()
+                .post(format!("{api_url}/documents"))
+                .bearer_auth(token(*u))
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+    }
+}
+
+/// Waits until the database holds at least `n` documents.
+async fn wait_documents(db: &TestDb, n: i64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let count: i64 = db.query("SELECT count(*) FROM documents").await[0].get(0);
+        if count >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {count} documents");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The relay leader SIGKILLed while 200 uploads for 20 users flow: the
+/// standby leads under a new epoch, and every client, on two instances
+/// with no relay of their own, ends equal to REST on its first socket.
+#[tokio::test]
+async fn a_killed_relay_is_replaced_and_every_client_ends_equal_to_rest() {
+    let db = TestDb::new();
+    let nats = NatsServer::start();
+    let mut relays = vec![relay(&db, &nats, "relay a"), relay(&db, &nats, "relay b")];
+    let first = leader(&relays).await;
+    let apis = [
+        nats_api(&db, &nats, "off").await,
+        nats_api(&db, &nats, "off").await,
+    ];
+    let delay = [("RAG_WORKER_JOB_DELAY_MS", "20")];
+    let _workers = [worker(&db, "parse", &delay), worker(&db, "ingest", &delay)];
+    let users: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+    let mut clients = vec![];
+    for (i, u) in users.iter().enumerate() {
+        clients.push(Client::connect(&apis[i % 2], *u, "").await);
+    }
+    for api in &apis {
+        wait_metric(api, "ragctl_bus_subscriptions ", |v| v == 10.0).await;
+        settle(api, 1.0).await;
+    }
+    let uploads = tokio::spawn(upload_all(apis[0].url.clone(), users.clone()));
+
+    wait_documents(&db, 50).await;
+    relays[first].signal(libc::SIGKILL);
+    relays[first].wait_exit().await;
+    let standby = &relays[1 - first];
+    standby.wait_line("relay leading").await;
+    uploads.await.unwrap();
+    wait_all_done(&apis[0], &users, 10).await;
+
+    for (i, (user, client)) in users.iter().zip(clients.iter_mut()).enumerate() {
+        ends_equal_to_rest(&apis[i % 2], *user, client).await;
+    }
+    for api in &apis {
+        let gaps = "ragctl_bus_gaps_total{cause=\"relay_failover\"} ";
+        assert!(api.metric(gaps).await >= 1.0, "{}", api.metrics().await);
     }
     assert_one_listen_backend(&db).await;
 }
