@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::bus::*;
@@ -172,9 +173,25 @@ async fn ends_equal_to_rest(api: &Api, user: Uuid, client: &mut Client) -> Vec<S
 /// No frame twice. (Only where no heal ran: a heal re-sends the current
 /// state of every row changed in its window, which may repeat a frame.)
 fn assert_no_duplicates(user: Uuid, frames: &[String]) {
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     let twice: Vec<&String> = frames.iter().filter(|f| !seen.insert(*f)).collect();
     assert!(twice.is_empty(), "user {user} got these twice: {twice:#?}");
+}
+
+/// A socket per `(user, instance)`, each subscribed (one subscription per
+/// user an instance holds) and each instance past its first heartbeat.
+async fn connect_placed(apis: &[Api], placement: &[(Uuid, usize)]) -> Vec<Client> {
+    let mut clients = vec![];
+    for (user, i) in placement {
+        clients.push(Client::connect(&apis[*i], *user, "").await);
+    }
+    for (n, api) in apis.iter().enumerate() {
+        let held: HashSet<Uuid> = placement.iter().filter(|p| p.1 == n).map(|p| p.0).collect();
+        let subs = held.len() as f64;
+        wait_metric(api, "ragctl_bus_subscriptions ", |v| v == subs).await;
+        settle(api, 1.0).await;
+    }
+    clients
 }
 
 /// Three instances, each a relay candidate, with users spread over them:
@@ -193,14 +210,7 @@ async fn three_instances_receive_only_their_users_events() {
     let users: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
     let (a, b, c) = (users[0], users[1], users[2]);
     let placement = [(a, 0), (a, 1), (b, 1), (c, 2)];
-    let mut clients = vec![];
-    for (user, i) in placement {
-        clients.push(Client::connect(&apis[i], user, "").await);
-    }
-    for (api, subs) in apis.iter().zip([1.0, 2.0, 1.0]) {
-        wait_metric(api, "ragctl_bus_subscriptions ", |v| v == subs).await;
-        settle(api, 1.0).await;
-    }
+    let mut clients = connect_placed(&apis, &placement).await;
     for (i, user) in users.iter().enumerate() {
         for n in 0..3 {
             upload_text(&apis[i % 3], *user, n).await;
@@ -304,14 +314,9 @@ async fn a_killed_relay_is_replaced_and_every_client_ends_equal_to_rest() {
     let delay = [("RAG_WORKER_JOB_DELAY_MS", "20")];
     let _workers = [worker(&db, "parse", &delay), worker(&db, "ingest", &delay)];
     let users: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
-    let mut clients = vec![];
-    for (i, u) in users.iter().enumerate() {
-        clients.push(Client::connect(&apis[i % 2], *u, "").await);
-    }
-    for api in &apis {
-        wait_metric(api, "ragctl_bus_subscriptions ", |v| v == 10.0).await;
-        settle(api, 1.0).await;
-    }
+    let placement: Vec<(Uuid, usize)> =
+        users.iter().enumerate().map(|(i, u)| (*u, i % 2)).collect();
+    let mut clients = connect_placed(&apis, &placement).await;
     let uploads = tokio::spawn(upload_all(apis[0].url.clone(), users.clone()));
 
     wait_documents(&db, 50).await;
