@@ -172,6 +172,17 @@ async fn ends_equal_to_rest(api: &Api, user: Uuid, client: &mut Client) -> Vec<S
 
 /// No frame twice. (Only where no heal ran: a heal re-sends the current
 /// state of every row changed in its window, which may repeat a frame.)
+/// Gaps the instance's bus found (each healed), all causes.
+async fn gaps(api: &Api) -> f64 {
+    let text = api.metrics().await;
+    let lines = text
+        .lines()
+        .filter(|l| l.starts_with("ragctl_bus_gaps_total"));
+    lines
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn assert_no_duplicates(user: Uuid, frames: &[String]) {
     let mut seen = HashSet::new();
     let twice: Vec<&String> = frames.iter().filter(|f| !seen.insert(*f)).collect();
@@ -218,16 +229,28 @@ async fn three_instances_receive_only_their_users_events() {
     }
     wait_all_done(&apis[0], &users, 3).await;
 
+    // A heal (a starved machine can delay heartbeats past the silence
+    // bound) re-sends states: exact counts hold for instances that healed
+    // nothing, an upper bound for the others.
     let mut frames = vec![];
     for ((user, i), client) in placement.iter().zip(clients.iter_mut()) {
-        let got = ends_equal_to_rest(&apis[*i], *user, client).await;
-        assert_no_duplicates(*user, &got);
-        frames.push(got);
+        frames.push(ends_equal_to_rest(&apis[*i], *user, client).await);
+    }
+    let mut healed = vec![];
+    for api in &apis {
+        healed.push(gaps(api).await > 0.0);
+    }
+    for ((user, i), got) in placement.iter().zip(&frames) {
+        if !healed[*i] {
+            assert_no_duplicates(*user, got);
+        }
     }
     // Both of a's sockets got the same events.
     let (mut a0, mut a1) = (frames[0].clone(), frames[1].clone());
     a0.sort();
+    a0.dedup();
     a1.sort();
+    a1.dedup();
     assert_eq!(a0, a1, "a's two sockets differ");
     // One message per event of a user held; none of the others.
     let want = [
@@ -235,9 +258,12 @@ async fn three_instances_receive_only_their_users_events() {
         frames[1].len() + frames[2].len(),
         frames[3].len(),
     ];
-    for (api, want) in apis.iter().zip(want) {
+    for ((api, want), healed) in apis.iter().zip(want).zip(healed) {
         let got = api.metric("ragctl_bus_received_total ").await;
-        assert_eq!(got, want as f64, "{}", api.metrics().await);
+        match healed {
+            false => assert_eq!(got, want as f64, "{}", api.metrics().await),
+            true => assert!(got <= want as f64, "{}", api.metrics().await),
+        }
     }
     assert_one_listen_backend(&db).await;
 }
