@@ -214,6 +214,7 @@ async fn a_token_that_never_expires_does_not_panic_a_socket() {
 
     let url = format!("{}?token={forever}", api.ws_url());
     let mut c = Client::connect_url(&url).await.expect("connects");
+    c.wait_live().await;
     let doc = Uuid::new_v4();
     publish(&db, doc_status(user, doc, "parsed")).await;
     c.expect("a live event", |f| {

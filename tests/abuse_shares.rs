@@ -41,6 +41,7 @@ async fn one_user_cannot_take_every_websocket() {
 
     // Another user connects and gets live events.
     let mut client = Client::connect(&api, victim, "").await;
+    client.wait_live().await;
     let (code, doc) = upload_bytes(&api, victim, "note.txt", b"hello".to_vec()).await;
     assert_eq!(code, 201, "{doc}");
     let id = doc["id"].clone();

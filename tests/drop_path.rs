@@ -32,6 +32,7 @@ async fn an_instance_with_no_socket_for_the_user_forwards_nothing_counts_the_dro
     let without = Api::start(&db, &[], &[]).await;
     let user = Uuid::new_v4();
     let mut client = Client::connect(&with_socket, user, "").await;
+    client.wait_live().await;
 
     let good = serde_json::to_value(doc_status(user, Uuid::new_v4(), "parsed")).unwrap();
     let bad = malformed(&good);

@@ -22,6 +22,7 @@ async fn worker_events_reach_the_client() {
     let _workers = workers(&db);
     let user = Uuid::new_v4();
     let mut client = Client::connect(&api, user, "").await;
+    client.wait_live().await;
     let doc = upload(&api, user, "handbook.pdf").await;
     let id = s(doc["id"].as_str().unwrap());
     client
@@ -223,6 +224,8 @@ async fn two_instances_deliver_each_event_once_and_only_to_its_user() {
     let user = Uuid::new_v4();
     let mut on_a = Client::connect(&a, user, "").await;
     let mut on_b = Client::connect(&b, user, "").await;
+    on_a.wait_live().await;
+    on_b.wait_live().await;
     // Uploaded through instance A; the client on B must see it all too.
     let doc = upload(&a, user, "handbook.md").await;
     let id = s(doc["id"].as_str().unwrap());
@@ -255,7 +258,9 @@ async fn two_instances_deliver_each_event_once_and_only_to_its_user() {
     let mut clients = Vec::new();
     for (n, u) in users.iter().enumerate() {
         let api = if n % 2 == 0 { &a } else { &b };
-        clients.push(Client::connect(api, *u, "").await);
+        let mut client = Client::connect(api, *u, "").await;
+        client.wait_live().await;
+        clients.push(client);
     }
     let publisher = publisher(&db).await;
     let docs: Vec<Uuid> = users.iter().map(|_| Uuid::new_v4()).collect();

@@ -211,7 +211,9 @@ async fn every_token_form_upgrades_and_the_offered_subprotocol_is_echoed_exactly
         let (resp, mut raw) = request(&api.url, path, &headers).await;
         assert_eq!(resp.status, 101, "{name}: {resp:?}");
         assert_eq!(resp.header("sec-websocket-protocol"), echoed, "{name}");
-        // The socket is the user's: it receives the user's events.
+        // The socket is the user's: it receives the user's events (once
+        // registered: under load the event could beat the registration).
+        raw.wait_live().await;
         let doc = Uuid::new_v4();
         publish(&db, doc_status(user, doc, "parsed")).await;
         let (op, payload) = raw.next_frame().await.expect("an event frame");

@@ -17,6 +17,7 @@ pub const TEXT: u8 = 0x1;
 pub const BINARY: u8 = 0x2;
 pub const CLOSE: u8 = 0x8;
 pub const PING: u8 = 0x9;
+pub const PONG: u8 = 0xA;
 
 /// A frame with `first` as its first byte (FIN, RSV bits, opcode).
 pub fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
@@ -78,6 +79,8 @@ pub struct Raw {
     buf: Vec<u8>,
     /// How the stream ended, if by an error (a reset).
     pub error: Option<std::io::Error>,
+    /// Frames read by [`Raw::wait_live`], handed out by `next_frame` first.
+    pending: std::collections::VecDeque<(u8, Vec<u8>)>,
 }
 
 /// Sends `GET path` with the WebSocket headers plus `extra` (lines without
@@ -117,6 +120,7 @@ pub async fn request_on(
         stream,
         buf: Vec::new(),
         error: None,
+        pending: Default::default(),
     };
     raw.stream.write_all(req.as_bytes()).await.unwrap();
     let resp = raw.read_response().await;
@@ -191,8 +195,31 @@ impl Raw {
         let _ = self.stream.write_all(bytes).await;
     }
 
+    /// Waits until the server runs this socket, so that a live event
+    /// published from now on reaches it: the 101 comes before the server
+    /// registers the socket with the hub, and a ping is answered only
+    /// after. Frames that arrive meanwhile are kept for `next_frame`.
+    pub async fn wait_live(&mut self) {
+        let tag = uuid::Uuid::new_v4();
+        self.send(&masked(FIN | PING, tag.as_bytes())).await;
+        loop {
+            match self.read_frame().await {
+                Some((PONG, p)) if p == tag.as_bytes() => return,
+                Some(frame) => self.pending.push_back(frame),
+                None => panic!("the socket ended before it went live"),
+            }
+        }
+    }
+
     /// The next frame (opcode, payload), or `None` at the end of the stream.
     pub async fn next_frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        match self.pending.pop_front() {
+            Some(frame) => Some(frame),
+            None => self.read_frame().await,
+        }
+    }
+
+    async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
         loop {
             if let Some((len, frame)) = parse(&self.buf) {
                 self.buf.drain(..len);
