@@ -99,7 +99,7 @@ async fn expect_failure(api: &Api, user: Uuid, client: &mut Client) {
 #[tokio::test]
 async fn the_acceptance_criteria_hold_over_nats() {
     let db = TestDb::new();
-    let mut nats = NatsServer::start();
+    let mut nats = NatsServer::start().expect("nats-server");
     let api = nats_api(&db, &nats, "auto").await;
     wait_leader(&api).await;
     let parse_env = [
@@ -127,7 +127,7 @@ async fn the_acceptance_criteria_hold_over_nats() {
     let doc = upload(&api, user, "handbook.pdf").await;
     wait_status(&api, user, doc["id"].as_str().unwrap(), "ingested").await;
     // NATS back: the same socket ends holding what REST shows.
-    nats.restart();
+    nats.restart().expect("nats-server restart");
     let mut held = Holding::default();
     for f in &client.frames.clone() {
         held.apply_any(f);
@@ -211,7 +211,7 @@ async fn connect_placed(apis: &[Api], placement: &[(Uuid, usize)]) -> Vec<Client
 #[tokio::test]
 async fn three_instances_receive_only_their_users_events() {
     let db = TestDb::new();
-    let nats = NatsServer::start();
+    let nats = NatsServer::start().expect("nats-server");
     let mut apis = vec![];
     for _ in 0..3 {
         apis.push(nats_api(&db, &nats, "auto").await);
@@ -330,7 +330,7 @@ async fn wait_documents(db: &TestDb, n: i64) {
 #[tokio::test]
 async fn a_killed_relay_is_replaced_and_every_client_ends_equal_to_rest() {
     let db = TestDb::new();
-    let nats = NatsServer::start();
+    let nats = NatsServer::start().expect("nats-server");
     let mut relays = vec![relay(&db, &nats, "relay a"), relay(&db, &nats, "relay b")];
     let first = leader(&relays).await;
     let apis = [

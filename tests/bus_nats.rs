@@ -45,7 +45,7 @@ fn doc_frame(doc: Uuid, status: &str) -> impl Fn(&Value) -> bool {
 #[tokio::test]
 async fn an_instance_receives_only_the_events_of_users_it_holds() {
     let db = TestDb::new();
-    let nats = NatsServer::start();
+    let nats = NatsServer::start().expect("nats-server");
     let api = start(&db, &nats, &[]).await;
     let (me, other) = (Uuid::new_v4(), Uuid::new_v4());
     let mut client = Client::connect(&api, me, "").await;
@@ -87,7 +87,7 @@ async fn an_instance_receives_only_the_events_of_users_it_holds() {
 #[tokio::test]
 async fn a_new_epoch_heals_what_the_old_relay_never_published() {
     let db = TestDb::new();
-    let nats = NatsServer::start();
+    let nats = NatsServer::start().expect("nats-server");
     let api = start(&db, &nats, &[]).await;
     let user = Uuid::new_v4();
     let (mut client, mut held) = synced(&api, user, 1.0).await;
@@ -117,7 +117,7 @@ async fn a_new_epoch_heals_what_the_old_relay_never_published() {
 #[tokio::test]
 async fn an_oversize_notice_heals_its_user_only() {
     let db = TestDb::new();
-    let nats = NatsServer::start();
+    let nats = NatsServer::start().expect("nats-server");
     let api = start(&db, &nats, &[]).await;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let ids_a = [upload_text(&api, a, 0).await, upload_text(&api, a, 1).await];
@@ -150,7 +150,7 @@ async fn an_oversize_notice_heals_its_user_only() {
 #[tokio::test]
 async fn a_nats_restart_is_healed_and_reported() {
     let db = TestDb::new();
-    let mut nats = NatsServer::start();
+    let mut nats = NatsServer::start().expect("nats-server");
     let api = start(&db, &nats, &[]).await;
     let user = Uuid::new_v4();
     let (mut client, mut held) = synced(&api, user, 1.0).await;
@@ -167,7 +167,7 @@ async fn a_nats_restart_is_healed_and_reported() {
         ids.push(upload_text(&api, user, i).await);
     }
     set_states(&db, &ids[..2], "error", Some("unreadable"), "failed", 3).await;
-    nats.restart();
+    nats.restart().expect("nats-server restart");
 
     let realtime = read_until_rest(&api, user, &mut client, &mut held, None).await;
     assert!(realtime.is_empty(), "healed, so no resync: {realtime:?}");
@@ -183,7 +183,7 @@ async fn a_nats_restart_is_healed_and_reported() {
 #[tokio::test]
 async fn subscriptions_follow_the_sockets() {
     let db = TestDb::new();
-    let nats = NatsServer::start();
+    let nats = NatsServer::start().expect("nats-server");
     let api = start(&db, &nats, &["--nats-unsubscribe-grace-ms", "100"]).await;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let mut clients = vec![
@@ -212,7 +212,7 @@ async fn subscriptions_follow_the_sockets() {
 #[tokio::test]
 async fn a_socket_before_nats_is_up_is_healed_when_it_comes() {
     let db = TestDb::new();
-    let mut nats = NatsServer::start();
+    let mut nats = NatsServer::start().expect("nats-server");
     nats.kill();
     let api = start(&db, &nats, &[]).await;
     let user = Uuid::new_v4();
@@ -227,7 +227,7 @@ async fn a_socket_before_nats_is_up_is_healed_when_it_comes() {
         ids.push(upload_text(&api, user, i).await);
     }
     set_states(&db, &ids[..1], "parsed", None, "success", 0).await;
-    nats.restart();
+    nats.restart().expect("nats-server restart");
 
     let realtime = read_until_rest(&api, user, &mut client, &mut held, None).await;
     assert!(realtime.is_empty(), "healed, so no resync: {realtime:?}");
@@ -241,7 +241,7 @@ async fn a_socket_before_nats_is_up_is_healed_when_it_comes() {
 #[tokio::test]
 async fn a_slow_consumer_drop_is_healed() {
     let db = TestDb::new();
-    let nats = NatsServer::start();
+    let nats = NatsServer::start().expect("nats-server");
     let slow = [
         "--nats-subscription-capacity",
         "1",
@@ -300,7 +300,7 @@ fn the_nats_bus_wants_a_url() {
 #[tokio::test]
 async fn a_resuming_socket_is_subscribed_before_its_catch_up() {
     let db = TestDb::new();
-    let nats = NatsServer::start();
+    let nats = NatsServer::start().expect("nats-server");
     let api = start(&db, &nats, &[]).await;
     let user = Uuid::new_v4();
     for i in 0..3 {
@@ -333,7 +333,7 @@ async fn a_resuming_socket_is_subscribed_before_its_catch_up() {
 #[tokio::test]
 async fn the_first_relay_after_a_silence_heals_what_came_before_it() {
     let db = TestDb::new();
-    let nats = NatsServer::start();
+    let nats = NatsServer::start().expect("nats-server");
     let api = start(&db, &nats, &[]).await;
     let user = Uuid::new_v4();
     let (mut client, mut held) = synced(&api, user, 1.0).await;

@@ -130,7 +130,7 @@ fn with_error_text(user: Uuid, len: usize) -> ragctl::events::Envelope {
 #[tokio::test]
 async fn one_relay_listens_republishes_and_a_standby_takes_over() {
     let db = TestDb::new();
-    let nats = NatsServer::start();
+    let nats = NatsServer::start().expect("nats-server");
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut relay_sub = subscribe(&client, "ragctl.relay").await;
     let user = Uuid::new_v4();
@@ -198,7 +198,7 @@ async fn one_relay_listens_republishes_and_a_standby_takes_over() {
 #[tokio::test]
 async fn an_envelope_over_max_payload_is_named_not_dropped_silently() {
     let db = TestDb::new();
-    let nats = NatsServer::start_with_config("max_payload: 2048\n");
+    let nats = NatsServer::start_with_config("max_payload: 2048\n").expect("nats-server");
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut relay_sub = subscribe(&client, "ragctl.relay").await;
     let user = Uuid::new_v4();
@@ -272,7 +272,7 @@ async fn readyz_reports_the_bus_and_the_relay_role() {
     assert!(body.get("relay").is_none(), "{body}");
     drop(plain);
 
-    let nats = NatsServer::start();
+    let nats = NatsServer::start().expect("nats-server");
     let url = nats.url();
     let off = Api::start(
         &db,
@@ -310,7 +310,7 @@ async fn readyz_reports_the_bus_and_the_relay_role() {
 #[tokio::test]
 async fn every_way_the_relay_can_miss_events_is_a_gap_or_a_new_epoch() {
     let db = TestDb::new();
-    let mut nats = NatsServer::start();
+    let mut nats = NatsServer::start().expect("nats-server");
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut relay_sub = subscribe(&client, "ragctl.relay").await;
     let user = Uuid::new_v4();
@@ -350,7 +350,7 @@ async fn every_way_the_relay_can_miss_events_is_a_gap_or_a_new_epoch() {
 
     // NATS restarts: the relay owes a gap from before the drop. The test's
     // own client may come back after it was sent: the relay's log says it.
-    nats.restart();
+    nats.restart().expect("nats-server restart");
     relay.wait_line("relay_nats_reconnected").await;
     // Resubscribed (both subscriptions come back together) once a
     // heartbeat arrives again.
@@ -380,7 +380,8 @@ async fn credentials_in_the_url_are_used_and_never_logged() {
     let db = TestDb::new();
     let addr = |n: &NatsServer| format!("127.0.0.1:{}", n.port);
 
-    let nats = NatsServer::start_with_config("authorization { token: \"t0ken-s3cret\" }\n");
+    let nats = NatsServer::start_with_config("authorization { token: \"t0ken-s3cret\" }\n")
+        .expect("nats-server");
     let client = async_nats::ConnectOptions::with_token("t0ken-s3cret".into())
         .connect(addr(&nats))
         .await
@@ -390,7 +391,8 @@ async fn credentials_in_the_url_are_used_and_never_logged() {
 
     let nats = NatsServer::start_with_config(
         "authorization { user: \"ragctl\", password: \"pa55-s3cret\" }\n",
-    );
+    )
+    .expect("nats-server");
     let client =
         async_nats::ConnectOptions::with_user_and_password("ragctl".into(), "pa55-s3cret".into())
             .connect(addr(&nats))
@@ -410,7 +412,7 @@ async fn credentials_in_the_url_are_used_and_never_logged() {
 async fn tap_shows_the_envelopes_and_the_relay_as_they_cross_nats() {
     use std::io::BufRead;
     let db = TestDb::new();
-    let nats = NatsServer::start();
+    let nats = NatsServer::start().expect("nats-server");
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut relay_sub = subscribe(&client, "ragctl.relay").await;
     let _relay = relay(&db, &nats, "relay");
@@ -521,7 +523,8 @@ async fn a_tls_url_is_tls_verified_against_the_system_roots() {
     let dir = certs.path().display();
     let nats = NatsServer::start_with_config(&format!(
         "tls {{\n  cert_file: \"{dir}/server.pem\"\n  key_file: \"{dir}/server.key\"\n}}\n"
-    ));
+    ))
+    .expect("nats-server");
     let client = async_nats::ConnectOptions::new()
         .add_root_certificates(ca.clone())
         .require_tls(true)
