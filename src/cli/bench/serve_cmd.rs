@@ -15,7 +15,8 @@ use crate::harness::Ready;
 /// written to `ready`: on `db_url` with `secret`, `/metrics` on the API
 /// port for the bearer of [`metrics_token`], and none of the caller's
 /// variables that would change what is measured (a listen URL of its own,
-/// realtime off). The caller adds its flags and its log's destination.
+/// realtime off, a bus). The caller adds its flags (`BenchBus::apply`)
+/// and its log's destination.
 pub(super) fn serve_command(db_url: &str, secret: &str, ready: &Path) -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("cannot find the ragctl executable")?;
     let mut cmd = Command::new(exe);
@@ -33,11 +34,44 @@ pub(super) fn serve_command(db_url: &str, secret: &str, ready: &Path) -> anyhow:
     .env("RAG_JWT_SECRET", secret)
     .env("RAG_METRICS_TOKEN", metrics_token())
     .env_remove("RAG_LISTEN_DATABASE_URL")
-    .env_remove("RAG_NO_REALTIME")
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .kill_on_drop(true);
+    .env_remove("RAG_NO_REALTIME");
+    for var in [
+        "RAG_BUS",
+        "RAG_NATS_URL",
+        "RAG_NATS_CREDS",
+        "RAG_NATS_PREFIX",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
     Ok(cmd)
+}
+
+/// The bus a started server runs on: the postgres bus (the default), or
+/// NATS at `url` (each server is then a relay candidate too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum BenchBus {
+    Postgres,
+    Nats { url: String },
+}
+
+impl BenchBus {
+    /// Adds the bus's flags to a `serve_command`.
+    pub(super) fn apply(&self, cmd: &mut Command) {
+        if let BenchBus::Nats { url } = self {
+            cmd.args(["--bus", "nats", "--nats-url", url]);
+        }
+    }
+
+    /// `postgres` or `nats`, for reports.
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            BenchBus::Postgres => "postgres",
+            BenchBus::Nats { .. } => "nats",
+        }
+    }
 }
 
 /// The URL in `ready` once the server wrote it, waited on while `child`
