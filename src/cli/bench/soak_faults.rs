@@ -1,7 +1,8 @@
 //! The soak's faults, on a schedule over the load: the API listeners'
 //! backends killed every `LISTENER_EVERY`, a worker SIGKILLed (parse and
 //! ingest in turn) and started again every `WORKER_EVERY`, the soak's own
-//! PostgreSQL restarted once (at 40% of the run) and API instance 0
+//! PostgreSQL restarted at 40% of the run (and once in the warm-up too,
+//! when usage is judged: see `Plan::pg_marks`) and API instance 0
 //! restarted once (at 60%; its sockets resume from their cursors on the new
 //! one). A process that exits unasked is counted and started again.
 
@@ -12,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::soak_procs::{Api, Ground, Instances, Proc, say};
+use super::soak_usage::{MIN_SPAN, warm_up};
 use crate::db::embedded::Embedded;
 use crate::db::listener::API_LISTENER_NAME;
 
@@ -58,8 +60,19 @@ impl Plan {
     fn off_grid(&self) -> Duration {
         OFF_GRID.min(self.length.mul_f64(0.05))
     }
-    fn pg_at(&self) -> Duration {
-        self.length.mul_f64(0.4) + self.off_grid()
+    /// When PostgreSQL is restarted. When the run is long enough for
+    /// usage to be judged, once halfway through the warm-up as well: the
+    /// reconnect and resync paths' code is then read in (`RssFile`) before
+    /// the warm-up sample, as in any server that has met one restart, and
+    /// the restart at 40% shows whether a second one grows anything.
+    fn pg_marks(&self) -> Vec<Duration> {
+        let warm = warm_up(self.length);
+        let mut marks = Vec::with_capacity(2);
+        if warm + MIN_SPAN <= self.length {
+            marks.push(warm / 2 + self.off_grid());
+        }
+        marks.push(self.length.mul_f64(0.4) + self.off_grid());
+        marks
     }
     fn api_at(&self) -> Duration {
         self.length.mul_f64(0.6) + self.off_grid()
@@ -70,7 +83,8 @@ impl Plan {
 struct Due {
     listener: Duration,
     worker: Duration,
-    pg: bool,
+    /// PostgreSQL restarts done (of `Plan::pg_marks`).
+    pg: usize,
     api: bool,
     turn: usize,
 }
@@ -88,7 +102,7 @@ pub(super) async fn run(
     let mut due = Due {
         listener: LISTENER_EVERY,
         worker: WORKER_EVERY,
-        pg: false,
+        pg: 0,
         api: false,
         turn: 0,
     };
@@ -146,8 +160,8 @@ async fn once(
     due: &mut Due,
     c: &mut FaultCounts,
 ) {
-    if !due.pg && now >= plan.pg_at() {
-        due.pg = true;
+    if plan.pg_marks().get(due.pg).is_some_and(|&at| now >= at) {
+        due.pg += 1;
         say("restarting PostgreSQL (pg_ctl restart -m fast)");
         match cluster.restart().await {
             Ok(()) => c.pg_restarts += 1,
@@ -268,5 +282,21 @@ fn status(child: &mut tokio::process::Child) -> String {
     match child.try_wait() {
         Ok(Some(s)) => s.to_string(),
         _ => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_restarts_in_the_warm_up_only_when_usage_is_judged() {
+        let secs = |s| Duration::from_secs(s);
+        // 30 min: warm-up 180 s; restarts at 90 + 15 s and 720 + 15 s.
+        let long = Plan { length: secs(1800) };
+        assert_eq!(long.pg_marks(), [secs(105), secs(735)]);
+        // 20 s: nothing is judged, one restart at 8 + 1 s.
+        let short = Plan { length: secs(20) };
+        assert_eq!(short.pg_marks(), [secs(9)]);
     }
 }

@@ -156,37 +156,59 @@ impl Proc {
     }
 }
 
-/// A process's RSS (KiB) and open descriptors, from /proc.
-pub(super) fn usage(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
-    Some((rss, fds))
+/// A process's memory (KiB) and open descriptors, from /proc.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Usage {
+    /// `VmRSS`: every resident page.
+    pub(super) rss_kib: u64,
+    /// `RssAnon`: the heap and stacks (what a leak grows).
+    pub(super) anon_kib: u64,
+    /// `RssFile`: the executable's and libraries' pages read in so far.
+    pub(super) file_kib: u64,
+    pub(super) fds: u64,
 }
 
-/// The median of `n` readings of `usage`, one a second (sockets come and go
-/// between two readings).
-pub(super) async fn usage_median(pid: u32, n: usize) -> Option<(u64, u64)> {
-    let mut rss = Vec::new();
-    let mut fds = Vec::new();
+/// A process's usage now.
+pub(super) fn usage(pid: u32) -> Option<Usage> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |field: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some(Usage {
+        rss_kib: kib("VmRSS:")?,
+        anon_kib: kib("RssAnon:")?,
+        file_kib: kib("RssFile:")?,
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64,
+    })
+}
+
+/// Field by field, the median of `n` readings of `usage`, one a second
+/// (sockets come and go between two readings).
+pub(super) async fn usage_median(pid: u32, n: usize) -> Option<Usage> {
+    let mut readings = Vec::new();
     for i in 0..n {
         if i > 0 {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        if let Some((r, f)) = usage(pid) {
-            rss.push(r);
-            fds.push(f);
-        }
+        readings.extend(usage(pid));
     }
-    rss.sort_unstable();
-    fds.sort_unstable();
-    Some((*rss.get(rss.len() / 2)?, *fds.get(fds.len() / 2)?))
+    let median = |f: fn(&Usage) -> u64| {
+        let mut v: Vec<u64> = readings.iter().map(f).collect();
+        v.sort_unstable();
+        v.get(v.len() / 2).copied()
+    };
+    Some(Usage {
+        rss_kib: median(|u| u.rss_kib)?,
+        anon_kib: median(|u| u.anon_kib)?,
+        file_kib: median(|u| u.file_kib)?,
+        fds: median(|u| u.fds)?,
+    })
 }
 
 /// One API instance as it is now: where it listens, its process, which

@@ -156,7 +156,11 @@ fn usage_checks(u: &InstanceUsage) -> Vec<Check> {
     let rss = growth_pct(w.rss_kib, e.rss_kib);
     let fds = growth_pct(w.fds, e.fds);
     let heap = format!(
-        "heap in use {} → {}",
+        "anonymous {} → {} KiB, file-backed {} → {} KiB; heap in use {} → {}",
+        w.anon_kib,
+        e.anon_kib,
+        w.file_kib,
+        e.file_kib,
         mb(w.heap_in_use_bytes),
         mb(e.heap_in_use_bytes)
     );
@@ -268,12 +272,13 @@ fn render_end(s: &mut String, r: &SoakReport) {
             .iter()
             .map(|t| {
                 let heap = mb(t.heap_in_use_bytes);
-                format!("{}s#{} {} KiB/{heap}", t.at_s, t.start, t.rss_kib)
+                let (rss, anon, file) = (t.rss_kib, t.anon_kib, t.file_kib);
+                format!("{}s#{} {rss}={anon}+{file} KiB/{heap}", t.at_s, t.start)
             })
             .collect();
         let _ = writeln!(
             s,
-            "{} each minute (s#start RSS/heap in use): {}",
+            "{} each minute (s#start RSS=anonymous+file/heap in use): {}",
             u.process,
             trail.join(", ")
         );

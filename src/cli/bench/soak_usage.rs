@@ -1,9 +1,10 @@
-//! What each API instance holds over the load: a reading a minute (RSS,
-//! descriptors, and the allocator's view from its `/metrics`: heap in use,
-//! free heap held), and the two judged samples, after a warm-up from the
-//! instance's last start and at the end of the load, if that span is long
-//! enough to mean something. RSS that grows while heap in use does not is
-//! the allocator keeping pages, not a leak.
+//! What each API instance holds over the load: a reading a minute (RSS and
+//! its anonymous and file-backed parts, descriptors, and the allocator's
+//! view from its `/metrics`: heap in use, free heap held), and the two
+//! judged samples, after a warm-up from the instance's last start and at
+//! the end of the load, if that span is long enough to mean something.
+//! RSS that grows while heap in use does not is the allocator keeping
+//! pages, or (in `RssFile`) code read in for the first time, not a leak.
 
 use std::time::Duration;
 
@@ -33,7 +34,11 @@ pub struct Sample {
     pub at_s: u64,
     /// Which start of the instance (1: the first).
     pub start: u32,
+    /// `VmRSS` (judged), and its two parts: `RssAnon` (heap and stacks)
+    /// and `RssFile` (the executable's pages read in so far).
     pub rss_kib: u64,
+    pub anon_kib: u64,
+    pub file_kib: u64,
     pub fds: u64,
     /// `ragctl_heap_in_use_bytes` and `ragctl_heap_free_held_bytes`, as of
     /// the server's last trim (once a minute); none if unread.
@@ -150,7 +155,7 @@ fn begin(u: &mut InstanceUsage, live: &Live, span: Span) -> Option<Instant> {
 /// RSS and descriptors (the median of `n` readings a second apart), and
 /// the heap gauges.
 async fn read(http: &reqwest::Client, live: &Live, span: Span, n: usize) -> Option<Sample> {
-    let (rss_kib, fds) = match n {
+    let u = match n {
         1 => usage(live.pid)?,
         n => usage_median(live.pid, n).await?,
     };
@@ -161,8 +166,10 @@ async fn read(http: &reqwest::Client, live: &Live, span: Span, n: usize) -> Opti
     Some(Sample {
         at_s: span.start.elapsed().as_secs(),
         start: live.starts,
-        rss_kib,
-        fds,
+        rss_kib: u.rss_kib,
+        anon_kib: u.anon_kib,
+        file_kib: u.file_kib,
+        fds: u.fds,
         heap_in_use_bytes: gauge(&text, "ragctl_heap_in_use_bytes"),
         heap_free_held_bytes: gauge(&text, "ragctl_heap_free_held_bytes"),
     })
