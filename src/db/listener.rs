@@ -164,7 +164,10 @@ async fn run(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     let mut connected_once = false;
-    let reconnects = metrics::counter!("ragctl_listener_reconnects_total");
+    // Labelled by connection: in one `serve`, the API's listener and the
+    // relay's are different connections with different jobs.
+    let app = cfg.application_name.clone();
+    let reconnects = metrics::counter!("ragctl_listener_reconnects_total", "app" => app);
     loop {
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -229,7 +232,7 @@ async fn session(
 ) -> Result<(), ListenError> {
     let (client, conn) = super::connect(&cfg.url, &cfg.application_name).await?;
     let (dead_tx, mut dead_rx) = tokio::sync::oneshot::channel::<ListenError>();
-    let reader = Reader::new(queue.clone(), counters.clone());
+    let reader = Reader::new(queue.clone(), counters.clone(), &cfg.application_name);
     // Aborts the reader (and so closes the socket) however this returns.
     let _guard = AbortOnDrop(tokio::spawn(async move {
         let _ = dead_tx.send(reader.run(conn).await);
@@ -329,12 +332,13 @@ struct Reader {
 }
 
 impl Reader {
-    fn new(queue: mpsc::Sender<ListenItem>, counters: Arc<ListenerCounters>) -> Reader {
+    fn new(queue: mpsc::Sender<ListenItem>, counters: Arc<ListenerCounters>, app: &str) -> Reader {
+        let app = app.to_string();
         Reader {
             queue,
             counters,
-            received: metrics::counter!("ragctl_listener_notifications_total"),
-            dropped: metrics::counter!("ragctl_listener_queue_dropped_total"),
+            received: metrics::counter!("ragctl_listener_notifications_total", "app" => app.clone()),
+            dropped: metrics::counter!("ragctl_listener_queue_dropped_total", "app" => app),
             gap_pending: None,
         }
     }
