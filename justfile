@@ -57,7 +57,8 @@ fuzz TARGET SECONDS="60":
 fuzz-replay:
     bash scripts/fuzz.sh replay
 
-# End-to-end run with real processes on a throwaway database (tests/e2e.sh)
+# End-to-end run with real processes on throwaway databases, on the postgres
+# bus then the NATS bus (tests/e2e.sh; E2E_BUS=postgres|nats|both)
 e2e:
     bash tests/e2e.sh
 

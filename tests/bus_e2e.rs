@@ -42,15 +42,6 @@ async fn assert_one_listen_backend(db: &TestDb) {
     assert_eq!(backends(db, "ragctl-listener").await, 0, "an API LISTENs");
 }
 
-/// Waits until `api`'s relay leads (its `/readyz` says so).
-async fn wait_leader(api: &Api) {
-    let deadline = Instant::now() + PATIENCE;
-    while api.readyz().await.1["relay"]["role"] != "leader" {
-        assert!(Instant::now() < deadline, "{}", api.proc.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn doc_is(id: &Value, status: &str) -> impl Fn(&Value) -> bool {
     let fields = [("document_id", id.clone()), ("status", s(status))];
     move |f| is(f, "document.status_updated", &fields)
@@ -135,27 +126,6 @@ async fn the_acceptance_criteria_hold_over_nats() {
     let realtime = read_until_rest(&api, user, &mut client, &mut held, None).await;
     assert!(realtime.is_empty(), "healed, so no resync: {realtime:?}");
     wait_bus_connected(&api, true).await;
-}
-
-/// Whether each of `users` has `n` documents, each ingested or in error.
-async fn all_done(api: &Api, users: &[Uuid], n: usize) -> bool {
-    for u in users {
-        let (_, docs) = get_json(api, *u, "/documents").await;
-        let docs = docs["documents"].as_array().unwrap();
-        let done = |d: &Value| d["status"] == "ingested" || d["status"] == "error";
-        if docs.len() < n || !docs.iter().all(done) {
-            return false;
-        }
-    }
-    true
-}
-
-async fn wait_all_done(api: &Api, users: &[Uuid], n: usize) {
-    let deadline = Instant::now() + PATIENCE;
-    while !all_done(api, users, n).await {
-        assert!(Instant::now() < deadline, "documents never finished");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Reads `client` until it holds what REST shows, with no resync on the
@@ -290,27 +260,6 @@ async fn leader(relays: &[Proc]) -> usize {
     }
 }
 
-/// 10 small text uploads for each of `users`, in rounds, through `api_url`.
-async fn upload_all(api_url: String, users: Vec<Uuid>) {
-    for i in 0..10 {
-        for u in &users {
-            let form = reqwest::multipart::Form::new().part(
-                "file",
-                reqwest::multipart::Part::bytes(format!("text {i} of {u}").into_bytes())
-                    .file_name(format!("n{i}.txt")),
-            );
-            let r = http()
-                .post(format!("{api_url}/documents"))
-                .bearer_auth(token(*u))
-                .multipart(form)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 201);
-        }
-    }
-}
-
 /// Waits until the database holds at least `n` documents.
 async fn wait_documents(db: &TestDb, n: i64) {
     let deadline = Instant::now() + PATIENCE;
@@ -343,7 +292,8 @@ async fn a_killed_relay_is_replaced_and_every_client_ends_equal_to_rest() {
     let placement: Vec<(Uuid, usize)> =
         users.iter().enumerate().map(|(i, u)| (*u, i % 2)).collect();
     let mut clients = connect_placed(&apis, &placement).await;
-    let uploads = tokio::spawn(upload_all(apis[0].url.clone(), users.clone()));
+    let (url, all) = (apis[0].url.clone(), users.clone());
+    let uploads = tokio::spawn(async move { upload_all(&url, &all).await });
 
     wait_documents(&db, 50).await;
     relays[first].signal(libc::SIGKILL);

@@ -25,6 +25,39 @@ async fn start(db: &TestDb, nats: &NatsServer, extra: &[&str]) -> Api {
     Api::start(db, &args, &[]).await
 }
 
+/// A database, a nats-server and an API on it (`start`). Bound in this
+/// order, they drop in reverse: the API first, the database last.
+async fn world(extra: &[&str]) -> (TestDb, NatsServer, Api) {
+    let db = TestDb::new();
+    let nats = NatsServer::start().expect("nats-server");
+    let api = start(&db, &nats, extra).await;
+    (db, nats, api)
+}
+
+/// The test's relay, once `api` heard its first heartbeat (and healed the
+/// silence before it).
+async fn relay_heard(db: &TestDb, nats: &NatsServer, api: &Api) -> Relay {
+    let mut relay = Relay::connect(nats).await;
+    relay.heartbeat(db_now(db).await).await;
+    settle(api, 1.0).await;
+    relay
+}
+
+/// Reads `client` until it holds what REST shows, with no resync (a heal
+/// brought what it missed), and a gap of `cause` counted.
+async fn assert_healed(
+    api: &Api,
+    user: Uuid,
+    client: &mut Client,
+    held: &mut Holding,
+    cause: &str,
+) {
+    let realtime = read_until_rest(api, user, client, held, None).await;
+    assert!(realtime.is_empty(), "healed, so no resync: {realtime:?}");
+    let gaps = format!("ragctl_bus_gaps_total{{cause=\"{cause}\"}} ");
+    assert!(api.metric(&gaps).await >= 1.0, "{}", api.metrics().await);
+}
+
 /// A client subscribed (the gauge counts it) holding what REST shows.
 async fn synced(api: &Api, user: Uuid, subscriptions: f64) -> (Client, Holding) {
     let mut client = Client::connect(api, user, "").await;
@@ -44,9 +77,7 @@ fn doc_frame(doc: Uuid, status: &str) -> impl Fn(&Value) -> bool {
 /// has no LISTEN connection.
 #[tokio::test]
 async fn an_instance_receives_only_the_events_of_users_it_holds() {
-    let db = TestDb::new();
-    let nats = NatsServer::start().expect("nats-server");
-    let api = start(&db, &nats, &[]).await;
+    let (db, nats, api) = world(&[]).await;
     let (me, other) = (Uuid::new_v4(), Uuid::new_v4());
     let mut client = Client::connect(&api, me, "").await;
     wait_metric(&api, "ragctl_bus_subscriptions ", |v| v == 1.0).await;
@@ -86,14 +117,10 @@ async fn an_instance_receives_only_the_events_of_users_it_holds() {
 /// them) reach the client by a heal once a heartbeat of a new epoch comes.
 #[tokio::test]
 async fn a_new_epoch_heals_what_the_old_relay_never_published() {
-    let db = TestDb::new();
-    let nats = NatsServer::start().expect("nats-server");
-    let api = start(&db, &nats, &[]).await;
+    let (db, nats, api) = world(&[]).await;
     let user = Uuid::new_v4();
     let (mut client, mut held) = synced(&api, user, 1.0).await;
-    let mut relay = Relay::connect(&nats).await;
-    relay.heartbeat(db_now(&db).await).await;
-    settle(&api, 1.0).await;
+    let mut relay = relay_heard(&db, &nats, &api).await;
 
     // The API publishes these on PostgreSQL only: nothing relays them.
     let mut ids = vec![];
@@ -104,10 +131,7 @@ async fn a_new_epoch_heals_what_the_old_relay_never_published() {
     relay.failover();
     relay.heartbeat(db_now(&db).await).await;
 
-    let realtime = read_until_rest(&api, user, &mut client, &mut held, None).await;
-    assert!(realtime.is_empty(), "healed, so no resync: {realtime:?}");
-    let gaps = "ragctl_bus_gaps_total{cause=\"relay_failover\"} ";
-    assert!(api.metric(gaps).await >= 1.0);
+    assert_healed(&api, user, &mut client, &mut held, "relay_failover").await;
     let heals = "ragctl_bridge_heals_by_cause_total{cause=\"relay_failover\"} ";
     assert!(api.metric(heals).await >= 1.0);
 }
@@ -116,9 +140,7 @@ async fn a_new_epoch_heals_what_the_old_relay_never_published() {
 /// is the next event published for it.
 #[tokio::test]
 async fn an_oversize_notice_heals_its_user_only() {
-    let db = TestDb::new();
-    let nats = NatsServer::start().expect("nats-server");
-    let api = start(&db, &nats, &[]).await;
+    let (db, nats, api) = world(&[]).await;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let ids_a = [upload_text(&api, a, 0).await, upload_text(&api, a, 1).await];
     let ids_b = [upload_text(&api, b, 0).await];
@@ -132,8 +154,7 @@ async fn an_oversize_notice_heals_its_user_only() {
     relay
         .send(json!({"kind": "oversize", "user_id": a, "since": since}))
         .await;
-    let realtime = read_until_rest(&api, a, &mut client_a, &mut held_a, None).await;
-    assert!(realtime.is_empty(), "{realtime:?}");
+    assert_healed(&api, a, &mut client_a, &mut held_a, "relay_oversize").await;
 
     // The heal is over (a holds REST): had it sent b anything, it would
     // be in b's socket before this.
@@ -141,22 +162,16 @@ async fn an_oversize_notice_heals_its_user_only() {
     relay.publish(&doc_status(b, marker, "parsed")).await;
     let first = client_b.expect("a frame", |_| true).await;
     assert!(doc_frame(marker, "parsed")(&first), "b was healed: {first}");
-    let gaps = "ragctl_bus_gaps_total{cause=\"relay_oversize\"} ";
-    assert!(api.metric(gaps).await >= 1.0);
 }
 
 /// NATS restarted: uploads go on, /readyz tells of the outage while it
 /// lasts, and the client ends equal to REST without reconnecting.
 #[tokio::test]
 async fn a_nats_restart_is_healed_and_reported() {
-    let db = TestDb::new();
-    let mut nats = NatsServer::start().expect("nats-server");
-    let api = start(&db, &nats, &[]).await;
+    let (db, mut nats, api) = world(&[]).await;
     let user = Uuid::new_v4();
     let (mut client, mut held) = synced(&api, user, 1.0).await;
-    let mut relay = Relay::connect(&nats).await;
-    relay.heartbeat(db_now(&db).await).await;
-    settle(&api, 1.0).await;
+    let _relay = relay_heard(&db, &nats, &api).await;
 
     nats.kill();
     let body = wait_bus_connected(&api, false).await;
@@ -169,22 +184,17 @@ async fn a_nats_restart_is_healed_and_reported() {
     set_states(&db, &ids[..2], "error", Some("unreadable"), "failed", 3).await;
     nats.restart().expect("nats-server restart");
 
-    let realtime = read_until_rest(&api, user, &mut client, &mut held, None).await;
-    assert!(realtime.is_empty(), "healed, so no resync: {realtime:?}");
+    assert_healed(&api, user, &mut client, &mut held, "nats_reconnected").await;
     let body = wait_bus_connected(&api, true).await;
     assert!(body["realtime"]["reconnects"].as_u64() >= Some(1), "{body}");
     assert_eq!(api.metric("ragctl_bus_connected ").await, 1.0);
-    let gaps = "ragctl_bus_gaps_total{cause=\"nats_reconnected\"} ";
-    assert!(api.metric(gaps).await >= 1.0);
 }
 
 /// One subscription per user with sockets here; none once they all left
 /// (after the grace), and again when one comes back.
 #[tokio::test]
 async fn subscriptions_follow_the_sockets() {
-    let db = TestDb::new();
-    let nats = NatsServer::start().expect("nats-server");
-    let api = start(&db, &nats, &["--nats-unsubscribe-grace-ms", "100"]).await;
+    let (_db, nats, api) = world(&["--nats-unsubscribe-grace-ms", "100"]).await;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let mut clients = vec![
         Client::connect(&api, a, "").await,
@@ -240,8 +250,6 @@ async fn a_socket_before_nats_is_up_is_healed_when_it_comes() {
 /// instance missed reaches the client by a heal.
 #[tokio::test]
 async fn a_slow_consumer_drop_is_healed() {
-    let db = TestDb::new();
-    let nats = NatsServer::start().expect("nats-server");
     let slow = [
         "--nats-subscription-capacity",
         "1",
@@ -250,16 +258,14 @@ async fn a_slow_consumer_drop_is_healed() {
         "--user-frame-rate",
         "0",
     ];
-    let api = start(&db, &nats, &slow).await;
+    let (db, nats, api) = world(&slow).await;
     let user = Uuid::new_v4();
     let ids = [
         upload_text(&api, user, 0).await,
         upload_text(&api, user, 1).await,
     ];
     let (mut client, mut held) = synced(&api, user, 1.0).await;
-    let mut relay = Relay::connect(&nats).await;
-    relay.heartbeat(db_now(&db).await).await;
-    settle(&api, 1.0).await;
+    let relay = relay_heard(&db, &nats, &api).await;
     // Never published: only a heal brings it.
     set_states(&db, &ids[..1], "parsed", None, "success", 0).await;
 
@@ -280,8 +286,7 @@ async fn a_slow_consumer_drop_is_healed() {
         }
         relay.client.flush().await.unwrap();
     }
-    let realtime = read_until_rest(&api, user, &mut client, &mut held, None).await;
-    assert!(realtime.is_empty(), "healed, so no resync: {realtime:?}");
+    assert_healed(&api, user, &mut client, &mut held, "nats_slow_consumer").await;
 }
 
 /// `--bus nats` without a usable URL stops serve before anything starts,
@@ -299,9 +304,7 @@ fn the_nats_bus_wants_a_url() {
 /// event arrives live.
 #[tokio::test]
 async fn a_resuming_socket_is_subscribed_before_its_catch_up() {
-    let db = TestDb::new();
-    let nats = NatsServer::start().expect("nats-server");
-    let api = start(&db, &nats, &[]).await;
+    let (_db, nats, api) = world(&[]).await;
     let user = Uuid::new_v4();
     for i in 0..3 {
         upload_text(&api, user, i).await;
@@ -332,9 +335,7 @@ async fn a_resuming_socket_is_subscribed_before_its_catch_up() {
 /// is healed when the first relay's first heartbeat comes.
 #[tokio::test]
 async fn the_first_relay_after_a_silence_heals_what_came_before_it() {
-    let db = TestDb::new();
-    let nats = NatsServer::start().expect("nats-server");
-    let api = start(&db, &nats, &[]).await;
+    let (db, nats, api) = world(&[]).await;
     let user = Uuid::new_v4();
     let (mut client, mut held) = synced(&api, user, 1.0).await;
     wait_metric(&api, "ragctl_bus_relay_silences_total ", |v| v >= 1.0).await;
@@ -344,8 +345,5 @@ async fn the_first_relay_after_a_silence_heals_what_came_before_it() {
     let mut relay = Relay::connect(&nats).await;
     relay.heartbeat(db_now(&db).await).await;
 
-    let realtime = read_until_rest(&api, user, &mut client, &mut held, None).await;
-    assert!(realtime.is_empty(), "healed, so no resync: {realtime:?}");
-    let gaps = "ragctl_bus_gaps_total{cause=\"relay_silent\"} ";
-    assert!(api.metric(gaps).await >= 1.0);
+    assert_healed(&api, user, &mut client, &mut held, "relay_silent").await;
 }

@@ -210,47 +210,6 @@ async fn repeated_listener_kills_during_200_uploads_leave_every_client_equal_to_
     assert!(healed >= 5.0, "one heal per reconnect: {healed}");
 }
 
-async fn upload_all(api_url: &str, users: &[Uuid]) {
-    for i in 0..10 {
-        for u in users {
-            let form = reqwest::multipart::Form::new().part(
-                "file",
-                reqwest::multipart::Part::bytes(format!("text {i} of {u}").into_bytes())
-                    .file_name(format!("n{i}.txt")),
-            );
-            let r = http()
-                .post(format!("{api_url}/documents"))
-                .bearer_auth(token(*u))
-                .multipart(form)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 201);
-        }
-    }
-}
-
-/// Whether each of `users` has `n` documents, each ingested or failed.
-async fn all_done(api: &Api, users: &[Uuid], n: usize) -> bool {
-    for u in users {
-        let (_, docs) = get_json(api, *u, "/documents").await;
-        let docs = docs["documents"].as_array().unwrap();
-        let done = |d: &serde_json::Value| d["status"] == "ingested" || d["status"] == "error";
-        if docs.len() < n || !docs.iter().all(done) {
-            return false;
-        }
-    }
-    true
-}
-
-async fn wait_all_done(api: &Api, users: &[Uuid], n: usize) {
-    let deadline = Instant::now() + PATIENCE;
-    while !all_done(api, users, n).await {
-        assert!(Instant::now() < deadline, "documents never finished");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Two API instances; one stops while workers process, and its clients
 /// resume on the other from their `caught_up` cursors.
 #[tokio::test]

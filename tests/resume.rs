@@ -269,29 +269,19 @@ async fn ws_client_reconnects_from_its_last_cursor() {
     let api = Api::start(&db, &[], &[]).await;
     let user = Uuid::new_v4();
     let doc = upload_text(&api, user, 0).await;
-    let user_arg = user.to_string();
     let parsed = format!("document.status_updated document_id={doc} status=parsed");
     let args = [
-        "ws-client",
-        "--url",
-        &api.url,
-        "--user",
-        &user_arg,
         "--ttl",
         "2s",
         "--reconnect",
         "--since",
         "2000-01-01T00:00:00Z",
-        "--format",
-        "json",
-        "--timeout",
-        "60s",
         "--expect",
         "realtime.caught_up",
         "--expect",
         &parsed,
     ];
-    let mut client = Proc::spawn("ws-client", &db.url, &args, &[]);
+    let mut client = ws_client(&db, &api, user, &args);
     client.wait_line("expectation met (1/2)").await;
     db.query(&format!(
         "UPDATE documents SET status = 'parsed', updated_at = clock_timestamp() WHERE id = '{doc}'"

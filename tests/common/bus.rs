@@ -101,6 +101,15 @@ pub async fn settle(api: &Api, beats: f64) {
     wait_metric(api, heals, |v| v >= gaps).await;
 }
 
+/// Waits until `api`'s relay leads (its `/readyz` says so).
+pub async fn wait_leader(api: &Api) {
+    let deadline = Instant::now() + PATIENCE;
+    while api.readyz().await.1["relay"]["role"] != "leader" {
+        assert!(Instant::now() < deadline, "{}", api.proc.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until `/readyz` answers 200 with the bus connected or not.
 pub async fn wait_bus_connected(api: &Api, connected: bool) -> Value {
     let deadline = Instant::now() + PATIENCE;

@@ -3,12 +3,16 @@
 //! and heal tests make.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{Api, Client, Next, TestDb, get_all, get_json, http, token, upload_bytes};
+use super::{
+    Api, Client, Next, PATIENCE, TestDb, get_all, get_json, http, token, upload_bytes,
+    upload_bytes_at,
+};
 
 /// The fields compared per entity kind.
 const DOC_FIELDS: [&str; 2] = ["status", "error_message"];
@@ -145,7 +149,7 @@ pub async fn read_until_rest(
     held: &mut Holding,
     conv: Option<&str>,
 ) -> Vec<String> {
-    let deadline = std::time::Instant::now() + super::PATIENCE;
+    let deadline = Instant::now() + PATIENCE;
     let mut realtime = vec![];
     loop {
         let rest = rest_view(api, user, conv).await;
@@ -153,13 +157,13 @@ pub async fn read_until_rest(
             return realtime;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "user {user}: the client never held what REST shows\nheld: {:#?}\nrest: {rest:#?}",
             held.view()
         );
         // Frames already sent are read at once; a quiet second means the
         // client has everything that was sent so far.
-        while let Some(Next::Frame(f)) = client.next(std::time::Duration::from_secs(1)).await {
+        while let Some(Next::Frame(f)) = client.next(Duration::from_secs(1)).await {
             let kind = held.apply_any(&f);
             if kind.starts_with("realtime.") {
                 realtime.push(kind);
@@ -172,6 +176,39 @@ pub async fn upload_text(api: &Api, user: Uuid, i: usize) -> String {
     let (code, body) = upload_bytes(api, user, &format!("n{i}.txt"), b"some text".to_vec()).await;
     assert_eq!(code, 201, "{body}");
     body["id"].as_str().unwrap().to_string()
+}
+
+/// 10 small text uploads for each of `users`, in rounds, through the API
+/// at `api_url` (a spawned task's load while the test breaks something).
+pub async fn upload_all(api_url: &str, users: &[Uuid]) {
+    for i in 0..10 {
+        for u in users {
+            let text = format!("text {i} of {u}").into_bytes();
+            let (code, body) = upload_bytes_at(api_url, *u, &format!("n{i}.txt"), text).await;
+            assert_eq!(code, 201, "{body}");
+        }
+    }
+}
+
+/// Whether each of `users` has `n` documents, each ingested or in error.
+pub async fn all_done(api: &Api, users: &[Uuid], n: usize) -> bool {
+    for u in users {
+        let (_, docs) = get_json(api, *u, "/documents").await;
+        let docs = docs["documents"].as_array().unwrap();
+        let done = |d: &Value| d["status"] == "ingested" || d["status"] == "error";
+        if docs.len() < n || !docs.iter().all(done) {
+            return false;
+        }
+    }
+    true
+}
+
+pub async fn wait_all_done(api: &Api, users: &[Uuid], n: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while !all_done(api, users, n).await {
+        assert!(Instant::now() < deadline, "documents never finished");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 pub async fn ask(api: &Api, user: Uuid, conv: &str, content: &str) -> Value {

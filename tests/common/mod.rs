@@ -417,6 +417,16 @@ pub fn workers(db: &TestDb) -> [Proc; 2] {
     ]
 }
 
+/// `ragctl ws-client` as `user` on `api`, printing JSON and giving up
+/// after `PATIENCE`; `extra` adds its options (`--expect ...`).
+pub fn ws_client(db: &TestDb, api: &Api, user: Uuid, extra: &[&str]) -> Proc {
+    let (user, timeout) = (user.to_string(), format!("{}s", PATIENCE.as_secs()));
+    let mut args = vec!["ws-client", "--url", &api.url, "--user", &user];
+    args.extend_from_slice(&["--format", "json", "--timeout", &timeout]);
+    args.extend_from_slice(extra);
+    Proc::spawn("ws-client", &db.url, &args, &[])
+}
+
 pub fn token(user: Uuid) -> String {
     ragctl::auth::mint(SECRET, user, Duration::from_secs(3600)).unwrap()
 }
@@ -431,12 +441,22 @@ pub fn http() -> reqwest::Client {
 
 /// Uploads a fixture (or bytes) as `user`; returns (status, body).
 pub async fn upload_bytes(api: &Api, user: Uuid, filename: &str, bytes: Vec<u8>) -> (u16, Value) {
+    upload_bytes_at(&api.url, user, filename, bytes).await
+}
+
+/// `upload_bytes` to the API at `base` (for a task that outlives no `Api`).
+pub async fn upload_bytes_at(
+    base: &str,
+    user: Uuid,
+    filename: &str,
+    bytes: Vec<u8>,
+) -> (u16, Value) {
     let form = reqwest::multipart::Form::new().part(
         "file",
         reqwest::multipart::Part::bytes(bytes).file_name(filename.to_string()),
     );
     let r = http()
-        .post(format!("{}/documents", api.url))
+        .post(format!("{base}/documents"))
         .bearer_auth(token(user))
         .multipart(form)
         .send()
