@@ -323,6 +323,60 @@ async fn tick(ping: &mut Option<tokio::time::Interval>) {
     }
 }
 
+/// What one message read means: nothing to do (`None`), or the
+/// connection's end. Text frames go to the session.
+fn on_message(
+    msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    session: &mut Session,
+) -> anyhow::Result<Option<End>> {
+    Ok(match msg {
+        Some(Ok(Message::Text(t))) => session.on_frame(t.as_str()).map(|_| None)?,
+        Some(Ok(Message::Binary(b))) => session
+            .on_frame(&String::from_utf8_lossy(&b))
+            .map(|_| None)?,
+        Some(Ok(Message::Close(frame))) => Some(End::Closed {
+            code: frame.as_ref().map(|f| u16::from(f.code)),
+            reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+        }),
+        // Pings are answered by the library; pongs need nothing.
+        Some(Ok(_)) => None,
+        Some(Err(e)) => Some(End::Lost(io_detail(&e))),
+        None => Some(End::Lost("connection closed without a close frame".into())),
+    })
+}
+
+/// The payload of the ping that asks whether the server runs the socket.
+const LIVE_PING: &[u8] = b"ragctl-ws-client-live";
+
+/// Waits until the server runs this socket, reading what comes meanwhile.
+/// The server answers pings only from the socket's own task, which starts
+/// once the socket is registered for events (and, on the NATS bus, its
+/// user subscribed): from then on an event published reaches this client,
+/// which the 101 alone does not promise. `None`: live.
+async fn await_live(
+    socket: &mut Socket,
+    session: &mut Session,
+    limits: &Limits,
+) -> anyhow::Result<Option<End>> {
+    if let Err(e) = socket.send(Message::Ping(LIVE_PING.to_vec().into())).await {
+        return Ok(Some(End::Lost(io_detail(&e))));
+    }
+    loop {
+        tokio::select! {
+            end = limits.over() => {
+                close_politely(socket).await;
+                return Ok(Some(end));
+            }
+            msg = socket.next() => match msg {
+                Some(Ok(Message::Pong(p))) if p.as_ref() == LIVE_PING => return Ok(None),
+                msg => if let Some(end) = on_message(msg, session)? {
+                    return Ok(Some(end));
+                },
+            },
+        }
+    }
+}
+
 /// Reads one connection until it ends or the run is over.
 async fn read_socket(
     socket: &mut Socket,
@@ -330,7 +384,7 @@ async fn read_socket(
     limits: &Limits,
 ) -> anyhow::Result<End> {
     let mut ping = limits.pinger();
-    loop {
+    while !session.finished() {
         tokio::select! {
             end = limits.over() => {
                 close_politely(socket).await;
@@ -341,26 +395,13 @@ async fn read_socket(
                     return Ok(End::Lost(io_detail(&e)));
                 }
             }
-            msg = socket.next() => match msg {
-                Some(Ok(Message::Text(t))) => session.on_frame(t.as_str())?,
-                Some(Ok(Message::Binary(b))) => session.on_frame(&String::from_utf8_lossy(&b))?,
-                Some(Ok(Message::Close(frame))) => {
-                    return Ok(End::Closed {
-                        code: frame.as_ref().map(|f| u16::from(f.code)),
-                        reason: frame.map(|f| f.reason.to_string()).unwrap_or_default(),
-                    });
-                }
-                // Pings are answered by the library; pongs need nothing.
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Ok(End::Lost(io_detail(&e))),
-                None => return Ok(End::Lost("connection closed without a close frame".into())),
+            msg = socket.next() => if let Some(end) = on_message(msg, session)? {
+                return Ok(end);
             },
         }
-        if session.finished() {
-            close_politely(socket).await;
-            return Ok(End::Done);
-        }
     }
+    close_politely(socket).await;
+    Ok(End::Done)
 }
 
 /// One attempt: dial, then read until the connection ends.
@@ -377,6 +418,9 @@ async fn attempt(
     };
     match dialed {
         Ok(mut socket) => {
+            if let Some(end) = await_live(&mut socket, session, limits).await? {
+                return Ok(end);
+            }
             eprintln!("connected");
             backoff.reset();
             read_socket(&mut socket, session, limits).await
