@@ -20,7 +20,8 @@ Examples:
   ragctl bench
   ragctl bench --rate 5000 --duration 30s --clients 2000 --users 200 --json
   ragctl bench --server-url http://127.0.0.1:8080 --server-pid $(pgrep -n ragctl) --idle-sockets 0
-  ragctl bench --sockets 100000 --rate 1000")]
+  ragctl bench --sockets 100000 --rate 1000
+  ragctl bench --sockets 100000 --instances 6 --bus nats --rate 1000")]
 pub struct BenchArgs {
     /// Event rate of the latency runs, events/s.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
@@ -77,6 +78,23 @@ pub struct BenchArgs {
     /// Sockets (one user each) of the --sockets run that receive events.
     #[arg(long, default_value_t = 1000, requires = "sockets")]
     pub sample: usize,
+    /// API instances (`serve --no-workers` on one database) the --sockets
+    /// run spreads its sockets over (each user's sockets on one instance);
+    /// above 1 the clients run in --client-procs processes of the bench.
+    #[arg(long, default_value_t = 1, requires = "sockets",
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub instances: u16,
+    /// The bus of the --instances run: postgres, or nats (a nats-server the
+    /// bench starts; the instances are its relay candidates).
+    #[arg(long, default_value = "postgres", value_parser = ["postgres", "nats"],
+          requires = "sockets")]
+    pub bus: String,
+    /// Client processes of the --instances run (0: one per 16,000 sockets).
+    #[arg(long, default_value_t = 0, requires = "sockets")]
+    pub client_procs: usize,
+    /// Internal: run as a client process of --instances.
+    #[arg(long, hide = true)]
+    pub mass_child: bool,
     /// Also measure the capacity across API instances: the raw NOTIFY
     /// ceiling, the CPU per event of an instance with no socket for it, and
     /// the ceiling with 1, 2 and 4 instances (`serve --no-workers` on the

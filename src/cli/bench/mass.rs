@@ -29,11 +29,11 @@ use uuid::Uuid;
 use super::args::BenchArgs;
 use super::crowd::{Crowd, token};
 use super::fleet::{Endpoint, Ws, start_fleet};
-use super::limits::{Limits, metric_value, source_addr};
+use super::limits::{Limits, source_addr};
 use super::phase::{Bench, Kind};
 use super::progress::progress;
 use super::report::{CpuShare, Machine, PhaseResult};
-use super::sample::{CpuSnap, rss_kib};
+use super::sample::{CpuSnap, gauge, rss_kib};
 use super::server::Site;
 
 /// Concurrent handshakes while opening the mass sockets.
@@ -84,11 +84,11 @@ pub struct MassReport {
 
 /// What the mass clients share.
 #[derive(Default)]
-struct Tally {
-    opened: AtomicUsize,
-    failed: AtomicUsize,
-    dropped: AtomicUsize,
-    errors: Mutex<BTreeMap<String, usize>>,
+pub(super) struct Tally {
+    pub(super) opened: AtomicUsize,
+    pub(super) failed: AtomicUsize,
+    pub(super) dropped: AtomicUsize,
+    pub(super) errors: Mutex<BTreeMap<String, usize>>,
 }
 
 impl Tally {
@@ -140,21 +140,25 @@ fn reason(e: &anyhow::Error) -> String {
     text.chars().take(80).collect()
 }
 
-/// Opens mass sockets `range`, each for a user of its own, and holds them
-/// (reading, which answers pings) in `held`.
-async fn open(
-    site: &Site,
-    ep: &Endpoint,
+/// Opens mass sockets `range`, each for a user of its own (socket `i` to
+/// server `i % eps.len()`), and holds them (reading, which answers pings)
+/// in `held`.
+pub(super) async fn open(
+    secret: &str,
+    eps: &[Endpoint],
     range: std::ops::Range<usize>,
     tally: &Arc<Tally>,
     held: &mut JoinSet<()>,
 ) -> anyhow::Result<Duration> {
     let gate = Arc::new(Semaphore::new(HANDSHAKES_MASS));
     let started = Instant::now();
-    let end = range.end;
+    let (start, end) = (range.start, range.end);
+    let done = |t: &Tally| t.opened.load(Ordering::SeqCst) + t.failed.load(Ordering::SeqCst);
+    let before = done(tally);
     for i in range {
-        let jwt = token(&site.secret, Uuid::new_v4())?;
-        let (ep, gate, tally) = (ep.clone(), gate.clone(), tally.clone());
+        let jwt = token(secret, Uuid::new_v4())?;
+        let ep = eps[i % eps.len()].clone();
+        let (gate, tally) = (gate.clone(), tally.clone());
         held.spawn(async move {
             let permit = gate.acquire_owned().await;
             let connecting = connect_from(&ep, IpAddr::V4(source_addr(i)), &jwt);
@@ -175,7 +179,7 @@ async fn open(
         });
     }
     let deadline = Instant::now() + Duration::from_secs(600);
-    while tally.opened.load(Ordering::SeqCst) + tally.failed.load(Ordering::SeqCst) < end {
+    while done(tally) - before < end - start {
         if Instant::now() > deadline {
             bail!("sockets still opening after 600 s");
         }
@@ -322,7 +326,8 @@ async fn open_waves(
         }
         progress(&format!("opening mass sockets {at}..{stop}"));
         let before = CpuSnap::take(site.pid.as_slice());
-        waves.opening += open(site, ep, at..stop, tally, held).await?;
+        let eps = std::slice::from_ref(ep);
+        waves.opening += open(&site.secret, eps, at..stop, tally, held).await?;
         if at == 0 {
             let end = CpuSnap::take(site.pid.as_slice());
             waves.cpu = before.zip(end).map(|(b, e)| b.share(&e));
@@ -343,17 +348,16 @@ async fn open_waves(
 
 /// The server's WebSocket cap, from its `/metrics`.
 async fn server_ws_cap(api: &str) -> Option<u64> {
-    let http = reqwest::Client::new();
-    let page = super::sample::metrics_request(&http, api)
-        .send()
+    gauge(api, "ragctl_ws_connections_limit")
         .await
-        .ok()?;
-    let page = page.text().await.ok()?;
-    metric_value(&page, "ragctl_ws_connections_limit").map(|v| v as u64)
+        .map(|v| v as u64)
 }
 
 /// Events at `--rate` to the sample while every socket is held.
-async fn hold_latency(bench: &mut Bench, args: &BenchArgs) -> anyhow::Result<PhaseResult> {
+pub(super) async fn hold_latency(
+    bench: &mut Bench,
+    args: &BenchArgs,
+) -> anyhow::Result<PhaseResult> {
     progress(&format!(
         "held: {} events/s for {:?} to the sample",
         args.rate, args.duration
@@ -370,7 +374,7 @@ async fn hold_latency(bench: &mut Bench, args: &BenchArgs) -> anyhow::Result<Pha
     Ok(r)
 }
 
-fn rate(n: usize, took: Duration) -> f64 {
+pub(super) fn rate(n: usize, took: Duration) -> f64 {
     match took.as_secs_f64() {
         s if s > 0.0 => (n as f64 / s).round(),
         _ => 0.0,

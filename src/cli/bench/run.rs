@@ -34,6 +34,9 @@ pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCo
     if let Some(n) = args.abuse_child {
         return super::abuse_child::child(n).await;
     }
+    if args.mass_child {
+        return super::mass_child::child().await;
+    }
     crate::cli::signal::cancel_on_signal(cancel.clone());
     if let Some(length) = args.soak {
         let (users, sockets, json) = (args.soak_users, args.soak_sockets, args.json);
@@ -67,6 +70,23 @@ pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCo
         };
         return conclude(&args, &Outcome::Queue(Box::new(outcome?)));
     }
+    if args.sockets > 0 && args.instances > 1 {
+        if args.server_url.is_some() {
+            return Err(anyhow!(
+                "--instances starts its own servers: drop --server-url"
+            ));
+        }
+        // The run starts (and stops) its own instances and database.
+        let outcome = tokio::select! {
+            r = super::mass_fleet::run(&connect, &args, &channel) => r,
+            _ = cancel.cancelled() => {
+                eprintln!("ragctl: interrupted");
+                return Ok(ExitCode::from(130));
+            }
+        };
+        let judged = super::mass_fleet_report::judge(outcome?);
+        return conclude(&args, &Outcome::Fleet(Box::new(judged)));
+    }
     if let Some(set) = &args.retrieval {
         // A fresh server per mode, as for --queue.
         let outcome = tokio::select! {
@@ -98,6 +118,7 @@ pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCo
 enum Outcome {
     Phases(Box<PhasesReport>),
     Mass(Box<Judged>),
+    Fleet(Box<super::mass_fleet_report::FleetJudged>),
     Abuse(Box<AbuseReport>),
     Fanout(Box<super::fanout::FanoutReport>),
     Queue(Box<super::queue_report::QueueReport>),
@@ -128,6 +149,11 @@ fn conclude(args: &BenchArgs, outcome: &Outcome) -> anyhow::Result<ExitCode> {
             &r.base.targets,
         ),
         Outcome::Mass(j) => (serde_json::to_string_pretty(j)?, mass_render(j), &j.targets),
+        Outcome::Fleet(j) => (
+            serde_json::to_string_pretty(j)?,
+            super::mass_fleet_report::render(j),
+            &j.targets,
+        ),
         Outcome::Abuse(a) => (
             serde_json::to_string_pretty(a)?,
             abuse_render(a),

@@ -56,6 +56,17 @@ pub(super) async fn scrape(http: &reqwest::Client, api: &str) -> Option<Scrape> 
     })
 }
 
+/// An unlabelled metric of the server at `api`.
+pub(super) async fn gauge(api: &str, name: &str) -> Option<f64> {
+    let http = reqwest::Client::new();
+    let page = super::sample::metrics_request(&http, api)
+        .send()
+        .await
+        .ok()?;
+    let page = page.text().await.ok()?;
+    super::limits::metric_value(&page, name)
+}
+
 /// Counters that moved between two scrapes.
 pub(super) fn counter_deltas(
     before: &Scrape,

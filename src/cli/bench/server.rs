@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use super::args::BenchArgs;
 use super::fleet::Endpoint;
 use super::progress::progress;
-use super::serve_cmd::{ready_url, serve_command};
+use super::serve_cmd::{BenchBus, ready_url, serve_command};
 use crate::config::ConnectOpts;
 use crate::harness::{ScratchDb, random_hex};
 
@@ -87,9 +87,11 @@ fn spawn_serve(
     secret: &str,
     channel: &str,
     args: &BenchArgs,
+    bus: &BenchBus,
 ) -> anyhow::Result<tokio::process::Child> {
-    serve_command(db_url, secret, ready)?
-        .arg(format!("--ws-queue={}", args.ws_queue))
+    let mut cmd = serve_command(db_url, secret, ready)?;
+    bus.apply(&mut cmd);
+    cmd.arg(format!("--ws-queue={}", args.ws_queue))
         .args(
             args.resume
                 .then(|| format!("--max-catchup={}", super::resume::ROWS)),
@@ -174,8 +176,20 @@ pub(super) async fn launch(
     channel: &str,
     args: &BenchArgs,
 ) -> anyhow::Result<Instance> {
+    let (db, pg) = ((db_url, name), &BenchBus::Postgres);
+    launch_on(db, secret, channel, args, pg).await
+}
+
+/// [`launch`] on `bus`.
+pub(super) async fn launch_on(
+    (db_url, name): (&str, &str),
+    secret: &str,
+    channel: &str,
+    args: &BenchArgs,
+    bus: &BenchBus,
+) -> anyhow::Result<Instance> {
     let ready_path = std::env::temp_dir().join(format!("{name}.{}.ready", random_hex(4)));
-    let mut child = spawn_serve(db_url, &ready_path, secret, channel, args)?;
+    let mut child = spawn_serve(db_url, &ready_path, secret, channel, args, bus)?;
     let pid = child.id().unwrap_or_default();
     let tail = watch_log(child.stderr.take().expect("piped"), args.server_log);
     let ready = ready_url(&mut child, &ready_path, Duration::from_secs(60)).await;
