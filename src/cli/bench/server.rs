@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use super::args::BenchArgs;
 use super::fleet::Endpoint;
 use super::progress::progress;
-use super::serve_cmd::{ready_url, serve_command};
+use super::serve_cmd::{BenchBus, ready_url, serve_command};
 use crate::config::ConnectOpts;
 use crate::harness::{ScratchDb, random_hex};
 
@@ -87,9 +87,16 @@ fn spawn_serve(
     secret: &str,
     channel: &str,
     args: &BenchArgs,
+    bus: &BenchBus,
 ) -> anyhow::Result<tokio::process::Child> {
-    serve_command(db_url, secret, ready)?
-        .arg(format!("--ws-queue={}", args.ws_queue))
+    let mut cmd = serve_command(db_url, secret, ready)?;
+    bus.apply(&mut cmd);
+    // On NATS the benchmark runs the relay as a process of its own, so
+    // that its CPU is read alone.
+    if bus.name() == "nats" {
+        cmd.args(["--relay", "off"]);
+    }
+    cmd.arg(format!("--ws-queue={}", args.ws_queue))
         .args(
             args.resume
                 .then(|| format!("--max-catchup={}", super::resume::ROWS)),
@@ -174,8 +181,18 @@ pub(super) async fn launch(
     channel: &str,
     args: &BenchArgs,
 ) -> anyhow::Result<Instance> {
+    launch_on(db_url, (name, secret, channel), args, &BenchBus::Postgres).await
+}
+
+/// [`launch`] on `bus` (with `--relay off` on NATS).
+pub(super) async fn launch_on(
+    db_url: &str,
+    (name, secret, channel): (&str, &str, &str),
+    args: &BenchArgs,
+    bus: &BenchBus,
+) -> anyhow::Result<Instance> {
     let ready_path = std::env::temp_dir().join(format!("{name}.{}.ready", random_hex(4)));
-    let mut child = spawn_serve(db_url, &ready_path, secret, channel, args)?;
+    let mut child = spawn_serve(db_url, &ready_path, secret, channel, args, bus)?;
     let pid = child.id().unwrap_or_default();
     let tail = watch_log(child.stderr.take().expect("piped"), args.server_log);
     let ready = ready_url(&mut child, &ready_path, Duration::from_secs(60)).await;
