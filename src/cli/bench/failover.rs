@@ -158,7 +158,17 @@ async fn judge(
     };
     let _ = wait_for(seen, |s| stale(s) == 0).await;
     let s = seen.lock().expect("seen");
-    let coalesced = (threshold..=last).filter(|q| !s.seqs.contains(q)).count() as u64;
+    let missing: Vec<i64> = (threshold..=last).filter(|q| !s.seqs.contains(q)).collect();
+    let coalesced = missing.len() as u64;
+    if !missing.is_empty() {
+        // Where the losses sit (the kill is at `threshold`) tells a gap
+        // the heal missed from one at the end of the run.
+        let shown: Vec<String> = missing.iter().take(10).map(i64::to_string).collect();
+        progress(&format!(
+            "failover: events {threshold}..={last} committed after the kill; never seen: {}",
+            shown.join(", ")
+        ));
+    }
     let out = Failover {
         rate: RATE,
         events: last.max(0) as u64,
