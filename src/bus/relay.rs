@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connect::{Link, connect_link};
 pub use super::relay_config::{RELAY_LISTENER_NAME, RelayConfig, RelayRole};
+pub use super::relay_lock::LOCK_SESSION_NAME;
 use super::relay_lock::{self, LockSession};
 use super::relay_term::{self, TermEnd};
 

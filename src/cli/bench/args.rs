@@ -107,6 +107,16 @@ pub struct BenchArgs {
     /// Users of the --capacity phase (each event goes to one user's sockets).
     #[arg(long, default_value_t = 1_000, value_parser = parse_positive)]
     pub capacity_users: usize,
+    /// The bus of the --capacity phase: `nats` measures both buses in the
+    /// same run (postgres first, then NATS fed by a `ragctl relay`) with 1,
+    /// 2, 4 and 8 instances, then a relay failover (see capacity_bus.rs).
+    #[arg(long = "bus", value_enum, default_value_t = crate::config::BusKind::Postgres,
+          requires = "capacity")]
+    pub capacity_bus: crate::config::BusKind,
+    /// The NATS server of `--capacity --bus nats` (default: a nats-server
+    /// the benchmark starts, whose CPU it then reads too).
+    #[arg(long, requires = "capacity")]
+    pub nats_url: Option<String>,
     // Abuse benchmark (#17).
     /// Instead of the phases above: each attack of issue #17 against 50
     /// honest users, on a fresh server per phase (see docs/benchmarks.md).

@@ -111,7 +111,10 @@ async fn with_bus(db_url: &str, args: &BenchArgs, channel: &str) -> anyhow::Resu
     };
     let bus = nats
         .as_ref()
-        .map_or(BenchBus::Postgres, |n| BenchBus::Nats { url: n.url() });
+        .map_or(BenchBus::Postgres, |n| BenchBus::Nats {
+            url: n.url(),
+            relay: true,
+        });
     let secret = random_hex(32);
     let mut instances = Vec::new();
     let result = async {
@@ -122,7 +125,7 @@ async fn with_bus(db_url: &str, args: &BenchArgs, channel: &str) -> anyhow::Resu
                 bus.name()
             ));
             let name = format!("bench_fleet{k}");
-            instances.push(launch_on((db_url, &name), &secret, channel, args, &bus).await?);
+            instances.push(launch_on(db_url, (&name, &secret, channel), args, &bus).await?);
         }
         let site = Site {
             db_url: db_url.to_string(),

@@ -17,7 +17,9 @@
 //!    bridge's heal of 10 rows for each of 1,000 connected users after
 //!    its listener backend is killed (`heal`);
 //! 6. with `--capacity` only, the capacity across API instances (see
-//!    `capacity.rs` and docs/capacity.md).
+//!    `capacity.rs` and docs/capacity.md); with `--bus nats`, both buses
+//!    with 1 to 8 instances, the relay and its failover instead
+//!    (`capacity_bus*.rs`, `pg_cpu`, `relay_proc`, `failover`).
 //!
 //! `--abuse` runs instead the attacks of issue #17 against 50 honest users
 //! (`abuse*.rs`: the run, the attacks, the honest load, the seeding, the
@@ -61,7 +63,10 @@ mod abuse_slots;
 mod abuse_target;
 mod args;
 mod capacity;
+mod capacity_bus;
+mod capacity_bus_report;
 mod crowd;
+mod failover;
 mod fanout;
 mod fleet;
 mod heal;
@@ -72,6 +77,7 @@ mod mass_child;
 mod mass_fleet;
 mod mass_fleet_report;
 mod mass_report;
+mod pg_cpu;
 mod phase;
 mod phases;
 mod progress;
@@ -84,6 +90,7 @@ mod queue_report;
 mod queue_stats;
 mod queue_workers;
 mod record;
+mod relay_proc;
 mod render;
 mod report;
 mod resume;

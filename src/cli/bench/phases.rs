@@ -6,6 +6,7 @@
 use serde::Serialize;
 
 use super::capacity::{self, CapacityReport};
+use super::capacity_bus_report::{self, BusCapacity};
 use super::render;
 use super::report::Report;
 use super::resume::{self, ResumeReport};
@@ -20,11 +21,19 @@ pub struct PhasesReport {
     /// The `--capacity` phase; absent unless selected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub capacity: Option<CapacityReport>,
+    /// `--capacity --bus nats`: both buses, the relay, the failover.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity_bus: Option<BusCapacity>,
 }
 
 /// The optional phases' targets, which join the base report's.
-pub(super) fn targets(resume: Option<&ResumeReport>) -> Vec<super::report::TargetCheck> {
-    resume.map(resume::targets).unwrap_or_default()
+pub(super) fn targets(
+    resume: Option<&ResumeReport>,
+    bus: Option<&BusCapacity>,
+) -> Vec<super::report::TargetCheck> {
+    let mut t = resume.map(resume::targets).unwrap_or_default();
+    t.extend(bus.iter().flat_map(|b| b.targets.iter().cloned()));
+    t
 }
 
 pub(super) fn render(r: &PhasesReport) -> String {
@@ -34,6 +43,9 @@ pub(super) fn render(r: &PhasesReport) -> String {
     }
     if let Some(c) = &r.capacity {
         s.push_str(&capacity::render(c));
+    }
+    if let Some(c) = &r.capacity_bus {
+        s.push_str(&capacity_bus_report::render(c));
     }
     render::targets(&mut s, &r.base);
     s

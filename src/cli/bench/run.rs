@@ -219,11 +219,16 @@ async fn bench(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<P
         false => Some(bench.ceilings(args.step).await?),
     };
     let raw_ceiling = ceiling.as_ref().map(|c| c.raw.events_per_s);
-    let capacity = match args.capacity {
+    let nats = args.capacity_bus == crate::config::BusKind::Nats;
+    let capacity = match args.capacity && !nats {
         true => Some(capacity::measure(&mut bench, args, site, channel, raw_ceiling).await?),
         false => None,
     };
-    let more_targets = super::phases::targets(resume.as_ref());
+    let capacity_bus = match args.capacity && nats {
+        true => Some(super::capacity_bus::measure(&mut bench, args, site, channel).await?),
+        false => None,
+    };
+    let more_targets = super::phases::targets(resume.as_ref(), capacity_bus.as_ref());
     let base = Report::new(
         machine,
         Config::new(args),
@@ -237,6 +242,7 @@ async fn bench(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<P
         base,
         resume,
         capacity,
+        capacity_bus,
     })
 }
 

@@ -50,18 +50,23 @@ pub(super) fn serve_command(db_url: &str, secret: &str, ready: &Path) -> anyhow:
 }
 
 /// The bus a started server runs on: the postgres bus (the default), or
-/// NATS at `url` (each server is then a relay candidate too).
+/// NATS at `url`, each server a relay candidate when `relay` (else
+/// `--relay off`: the capacity benchmark runs the relay as a process of
+/// its own, so that its CPU is read alone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum BenchBus {
     Postgres,
-    Nats { url: String },
+    Nats { url: String, relay: bool },
 }
 
 impl BenchBus {
     /// Adds the bus's flags to a `serve_command`.
     pub(super) fn apply(&self, cmd: &mut Command) {
-        if let BenchBus::Nats { url } = self {
+        if let BenchBus::Nats { url, relay } = self {
             cmd.args(["--bus", "nats", "--nats-url", url]);
+            if !relay {
+                cmd.args(["--relay", "off"]);
+            }
         }
     }
 

@@ -176,15 +176,13 @@ pub(super) async fn launch(
     channel: &str,
     args: &BenchArgs,
 ) -> anyhow::Result<Instance> {
-    let (db, pg) = ((db_url, name), &BenchBus::Postgres);
-    launch_on(db, secret, channel, args, pg).await
+    launch_on(db_url, (name, secret, channel), args, &BenchBus::Postgres).await
 }
 
 /// [`launch`] on `bus`.
 pub(super) async fn launch_on(
-    (db_url, name): (&str, &str),
-    secret: &str,
-    channel: &str,
+    db_url: &str,
+    (name, secret, channel): (&str, &str, &str),
     args: &BenchArgs,
     bus: &BenchBus,
 ) -> anyhow::Result<Instance> {
