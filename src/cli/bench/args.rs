@@ -84,11 +84,6 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1, requires = "sockets",
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub instances: u16,
-    /// The bus of the --instances run: postgres, or nats (a nats-server the
-    /// bench starts; the instances are its relay candidates).
-    #[arg(long, default_value = "postgres", value_parser = ["postgres", "nats"],
-          requires = "sockets")]
-    pub bus: String,
     /// Client processes of the --instances run (0: one per 16,000 sockets).
     #[arg(long, default_value_t = 0, requires = "sockets")]
     pub client_procs: usize,
@@ -107,12 +102,13 @@ pub struct BenchArgs {
     /// Users of the --capacity phase (each event goes to one user's sockets).
     #[arg(long, default_value_t = 1_000, value_parser = parse_positive)]
     pub capacity_users: usize,
-    /// The bus of the --capacity phase: `nats` measures both buses in the
-    /// same run (postgres first, then NATS fed by a `ragctl relay`) with 1,
-    /// 2, 4 and 8 instances, then a relay failover (see capacity_bus.rs).
-    #[arg(long = "bus", value_enum, default_value_t = crate::config::BusKind::Postgres,
-          requires = "capacity")]
-    pub capacity_bus: crate::config::BusKind,
+    /// The bus. With --capacity, `nats` measures both buses in the same run
+    /// (postgres first, then NATS fed by a `ragctl relay`) with 1, 2, 4 and
+    /// 8 instances, then a relay failover (see capacity_bus.rs). With
+    /// --sockets N --instances M, the instances' bus (with nats, a
+    /// nats-server the bench starts; the instances are relay candidates).
+    #[arg(long, value_enum, default_value_t = crate::config::BusKind::Postgres)]
+    pub bus: crate::config::BusKind,
     /// The NATS server of `--capacity --bus nats` (default: a nats-server
     /// the benchmark starts, whose CPU it then reads too).
     #[arg(long, requires = "capacity")]

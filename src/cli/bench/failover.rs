@@ -109,12 +109,16 @@ async fn run(
     let _guard = stop.clone().drop_guard();
     connect_sockets(api, &site.secret, &users, &seen, &stop).await?;
     let committed = Arc::new(AtomicI64::new(0));
+    // The writer stops on a token of its own: the sockets go on reading
+    // until the judge is done, since the last events are still in flight
+    // (relay, NATS, instance) when the writer stops.
+    let write_stop = CancellationToken::new();
     let writer = tokio::spawn(write(
         db,
         relay_site.channel.clone(),
         docs.clone(),
         committed.clone(),
-        stop.clone(),
+        write_stop.clone(),
     ));
     // Every socket has its subscription once every document got a frame.
     wait_for(&seen, |s| s.max.len() >= docs.len()).await?;
@@ -127,7 +131,7 @@ async fn run(
         "failover: the leading relay SIGKILLed; events from {threshold} on count"
     ));
     tokio::time::sleep(AFTER).await;
-    stop.cancel();
+    write_stop.cancel();
     let db = writer.await.context("the failover's writer")??;
     let last = committed.load(Ordering::SeqCst);
     judge(&db, &docs, &seen, (threshold, last), killed_at).await

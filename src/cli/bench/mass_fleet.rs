@@ -32,6 +32,7 @@ use super::report::{Machine, PhaseResult};
 use super::sample::{gauge, rss_kib};
 use super::serve_cmd::BenchBus;
 use super::server::{Instance, Site, endpoint, launch_on, scratch_db, wait_ready};
+use crate::config::BusKind;
 use crate::config::ConnectOpts;
 use crate::harness::{NatsServer, random_hex};
 
@@ -105,9 +106,9 @@ pub(super) async fn run(
 
 /// Starts the nats-server if asked, the instances, and runs.
 async fn with_bus(db_url: &str, args: &BenchArgs, channel: &str) -> anyhow::Result<FleetReport> {
-    let nats = match args.bus.as_str() {
-        "nats" => Some(NatsServer::start()?),
-        _ => None,
+    let nats = match args.bus {
+        BusKind::Nats => Some(NatsServer::start()?),
+        BusKind::Postgres => None,
     };
     let bus = nats
         .as_ref()
@@ -189,7 +190,7 @@ async fn held(
     Ok(FleetReport {
         machine,
         limits,
-        bus: args.bus.clone(),
+        bus: args.bus.as_str().to_string(),
         instances: eps.len(),
         client_procs: procs,
         asked: args.sockets,

@@ -70,7 +70,13 @@ pub async fn run(connect: ConnectOpts, args: BenchArgs) -> anyhow::Result<ExitCo
         };
         return conclude(&args, &Outcome::Queue(Box::new(outcome?)));
     }
-    if args.sockets > 0 && args.instances > 1 {
+    let fleet = args.sockets > 0 && args.instances > 1;
+    if args.bus == crate::config::BusKind::Nats && !(fleet || args.capacity) {
+        return Err(anyhow!(
+            "--bus nats is measured by --capacity or by --sockets N --instances M (M > 1) only"
+        ));
+    }
+    if fleet {
         if args.server_url.is_some() {
             return Err(anyhow!(
                 "--instances starts its own servers: drop --server-url"
@@ -219,7 +225,7 @@ async fn bench(args: &BenchArgs, site: &Site, channel: &str) -> anyhow::Result<P
         false => Some(bench.ceilings(args.step).await?),
     };
     let raw_ceiling = ceiling.as_ref().map(|c| c.raw.events_per_s);
-    let nats = args.capacity_bus == crate::config::BusKind::Nats;
+    let nats = args.bus == crate::config::BusKind::Nats;
     let capacity = match args.capacity && !nats {
         true => Some(capacity::measure(&mut bench, args, site, channel, raw_ceiling).await?),
         false => None,
