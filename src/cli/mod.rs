@@ -203,3 +203,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap's own checks of every subcommand (two flags of one name, a
+    /// `requires` naming no argument…) run here rather than when a user
+    /// first types the command.
+    #[test]
+    fn every_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}
